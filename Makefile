@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh Debian/Ubuntu machine with Python 3.11+ and make:
+#   make local   - serve the bundled examples with `dfm local` and an embedded PostgreSQL
+#   make test    - lint, type-check and run the whole test suite (PostgreSQL provisioned by the tests)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: local test lint typecheck unit bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@./scripts/bootstrap-venv.sh $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+local: $(STAMP)
+	$(VENV)/bin/dfm local -f examples/
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m bench.receiver
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

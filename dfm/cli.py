@@ -1,0 +1,155 @@
+"""The `dfm` command: thin argument parsing that calls into the two packages."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from dfm.manifests import ManifestError
+
+
+class CliError(Exception):
+    """A failure reported as one line and a non-zero exit."""
+
+
+def _add_local(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "local",
+        help="serve WebhookSource manifests on this machine (embedded PostgreSQL by default)",
+        description=(
+            "Serves every WebhookSource found in the files on one port. Secrets are read from "
+            "`kind: Secret` manifests in the same files. Without --database-url (or "
+            "$DFM_DATABASE_URL) an embedded PostgreSQL is started; its data lives in "
+            "$DFM_DATA_DIR (default ~/.local/share/dfm)."
+        ),
+    )
+    p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE_OR_DIR")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--database-url", default=os.environ.get("DFM_DATABASE_URL"))
+    p.add_argument("--log-format", choices=["json", "console"], default="json")
+
+
+def _add_send(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "send",
+        help="sign a sample (or given) event as the provider would and POST it",
+    )
+    p.add_argument("source_file", metavar="SOURCE_FILE", help="manifest(s) with the WebhookSource")
+    p.add_argument("--name", help="which WebhookSource, when the file holds several")
+    p.add_argument("--event", metavar="FILE", help="the body to send (default: a sample event)")
+    p.add_argument("--url", help="target URL (default: http://127.0.0.1:8080<path>)")
+    p.add_argument("--private-key", metavar="PEM_FILE", help="highlevel: the signing key")
+    p.add_argument("--token", help="a bearer JWT, for sources with auth")
+
+
+def _add_receiver(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("receiver", help="run one receiver from a rendered config (in a pod)")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument("--log-level", default=os.environ.get("DFM_LOG_LEVEL", "INFO"))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="dfm", description="df-middleware")
+    sub = top.add_subparsers(dest="command", required=True)
+    _add_local(sub)
+    _add_send(sub)
+    _add_receiver(sub)
+    return top
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from dfm import local
+    from dfm.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
+    from webhook_server import app, logs
+
+    logs.configure(json=args.log_format == "json")
+    # Validate the manifests before starting anything.
+    local.build_config(args.filename, host=args.host, port=args.port, database_url="postgresql://")
+    embedded: EmbeddedPostgres | None = None
+    url = args.database_url
+    if not url:
+        datadir = local.default_data_dir() / "postgres"
+        datadir.parent.mkdir(parents=True, exist_ok=True)
+        embedded = EmbeddedPostgres(datadir)
+        print(f"dfm local: starting embedded PostgreSQL, data in {datadir}", file=sys.stderr)
+        try:
+            embedded.start()
+        except EmbeddedPostgresError as exc:
+            raise CliError(str(exc)) from exc
+        url = embedded.url
+    try:
+        config, files = local.build_config(
+            args.filename, host=args.host, port=args.port, database_url=url
+        )
+        print(local.banner(config, files), file=sys.stderr, flush=True)
+        app.run(config)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from dfm.send import send
+
+    status, text = asyncio.run(
+        send(
+            [args.source_file],
+            name=args.name,
+            event_file=args.event,
+            url=args.url,
+            private_key=args.private_key,
+            token=args.token,
+        )
+    )
+    print(f"HTTP {status}")
+    print(text)
+    return 0 if 200 <= status < 300 else 1
+
+
+def cmd_receiver(args: argparse.Namespace) -> int:
+    from webhook_server import app, logs
+    from webhook_server.config import ReceiverConfig
+
+    logs.configure(args.log_level)
+    try:
+        config = ReceiverConfig.load(args.config)
+    except (OSError, ValidationError) as exc:
+        raise CliError(f"{args.config}: invalid receiver config: {_first_error(exc)}") from exc
+    app.run(config)
+    return 0
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        return f"{loc}: {err['msg']}"
+    return str(exc)
+
+
+COMMANDS = {"local": cmd_local, "send": cmd_send, "receiver": cmd_receiver}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ManifestError, CliError) as exc:
+        print(f"dfm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"dfm {args.command}: error: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""df-middleware control plane: CR models, pure builders, kopf handlers."""

@@ -1,0 +1,38 @@
+"""WebhookSource -> the receiver's SourceConfig (the data-plane contract)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dfm_operator.api import WebhookSource
+from webhook_server.config import SecretSource, SourceConfig, VerificationConfig
+
+
+def build_source_config(source: WebhookSource, secrets: Sequence[SecretSource]) -> SourceConfig:
+    """The receiver settings of ``source``; ``secrets`` says where its secret values come from
+    (mounted files in a pod, literals in local mode)."""
+    spec = source.spec
+    v = spec.verification
+    return SourceConfig(
+        namespace=source.metadata.namespace,
+        name=source.metadata.name,
+        provider=spec.provider,
+        path=spec.path,
+        verification=VerificationConfig(
+            secrets=list(secrets),
+            tolerance_seconds=v.tolerance_seconds,
+            header=v.header,
+            algorithm=v.algorithm,
+            encoding=v.encoding,
+            prefix=v.prefix,
+            timestamp_header=v.timestamp_header,
+            signed_content=v.signed_content,
+            id_header=v.id_header,
+            type_header=v.type_header,
+            public_key=v.public_key,
+        ),
+        auth=spec.auth,
+        limits=spec.limits,
+        cors=spec.cors,
+        retention_days=spec.store.retention_days,
+    )

@@ -1,0 +1,49 @@
+"""Shared fixtures: a real PostgreSQL for the whole run, a fresh database per test."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from dfm.embedded_pg import EmbeddedPostgres
+
+TEST_DATABASE_URL_ENV = "DFM_TEST_DATABASE_URL"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server URL (its maintenance database): $DFM_TEST_DATABASE_URL or embedded."""
+    if os.environ.get(TEST_DATABASE_URL_ENV):
+        yield os.environ[TEST_DATABASE_URL_ENV]
+        return
+    root = Path(tempfile.mkdtemp(prefix="dfm-test-pg-"))
+    server = EmbeddedPostgres(root / "data", database="postgres")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+async def database_url(postgres_server: str) -> AsyncIterator[str]:
+    """A new, empty database for one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_server)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base, _, _ = postgres_server.rpartition("/")
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(postgres_server)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

@@ -1,0 +1,399 @@
+"""The receiver end to end over HTTP, against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from dfm.samples import sample_event
+from webhook_server import logs
+from webhook_server.app import STORE, create_app
+from webhook_server.config import (
+    CorsConfig,
+    DatabaseConfig,
+    LimitsConfig,
+    Provider,
+    ReceiverConfig,
+    SecretSource,
+    SourceConfig,
+    VerificationConfig,
+)
+from webhook_server.verify import SIGNERS
+
+GITHUB_SECRET = "It's a Secret to Everybody"
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+def github_source(**overrides: Any) -> SourceConfig:
+    fields: dict[str, Any] = {
+        "namespace": "ci",
+        "name": "gh",
+        "provider": Provider.GITHUB,
+        "verification": VerificationConfig(secrets=[SecretSource(value=GITHUB_SECRET)]),
+    }
+    fields.update(overrides)
+    return SourceConfig(**fields)
+
+
+def github_headers(body: bytes, delivery: str, secret: str = GITHUB_SECRET) -> dict[str, str]:
+    headers = SIGNERS[Provider.GITHUB](
+        body, secret.encode(), VerificationConfig(), time.time(), delivery
+    )
+    headers["Content-Type"] = "application/json"
+    return headers
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def make_client(
+    aiohttp_client: ClientFactory, database_url: str
+) -> Callable[..., Awaitable[TestClient[Any, Any]]]:
+    async def make(
+        *sources: SourceConfig, clock: Callable[[], float] = time.time, db_url: str | None = None
+    ) -> TestClient[Any, Any]:
+        config = ReceiverConfig(
+            sources=list(sources) or [github_source()],
+            database=DatabaseConfig(url=db_url or database_url, maintenance_interval_seconds=3600),
+        )
+        app = create_app(config, clock=clock)
+        client = await aiohttp_client(app)
+        assert await app[STORE].wait_ready(15), "store did not become ready"
+        return client
+
+    return make
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+async def test_signed_event_is_stored_byte_for_byte_and_redelivery_is_not_stored_twice(
+    make_client: Any, db: asyncpg.Connection
+) -> None:
+    client = await make_client()
+    # Odd spacing and key order: the stored payload must be exactly what was sent.
+    body = b'{"zen":  "Design for failure.",\n "hook_id": 7, "z": "\xc3\xa9"}'
+    headers = github_headers(body, "delivery-1") | {"X-GitHub-Event": "ping"}
+
+    first = await client.post("/hooks/ci/gh", data=body, headers=headers)
+    assert first.status == 200
+    assert (await first.json())["status"] == "stored"
+    again = await client.post("/hooks/ci/gh", data=body, headers=headers)
+    assert again.status == 200
+    assert (await again.json())["status"] == "duplicate"
+
+    rows = await db.fetch("SELECT * FROM webhook_events")
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["source"] == "ci/gh"
+    assert row["event_id"] == "delivery-1"
+    assert row["event_type"] == "ping"
+    assert bytes(row["payload"]) == body
+    stored_headers = json.loads(row["headers"])
+    assert "x-hub-signature-256" not in stored_headers
+    assert stored_headers["x-github-event"] == "ping"
+    assert row["request_id"] == first.headers["X-Request-Id"]
+
+
+@pytest.mark.parametrize(
+    "provider",
+    [Provider.GITHUB, Provider.STRIPE, Provider.STANDARD, Provider.SHOPIFY, Provider.SLACK],
+)
+async def test_every_provider_stores_a_signed_sample_and_refuses_a_tampered_one(
+    make_client: Any, db: asyncpg.Connection, provider: Provider
+) -> None:
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    source = SourceConfig(
+        name="src",
+        provider=provider,
+        verification=VerificationConfig(secrets=[SecretSource(value=secret)]),
+    )
+    client = await make_client(source)
+    body, event_id = sample_event(provider)
+    headers = SIGNERS[provider](body, secret.encode(), source.verification, time.time(), event_id)
+
+    ok = await client.post(source.route, data=body, headers=headers)
+    assert ok.status == 200, await ok.text()
+    tampered = await client.post(
+        source.route, data=body.replace(b"}", b',"x":1}', 1), headers=headers
+    )
+    assert tampered.status == 401
+    assert tampered.content_type == "application/problem+json"
+    problem = await tampered.json()
+    assert problem["status"] == 401
+    assert problem["requestId"] == tampered.headers["X-Request-Id"]
+    assert secret not in await tampered.text()
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 1
+
+
+async def test_missing_signature_and_wrong_secret_are_401_and_counted(make_client: Any) -> None:
+    client = await make_client()
+    body = b'{"a":1}'
+    missing = await client.post("/hooks/ci/gh", data=body)
+    wrong = await client.post("/hooks/ci/gh", data=body, headers=github_headers(body, "d", "nope"))
+    assert (missing.status, wrong.status) == (401, 401)
+    metrics = await (await client.get("/metrics")).text()
+    assert 'dfm_receiver_signature_failures_total{reason="missing_header",source="ci/gh"} 1.0' in (
+        metrics
+    )
+    assert 'dfm_receiver_signature_failures_total{reason="bad_signature",source="ci/gh"} 1.0' in (
+        metrics
+    )
+    assert GITHUB_SECRET not in metrics
+
+
+async def test_body_over_the_limit_is_413_with_and_without_content_length(
+    make_client: Any,
+) -> None:
+    client = await make_client(github_source(limits=LimitsConfig(max_body_bytes=100)))
+    big = b"x" * 101
+    declared = await client.post("/hooks/ci/gh", data=big, headers=github_headers(big, "d1"))
+    assert declared.status == 413
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"y" * 20
+
+    streamed = await client.post("/hooks/ci/gh", data=chunks())
+    assert streamed.status == 413
+    assert streamed.content_type == "application/problem+json"
+
+
+async def test_rate_limit_answers_429_with_retry_after(make_client: Any) -> None:
+    client = await make_client(github_source(limits=LimitsConfig(requests_per_second=0.1, burst=2)))
+    body = b"{}"
+    statuses = []
+    for i in range(3):
+        resp = await client.post("/hooks/ci/gh", data=body, headers=github_headers(body, f"r{i}"))
+        statuses.append(resp.status)
+    assert statuses == [200, 200, 429]
+    assert int(resp.headers["Retry-After"]) >= 1
+
+
+async def test_cors_only_for_allowed_origins(make_client: Any) -> None:
+    client = await make_client(
+        github_source(cors=CorsConfig(allowed_origins=["https://app.example.com"]))
+    )
+    ok = await client.options(
+        "/hooks/ci/gh",
+        headers={
+            "Origin": "https://app.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert ok.status == 204
+    assert ok.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert "POST" in ok.headers["Access-Control-Allow-Methods"]
+    denied = await client.options("/hooks/ci/gh", headers={"Origin": "https://evil.example"})
+    assert denied.status == 403
+    assert "Access-Control-Allow-Origin" not in denied.headers
+
+    body = b"{}"
+    posted = await client.post(
+        "/hooks/ci/gh",
+        data=body,
+        headers=github_headers(body, "c1") | {"Origin": "https://evil.example"},
+    )
+    assert posted.status == 200
+    assert "Access-Control-Allow-Origin" not in posted.headers
+
+
+async def test_no_cors_headers_by_default(make_client: Any) -> None:
+    client = await make_client()
+    resp = await client.options("/hooks/ci/gh", headers={"Origin": "https://app.example.com"})
+    assert resp.status == 403
+
+
+async def test_slack_url_verification_answers_the_challenge_without_storing(
+    make_client: Any, db: asyncpg.Connection
+) -> None:
+    source = SourceConfig(
+        name="slack",
+        provider=Provider.SLACK,
+        verification=VerificationConfig(secrets=[SecretSource(value="s3")]),
+    )
+    client = await make_client(source)
+    body = (
+        b'{"token":"t","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P",'
+        b'"type":"url_verification"}'
+    )
+    headers = SIGNERS[Provider.SLACK](body, b"s3", source.verification, time.time(), None)
+    resp = await client.post(source.route, data=body, headers=headers)
+    assert resp.status == 200
+    assert (await resp.json())["challenge"].startswith("3eZbrw1aBm2")
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 0
+
+
+async def test_redelivery_after_midnight_is_still_a_duplicate(
+    make_client: Any, db: asyncpg.Connection
+) -> None:
+    before_midnight = datetime(2026, 11, 27, 23, 59, 59, tzinfo=UTC).timestamp()
+    clock = Clock(before_midnight)
+    source = github_source(
+        verification=VerificationConfig(
+            secrets=[SecretSource(value=GITHUB_SECRET)], tolerance_seconds=300
+        )
+    )
+    client = await make_client(source, clock=clock)
+    body = b'{"n":1}'
+    assert (
+        await client.post(source.route, data=body, headers=github_headers(body, "m1"))
+    ).status == 200
+    clock.now += 120  # the provider retries two minutes later: a new UTC day
+    resp = await client.post(source.route, data=body, headers=github_headers(body, "m1"))
+    assert (await resp.json())["status"] == "duplicate"
+    partitions = await db.fetch("SELECT tableoid::regclass::text AS p FROM webhook_events")
+    assert [r["p"] for r in partitions] == ["webhook_events_p20261127"]
+
+
+async def test_partitions_created_ahead_and_dropped_after_retention(
+    make_client: Any, db: asyncpg.Connection
+) -> None:
+    start = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    clock = Clock(start.timestamp())
+    source = github_source(retention_days=7)
+    client = await make_client(source, clock=clock)
+    store = client.app[STORE]
+    await store.maintain(start)
+    names = {
+        r["relname"]
+        for r in await db.fetch(
+            "SELECT relname FROM pg_class WHERE relname LIKE 'webhook_events_p%' AND relkind = 'r'"
+        )
+    }
+    assert {"webhook_events_p20260301", "webhook_events_p20260304"} <= names
+
+    body = b'{"old":true}'
+    assert (
+        await client.post(source.route, data=body, headers=github_headers(body, "o1"))
+    ).status == 200
+    later = start + timedelta(days=9)
+    assert await store.maintain(later)
+    names = {
+        r["relname"]
+        for r in await db.fetch(
+            "SELECT relname FROM pg_class WHERE relname LIKE 'webhook_events_p%' AND relkind = 'r'"
+        )
+    }
+    assert "webhook_events_p20260301" not in names
+    assert f"webhook_events_p{later:%Y%m%d}" in names
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 0
+    # The dedup key expired with the event: the same id is new again.
+    assert await db.fetchval("SELECT count(*) FROM webhook_event_ids") == 0
+
+
+async def test_maintenance_runs_in_one_replica_at_a_time(
+    make_client: Any, database_url: str
+) -> None:
+    client = await make_client()
+    holder = await asyncpg.connect(database_url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", 0x64666D02)
+        assert await client.app[STORE].maintain(datetime.now(UTC)) is False
+    finally:
+        await holder.close()
+    assert await client.app[STORE].maintain(datetime.now(UTC)) is True
+
+
+async def test_events_without_provider_id_dedupe_on_identical_bodies(
+    make_client: Any, db: asyncpg.Connection
+) -> None:
+    source = SourceConfig(
+        name="generic",
+        provider=Provider.HMAC,
+        verification=VerificationConfig(secrets=[SecretSource(value="k")], header="X-Sig"),
+    )
+    client = await make_client(source)
+    body = b"plain text event"
+    headers = SIGNERS[Provider.HMAC](body, b"k", source.verification, time.time(), None)
+    headers.pop("X-Request-Id", None)
+    for _ in range(2):
+        assert (await client.post(source.route, data=body, headers=headers)).status == 200
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 1
+
+
+async def test_health_endpoints(make_client: Any) -> None:
+    client = await make_client()
+    assert (await client.get("/livez")).status == 200
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["checks"]["database"] is True
+
+
+async def test_unknown_path_and_method_are_problem_json(make_client: Any) -> None:
+    client = await make_client()
+    missing = await client.post("/hooks/nope")
+    assert missing.status == 404
+    assert missing.content_type == "application/problem+json"
+    wrong = await client.get("/hooks/ci/gh")
+    assert wrong.status == 405
+    assert wrong.content_type == "application/problem+json"
+
+
+async def test_logs_are_json_lines_without_bodies_or_secrets(make_client: Any) -> None:
+    stream = io.StringIO()
+    logs.configure(stream=stream)
+    try:
+        client = await make_client()
+        body = b'{"card":"4242424242424242"}'
+        await client.post("/hooks/ci/gh", data=body, headers=github_headers(body, "l1"))
+        await client.post("/hooks/ci/gh", data=body, headers=github_headers(body, "l2", "bad"))
+    finally:
+        logs.configure()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    requests = [line for line in lines if line.get("event") == "request"]
+    assert [r["status"] for r in requests] == [200, 401]
+    assert all(r["source"] == "ci/gh" and r["request_id"] for r in requests)
+    text = stream.getvalue()
+    assert "4242424242424242" not in text
+    assert GITHUB_SECRET not in text
+    assert "sha256=" not in text
+
+
+async def test_secret_rotation_on_disk_is_picked_up_without_restart(
+    make_client: Any, tmp_path: Any
+) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("old-secret")
+    source = github_source(
+        verification=VerificationConfig(secrets=[SecretSource(file=str(secret_file))])
+    )
+    client = await make_client(source)
+    body = b"{}"
+    assert (
+        await client.post(source.route, data=body, headers=github_headers(body, "s1", "old-secret"))
+    ).status == 200
+    secret_file.write_text("new-secret")
+    from webhook_server.app import reload_secrets
+
+    assert reload_secrets(client.app) == ["ci/gh"]
+    assert (
+        await client.post(source.route, data=body, headers=github_headers(body, "s2", "new-secret"))
+    ).status == 200
+    assert (
+        await client.post(source.route, data=body, headers=github_headers(body, "s3", "old-secret"))
+    ).status == 401
+
+
+def _unused(_: web.Application) -> None:  # keeps the web import meaningful for type checkers
+    return None

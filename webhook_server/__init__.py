@@ -1,0 +1,1 @@
+"""df-middleware data plane: webhook receivers that verify, dedupe and durably store events."""

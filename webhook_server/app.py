@@ -1,0 +1,411 @@
+"""The receiver's aiohttp application: one route per source, health, metrics.
+
+Per request: rate limit -> size limit -> bearer token (when configured) -> signature -> dedupe and
+durable store -> 2xx. The 2xx is sent only after the event's batch has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from webhook_server.auth import JwtAuthenticator
+from webhook_server.config import ReceiverConfig, SourceConfig
+from webhook_server.logs import get_logger
+from webhook_server.metrics import ReceiverMetrics
+from webhook_server.ratelimit import TokenBucket
+from webhook_server.secrets import SourceSecrets
+from webhook_server.store import Event, Store, StoreUnavailable
+from webhook_server.verify import VERIFIERS, Reason, Rejected, Verified, Verifier
+
+log = get_logger("dfm.receiver")
+access_log = get_logger("dfm.access")
+
+PROBLEM_JSON = "application/problem+json"
+REQUEST_ID_HEADER = "X-Request-Id"
+STORE_TIMEOUT_SECONDS = 10.0
+READ_CHUNK = 64 * 1024
+
+# Never stored: credentials and signatures. Matched by name and by pattern, so a provider's
+# signature header we do not know by name is still dropped.
+_SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "set-cookie"})
+_SENSITIVE_PATTERN = re.compile(r"signature|hmac|secret|token|auth|api-key|apikey|password")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class Problem(Exception):
+    """An error answered as application/problem+json with a generic text."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str = "",
+        *,
+        outcome: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.outcome = outcome
+        self.headers = dict(headers or {})
+
+
+@dataclass
+class SourceRuntime:
+    config: SourceConfig
+    verify: Verifier
+    bucket: TokenBucket
+    secrets: SourceSecrets
+    authenticator: JwtAuthenticator | None
+
+
+CONFIG = web.AppKey("config", ReceiverConfig)
+METRICS = web.AppKey("metrics", ReceiverMetrics)
+STORE = web.AppKey("store", Store)
+SOURCES = web.AppKey("sources", dict[str, SourceRuntime])
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
+REQUEST_ID = web.RequestKey("request_id", str)
+OUTCOME = web.RequestKey("outcome", str)
+EVENT_ID = web.RequestKey("event_id", str)
+
+
+def stored_headers(headers: Mapping[str, str], extra_sensitive: set[str]) -> dict[str, str]:
+    kept: dict[str, str] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in _SENSITIVE_HEADERS or lower in extra_sensitive:
+            continue
+        if _SENSITIVE_PATTERN.search(lower):
+            continue
+        kept[lower] = value
+    return kept
+
+
+def problem_response(
+    status: int, request_id: str, detail: str = "", headers: Mapping[str, str] | None = None
+) -> web.Response:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "requestId": request_id,
+    }
+    if detail:
+        body["detail"] = detail
+    return web.json_response(body, status=status, content_type=PROBLEM_JSON, headers=headers)
+
+
+# -- middleware ----------------------------------------------------------------------------------
+
+
+@web.middleware
+async def request_context(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Request id, problem+json for every error, access log, metrics."""
+    started = time.perf_counter()
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    runtime = _runtime_for(request)
+    outcome = "ok"
+    try:
+        response = await handler(request)
+        outcome = request.get(OUTCOME, "ok")
+    except Problem as problem:
+        outcome = problem.outcome
+        response = problem_response(problem.status, request_id, problem.detail, problem.headers)
+    except web.HTTPException as exc:
+        outcome = "http_error"
+        response = problem_response(exc.status, request_id, headers=_allow_header(exc))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        outcome = "error"
+        log.exception("unhandled error", request_id=request_id, path=request.path)
+        response = problem_response(500, request_id)
+    response.headers[REQUEST_ID_HEADER] = request_id
+    if runtime is not None:
+        _apply_cors(request, runtime, response)
+        elapsed = time.perf_counter() - started
+        metrics = request.app[METRICS]
+        metrics.requests.labels(runtime.config.key, outcome).inc()
+        metrics.latency.labels(runtime.config.key).observe(elapsed)
+        access_log.info(
+            "request",
+            request_id=request_id,
+            source=runtime.config.key,
+            method=request.method,
+            status=response.status,
+            outcome=outcome,
+            event_id=request.get(EVENT_ID),
+            latency_ms=round(elapsed * 1000, 2),
+        )
+    return response
+
+
+def _runtime_for(request: web.Request) -> SourceRuntime | None:
+    resource = request.match_info.route.resource
+    return None if resource is None else request.app[SOURCES].get(resource.canonical)
+
+
+def _allow_header(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
+
+
+def _apply_cors(request: web.Request, runtime: SourceRuntime, response: web.StreamResponse) -> None:
+    origin = request.headers.get("Origin")
+    if origin and origin in runtime.config.cors.allowed_origins:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+        response.headers["Access-Control-Expose-Headers"] = REQUEST_ID_HEADER
+
+
+# -- handlers ------------------------------------------------------------------------------------
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise Problem(413, "request body too large", outcome="too_large")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise Problem(413, "request body too large", outcome="too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject(runtime: SourceRuntime, metrics: ReceiverMetrics, rejected: Rejected) -> Problem:
+    metrics.signature_failures.labels(runtime.config.key, rejected.reason.value).inc()
+    if rejected.reason is Reason.MALFORMED:
+        return Problem(400, rejected.detail or "malformed request", outcome="malformed")
+    return Problem(401, rejected.detail or "verification failed", outcome="unauthorized")
+
+
+async def receive(request: web.Request) -> web.Response:
+    app = request.app
+    runtime = _runtime_for(request)
+    assert runtime is not None
+    metrics = app[METRICS]
+    source = runtime.config
+
+    allowed, retry_after = runtime.bucket.take()
+    if not allowed:
+        raise Problem(
+            429,
+            "rate limit exceeded",
+            outcome="rate_limited",
+            headers={"Retry-After": str(retry_after)},
+        )
+    body = await _read_body(request, source.limits.max_body_bytes)
+
+    if runtime.authenticator is not None:
+        claims = await runtime.authenticator.authenticate(request.headers)
+        if isinstance(claims, Rejected):
+            raise _reject(runtime, metrics, claims)
+
+    now = app[CLOCK]()
+    result = runtime.verify(
+        request.headers, body, runtime.secrets.valid_at(now), source.verification, now
+    )
+    if isinstance(result, Rejected):
+        raise _reject(runtime, metrics, result)
+    assert isinstance(result, Verified)
+    if result.challenge is not None:
+        request[OUTCOME] = "challenge"
+        return web.json_response({"challenge": result.challenge})
+
+    # Without a provider id, identical bodies are the same event.
+    event_id = result.event_id or "sha256:" + hashlib.sha256(body).hexdigest()
+    request[EVENT_ID] = event_id
+    extra = {
+        h.lower() for h in (source.verification.header, source.verification.timestamp_header) if h
+    }
+    event = Event(
+        source=source.key,
+        event_id=event_id,
+        event_type=result.event_type,
+        received_at=datetime.fromtimestamp(now, UTC),
+        request_id=request[REQUEST_ID],
+        payload=body,
+        headers=stored_headers(request.headers, extra),
+    )
+    try:
+        async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
+            is_new = await app[STORE].submit(event)
+    except (StoreUnavailable, TimeoutError) as exc:
+        raise Problem(
+            503,
+            "event store unavailable, retry later",
+            outcome="store_unavailable",
+            headers={"Retry-After": "5"},
+        ) from exc
+    if not is_new:
+        metrics.duplicates.labels(source.key).inc()
+    request[OUTCOME] = "stored" if is_new else "duplicate"
+    return web.json_response(
+        {"status": request[OUTCOME], "eventId": event_id, "requestId": request[REQUEST_ID]}
+    )
+
+
+async def preflight(request: web.Request) -> web.Response:
+    runtime = _runtime_for(request)
+    assert runtime is not None
+    origin = request.headers.get("Origin")
+    if not origin or origin not in runtime.config.cors.allowed_origins:
+        raise Problem(403, "origin not allowed", outcome="cors_refused")
+    request[OUTCOME] = "preflight"
+    headers = {
+        "Access-Control-Allow-Methods": "POST, OPTIONS",
+        "Access-Control-Max-Age": "600",
+    }
+    requested = request.headers.get("Access-Control-Request-Headers")
+    if requested:
+        headers["Access-Control-Allow-Headers"] = requested
+    return web.Response(status=204, headers=headers)
+
+
+async def livez(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    store_ok = await request.app[STORE].check()
+    secrets_ok = all(rt.secrets.loaded for rt in request.app[SOURCES].values())
+    auth_ok = all(
+        rt.authenticator is None or rt.authenticator.ready for rt in request.app[SOURCES].values()
+    )
+    checks = {"database": store_ok, "secrets": secrets_ok, "auth": auth_ok}
+    ok = store_ok and secrets_ok
+    return web.json_response(
+        {"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503
+    )
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    size, in_use = request.app[STORE].pool_stats()
+    metrics.pool_size.set(size)
+    metrics.pool_in_use.set(in_use)
+    return web.Response(
+        body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+# -- lifecycle -----------------------------------------------------------------------------------
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE]
+    await store.start()
+    yield
+    await store.close()
+
+
+async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
+    authenticators = [rt.authenticator for rt in app[SOURCES].values() if rt.authenticator]
+    for authenticator in authenticators:
+        await authenticator.start()
+    yield
+    for authenticator in authenticators:
+        await authenticator.close()
+
+
+async def _secret_reload_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Re-read mounted secrets periodically; kubelet swaps the files in place on a change."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(app[CONFIG].secret_reload_seconds)
+            reload_secrets(app)
+
+    task = asyncio.create_task(loop(), name="secret-reload")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def reload_secrets(app: web.Application) -> list[str]:
+    """Reload every source's secrets from disk; returns the sources whose secrets changed."""
+    changed = []
+    for runtime in app[SOURCES].values():
+        if runtime.secrets.reload():
+            changed.append(runtime.config.key)
+            app[METRICS].secret_reloads.labels(runtime.config.key).inc()
+            log.info(
+                "secrets reloaded", source=runtime.config.key, values=len(runtime.secrets.values)
+            )
+    return changed
+
+
+def build_runtime(source: SourceConfig) -> SourceRuntime:
+    return SourceRuntime(
+        config=source,
+        verify=VERIFIERS[source.provider],
+        bucket=TokenBucket(source.limits.requests_per_second, source.limits.burst),
+        secrets=SourceSecrets(source.verification.secrets),
+        authenticator=JwtAuthenticator(source.auth) if source.auth else None,
+    )
+
+
+def create_app(
+    config: ReceiverConfig,
+    *,
+    metrics: ReceiverMetrics | None = None,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    metrics = metrics or ReceiverMetrics()
+    largest = max((s.limits.max_body_bytes for s in config.sources), default=1024 * 1024)
+    app = web.Application(middlewares=[request_context], client_max_size=largest + 1)
+    app[CONFIG] = config
+    app[METRICS] = metrics
+    app[CLOCK] = clock
+    app[STORE] = Store(config.database, config.sources, metrics)
+    sources: dict[str, SourceRuntime] = {}
+    for source in config.sources:
+        resource = app.router.add_resource(source.route)
+        resource.add_route("POST", receive)
+        resource.add_route("OPTIONS", preflight)
+        sources[resource.canonical] = build_runtime(source)
+    app[SOURCES] = sources
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_auth_ctx)
+    app.cleanup_ctx.append(_secret_reload_ctx)
+    return app
+
+
+def run(config: ReceiverConfig) -> None:
+    """Serve until SIGTERM/SIGINT; then stop accepting, finish in-flight requests, flush, close."""
+    app = create_app(config)
+    for source in config.sources:
+        log.info(
+            "serving source", source=source.key, provider=source.provider.value, path=source.route
+        )
+    web.run_app(
+        app,
+        host=config.host,
+        port=config.port,
+        shutdown_timeout=config.shutdown_timeout_seconds,
+        access_log=None,
+        print=None,
+    )

@@ -1,0 +1,231 @@
+"""The receiver configuration: the contract between the operator and the data plane.
+
+The operator renders a :class:`ReceiverConfig` into a ConfigMap (secret values never in it, only
+paths of mounted Secret files); ``dfm local`` builds one in memory with literal secret values.
+Field names are camelCase on the wire, like the custom resources they come from.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+
+class Model(BaseModel):
+    """Base for every config model: camelCase aliases, unknown fields rejected, immutable."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class Provider(enum.StrEnum):
+    GITHUB = "github"
+    STRIPE = "stripe"
+    STANDARD = "standard"
+    SHOPIFY = "shopify"
+    SLACK = "slack"
+    HIGHLEVEL = "highlevel"
+    HMAC = "hmac"
+    JWT = "jwt"
+
+
+class HmacAlgorithm(enum.StrEnum):
+    SHA1 = "sha1"
+    SHA256 = "sha256"
+    SHA512 = "sha512"
+
+
+class SignatureEncoding(enum.StrEnum):
+    HEX = "hex"
+    BASE64 = "base64"
+
+
+class SecretSource(Model):
+    """Where one secret value comes from.
+
+    Exactly one of ``value`` (a literal, local mode only), ``file`` (a mounted Secret key) or
+    ``dir`` (a mounted ManagedSecret: files ``current``, and during a grace period ``previous``
+    and ``previous-expires-at``).
+    """
+
+    value: str | None = None
+    file: str | None = None
+    dir: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        given = [v for v in (self.value, self.file, self.dir) if v is not None]
+        if len(given) != 1:
+            raise ValueError("exactly one of value, file or dir must be set")
+        return self
+
+
+class VerificationConfig(Model):
+    """How a provider's signature is checked. Only the fields of the chosen provider matter."""
+
+    secrets: list[SecretSource] = Field(default_factory=list)
+    tolerance_seconds: Annotated[int, Field(ge=1, le=86_400)] = 300
+    # hmac (generic) settings
+    header: str | None = None
+    algorithm: HmacAlgorithm = HmacAlgorithm.SHA256
+    encoding: SignatureEncoding = SignatureEncoding.HEX
+    prefix: str = ""
+    timestamp_header: str | None = None
+    signed_content: str = "{body}"
+    id_header: str | None = None
+    type_header: str | None = None
+    # highlevel: PEM public key(s) overriding HighLevel's published keys
+    public_key: str | None = None
+
+
+ASYMMETRIC_JWT_ALGORITHMS: tuple[str, ...] = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+
+
+class AuthConfig(Model):
+    """Bearer-JWT authentication (for example Clerk session tokens)."""
+
+    jwks_url: str | None = None
+    public_key: str | None = None
+    issuer: str | None = None
+    audiences: list[str] = Field(default_factory=list)
+    authorized_parties: list[str] = Field(default_factory=list)
+    algorithms: list[str] = Field(default_factory=lambda: list(ASYMMETRIC_JWT_ALGORITHMS))
+    leeway_seconds: Annotated[int, Field(ge=0, le=300)] = 5
+    jwks_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
+    jwks_cache_seconds: Annotated[int, Field(ge=0)] = 300
+
+    @model_validator(mode="after")
+    def _key_source(self) -> Self:
+        if (self.jwks_url is None) == (self.public_key is None):
+            raise ValueError("exactly one of jwksUrl or publicKey must be set")
+        bad = [a for a in self.algorithms if a not in ASYMMETRIC_JWT_ALGORITHMS]
+        if bad or not self.algorithms:
+            raise ValueError(
+                f"algorithms must be asymmetric ones from {list(ASYMMETRIC_JWT_ALGORITHMS)}"
+            )
+        return self
+
+
+class LimitsConfig(Model):
+    max_body_bytes: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = 1_048_576
+    requests_per_second: Annotated[float, Field(gt=0)] = 100.0
+    burst: Annotated[int, Field(ge=1)] = 200
+
+
+class CorsConfig(Model):
+    allowed_origins: list[str] = Field(default_factory=list)
+
+
+class SourceConfig(Model):
+    """One webhook source: one endpoint, one verification scheme."""
+
+    namespace: str = "default"
+    name: str
+    provider: Provider
+    path: str | None = None
+    verification: VerificationConfig = Field(default_factory=VerificationConfig)
+    auth: AuthConfig | None = None
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    cors: CorsConfig = Field(default_factory=CorsConfig)
+    retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
+
+    @property
+    def key(self) -> str:
+        """The source's identity in the event store: ``<namespace>/<name>``."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def route(self) -> str:
+        return self.path or f"/hooks/{self.namespace}/{self.name}"
+
+    @model_validator(mode="after")
+    def _provider_rules(self) -> Self:
+        if self.path is not None and not self.path.startswith("/"):
+            raise ValueError("path must start with '/'")
+        if self.provider is Provider.JWT and self.auth is None:
+            raise ValueError("provider jwt requires auth")
+        if self.provider is Provider.HMAC and not self.verification.header:
+            raise ValueError("provider hmac requires verification.header")
+        needs_secret = self.provider not in (Provider.JWT, Provider.HIGHLEVEL)
+        if needs_secret and not self.verification.secrets:
+            raise ValueError(f"provider {self.provider.value} requires a verification secret")
+        return self
+
+
+class DatabaseConfig(Model):
+    """The event store. ``url`` for local use, ``urlFile`` (a mounted Secret key) in a pod."""
+
+    url: str | None = None
+    url_file: str | None = None
+    pool_min_size: Annotated[int, Field(ge=0)] = 1
+    pool_max_size: Annotated[int, Field(ge=1)] = 10
+    # PgBouncer in transaction mode cannot keep prepared statements across transactions.
+    pgbouncer: bool = False
+    connect_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
+    partitions_ahead_days: Annotated[int, Field(ge=1, le=60)] = 3
+    maintenance_interval_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    max_batch: Annotated[int, Field(ge=1, le=10_000)] = 500
+
+    @model_validator(mode="after")
+    def _one_url(self) -> Self:
+        if (self.url is None) == (self.url_file is None):
+            raise ValueError("exactly one of url or urlFile must be set")
+        return self
+
+    def resolve_url(self) -> str:
+        if self.url is not None:
+            return self.url
+        assert self.url_file is not None
+        return Path(self.url_file).read_text().strip()
+
+
+class ReceiverConfig(Model):
+    """Everything one receiver process needs."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - a receiver in a pod listens on all interfaces
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    sources: list[SourceConfig]
+    database: DatabaseConfig
+    shutdown_timeout_seconds: Annotated[float, Field(gt=0)] = 20.0
+    secret_reload_seconds: Annotated[float, Field(gt=0)] = 5.0
+
+    @model_validator(mode="after")
+    def _unique_routes(self) -> Self:
+        seen: dict[str, str] = {}
+        for source in self.sources:
+            if source.route in seen:
+                raise ValueError(
+                    f"sources {seen[source.route]} and {source.key} share path {source.route}"
+                )
+            seen[source.route] = source.key
+        return self
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReceiverConfig:
+        data: Any = yaml.safe_load(Path(path).read_text())
+        return cls.model_validate(data)
+
+    def dump_yaml(self) -> str:
+        return yaml.safe_dump(
+            self.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False
+        )

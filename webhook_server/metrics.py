@@ -1,0 +1,65 @@
+"""Prometheus metrics of one receiver. Labels carry source keys and closed-set values only."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+class ReceiverMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "dfm_receiver_requests",
+            "Webhook requests by source and outcome.",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.signature_failures = Counter(
+            "dfm_receiver_signature_failures",
+            "Requests refused by signature or token verification, by reason.",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "dfm_receiver_duplicates",
+            "Redeliveries of an event already stored (answered 2xx, not stored again).",
+            ["source"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "dfm_receiver_request_duration_seconds",
+            "Time from request start to response, by source.",
+            ["source"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "dfm_receiver_store_batch_size",
+            "Events committed per database round trip.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "dfm_receiver_store_errors",
+            "Batches that failed to commit (their requests were answered 503).",
+            registry=r,
+        )
+        self.pool_size = Gauge(
+            "dfm_receiver_db_pool_size", "Open database connections.", registry=r
+        )
+        self.pool_in_use = Gauge(
+            "dfm_receiver_db_pool_in_use", "Database connections in use.", registry=r
+        )
+        self.secret_reloads = Counter(
+            "dfm_receiver_secret_reloads",
+            "Times a source's secrets changed on disk and were reloaded.",
+            ["source"],
+            registry=r,
+        )
+        self.store_ready = Gauge(
+            "dfm_receiver_store_ready", "1 when the event store is reachable.", registry=r
+        )

@@ -1,0 +1,97 @@
+"""Secret values of a source, re-read from disk when kubelet updates the mounted files.
+
+A source may list several secrets (each a literal, a mounted key, or a mounted ManagedSecret
+directory). A ManagedSecret directory holds ``current`` and, during a rotation's grace period,
+``previous`` plus ``previous-expires-at`` (RFC 3339); ``previous`` is valid only until then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from webhook_server.config import SecretSource
+
+CURRENT = "current"
+PREVIOUS = "previous"
+PREVIOUS_EXPIRES_AT = "previous-expires-at"
+
+
+@dataclass(frozen=True)
+class SecretValue:
+    value: bytes
+    # Unix time after which the value is refused; None for no expiry.
+    expires_at: float | None = None
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        # Kubernetes writes values verbatim; a trailing newline is an artefact of how a Secret
+        # was made (`echo x > file`), never part of a provider's secret.
+        return path.read_bytes().rstrip(b"\r\n")
+    except FileNotFoundError:
+        return None
+
+
+def _parse_expiry(raw: bytes | None) -> float | None:
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw.decode().strip().replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        # An unreadable expiry must not keep an old secret alive forever.
+        return 0.0
+
+
+def load(sources: Sequence[SecretSource]) -> tuple[SecretValue, ...]:
+    """Read every configured secret now; missing files are skipped (see ``loaded``)."""
+    values: list[SecretValue] = []
+    for source in sources:
+        if source.value is not None:
+            values.append(SecretValue(source.value.encode()))
+        elif source.file is not None:
+            raw = _read(Path(source.file))
+            if raw:
+                values.append(SecretValue(raw))
+        elif source.dir is not None:
+            folder = Path(source.dir)
+            current = _read(folder / CURRENT)
+            if current:
+                values.append(SecretValue(current))
+            previous = _read(folder / PREVIOUS)
+            if previous:
+                expiry = _parse_expiry(_read(folder / PREVIOUS_EXPIRES_AT))
+                values.append(SecretValue(previous, expiry))
+    return tuple(values)
+
+
+def valid_at(values: Sequence[SecretValue], now: float) -> list[bytes]:
+    return [v.value for v in values if v.expires_at is None or now < v.expires_at]
+
+
+class SourceSecrets:
+    """The cached secrets of one source; ``reload`` says whether they changed."""
+
+    def __init__(self, sources: Sequence[SecretSource]) -> None:
+        self._sources = tuple(sources)
+        self.values = load(self._sources)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self._sources)
+
+    @property
+    def loaded(self) -> bool:
+        return not self._sources or bool(self.values)
+
+    def reload(self) -> bool:
+        fresh = load(self._sources)
+        if fresh == self.values:
+            return False
+        self.values = fresh
+        return True
+
+    def valid_at(self, now: float) -> list[bytes]:
+        return valid_at(self.values, now)

@@ -1,0 +1,330 @@
+"""The durable event store: one asyncpg pool, migrations, partitions and a batching writer.
+
+A request is acknowledged only after the batch holding its event has committed. The writer
+takes whatever is queued when it is free (no timer: latency stays low when idle, batches grow
+under load), writes the batch in one statement, then resolves each request's future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from webhook_server.config import DatabaseConfig, SourceConfig
+from webhook_server.logs import get_logger
+from webhook_server.metrics import ReceiverMetrics
+from webhook_server.store import partitions
+from webhook_server.store.migrations import apply_migrations
+
+log = get_logger("dfm.store")
+
+MAINTENANCE_LOCK_ID = 0x64666D02
+# Errors that mean "the database is not there right now": answered 503, retried by the provider.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+class StoreUnavailable(Exception):
+    """The event was not committed; the caller must not acknowledge it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    source: str
+    event_id: str
+    event_type: str | None
+    received_at: datetime
+    request_id: str
+    payload: bytes
+    headers: dict[str, str]
+
+
+_INSERT = """
+WITH incoming AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
+                         $5::text[], $6::bytea[], $7::jsonb[])
+        AS t(source, event_id, event_type, received_at, request_id, payload, headers)
+), fresh AS (
+    INSERT INTO webhook_event_ids (source, event_id, received_at)
+    SELECT source, event_id, received_at FROM incoming
+    ON CONFLICT DO NOTHING
+    RETURNING source, event_id
+)
+INSERT INTO webhook_events (source, event_id, event_type, received_at, request_id, payload, headers)
+SELECT i.source, i.event_id, i.event_type, i.received_at, i.request_id, i.payload, i.headers
+FROM incoming i JOIN fresh f USING (source, event_id)
+RETURNING source, event_id
+"""
+
+_PARTITION_MISSING = "23514"  # check_violation: "no partition of relation ... found for row"
+
+
+@dataclass
+class _Pending:
+    event: Event
+    future: asyncio.Future[bool]
+
+
+@dataclass
+class Store:
+    config: DatabaseConfig
+    sources: Sequence[SourceConfig]
+    metrics: ReceiverMetrics
+    statement_timeout_seconds: float = 10.0
+    _pool: asyncpg.Pool | None = None
+    _queue: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _closing: bool = False
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start connecting in the background; the receiver serves (with 503s) until ready."""
+        self._tasks.append(asyncio.create_task(self._connect_loop(), name="store-connect"))
+        self._tasks.append(asyncio.create_task(self._writer_loop(), name="store-writer"))
+
+    async def wait_ready(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._ready.wait()
+        return self._ready.is_set()
+
+    async def close(self) -> None:
+        """Refuse new events, commit the queued ones, then close the pool."""
+        self._closing = True
+        await self._queue.join()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        kwargs: dict[str, Any] = {}
+        if self.config.pgbouncer:
+            kwargs["statement_cache_size"] = 0
+        pool = await asyncpg.create_pool(
+            self.config.resolve_url(),
+            min_size=self.config.pool_min_size,
+            max_size=self.config.pool_max_size,
+            timeout=self.config.connect_timeout_seconds,
+            command_timeout=self.statement_timeout_seconds,
+            server_settings={"application_name": "dfm-receiver", "timezone": "UTC"},
+            **kwargs,
+        )
+        assert pool is not None
+        return pool
+
+    async def _connect_loop(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                pool = await self._create_pool()
+                async with pool.acquire() as conn:
+                    applied = await apply_migrations(conn)
+                    if applied:
+                        log.info("migrations applied", migrations=applied)
+                self._pool = pool
+                await self.maintain(datetime.now(UTC))
+                break
+            except Exception as exc:
+                log.warning("database not reachable yet", error=type(exc).__name__, retry_in=delay)
+                log.debug("database error detail", detail=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self._ready.set()
+        self.metrics.store_ready.set(1)
+        log.info("event store ready")
+        while True:
+            await asyncio.sleep(self.config.maintenance_interval_seconds)
+            try:
+                await self.maintain(datetime.now(UTC))
+            except UNAVAILABLE_ERRORS as exc:
+                log.warning("partition maintenance skipped", error=type(exc).__name__)
+
+    # -- health --------------------------------------------------------------------------------
+
+    async def check(self, seconds: float = 2.0) -> bool:
+        """Is the database reachable right now?"""
+        if self._pool is None:
+            return False
+        try:
+            async with asyncio.timeout(seconds):
+                await self._pool.fetchval("SELECT 1")
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+            self.metrics.store_ready.set(0)
+            return False
+        self.metrics.store_ready.set(1)
+        return True
+
+    def pool_stats(self) -> tuple[int, int]:
+        if self._pool is None:
+            return 0, 0
+        size = self._pool.get_size()
+        return size, size - self._pool.get_idle_size()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    async def submit(self, event: Event) -> bool:
+        """Commit ``event``; True when it is new, False for a duplicate of a stored one.
+
+        Raises StoreUnavailable when it could not be committed.
+        """
+        if self._closing or not self._ready.is_set():
+            raise StoreUnavailable("event store not ready")
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(event, future))
+        return await future
+
+    async def _writer_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self.config.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._flush(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        # Within one batch the first delivery of an id wins; the others are its duplicates.
+        unique: dict[tuple[str, str], _Pending] = {}
+        for pending in batch:
+            unique.setdefault((pending.event.source, pending.event.event_id), pending)
+        try:
+            fresh = await self._insert([p.event for p in unique.values()])
+        except Exception as exc:
+            self.metrics.store_errors.inc()
+            log.error("batch not committed", error=type(exc).__name__, events=len(batch))
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(StoreUnavailable("event not committed"))
+            return
+        self.metrics.batch_size.observe(len(unique))
+        for pending in batch:
+            key = (pending.event.source, pending.event.event_id)
+            is_new = key in fresh and unique[key] is pending
+            if not pending.future.done():
+                pending.future.set_result(is_new)
+
+    async def _insert(self, events: list[Event]) -> set[tuple[str, str]]:
+        if self._pool is None:
+            raise StoreUnavailable("no pool")
+        args = (
+            [e.source for e in events],
+            [e.event_id for e in events],
+            [e.event_type for e in events],
+            [e.received_at for e in events],
+            [e.request_id for e in events],
+            [e.payload for e in events],
+            [json.dumps(e.headers) for e in events],
+        )
+        for attempt in range(3):
+            try:
+                rows = await self._pool.fetch(_INSERT, *args)
+                return {(r["source"], r["event_id"]) for r in rows}
+            except asyncpg.PostgresError as exc:
+                if getattr(exc, "sqlstate", None) != _PARTITION_MISSING or attempt == 2:
+                    raise
+                async with self._pool.acquire() as conn:
+                    await _create_partitions(
+                        conn, {partitions.utc_day(e.received_at) for e in events}
+                    )
+            except (asyncpg.exceptions.ConnectionDoesNotExistError, ConnectionResetError):
+                # A connection broken by a database restart: asyncpg replaces it on the next
+                # acquire, so one retry avoids a needless 503 after recovery.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    # -- partitions and retention --------------------------------------------------------------
+
+    async def maintain(self, now: datetime) -> bool:
+        """Create partitions ahead, drop expired ones, prune expired dedup keys.
+
+        Runs in whichever replica holds the maintenance advisory lock; returns False elsewhere.
+        """
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MAINTENANCE_LOCK_ID):
+                return False
+            try:
+                await self._register_sources(conn, now)
+                await _create_partitions(
+                    conn, set(partitions.days_to_create(now, self.config.partitions_ahead_days))
+                )
+                await self._expire(conn, now)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", MAINTENANCE_LOCK_ID)
+        return True
+
+    async def _register_sources(self, conn: Any, now: datetime) -> None:
+        await conn.executemany(
+            """INSERT INTO webhook_sources (source, retention_days, last_seen_at)
+               VALUES ($1, $2, $3)
+               ON CONFLICT (source) DO UPDATE
+               SET retention_days = EXCLUDED.retention_days,
+                   last_seen_at = EXCLUDED.last_seen_at""",
+            [(s.key, s.retention_days, now) for s in self.sources],
+        )
+
+    async def _expire(self, conn: Any, now: datetime) -> None:
+        longest = await conn.fetchval("SELECT max(retention_days) FROM webhook_sources")
+        if longest is None:
+            return
+        existing = [
+            r["relname"]
+            for r in await conn.fetch(
+                """SELECT c.relname FROM pg_inherits i
+                   JOIN pg_class c ON c.oid = i.inhrelid
+                   JOIN pg_class p ON p.oid = i.inhparent
+                   WHERE p.relname = 'webhook_events'"""
+            )
+        ]
+        for name in partitions.partitions_to_drop(existing, now, int(longest)):
+            await conn.execute(f"DROP TABLE IF EXISTS {name}")
+            log.info("partition dropped", partition=name)
+        # Sources that keep less than the longest retention lose their older rows by DELETE.
+        for row in await conn.fetch(
+            "SELECT source, retention_days FROM webhook_sources WHERE retention_days < $1",
+            longest,
+        ):
+            cutoff = now - timedelta(days=row["retention_days"])
+            await conn.execute(
+                "DELETE FROM webhook_events WHERE source = $1 AND received_at < $2",
+                row["source"],
+                cutoff,
+            )
+        await conn.execute(
+            """DELETE FROM webhook_event_ids i USING webhook_sources s
+               WHERE i.source = s.source
+                 AND i.received_at < $1::timestamptz - make_interval(days => s.retention_days)""",
+            now,
+        )
+
+
+async def _create_partitions(conn: Any, days: set[date]) -> None:
+    # Names and bounds come from dates we computed, never from input, so formatting is safe.
+    for day in sorted(days):
+        low, high = partitions.bounds(day)
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {partitions.partition_name(day)} "
+            f"PARTITION OF webhook_events FOR VALUES FROM ('{low}') TO ('{high}')"
+        )

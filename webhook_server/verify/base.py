@@ -1,0 +1,123 @@
+"""Shared types of the verification schemes.
+
+Every provider module exposes two pure functions:
+
+``verify(headers, body, secrets, settings, now) -> Verified | Rejected``
+    ``headers`` is a case-insensitive mapping, ``body`` the raw bytes, ``secrets`` the values valid
+    right now (current and, during a rotation's grace period, previous) as bytes exactly as stored
+    in the Secret, ``now`` a unix timestamp. No I/O, no clock.
+
+``sign(body, secret, settings, now, event_id) -> dict[str, str]``
+    the headers that provider would send for ``body``; used by ``dfm send`` and the tests.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from webhook_server.config import VerificationConfig
+
+
+class Reason(enum.StrEnum):
+    """Why a request was refused. A closed set: these are metric label values."""
+
+    MISSING_HEADER = "missing_header"
+    MALFORMED = "malformed"
+    STALE_TIMESTAMP = "stale_timestamp"
+    BAD_SIGNATURE = "bad_signature"
+    NO_SECRET = "no_secret"
+    MISSING_TOKEN = "missing_token"
+    BAD_TOKEN = "bad_token"
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """The request is authentic; ``event_id`` is the provider's delivery or event id, if any."""
+
+    event_id: str | None = None
+    event_type: str | None = None
+    # Set when the provider expects an immediate answer instead of a stored event
+    # (Slack's url_verification handshake).
+    challenge: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: Reason
+    # A short, generic explanation that is safe to show the caller (never a secret or signature).
+    detail: str = ""
+
+
+Result = Verified | Rejected
+
+
+class Verifier(Protocol):
+    def __call__(
+        self,
+        headers: Mapping[str, str],
+        body: bytes,
+        secrets: Sequence[bytes],
+        settings: VerificationConfig,
+        now: float,
+    ) -> Result: ...
+
+
+class Signer(Protocol):
+    def __call__(
+        self,
+        body: bytes,
+        secret: bytes,
+        settings: VerificationConfig,
+        now: float,
+        event_id: str | None,
+    ) -> dict[str, str]: ...
+
+
+def constant_time_any(expected: Sequence[bytes], given: Sequence[bytes]) -> bool:
+    """True when any given signature equals any expected one; compares every pair in constant time.
+
+    All pairs are compared (no early exit) so timing reveals neither which secret nor which
+    signature matched.
+    """
+    matched = False
+    for e in expected:
+        for g in given:
+            matched |= hmac.compare_digest(e, g)
+    return matched
+
+
+def hmac_digest(secret: bytes, message: bytes, algorithm: str = "sha256") -> bytes:
+    return hmac.new(secret, message, getattr(hashlib, algorithm)).digest()
+
+
+def within_tolerance(timestamp: float, now: float, tolerance_seconds: int) -> bool:
+    return abs(now - timestamp) <= tolerance_seconds
+
+
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None when it is not one."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def string_field(obj: Mapping[str, Any] | None, *path: str) -> str | None:
+    """A nested string (or integer) field of a JSON object, as a string."""
+    current: Any = obj
+    for part in path:
+        if not isinstance(current, Mapping):
+            return None
+        current = current.get(part)
+    if isinstance(current, bool) or current is None:
+        return None
+    if isinstance(current, str | int):
+        return str(current)
+    return None
