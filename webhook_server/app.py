@@ -355,13 +355,13 @@ def reload_secrets(app: web.Application) -> list[str]:
     return changed
 
 
-def build_runtime(source: SourceConfig) -> SourceRuntime:
+def build_runtime(source: SourceConfig, clock: Callable[[], float]) -> SourceRuntime:
     return SourceRuntime(
         config=source,
         verify=VERIFIERS[source.provider],
         bucket=TokenBucket(source.limits.requests_per_second, source.limits.burst),
         secrets=SourceSecrets(source.verification.secrets),
-        authenticator=JwtAuthenticator(source.auth) if source.auth else None,
+        authenticator=JwtAuthenticator(source.auth, clock=clock) if source.auth else None,
     )
 
 
@@ -383,7 +383,7 @@ def create_app(
         resource = app.router.add_resource(source.route)
         resource.add_route("POST", receive)
         resource.add_route("OPTIONS", preflight)
-        sources[resource.canonical] = build_runtime(source)
+        sources[resource.canonical] = build_runtime(source, clock)
     app[SOURCES] = sources
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)

@@ -397,3 +397,77 @@ async def test_secret_rotation_on_disk_is_picked_up_without_restart(
 
 def _unused(_: web.Application) -> None:  # keeps the web import meaningful for type checkers
     return None
+
+
+async def test_jwt_source_needs_a_valid_bearer_token(
+    make_client: Any, db: asyncpg.Connection
+) -> None:
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from webhook_server.config import AuthConfig
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    public_pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    source = SourceConfig(
+        name="orders",
+        provider=Provider.JWT,
+        auth=AuthConfig(
+            public_key=public_pem, issuer="https://clerk.example.com", audiences=["orders-api"]
+        ),
+    )
+    client = await make_client(source)
+    now = int(time.time())
+    claims = {
+        "iss": "https://clerk.example.com",
+        "aud": "orders-api",
+        "sub": "user_1",
+        "iat": now,
+        "exp": now + 60,
+    }
+    token = pyjwt.encode(claims, key, algorithm="ES256")
+    body = b'{"id":"ord_1","type":"order.created"}'
+
+    ok = await client.post(source.route, data=body, headers={"Authorization": f"Bearer {token}"})
+    assert ok.status == 200
+    assert (await ok.json())["eventId"] == "ord_1"
+    expired = pyjwt.encode(claims | {"exp": now - 60}, key, algorithm="ES256")
+    refused = await client.post(
+        source.route, data=body, headers={"Authorization": f"Bearer {expired}"}
+    )
+    assert refused.status == 401
+    assert expired not in await refused.text()
+    assert (await client.post(source.route, data=body)).status == 401
+    row = await db.fetchrow("SELECT event_type, headers FROM webhook_events")
+    assert row["event_type"] == "order.created"
+    assert "authorization" not in json.loads(row["headers"])
+
+
+async def test_shutdown_commits_every_accepted_event(
+    aiohttp_client: Any, database_url: str
+) -> None:
+    config = ReceiverConfig(sources=[github_source()], database=DatabaseConfig(url=database_url))
+    app = create_app(config)
+    client = await aiohttp_client(app)
+    assert await app[STORE].wait_ready(15)
+    import asyncio
+
+    async def post(i: int) -> int:
+        body = f'{{"i":{i}}}'.encode()
+        resp = await client.post("/hooks/ci/gh", data=body, headers=github_headers(body, f"s{i}"))
+        return resp.status
+
+    statuses = await asyncio.gather(*(post(i) for i in range(200)))
+    await client.close()  # runs the app's cleanup: drain, flush, close the pool
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = await conn.fetchval("SELECT count(*) FROM webhook_events")
+    finally:
+        await conn.close()
+    assert statuses.count(200) == 200
+    assert stored == 200

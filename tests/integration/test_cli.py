@@ -1,0 +1,162 @@
+"""The `dfm` command as a user runs it: real processes, real ports, a real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+DFM = [sys.executable, "-m", "dfm.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[str], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"dfm local exited early: {proc.stderr.read() if proc.stderr else ''}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback only
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("dfm local did not become ready")
+
+
+@pytest.fixture
+def local_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`dfm local -f examples/` with its own embedded PostgreSQL, as the README runs it."""
+    port = free_port()
+    env = dict(os.environ, DFM_DATA_DIR=str(tmp_path / "dfm-data"))
+    env.pop("DFM_DATABASE_URL", None)
+    proc = subprocess.Popen(
+        [*DFM, "local", "-f", str(EXAMPLES), "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base + "/readyz", proc)
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+        # The embedded server was stopped by dfm local; make sure nothing is left behind.
+        pg = tmp_path / "dfm-data" / "postgres"
+        if (pg / "postmaster.pid").exists():
+            subprocess.run(["pkill", "-f", str(pg)], check=False)
+
+
+@pytest.mark.parametrize(
+    ("file", "name"),
+    [
+        ("github.yaml", "github"),
+        ("stripe.yaml", "stripe"),
+        ("clerk.yaml", "clerk"),
+        ("shopify.yaml", "shopify"),
+        ("slack.yaml", "slack"),
+        ("forgejo-hmac.yaml", "forgejo"),
+    ],
+)
+def test_dfm_send_reaches_dfm_local_and_is_stored(
+    local_server: tuple[str, subprocess.Popen[str]], file: str, name: str
+) -> None:
+    base, _ = local_server
+    path = "/hooks/payments/stripe" if name == "stripe" else f"/hooks/default/{name}"
+    sent = subprocess.run(
+        [*DFM, "send", str(EXAMPLES / file), "--url", base + path],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "HTTP 200" in sent.stdout
+    assert '"status": "stored"' in sent.stdout
+
+
+def test_dfm_local_prints_endpoints_and_send_lines_then_stops_cleanly(
+    local_server: tuple[str, subprocess.Popen[str]],
+) -> None:
+    base, proc = local_server
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 0
+    err = proc.stderr.read() if proc.stderr else ""
+    assert "embedded PostgreSQL" in err
+    assert f"POST {base}/hooks/default/github" in err
+    assert "send examples/github.yaml --name github" in err or "send " in err
+
+
+def run_dfm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*DFM, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_manifest_error_names_file_object_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: dfm.dev/v1alpha1\nkind: WebhookSource\n"
+        "metadata: {name: broken, namespace: ops}\n"
+        "spec:\n  provider: hmac\n  verification:\n    secretRef: {name: s}\n"
+    )
+    result = run_dfm("local", "-f", str(bad), "--database-url", "postgresql://unused")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert str(bad) in lines[0]
+    assert "WebhookSource ops/broken" in lines[0]
+    assert "spec" in lines[0]
+    assert "hmac requires verification.header" in lines[0]
+
+
+def test_unknown_field_and_missing_secret_are_reported(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(
+        "apiVersion: dfm.dev/v1alpha1\nkind: WebhookSource\nmetadata: {name: t}\n"
+        "spec:\n  provider: github\n  verifcation: {}\n"
+    )
+    result = run_dfm("local", "-f", str(typo), "--database-url", "postgresql://unused")
+    assert result.returncode == 2
+    assert "spec.verifcation" in result.stderr
+
+    orphan = tmp_path / "orphan.yaml"
+    orphan.write_text(
+        "apiVersion: dfm.dev/v1alpha1\nkind: WebhookSource\nmetadata: {name: o}\n"
+        "spec:\n  provider: github\n  verification:\n    secretRef: {name: nowhere}\n"
+    )
+    result = run_dfm("local", "-f", str(orphan), "--database-url", "postgresql://unused")
+    assert result.returncode == 2
+    assert "Secret default/nowhere not found" in result.stderr
+
+
+def test_send_to_a_closed_port_fails_with_one_line(tmp_path: Path) -> None:
+    result = run_dfm(
+        "send",
+        str(EXAMPLES / "github.yaml"),
+        "--url",
+        f"http://127.0.0.1:{free_port()}/hooks/default/github",
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr

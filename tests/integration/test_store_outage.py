@@ -1,0 +1,112 @@
+"""While PostgreSQL is down nothing is acknowledged; when it returns the receiver recovers alone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from dfm.embedded_pg import EmbeddedPostgres
+from webhook_server.app import STORE, create_app
+from webhook_server.config import (
+    DatabaseConfig,
+    Provider,
+    ReceiverConfig,
+    SecretSource,
+    SourceConfig,
+    VerificationConfig,
+)
+from webhook_server.verify import SIGNERS
+
+SECRET = "outage-secret"
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A server of this test's own, since the test stops and starts it."""
+    server = EmbeddedPostgres(tmp_path / "pg")
+    server.start()
+    yield server
+    server.destroy()
+
+
+def signed(body: bytes, delivery: str) -> dict[str, str]:
+    return SIGNERS[Provider.GITHUB](
+        body, SECRET.encode(), VerificationConfig(), time.time(), delivery
+    )
+
+
+async def test_database_down_means_503_then_recovery(
+    aiohttp_client: Any, own_postgres: EmbeddedPostgres
+) -> None:
+    source = SourceConfig(
+        name="gh",
+        provider=Provider.GITHUB,
+        verification=VerificationConfig(secrets=[SecretSource(value=SECRET)]),
+    )
+    config = ReceiverConfig(sources=[source], database=DatabaseConfig(url=own_postgres.url))
+    app = create_app(config)
+    client = await aiohttp_client(app)
+    assert await app[STORE].wait_ready(15)
+    assert (
+        await client.post(source.route, data=b"{}", headers=signed(b"{}", "before"))
+    ).status == 200
+
+    await asyncio.to_thread(own_postgres.stop, "immediate")
+    down = await client.post(source.route, data=b'{"n":1}', headers=signed(b'{"n":1}', "during"))
+    assert down.status == 503
+    assert down.content_type == "application/problem+json"
+    assert down.headers["Retry-After"]
+    assert (await client.get("/readyz")).status == 503
+
+    await asyncio.to_thread(own_postgres.start)
+    # The provider retries the same delivery; it must now be committed.
+    deadline = time.monotonic() + 20
+    status = 0
+    while time.monotonic() < deadline:
+        resp = await client.post(
+            source.route, data=b'{"n":1}', headers=signed(b'{"n":1}', "during")
+        )
+        status = resp.status
+        if status == 200:
+            break
+        await asyncio.sleep(0.2)
+    assert status == 200
+    assert (await client.get("/readyz")).status == 200
+
+    conn = await asyncpg.connect(own_postgres.url)
+    try:
+        ids = sorted(r["event_id"] for r in await conn.fetch("SELECT event_id FROM webhook_events"))
+    finally:
+        await conn.close()
+    assert ids == ["before", "during"]
+
+
+async def test_receiver_starting_without_database_serves_503_until_it_appears(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    server = EmbeddedPostgres(tmp_path / "late")
+    source = SourceConfig(
+        name="gh",
+        provider=Provider.GITHUB,
+        verification=VerificationConfig(secrets=[SecretSource(value=SECRET)]),
+    )
+    config = ReceiverConfig(sources=[source], database=DatabaseConfig(url=server.url))
+    app = create_app(config)
+    client = await aiohttp_client(app)
+    try:
+        assert (await client.get("/livez")).status == 200
+        assert (await client.get("/readyz")).status == 503
+        resp = await client.post(source.route, data=b"{}", headers=signed(b"{}", "early"))
+        assert resp.status == 503
+        await asyncio.to_thread(server.start)
+        assert await app[STORE].wait_ready(30)
+        ok = await client.post(source.route, data=b"{}", headers=signed(b"{}", "early"))
+        assert ok.status == 200
+    finally:
+        await asyncio.to_thread(server.destroy)
