@@ -54,12 +54,61 @@ def _add_receiver(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--log-level", default=os.environ.get("DFM_LOG_LEVEL", "INFO"))
 
 
+def _add_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "operator",
+        help="run the controller (in-cluster config, else $KUBECONFIG or ~/.kube/config)",
+    )
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch only these namespaces (repeatable)",
+    )
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)"
+    )
+    p.add_argument("--metrics-port", type=int, default=8080)
+    p.add_argument(
+        "--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint URL"
+    )
+    p.add_argument(
+        "--standalone",
+        action="store_true",
+        help="no peering: do not coordinate with other operator replicas",
+    )
+
+
+def _add_render(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "render",
+        help="print the objects the operator would create for the resources in the files",
+        description=(
+            "Prints, as a YAML stream, exactly the children the operator applies for every "
+            "custom resource in the files, offline. A resource read from a file has no uid yet: "
+            "its children's ownerReferences then carry the placeholder uid "
+            "00000000-0000-0000-0000-000000000000, which the operator replaces with the real one."
+        ),
+    )
+    p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE_OR_DIR")
+    p.add_argument(
+        "--service-monitor",
+        action="store_true",
+        help="also render ServiceMonitors (as with the chart's serviceMonitor.enabled)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="dfm", description="df-middleware")
     sub = top.add_subparsers(dest="command", required=True)
     _add_local(sub)
     _add_send(sub)
     _add_receiver(sub)
+    _add_operator(sub)
+    _add_render(sub)
     return top
 
 
@@ -134,7 +183,32 @@ def _first_error(exc: Exception) -> str:
     return str(exc)
 
 
-COMMANDS = {"local": cmd_local, "send": cmd_send, "receiver": cmd_receiver}
+def cmd_operator(args: argparse.Namespace) -> int:
+    from dfm_operator.main import run
+
+    run(
+        namespaces=args.namespace,
+        metrics_port=args.metrics_port or None,
+        liveness=args.liveness or None,
+        standalone=args.standalone,
+    )
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from dfm.render import render, to_yaml
+
+    sys.stdout.write(to_yaml(render(args.filename, service_monitor=args.service_monitor)))
+    return 0
+
+
+COMMANDS = {
+    "local": cmd_local,
+    "send": cmd_send,
+    "receiver": cmd_receiver,
+    "operator": cmd_operator,
+    "render": cmd_render,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,10 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from dfm.manifests import Document, ManifestError, load_documents, secrets, webhook_sources
 from dfm_operator.api import WebhookSource
 from dfm_operator.builders.receiver_config import build_source_config
-
-from dfm.manifests import Document, ManifestError, load_documents, secrets, webhook_sources
 from webhook_server.config import DatabaseConfig, ReceiverConfig, SecretSource, SourceConfig
 
 DATABASE_URL_ENV = "DFM_DATABASE_URL"

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+
 from dfm_operator.api import WebhookSource
 from dfm_operator.constants import API_VERSION, DEFAULT_NAMESPACE, WEBHOOK_SOURCE
-from pydantic import ValidationError
 
 YAML_SUFFIXES = (".yaml", ".yml")
 

@@ -11,3 +11,37 @@ BACKUP_SCHEDULE = "BackupSchedule"
 
 DEFAULT_SECRET_KEY = "secret"
 DEFAULT_NAMESPACE = "default"
+
+# Labels and annotations every child carries (https://kubernetes.io/docs/concepts/overview/working-with-objects/common-labels/)
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_VERSION = "app.kubernetes.io/version"
+LABEL_SOURCE = f"{GROUP}/webhooksource"
+PART_OF = "df-middleware"
+MANAGED_BY = "df-middleware-operator"
+RECEIVER_NAME = "df-middleware-receiver"
+RECEIVER_COMPONENT = "receiver"
+ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
+FIELD_MANAGER = "df-middleware-operator"
+
+# Paths inside a receiver pod
+RECEIVER_PORT = 8080
+CONFIG_DIR = "/etc/dfm/config"
+CONFIG_FILE = "receiver.yaml"
+SECRETS_DIR = "/etc/dfm/secrets"
+DATABASE_DIR = "/etc/dfm/database"
+RECEIVER_UID = 10001
+
+# Condition types and reasons
+READY = "Ready"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+REASON_AVAILABLE = "Available"
+REASON_INVALID_SPEC = "InvalidSpec"
+REASON_SECRET_NOT_FOUND = "SecretNotFound"
+REASON_DEPLOYMENT_UNAVAILABLE = "DeploymentUnavailable"
+REASON_ROLLING_OUT = "RollingOut"
+REASON_APPLY_FAILED = "ApplyFailed"

@@ -1,0 +1,53 @@
+"""Metadata every child object carries: names, standard labels, owner references."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dfm_operator import constants as c
+
+# `dfm render` works offline, before the owner exists: its ownerReferences carry this uid.
+UNKNOWN_UID = "00000000-0000-0000-0000-000000000000"
+
+
+def owner_reference(api_version: str, kind: str, name: str, uid: str | None) -> dict[str, Any]:
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": name,
+        "uid": uid or UNKNOWN_UID,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def selector_labels(owner_name: str, app_name: str, component: str) -> dict[str, str]:
+    """The labels a selector matches on: stable for the owner's life (selectors are immutable)."""
+    return {
+        c.LABEL_NAME: app_name,
+        c.LABEL_INSTANCE: owner_name,
+        c.LABEL_COMPONENT: component,
+    }
+
+
+def standard_labels(
+    owner_name: str, app_name: str, component: str, version: str, extra: dict[str, str]
+) -> dict[str, str]:
+    return {
+        **selector_labels(owner_name, app_name, component),
+        c.LABEL_PART_OF: c.PART_OF,
+        c.LABEL_MANAGED_BY: c.MANAGED_BY,
+        c.LABEL_VERSION: version,
+        **extra,
+    }
+
+
+def object_meta(
+    name: str, namespace: str, labels: dict[str, str], owner: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": dict(labels),
+        "ownerReferences": [owner],
+    }

@@ -1,0 +1,347 @@
+"""WebhookSource -> the objects that run its receiver. Pure: the same inputs give the same dicts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from dfm_operator import constants as c
+from dfm_operator.api import WebhookSource
+from dfm_operator.api.common import SecretKeyRef
+from dfm_operator.builders.meta import (
+    object_meta,
+    owner_reference,
+    selector_labels,
+    standard_labels,
+)
+from dfm_operator.builders.receiver_config import build_source_config
+from dfm_operator.settings import OperatorSettings
+from webhook_server.config import DatabaseConfig, ReceiverConfig, SecretSource
+
+DEFAULT_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "50m", "memory": "64Mi"},
+    "limits": {"memory": "256Mi"},
+}
+
+
+@dataclass(frozen=True)
+class ReceiverInputs:
+    """What the builder needs beyond the resource itself, resolved by the caller.
+
+    ``managed_secret_name``: the Secret a referenced ManagedSecret writes (its ``spec.secretName``).
+    ``service_monitor``: whether to build a ServiceMonitor (enabled and its CRD installed).
+    """
+
+    settings: OperatorSettings
+    managed_secret_name: str | None = None
+    service_monitor: bool = False
+
+
+def receiver_name(source: WebhookSource) -> str:
+    return f"{source.metadata.name}-receiver"
+
+
+def config_map_name(source: WebhookSource) -> str:
+    return f"{source.metadata.name}-receiver-config"
+
+
+def database_secret(source: WebhookSource, settings: OperatorSettings) -> SecretKeyRef:
+    return source.spec.store.database_secret_ref or settings.default_database_secret
+
+
+def signing_secret_name(source: WebhookSource, inputs: ReceiverInputs) -> str | None:
+    v = source.spec.verification
+    if v.secret_ref is not None:
+        return v.secret_ref.name
+    if v.managed_secret_ref is not None:
+        return inputs.managed_secret_name or v.managed_secret_ref.name
+    return None
+
+
+def referenced_secrets(source: WebhookSource, inputs: ReceiverInputs) -> list[str]:
+    """Names of the Secrets the receiver mounts (the operator waits for them to exist)."""
+    names = [database_secret(source, inputs.settings).name]
+    signing = signing_secret_name(source, inputs)
+    if signing is not None:
+        names.append(signing)
+    return sorted(set(names))
+
+
+def _labels(source: WebhookSource, settings: OperatorSettings) -> dict[str, str]:
+    return standard_labels(
+        source.metadata.name,
+        c.RECEIVER_NAME,
+        c.RECEIVER_COMPONENT,
+        settings.version,
+        {c.LABEL_SOURCE: source.metadata.name},
+    )
+
+
+def _selector(source: WebhookSource) -> dict[str, str]:
+    return selector_labels(source.metadata.name, c.RECEIVER_NAME, c.RECEIVER_COMPONENT)
+
+
+def _meta(source: WebhookSource, name: str, settings: OperatorSettings) -> dict[str, Any]:
+    owner = owner_reference(
+        c.API_VERSION, c.WEBHOOK_SOURCE, source.metadata.name, source.metadata.uid
+    )
+    return object_meta(name, source.metadata.namespace, _labels(source, settings), owner)
+
+
+def build_receiver_config(source: WebhookSource, inputs: ReceiverInputs) -> ReceiverConfig:
+    """The receiver's config: secret values never in it, only paths of mounted files."""
+    secrets: list[SecretSource] = []
+    v = source.spec.verification
+    signing = signing_secret_name(source, inputs)
+    if v.secret_ref is not None and signing is not None:
+        secrets.append(SecretSource(file=f"{c.SECRETS_DIR}/{signing}/{v.secret_ref.key}"))
+    elif v.managed_secret_ref is not None and signing is not None:
+        secrets.append(SecretSource(dir=f"{c.SECRETS_DIR}/{signing}"))
+    db = database_secret(source, inputs.settings)
+    return ReceiverConfig(
+        host="0.0.0.0",  # noqa: S104 - in a pod, the Service reaches the container's interface
+        port=c.RECEIVER_PORT,
+        sources=[build_source_config(source, secrets)],
+        database=DatabaseConfig(url_file=f"{c.DATABASE_DIR}/{db.key}"),
+    )
+
+
+def build_config_map(source: WebhookSource, inputs: ReceiverInputs) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(source, config_map_name(source), inputs.settings),
+        "data": {c.CONFIG_FILE: build_receiver_config(source, inputs).dump_yaml()},
+    }
+
+
+def config_hash(config_map: dict[str, Any]) -> str:
+    """Changes exactly when the receiver config does, so a new config rolls the pods."""
+    encoded = json.dumps(config_map["data"], sort_keys=True).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+def _volumes(
+    source: WebhookSource, inputs: ReceiverInputs
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": config_map_name(source)}},
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+        {
+            "name": "database",
+            "secret": {"secretName": database_secret(source, inputs.settings).name},
+        },
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": c.CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir
+        {"name": "database", "mountPath": c.DATABASE_DIR, "readOnly": True},
+    ]
+    signing = signing_secret_name(source, inputs)
+    if signing is not None:
+        # Mounted whole, without subPath: kubelet then updates the files in place on rotation.
+        volumes.append({"name": "signing", "secret": {"secretName": signing}})
+        mounts.append(
+            {"name": "signing", "mountPath": f"{c.SECRETS_DIR}/{signing}", "readOnly": True}
+        )
+    return volumes, mounts
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 3,
+        "failureThreshold": failures,
+    }
+
+
+def build_deployment(
+    source: WebhookSource, inputs: ReceiverInputs, config_map: dict[str, Any]
+) -> dict[str, Any]:
+    settings = inputs.settings
+    volumes, mounts = _volumes(source, inputs)
+    pod_labels = _labels(source, settings)
+    container = {
+        "name": "receiver",
+        "image": settings.receiver_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": ["receiver", "--config", f"{c.CONFIG_DIR}/{c.CONFIG_FILE}"],
+        "ports": [{"name": "http", "containerPort": c.RECEIVER_PORT, "protocol": "TCP"}],
+        "livenessProbe": _probe("/livez", 10, 3),
+        "readinessProbe": _probe("/readyz", 5, 2),
+        "startupProbe": _probe("/livez", 2, 30),
+        "resources": source.spec.resources or DEFAULT_RESOURCES,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": mounts,
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": c.RECEIVER_UID,
+            "runAsGroup": c.RECEIVER_UID,
+            "fsGroup": c.RECEIVER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if source.spec.replicas > 1:
+        pod_spec["topologySpreadConstraints"] = [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": _selector(source)},
+            }
+        ]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(source, receiver_name(source), settings),
+        "spec": {
+            "replicas": source.spec.replicas,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": _selector(source)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {c.ANNOTATION_CONFIG_HASH: config_hash(config_map)},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def build_service(source: WebhookSource, inputs: ReceiverInputs) -> dict[str, Any]:
+    exposure = source.spec.exposure.service
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(source, receiver_name(source), inputs.settings),
+        "spec": {
+            "type": exposure.type,
+            "selector": _selector(source),
+            "ports": [
+                {"name": "http", "port": exposure.port, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def build_pdb(source: WebhookSource, inputs: ReceiverInputs) -> dict[str, Any] | None:
+    if source.spec.replicas <= 1:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(source, receiver_name(source), inputs.settings),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _selector(source)}},
+    }
+
+
+def build_network_policy(source: WebhookSource, inputs: ReceiverInputs) -> dict[str, Any]:
+    """Admit traffic to the receiver port only; webhooks come from anywhere (via the ingress)."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(source, receiver_name(source), inputs.settings),
+        "spec": {
+            "podSelector": {"matchLabels": _selector(source)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"ports": [{"port": c.RECEIVER_PORT, "protocol": "TCP"}]}],
+        },
+    }
+
+
+def build_ingress(source: WebhookSource, inputs: ReceiverInputs) -> dict[str, Any] | None:
+    ingress = source.spec.exposure.ingress
+    if ingress is None:
+        return None
+    spec: dict[str, Any] = {
+        "rules": [
+            {
+                "host": ingress.host,
+                "http": {
+                    "paths": [
+                        {
+                            "path": source.route,
+                            "pathType": "Exact",
+                            "backend": {
+                                "service": {
+                                    "name": receiver_name(source),
+                                    "port": {"name": "http"},
+                                }
+                            },
+                        }
+                    ]
+                },
+            }
+        ]
+    }
+    if ingress.class_name:
+        spec["ingressClassName"] = ingress.class_name
+    if ingress.tls_secret_name:
+        spec["tls"] = [{"hosts": [ingress.host], "secretName": ingress.tls_secret_name}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": _meta(source, receiver_name(source), inputs.settings),
+        "spec": spec,
+    }
+
+
+def build_service_monitor(source: WebhookSource, inputs: ReceiverInputs) -> dict[str, Any] | None:
+    if not inputs.service_monitor:
+        return None
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": _meta(source, receiver_name(source), inputs.settings),
+        "spec": {
+            "selector": {"matchLabels": _selector(source)},
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+        },
+    }
+
+
+def build_children(source: WebhookSource, inputs: ReceiverInputs) -> list[dict[str, Any]]:
+    """Every object the source's receiver needs, in apply order (config before its users)."""
+    config_map = build_config_map(source, inputs)
+    children = [
+        config_map,
+        build_deployment(source, inputs, config_map),
+        build_service(source, inputs),
+        build_pdb(source, inputs),
+        build_network_policy(source, inputs),
+        build_ingress(source, inputs),
+        build_service_monitor(source, inputs),
+    ]
+    return [child for child in children if child is not None]
+
+
+def endpoints(source: WebhookSource, settings: OperatorSettings) -> tuple[str, str | None]:
+    """The in-cluster URL, and the external one when an Ingress exposes the source."""
+    port = source.spec.exposure.service.port
+    host = f"{receiver_name(source)}.{source.metadata.namespace}.svc"
+    internal = f"http://{host}{'' if port == 80 else f':{port}'}{source.route}"
+    ingress = source.spec.exposure.ingress
+    external = None
+    if ingress is not None:
+        scheme = "https" if ingress.tls_secret_name else "http"
+        external = f"{scheme}://{ingress.host}{source.route}"
+    return internal, external

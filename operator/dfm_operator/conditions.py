@@ -1,0 +1,59 @@
+"""Kubernetes-style conditions: pure functions over plain dicts.
+
+``lastTransitionTime`` moves only when a condition's status flips (cert-manager's rule), so
+re-asserting the same state changes nothing and status writes can be skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str = ""
+
+
+def timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def merge_conditions(
+    existing: Sequence[dict[str, Any]],
+    updates: Sequence[Condition],
+    generation: int | None,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The conditions after applying ``updates``; others are kept as they were."""
+    by_type = {c.get("type"): dict(c) for c in existing}
+    for update in updates:
+        status = "True" if update.status else "False"
+        previous = by_type.get(update.type) or {}
+        since = previous.get("lastTransitionTime") if previous.get("status") == status else None
+        by_type[update.type] = {
+            "type": update.type,
+            "status": status,
+            "reason": update.reason,
+            "message": update.message,
+            "lastTransitionTime": since or timestamp(now),
+            "observedGeneration": generation,
+        }
+    return sorted(by_type.values(), key=lambda c: str(c.get("type")))
+
+
+def find(conditions: Sequence[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+    for condition in conditions:
+        if condition.get("type") == type_:
+            return condition
+    return None
+
+
+def is_true(conditions: Sequence[dict[str, Any]], type_: str) -> bool:
+    found = find(conditions, type_)
+    return found is not None and found.get("status") == "True"

@@ -1,0 +1,206 @@
+"""The one place that talks to the Kubernetes API.
+
+Server-side apply under one field manager; create-409 and delete-404 count as done; API errors
+become this module's exceptions. Async (kubernetes_asyncio), so nothing blocks kopf's loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from dfm_operator import constants as c
+
+# The kinds we read or write, by (apiVersion, kind): their plural resource names.
+PLURALS: dict[tuple[str, str], str] = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Secret"): "secrets",
+    ("v1", "Service"): "services",
+    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
+    ("apps/v1", "Deployment"): "deployments",
+    ("batch/v1", "CronJob"): "cronjobs",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
+    ("networking.k8s.io/v1", "Ingress"): "ingresses",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
+    (c.API_VERSION, c.WEBHOOK_SOURCE): "webhooksources",
+    (c.API_VERSION, c.MANAGED_SECRET): "managedsecrets",
+    (c.API_VERSION, c.SYNC_SCHEDULE): "syncschedules",
+    (c.API_VERSION, c.BACKUP_SCHEDULE): "backupschedules",
+}
+
+
+class KubeError(Exception):
+    """An API call failed; ``status`` is the HTTP status (0 when the server was not reached)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFound(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    pass
+
+
+class Invalid(KubeError):
+    """The API server refused the object (422): a spec problem, not a transient one."""
+
+
+def _error(exc: ApiException, what: str) -> KubeError:
+    status = int(exc.status or 0)
+    reason = exc.reason or "error"
+    message = f"{what}: {status} {reason}"
+    if status == 404:
+        return NotFound(status, message)
+    if status == 409:
+        return Conflict(status, message)
+    if status == 422:
+        return Invalid(status, message)
+    return KubeError(status, message)
+
+
+def resource_path(
+    api_version: str,
+    kind: str,
+    namespace: str | None,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> str:
+    plural = PLURALS[(api_version, kind)]
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
+    if name:
+        path += f"/{name}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
+@dataclass
+class Kube:
+    api: client.ApiClient
+    field_manager: str = c.FIELD_MANAGER
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        query: list[tuple[str, str]] | None = None,
+        what: str,
+    ) -> Any:
+        try:
+            return await self.api.call_api(
+                path,
+                method,
+                query_params=query or [],
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body,
+                response_types_map={200: "object", 201: "object", 202: "object"},
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+            )
+        except ApiException as exc:
+            raise _error(exc, what) from exc
+        except (TimeoutError, OSError) as exc:
+            raise KubeError(0, f"{what}: API server unreachable ({type(exc).__name__})") from exc
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply ``obj`` (create or update the fields we own)."""
+        meta = obj["metadata"]
+        path = resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        result: dict[str, Any] = await self._call(
+            "PATCH",
+            path,
+            body=obj,
+            content_type="application/apply-patch+yaml",
+            query=[("fieldManager", self.field_manager), ("force", "true")],
+            what=f"apply {obj['kind']} {meta.get('namespace')}/{meta['name']}",
+        )
+        return result
+
+    async def get(
+        self, api_version: str, kind: str, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = await self._call(
+                "GET",
+                resource_path(api_version, kind, namespace, name),
+                what=f"get {kind} {namespace}/{name}",
+            )
+        except NotFound:
+            return None
+        return result
+
+    async def create(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        with contextlib.suppress(Conflict):
+            await self._call(
+                "POST",
+                resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace")),
+                body=obj,
+                what=f"create {obj['kind']} {meta.get('namespace')}/{meta['name']}",
+            )
+
+    async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self._call(
+                "DELETE",
+                resource_path(api_version, kind, namespace, name),
+                what=f"delete {kind} {namespace}/{name}",
+            )
+
+    async def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
+        await self._call(
+            "PATCH",
+            resource_path(api_version, kind, namespace, name, "status"),
+            body={"status": status},
+            content_type="application/merge-patch+json",
+            what=f"update status of {kind} {namespace}/{name}",
+        )
+
+    async def crd_exists(self, name: str) -> bool:
+        try:
+            await self._call(
+                "GET",
+                f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
+                what=f"get CRD {name}",
+            )
+        except NotFound:
+            return False
+        except KubeError as exc:
+            if exc.status == 403:  # not allowed to look: behave as if absent
+                return False
+            raise
+        return True
+
+
+async def load_client() -> client.ApiClient:
+    """In-cluster config in a pod, else $KUBECONFIG / ~/.kube/config."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        await config.load_kube_config()
+    return client.ApiClient()
+
+
+@contextlib.asynccontextmanager
+async def connect() -> AsyncIterator[Kube]:
+    api = await load_client()
+    try:
+        yield Kube(api)
+    finally:
+        await api.close()

@@ -1,0 +1,24 @@
+"""Operator-wide settings: what the Helm chart configures, read from the environment."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dfm_operator.api.common import SecretKeyRef
+
+
+class OperatorSettings(BaseSettings):
+    """``DFM_*`` environment variables (set by the chart)."""
+
+    model_config = SettingsConfigDict(env_prefix="DFM_", env_nested_delimiter="__", frozen=True)
+
+    receiver_image: str = "ghcr.io/df-middleware/df-middleware:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    version: str = "0.1.0"
+    # The event store used when a WebhookSource names none.
+    default_database_secret: SecretKeyRef = Field(
+        default_factory=lambda: SecretKeyRef(name="dfm-events-db", key="url")
+    )
+    service_monitor: bool = False
+    cluster_domain: str = "cluster.local"

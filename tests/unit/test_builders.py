@@ -1,0 +1,310 @@
+"""WebhookSource -> children: pure builders and policies, asserted on plain dicts."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from dfm.manifests import load_documents, webhook_sources
+from dfm_operator import constants as c
+from dfm_operator.api import WebhookSource
+from dfm_operator.builders.webhooksource import (
+    ReceiverInputs,
+    build_children,
+    config_hash,
+    endpoints,
+    referenced_secrets,
+)
+from dfm_operator.conditions import Condition, merge_conditions
+from dfm_operator.policies import deployment_progress, needs_reapply, receiver_conditions
+from dfm_operator.settings import OperatorSettings
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+K8S_VERSION = "1.37.0"
+SETTINGS = OperatorSettings()
+
+
+def source(**spec: Any) -> WebhookSource:
+    body = {
+        "apiVersion": "dfm.dev/v1alpha1",
+        "kind": "WebhookSource",
+        "metadata": {"name": "stripe-main", "namespace": "payments", "uid": "u-1", "generation": 3},
+        "spec": {
+            "provider": "stripe",
+            "verification": {"secretRef": {"name": "stripe-webhook", "key": "secret"}},
+            **spec,
+        },
+    }
+    return WebhookSource.model_validate(body)
+
+
+def everything_on() -> WebhookSource:
+    return source(
+        replicas=3,
+        resources={"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        exposure={
+            "service": {"type": "LoadBalancer", "port": 8443},
+            "ingress": {
+                "host": "hooks.example.com",
+                "className": "nginx",
+                "tlsSecretName": "hooks-tls",
+            },
+        },
+        store={"databaseSecretRef": {"name": "events-db", "key": "dsn"}, "retentionDays": 90},
+        cors={"allowedOrigins": ["https://app.example.com"]},
+        limits={"maxBodyBytes": 2048, "requestsPerSecond": 5, "burst": 10},
+    )
+
+
+def by_kind(children: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {child["kind"]: child for child in children}
+
+
+def test_default_children_and_their_metadata() -> None:
+    children = build_children(source(), ReceiverInputs(settings=SETTINGS))
+    assert [ch["kind"] for ch in children] == [
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "NetworkPolicy",
+    ]
+    for child in children:
+        meta = child["metadata"]
+        assert meta["namespace"] == "payments"
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "dfm.dev/v1alpha1",
+                "kind": "WebhookSource",
+                "name": "stripe-main",
+                "uid": "u-1",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+        for label in (
+            c.LABEL_NAME,
+            c.LABEL_INSTANCE,
+            c.LABEL_COMPONENT,
+            c.LABEL_PART_OF,
+            c.LABEL_MANAGED_BY,
+            c.LABEL_VERSION,
+        ):
+            assert meta["labels"][label]
+    assert {ch["metadata"]["name"] for ch in children} == {
+        "stripe-main-receiver",
+        "stripe-main-receiver-config",
+    }
+
+
+def test_every_option_on_adds_pdb_ingress_and_service_monitor() -> None:
+    inputs = ReceiverInputs(settings=SETTINGS, service_monitor=True)
+    kinds = by_kind(build_children(everything_on(), inputs))
+    assert set(kinds) == {
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "Ingress",
+        "ServiceMonitor",
+    }
+    ingress = kinds["Ingress"]["spec"]
+    assert ingress["ingressClassName"] == "nginx"
+    assert ingress["tls"] == [{"hosts": ["hooks.example.com"], "secretName": "hooks-tls"}]
+    assert ingress["rules"][0]["http"]["paths"][0]["path"] == "/hooks/payments/stripe-main"
+    assert kinds["Service"]["spec"]["type"] == "LoadBalancer"
+    assert kinds["Deployment"]["spec"]["replicas"] == 3
+    assert "topologySpreadConstraints" in kinds["Deployment"]["spec"]["template"]["spec"]
+
+
+def test_config_map_holds_paths_never_secret_values() -> None:
+    kinds = by_kind(build_children(everything_on(), ReceiverInputs(settings=SETTINGS)))
+    config = kinds["ConfigMap"]["data"]["receiver.yaml"]
+    assert "file: /etc/dfm/secrets/stripe-webhook/secret" in config
+    assert "urlFile: /etc/dfm/database/dsn" in config
+    assert "value:" not in config
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    mounted = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert mounted == {"stripe-webhook", "events-db"}
+    assert all("subPath" not in m for m in pod["containers"][0]["volumeMounts"])
+
+
+def test_rendered_examples_never_contain_the_example_secrets() -> None:
+    docs = load_documents([EXAMPLES])
+    secret_values = [
+        v for d in docs if d.kind == "Secret" for v in (d.body.get("stringData") or {}).values()
+    ]
+    rendered = json.dumps(
+        [build_children(s, ReceiverInputs(settings=SETTINGS)) for _, s in webhook_sources(docs)]
+    )
+    assert secret_values
+    for value in secret_values:
+        assert value not in rendered
+
+
+def test_pods_run_restricted() -> None:
+    deployment = by_kind(build_children(source(), ReceiverInputs(settings=SETTINGS)))["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["args"] == ["receiver", "--config", "/etc/dfm/config/receiver.yaml"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+
+
+def test_config_hash_follows_the_receiver_config_only() -> None:
+    def hash_of(s: WebhookSource) -> str:
+        kinds = by_kind(build_children(s, ReceiverInputs(settings=SETTINGS)))
+        annotations = kinds["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+        assert annotations[c.ANNOTATION_CONFIG_HASH] == config_hash(kinds["ConfigMap"])
+        return str(annotations[c.ANNOTATION_CONFIG_HASH])
+
+    base = hash_of(source())
+    assert hash_of(source()) == base
+    assert (
+        hash_of(
+            source(verification={"secretRef": {"name": "stripe-webhook"}, "toleranceSeconds": 60})
+        )
+        != base
+    )
+    assert hash_of(source(replicas=4)) == base
+
+
+def test_builders_are_deterministic() -> None:
+    inputs = ReceiverInputs(settings=SETTINGS, service_monitor=True)
+    assert build_children(everything_on(), inputs) == build_children(everything_on(), inputs)
+
+
+def test_managed_secret_is_mounted_as_a_directory() -> None:
+    s = source(verification={"managedSecretRef": {"name": "stripe-signing"}})
+    inputs = ReceiverInputs(settings=SETTINGS, managed_secret_name="stripe-signing-v")
+    kinds = by_kind(build_children(s, inputs))
+    assert "dir: /etc/dfm/secrets/stripe-signing-v" in kinds["ConfigMap"]["data"]["receiver.yaml"]
+    assert referenced_secrets(s, inputs) == ["dfm-events-db", "stripe-signing-v"]
+
+
+def test_endpoints() -> None:
+    assert endpoints(source(), SETTINGS) == (
+        "http://stripe-main-receiver.payments.svc/hooks/payments/stripe-main",
+        None,
+    )
+    assert endpoints(everything_on(), SETTINGS) == (
+        "http://stripe-main-receiver.payments.svc:8443/hooks/payments/stripe-main",
+        "https://hooks.example.com/hooks/payments/stripe-main",
+    )
+
+
+def _validate(obj: dict[str, Any]) -> None:
+    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+def test_children_of_every_example_pass_kubernetes_validate(example: str) -> None:
+    for _, s in webhook_sources(load_documents([EXAMPLES / example])):
+        for child in build_children(s, ReceiverInputs(settings=SETTINGS)):
+            _validate(child)
+
+
+def test_children_with_every_option_on_pass_kubernetes_validate() -> None:
+    inputs = ReceiverInputs(settings=SETTINGS, service_monitor=True)
+    for child in build_children(everything_on(), inputs):
+        if child["kind"] == "ServiceMonitor":
+            continue  # a prometheus-operator CRD: not in the Kubernetes schemas
+        _validate(child)
+
+
+def test_kubernetes_validate_would_catch_a_broken_child() -> None:
+    broken = by_kind(build_children(source(), ReceiverInputs(settings=SETTINGS)))["Service"]
+    broken["spec"]["ports"][0]["port"] = "eighty"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        _validate(broken)
+
+
+# -- policies ------------------------------------------------------------------------------------
+
+
+def deployment(
+    generation: int = 2, observed: int = 2, updated: int = 2, available: int = 2
+) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": generation},
+        "status": {
+            "observedGeneration": observed,
+            "updatedReplicas": updated,
+            "availableReplicas": available,
+            "readyReplicas": available,
+        },
+    }
+
+
+def test_deployment_progress() -> None:
+    assert deployment_progress(None, 2)[0] is False
+    assert deployment_progress(deployment(observed=1), 2) == (
+        False,
+        "deployment change not yet observed",
+    )
+    assert deployment_progress(deployment(updated=1), 2) == (False, "1/2 replicas updated")
+    assert deployment_progress(deployment(available=1), 2) == (False, "1/2 replicas available")
+    assert deployment_progress(deployment(), 2) == (True, "2/2 replicas available")
+
+
+def test_receiver_conditions_most_serious_cause_first() -> None:
+    ready = {
+        cond.type: cond
+        for cond in receiver_conditions(
+            invalid="spec.x: bad", missing_secrets=["s"], deployment=deployment(), replicas=2
+        )
+    }
+    assert (ready["Ready"].status, ready["Ready"].reason) == (False, "InvalidSpec")
+    assert ready["Degraded"].status is True
+    missing = {cond.type: cond for cond in receiver_conditions(missing_secrets=["a", "b"])}
+    assert missing["Ready"].reason == "SecretNotFound"
+    assert missing["Ready"].message == "Secret not found: a, b"
+    rolling = {cond.type: cond for cond in receiver_conditions(deployment=None)}
+    assert (rolling["Ready"].reason, rolling["Progressing"].status) == (
+        "DeploymentUnavailable",
+        True,
+    )
+    ok = {cond.type: cond for cond in receiver_conditions(deployment=deployment(), replicas=2)}
+    assert (ok["Ready"].status, ok["Ready"].reason) == (True, "Available")
+
+
+def test_last_transition_time_moves_only_when_status_flips() -> None:
+    t0 = datetime(2026, 11, 27, 12, tzinfo=UTC)
+    first = merge_conditions([], [Condition("Ready", False, "RollingOut", "0/1")], 1, t0)
+    same = merge_conditions(
+        first,
+        [Condition("Ready", False, "DeploymentUnavailable", "x")],
+        2,
+        t0 + timedelta(minutes=1),
+    )
+    assert same[0]["lastTransitionTime"] == "2026-11-27T12:00:00Z"
+    assert same[0]["reason"] == "DeploymentUnavailable"
+    assert same[0]["observedGeneration"] == 2
+    flipped = merge_conditions(
+        same, [Condition("Ready", True, "Available")], 2, t0 + timedelta(minutes=2)
+    )
+    assert flipped[0]["lastTransitionTime"] == "2026-11-27T12:02:00Z"
+
+
+def test_needs_reapply_on_replica_or_template_drift() -> None:
+    desired = by_kind(build_children(source(), ReceiverInputs(settings=SETTINGS)))["Deployment"]
+    assert not needs_reapply(json.loads(json.dumps(desired)), desired)
+    scaled = json.loads(json.dumps(desired))
+    scaled["spec"]["replicas"] = 5
+    assert needs_reapply(scaled, desired)
+    edited = json.loads(json.dumps(desired))
+    edited["spec"]["template"]["metadata"]["annotations"][c.ANNOTATION_CONFIG_HASH] = "x"
+    assert needs_reapply(edited, desired)
