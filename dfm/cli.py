@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from dfm import crds_cmd
 from dfm.manifests import ManifestError
 
 
@@ -109,6 +110,7 @@ def parser() -> argparse.ArgumentParser:
     _add_receiver(sub)
     _add_operator(sub)
     _add_render(sub)
+    crds_cmd.add_parser(sub)
     return top
 
 
@@ -208,6 +210,7 @@ COMMANDS = {
     "receiver": cmd_receiver,
     "operator": cmd_operator,
     "render": cmd_render,
+    "crds": crds_cmd.run,
 }
 
 

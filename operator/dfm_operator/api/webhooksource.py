@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from dfm_operator.api.common import ApiModel, LocalObjectRef, ObjectMeta, SecretKeyRef
+from dfm_operator.api.common import (
+    DNS_SUBDOMAIN,
+    ApiModel,
+    CelRule,
+    CustomResource,
+    HttpUrlString,
+    KindNames,
+    LocalObjectRef,
+    SecretKeyRef,
+    Status,
+    cel_rules,
+)
+from dfm_operator.constants import WEBHOOK_SOURCE
 from webhook_server.config import (
     AuthConfig,
     CorsConfig,
@@ -16,24 +29,61 @@ from webhook_server.config import (
     SignatureEncoding,
 )
 
+# Providers that verify without a shared secret: jwt checks a bearer token, highlevel a
+# signature made with HighLevel's published keys.
+SECRETLESS_PROVIDERS = (Provider.JWT, Provider.HIGHLEVEL)
+
 
 class Verification(ApiModel):
     """How deliveries are authenticated: the signing secret and scheme details."""
 
-    secret_ref: SecretKeyRef | None = None
-    managed_secret_ref: LocalObjectRef | None = None
-    tolerance_seconds: Annotated[int, Field(ge=1, le=86_400)] = 300
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                "!(has(self.secretRef) && has(self.managedSecretRef))",
+                "set only one of secretRef and managedSecretRef",
+            )
+        )
+    )
+
+    secret_ref: SecretKeyRef | None = Field(
+        default=None, description="The signing secret, as a key of a Secret."
+    )
+    managed_secret_ref: LocalObjectRef | None = Field(
+        default=None,
+        description="The signing secret, as a ManagedSecret: its current and, during a rotation's "
+        "grace period, previous value are accepted.",
+    )
+    tolerance_seconds: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=86_400,
+            description="How far a signed timestamp may be from now before the delivery is "
+            "refused as a replay.",
+        ),
+    ] = 300
     header: str | None = Field(default=None, description="hmac: the signature header.")
-    algorithm: HmacAlgorithm = HmacAlgorithm.SHA256
-    encoding: SignatureEncoding = SignatureEncoding.HEX
+    algorithm: HmacAlgorithm = Field(
+        default=HmacAlgorithm.SHA256, description="hmac: the HMAC hash function."
+    )
+    encoding: SignatureEncoding = Field(
+        default=SignatureEncoding.HEX, description="hmac: how the signature is encoded."
+    )
     prefix: str = Field(default="", description="hmac: text before the signature, e.g. sha256=")
-    timestamp_header: str | None = None
+    timestamp_header: str | None = Field(
+        default=None, description="hmac: the header with the signed timestamp, if any."
+    )
     signed_content: str = Field(
         default="{body}",
         description="hmac: what is signed; placeholders {timestamp}, {id} and {body}.",
     )
-    id_header: str | None = None
-    type_header: str | None = None
+    id_header: str | None = Field(
+        default=None, description="hmac: the header with the delivery id, used to deduplicate."
+    )
+    type_header: str | None = Field(
+        default=None, description="hmac: the header with the event type."
+    )
     public_key: str | None = Field(
         default=None, description="highlevel: PEM key(s) overriding HighLevel's published keys."
     )
@@ -46,44 +96,118 @@ class Verification(ApiModel):
 
 
 class Store(ApiModel):
-    database_secret_ref: SecretKeyRef | None = None
-    retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    """The PostgreSQL event store and how long events are kept."""
+
+    database_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="The database URL, as a key of a Secret (default: the operator's store).",
+    )
+    retention_days: Annotated[
+        int,
+        Field(ge=1, le=3650, description="Days after which stored events are dropped."),
+    ] = 30
 
 
 class Forward(ApiModel):
-    url: str
-    timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5
-    max_attempts: Annotated[int, Field(ge=1, le=100)] = 8
-    signing_secret_ref: LocalObjectRef | None = None
+    """Where stored events are delivered next (at least once, signed as Standard Webhooks)."""
+
+    url: HttpUrlString = Field(description="The target URL.")
+    timeout_seconds: Annotated[
+        float, Field(gt=0, le=300, description="Timeout of one delivery attempt.")
+    ] = 5
+    max_attempts: Annotated[
+        int, Field(ge=1, le=100, description="Attempts before an event is given up on.")
+    ] = 8
+    signing_secret_ref: LocalObjectRef | None = Field(
+        default=None,
+        description="A ManagedSecret whose value signs forwarded events (default: unsigned).",
+    )
 
 
 class ServiceExposure(ApiModel):
-    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
-    port: Annotated[int, Field(ge=1, le=65535)] = 80
+    """The receiver's Service."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
+        default="ClusterIP", description="The Service type."
+    )
+    port: Annotated[int, Field(ge=1, le=65535, description="The Service port.")] = 80
 
 
 class IngressExposure(ApiModel):
-    host: str
-    class_name: str | None = None
-    tls_secret_name: str | None = None
+    """An Ingress routing the source's path on a public host to the receiver."""
+
+    host: Annotated[
+        str, Field(max_length=253, pattern=DNS_SUBDOMAIN, description="The public host name.")
+    ]
+    class_name: str | None = Field(default=None, description="The IngressClass to use.")
+    tls_secret_name: str | None = Field(
+        default=None, description="A Secret with the host's TLS certificate (default: no TLS)."
+    )
 
 
 class Exposure(ApiModel):
+    """How the endpoint is reachable: always a Service, optionally an Ingress."""
+
     service: ServiceExposure = Field(default_factory=ServiceExposure)
     ingress: IngressExposure | None = None
 
 
 class WebhookSourceSpec(ApiModel):
-    provider: Provider
-    path: str | None = Field(default=None, pattern=r"^/[A-Za-z0-9._~/-]*$")
+    """The desired endpoint: provider, verification, limits, storage and exposure."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule("self.provider != 'jwt' || has(self.auth)", "provider jwt requires auth"),
+            CelRule(
+                "self.provider != 'hmac' || (has(self.verification) && "
+                "has(self.verification.header))",
+                "provider hmac requires verification.header",
+            ),
+            CelRule(
+                f"self.provider in {[p.value for p in SECRETLESS_PROVIDERS]} || "
+                "(has(self.verification) && (has(self.verification.secretRef) || "
+                "has(self.verification.managedSecretRef)))",
+                "this provider requires verification.secretRef or verification.managedSecretRef",
+            ),
+        )
+    )
+
+    provider: Provider = Field(
+        description="The sender's signature scheme: standard covers Standard Webhooks, Svix and "
+        "Clerk; hmac is a configurable HMAC; jwt accepts a bearer token only."
+    )
+    path: str | None = Field(
+        default=None,
+        pattern=r"^/[A-Za-z0-9._~/-]*$",
+        description="The endpoint's URL path (default: /hooks/<namespace>/<name>).",
+    )
     verification: Verification = Field(default_factory=Verification)
-    auth: AuthConfig | None = None
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    cors: CorsConfig = Field(default_factory=CorsConfig)
+    auth: AuthConfig | None = Field(
+        default=None,
+        description="Bearer-JWT authentication: a JWKS URL or PEM public key, issuer, audiences "
+        "and authorized parties. Optional for every provider, required for jwt.",
+        json_schema_extra=cel_rules(
+            CelRule(
+                "has(self.jwksUrl) != has(self.publicKey)",
+                "set exactly one of jwksUrl or publicKey",
+            )
+        ),
+    )
+    limits: LimitsConfig = Field(
+        default_factory=LimitsConfig,
+        description="Request limits: maxBodyBytes, requestsPerSecond and burst (per replica).",
+    )
+    cors: CorsConfig = Field(
+        default_factory=CorsConfig,
+        description="Browser origins allowed to call the endpoint (default: none).",
+    )
     store: Store = Field(default_factory=Store)
     forward: Forward | None = None
-    replicas: Annotated[int, Field(ge=0, le=100)] = 1
-    resources: dict[str, Any] | None = None
+    replicas: Annotated[int, Field(ge=0, le=100, description="Receiver pods.")] = 1
+    resources: dict[str, Any] | None = Field(
+        default=None,
+        description="The receiver container's resources (requests and limits), as in a Pod.",
+    )
     exposure: Exposure = Field(default_factory=Exposure)
 
     @model_validator(mode="after")
@@ -93,7 +217,7 @@ class WebhookSourceSpec(ApiModel):
             raise ValueError("provider jwt requires auth")
         if self.provider is Provider.HMAC and not self.verification.header:
             raise ValueError("provider hmac requires verification.header")
-        if self.provider not in (Provider.JWT, Provider.HIGHLEVEL) and secret is None:
+        if self.provider not in SECRETLESS_PROVIDERS and secret is None:
             raise ValueError(
                 f"provider {self.provider.value} requires verification.secretRef or "
                 "verification.managedSecretRef"
@@ -101,16 +225,29 @@ class WebhookSourceSpec(ApiModel):
         return self
 
 
-class WebhookSource(ApiModel):
+class WebhookSourceStatus(Status):
+    """Where the endpoint is and whether it receives."""
+
+    endpoint: str | None = Field(default=None, description="The in-cluster URL of the endpoint.")
+    external_endpoint: str | None = Field(
+        default=None, description="The public URL, when exposed through an Ingress."
+    )
+    ready_replicas: Annotated[int | None, Field(ge=0, description="Receiver pods ready.")] = None
+    last_event_time: datetime | None = Field(
+        default=None, description="When the last event was stored."
+    )
+
+
+class WebhookSource(CustomResource):
+    """One inbound webhook endpoint: a receiver that verifies every delivery and stores it
+    durably before acknowledging it."""
+
+    names: ClassVar[KindNames] = KindNames(WEBHOOK_SOURCE, "webhooksources", ("whs",))
+
     api_version: Literal["dfm.dev/v1alpha1"] = "dfm.dev/v1alpha1"
     kind: Literal["WebhookSource"] = "WebhookSource"
-    metadata: ObjectMeta
     spec: WebhookSourceSpec
-    status: dict[str, Any] | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.metadata.namespace}/{self.metadata.name}"
+    status: WebhookSourceStatus | None = None
 
     @property
     def route(self) -> str:
