@@ -74,12 +74,19 @@ class Column:
 
 
 _READY = Column("Ready", "string", READY, "Whether the resource does its job.")
+_REASON = Column(
+    "Reason",
+    "string",
+    '.status.conditions[?(@.type=="Ready")].reason',
+    "Why Ready is what it is.",
+)
 _AGE = Column("Age", "date", ".metadata.creationTimestamp", "When the resource was created.")
 
 COLUMNS: dict[str, tuple[Column, ...]] = {
     "WebhookSource": (
         Column("Provider", "string", ".spec.provider", "The signature scheme."),
         _READY,
+        _REASON,
         Column("Endpoint", "string", ".status.endpoint", "The in-cluster URL."),
         Column("Replicas", "integer", ".status.readyReplicas", "Receiver pods ready."),
         _AGE,
@@ -88,6 +95,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
     "ManagedSecret": (
         Column("Type", "string", ".spec.type", "random or oauth2."),
         _READY,
+        _REASON,
         Column("Last Rotation", "date", ".status.lastRotationTime", "When the value changed."),
         Column("Next Rotation", "date", ".status.nextRotationTime", "When it changes next."),
         _AGE,
@@ -104,6 +112,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("Schedule", "string", ".spec.schedule", "The cron schedule."),
         Column("Suspend", "boolean", ".spec.suspend", "Whether runs are skipped."),
         _READY,
+        _REASON,
         Column("Last Success", "date", ".status.lastSuccessfulTime", "The last good run."),
         _AGE,
         Column("Items", "integer", ".status.itemsSynced", "Items of the last run.", priority=1),
@@ -118,6 +127,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
     "BackupSchedule": (
         Column("Schedule", "string", ".spec.schedule", "The cron schedule."),
         _READY,
+        _REASON,
         Column("Last Backup", "date", ".status.lastSuccessfulBackup", "The last good backup."),
         _AGE,
         Column("File", "string", ".status.lastBackupFile", "The last backup file.", priority=1),

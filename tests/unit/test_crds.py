@@ -268,9 +268,10 @@ def test_printer_columns_point_at_fields_of_their_type(kind: str) -> None:
     for column in columns:
         if column["jsonPath"] == ".metadata.creationTimestamp":
             continue
-        if column["name"] == "Ready":
-            assert column["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
-            node = _column_node(schema, ".status.conditions[].status")
+        if column["name"] in ("Ready", "Reason"):
+            field = column["name"].lower() if column["name"] == "Reason" else "status"
+            assert column["jsonPath"] == f'.status.conditions[?(@.type=="Ready")].{field}'
+            node = _column_node(schema, f".status.conditions[].{field}")
         else:
             node = _column_node(schema, column["jsonPath"])
         if column["type"] == "date":
@@ -284,10 +285,31 @@ def test_default_columns_are_the_documented_ones() -> None:
         columns = CRDS[kind]["spec"]["versions"][0]["additionalPrinterColumns"]
         return [c["name"] for c in columns if not c.get("priority")]
 
-    assert visible("WebhookSource") == ["Provider", "Ready", "Endpoint", "Replicas", "Age"]
-    assert visible("ManagedSecret") == ["Type", "Ready", "Last Rotation", "Next Rotation", "Age"]
-    assert visible("SyncSchedule") == ["Schedule", "Suspend", "Ready", "Last Success", "Age"]
-    assert visible("BackupSchedule") == ["Schedule", "Ready", "Last Backup", "Age"]
+    assert visible("WebhookSource") == [
+        "Provider",
+        "Ready",
+        "Reason",
+        "Endpoint",
+        "Replicas",
+        "Age",
+    ]
+    assert visible("ManagedSecret") == [
+        "Type",
+        "Ready",
+        "Reason",
+        "Last Rotation",
+        "Next Rotation",
+        "Age",
+    ]
+    assert visible("SyncSchedule") == [
+        "Schedule",
+        "Suspend",
+        "Ready",
+        "Reason",
+        "Last Success",
+        "Age",
+    ]
+    assert visible("BackupSchedule") == ["Schedule", "Ready", "Reason", "Last Backup", "Age"]
 
 
 # --- the converter ----------------------------------------------------------------------------
