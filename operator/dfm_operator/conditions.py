@@ -13,7 +13,10 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class Condition:
+class ConditionUpdate:
+    """A condition a policy wants; :func:`merge_conditions` turns it into the wire form
+    (``dfm_operator.api.common.Condition``) with times and generation."""
+
     type: str
     status: bool
     reason: str
@@ -26,7 +29,7 @@ def timestamp(moment: datetime) -> str:
 
 def merge_conditions(
     existing: Sequence[dict[str, Any]],
-    updates: Sequence[Condition],
+    updates: Sequence[ConditionUpdate],
     generation: int | None,
     now: datetime,
 ) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dfm_operator import constants as c
-from dfm_operator.conditions import Condition
+from dfm_operator.conditions import ConditionUpdate
 
 
 def deployment_progress(deployment: dict[str, Any] | None, replicas: int) -> tuple[bool, str]:
@@ -34,14 +34,14 @@ def receiver_conditions(
     apply_error: str | None = None,
     deployment: dict[str, Any] | None = None,
     replicas: int = 1,
-) -> list[Condition]:
+) -> list[ConditionUpdate]:
     """Ready, Progressing and Degraded of a WebhookSource, most serious cause first."""
 
-    def blocked(reason: str, message: str) -> list[Condition]:
+    def blocked(reason: str, message: str) -> list[ConditionUpdate]:
         return [
-            Condition(c.READY, False, reason, message),
-            Condition(c.PROGRESSING, False, reason, message),
-            Condition(c.DEGRADED, True, reason, message),
+            ConditionUpdate(c.READY, False, reason, message),
+            ConditionUpdate(c.PROGRESSING, False, reason, message),
+            ConditionUpdate(c.DEGRADED, True, reason, message),
         ]
 
     if invalid is not None:
@@ -54,14 +54,14 @@ def receiver_conditions(
     ready, message = deployment_progress(deployment, replicas)
     if not ready:
         return [
-            Condition(c.READY, False, c.REASON_DEPLOYMENT_UNAVAILABLE, message),
-            Condition(c.PROGRESSING, True, c.REASON_ROLLING_OUT, message),
-            Condition(c.DEGRADED, False, c.REASON_ROLLING_OUT, ""),
+            ConditionUpdate(c.READY, False, c.REASON_DEPLOYMENT_UNAVAILABLE, message),
+            ConditionUpdate(c.PROGRESSING, True, c.REASON_ROLLING_OUT, message),
+            ConditionUpdate(c.DEGRADED, False, c.REASON_ROLLING_OUT, ""),
         ]
     return [
-        Condition(c.READY, True, c.REASON_AVAILABLE, message),
-        Condition(c.PROGRESSING, False, c.REASON_AVAILABLE, ""),
-        Condition(c.DEGRADED, False, c.REASON_AVAILABLE, ""),
+        ConditionUpdate(c.READY, True, c.REASON_AVAILABLE, message),
+        ConditionUpdate(c.PROGRESSING, False, c.REASON_AVAILABLE, ""),
+        ConditionUpdate(c.DEGRADED, False, c.REASON_AVAILABLE, ""),
     ]
 
 

@@ -24,7 +24,7 @@ from dfm_operator.builders.webhooksource import (
     receiver_name,
     referenced_secrets,
 )
-from dfm_operator.conditions import Condition, find, merge_conditions
+from dfm_operator.conditions import ConditionUpdate, find, merge_conditions
 from dfm_operator.kube import Invalid, Kube, KubeError
 from dfm_operator.policies import needs_reapply, receiver_conditions
 from dfm_operator.settings import OperatorSettings
@@ -119,7 +119,7 @@ def _validation_message(error: ValidationError) -> str:
 async def _status_update(
     ctx: Context,
     body: Mapping[str, Any],
-    conditions: list[Condition],
+    conditions: list[ConditionUpdate],
     extra: dict[str, Any],
     emit: EmitFn,
 ) -> bool:

@@ -160,3 +160,26 @@ def test_send_to_a_closed_port_fails_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
+
+
+def test_render_prints_the_children_of_every_source_as_a_yaml_stream() -> None:
+    import yaml
+
+    result = run_dfm("render", "-f", str(EXAMPLES))
+    assert result.returncode == 0, result.stderr
+    objects = list(yaml.safe_load_all(result.stdout))
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    assert ("Deployment", "github-receiver") in kinds
+    assert ("ConfigMap", "stripe-receiver-config") in kinds
+    uids = {o["metadata"]["ownerReferences"][0]["uid"] for o in objects}
+    assert uids == {"00000000-0000-0000-0000-000000000000"}
+    assert "demo-github-secret-change-me" not in result.stdout
+
+
+def test_crds_command_prints_the_committed_crds() -> None:
+    result = run_dfm("crds")
+    assert result.returncode == 0
+    committed = "".join(p.read_text() for p in sorted((ROOT / "crds").glob("*.yaml")))
+    for name in ("webhooksources.dfm.dev", "managedsecrets.dfm.dev"):
+        assert name in result.stdout
+        assert name in committed

@@ -20,7 +20,7 @@ from dfm_operator.builders.webhooksource import (
     endpoints,
     referenced_secrets,
 )
-from dfm_operator.conditions import Condition, merge_conditions
+from dfm_operator.conditions import ConditionUpdate, merge_conditions
 from dfm_operator.policies import deployment_progress, needs_reapply, receiver_conditions
 from dfm_operator.settings import OperatorSettings
 
@@ -283,10 +283,10 @@ def test_receiver_conditions_most_serious_cause_first() -> None:
 
 def test_last_transition_time_moves_only_when_status_flips() -> None:
     t0 = datetime(2026, 11, 27, 12, tzinfo=UTC)
-    first = merge_conditions([], [Condition("Ready", False, "RollingOut", "0/1")], 1, t0)
+    first = merge_conditions([], [ConditionUpdate("Ready", False, "RollingOut", "0/1")], 1, t0)
     same = merge_conditions(
         first,
-        [Condition("Ready", False, "DeploymentUnavailable", "x")],
+        [ConditionUpdate("Ready", False, "DeploymentUnavailable", "x")],
         2,
         t0 + timedelta(minutes=1),
     )
@@ -294,7 +294,7 @@ def test_last_transition_time_moves_only_when_status_flips() -> None:
     assert same[0]["reason"] == "DeploymentUnavailable"
     assert same[0]["observedGeneration"] == 2
     flipped = merge_conditions(
-        same, [Condition("Ready", True, "Available")], 2, t0 + timedelta(minutes=2)
+        same, [ConditionUpdate("Ready", True, "Available")], 2, t0 + timedelta(minutes=2)
     )
     assert flipped[0]["lastTransitionTime"] == "2026-11-27T12:02:00Z"
 
