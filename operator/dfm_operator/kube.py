@@ -7,6 +7,7 @@ become this module's exceptions. Async (kubernetes_asyncio), so nothing blocks k
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -193,7 +194,8 @@ async def load_client() -> client.ApiClient:
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        await config.load_kube_config()
+        # Read $KUBECONFIG now: the client's own default was fixed when it was imported.
+        await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     return client.ApiClient()
 
 

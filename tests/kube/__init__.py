@@ -1,0 +1,1 @@
+"""An emulated Kubernetes API server (kmock-based) for testing the kopf operator over real HTTP."""
