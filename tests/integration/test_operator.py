@@ -1,0 +1,194 @@
+"""The real operator (kopf + our handlers) against an emulated Kubernetes API over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kopf.testing import KopfRunner
+
+from tests.kube.conftest_helpers import k8s, kopf_running, kubeconfig
+from tests.kube.emulator import DEPLOYMENTS, WEBHOOKSOURCES, DfmKubernetesEmulator
+
+__all__ = ["k8s", "kubeconfig"]  # pytest fixtures, imported for this module
+
+NS = "payments"
+CONFIGMAPS = "v1/configmaps"
+SERVICES = "v1/services"
+SECRETS = "v1/secrets"
+PDBS = "policy/v1/poddisruptionbudgets"
+NETPOLS = "networking.k8s.io/v1/networkpolicies"
+CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
+OPERATOR = ["run", "-A", "--standalone", "-m", "dfm_operator.handlers"]
+
+
+def source(name: str = "stripe-main", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "dfm.dev/v1alpha1",
+        "kind": "WebhookSource",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "provider": "stripe",
+            "verification": {"secretRef": {"name": "stripe-webhook", "key": "secret"}},
+            **spec,
+        },
+    }
+
+
+def secret(name: str, **data: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": NS},
+        "stringData": data,
+    }
+
+
+def ready(obj: dict[str, Any] | None) -> dict[str, Any]:
+    for condition in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if condition["type"] == "Ready":
+            return dict(condition)
+    return {}
+
+
+@pytest.fixture
+async def cluster(k8s: DfmKubernetesEmulator, kubeconfig: Path) -> DfmKubernetesEmulator:
+    for file in sorted(CRD_DIR.glob("*.yaml")):
+        k8s.install_crd(yaml.safe_load(file.read_text()))
+    await k8s.create(SECRETS, secret("dfm-events-db", url="postgresql://db/events"), NS)
+    return k8s
+
+
+@pytest.fixture
+async def operator(cluster: DfmKubernetesEmulator) -> AsyncIterator[KopfRunner]:
+    async with kopf_running(OPERATOR) as runner:
+        yield runner
+    assert runner.exception is None
+    assert runner.exit_code == 0
+
+
+async def wait_ready(
+    k8s: DfmKubernetesEmulator, name: str, status: str, reason: str, generation: int | None = None
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        obj = k8s.get_object(WEBHOOKSOURCES, NS, name)
+        cond = ready(obj)
+        if cond.get("status") != status or cond.get("reason") != reason:
+            return None
+        if (
+            generation is not None
+            and (obj or {}).get("status", {}).get("observedGeneration") != generation
+        ):
+            return None
+        return obj
+
+    return await k8s.wait_for(check, seconds=20, what=f"{name} Ready={status}/{reason}")
+
+
+async def test_lifecycle_create_ready_update_and_repair(
+    cluster: DfmKubernetesEmulator, operator: KopfRunner
+) -> None:
+    k8s = cluster
+    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    await k8s.create(WEBHOOKSOURCES, source(), NS)
+
+    obj = await wait_ready(k8s, "stripe-main", "False", "DeploymentUnavailable", generation=1)
+    uid = obj["metadata"]["uid"]
+    progressing = next(c for c in obj["status"]["conditions"] if c["type"] == "Progressing")
+    assert progressing["status"] == "True"
+    assert obj["status"]["endpoint"] == (
+        "http://stripe-main-receiver.payments.svc/hooks/payments/stripe-main"
+    )
+    for gvp, name in [
+        (CONFIGMAPS, "stripe-main-receiver-config"),
+        (DEPLOYMENTS, "stripe-main-receiver"),
+        (SERVICES, "stripe-main-receiver"),
+        (NETPOLS, "stripe-main-receiver"),
+    ]:
+        child = k8s.get_object(gvp, NS, name)
+        assert child is not None, name
+        owners = child["metadata"]["ownerReferences"]
+        assert owners[0]["uid"] == uid
+        assert owners[0]["controller"] is True
+        assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == (
+            "df-middleware-operator"
+        )
+    assert k8s.get_object(PDBS, NS, "stripe-main-receiver") is None
+    config = k8s.get_object(CONFIGMAPS, NS, "stripe-main-receiver-config")
+    assert config is not None
+    assert "whsec_x" not in yaml.safe_dump(config)
+
+    # The test plays kubelet: the Deployment becomes available.
+    await k8s.mark_deployment_available(NS, "stripe-main-receiver")
+    obj = await wait_ready(k8s, "stripe-main", "True", "Available", generation=1)
+    assert obj["status"]["readyReplicas"] == 1
+    await k8s.wait_for(
+        lambda: k8s.events(NS, name="stripe-main", reason="Ready"), what="a Ready event"
+    )
+
+    # A spec change: config updated, pods rolled (new config hash), a PDB for 2 replicas.
+    def config_hash() -> str:
+        dep = k8s.get_object(DEPLOYMENTS, NS, "stripe-main-receiver") or {}
+        return str(dep["spec"]["template"]["metadata"]["annotations"]["dfm.dev/config-hash"])
+
+    before = config_hash()
+    await k8s.patch_object(
+        WEBHOOKSOURCES,
+        NS,
+        "stripe-main",
+        {"spec": {"replicas": 2, "verification": {"toleranceSeconds": 60}}},
+    )
+    await k8s.wait_for(lambda: config_hash() != before, seconds=20, what="a new config hash")
+    config = k8s.get_object(CONFIGMAPS, NS, "stripe-main-receiver-config") or {}
+    assert "toleranceSeconds: 60" in config["data"]["receiver.yaml"]
+    assert await k8s.wait_for(
+        lambda: k8s.get_object(PDBS, NS, "stripe-main-receiver"), what="a PodDisruptionBudget"
+    )
+    await k8s.mark_deployment_available(NS, "stripe-main-receiver", replicas=2)
+    obj = await wait_ready(k8s, "stripe-main", "True", "Available", generation=2)
+    assert obj["status"]["readyReplicas"] == 2
+
+    # A child deleted by hand comes back.
+    await k8s.delete_object(SERVICES, NS, "stripe-main-receiver")
+    recreated = await k8s.wait_for(
+        lambda: k8s.get_object(SERVICES, NS, "stripe-main-receiver"),
+        seconds=20,
+        what="the Service re-created",
+    )
+    assert recreated["metadata"]["ownerReferences"][0]["uid"] == uid
+
+
+async def test_missing_secret_is_reported_and_heals_when_it_appears(
+    cluster: DfmKubernetesEmulator, operator: KopfRunner
+) -> None:
+    k8s = cluster
+    await k8s.create(WEBHOOKSOURCES, source("late"), NS)
+    obj = await wait_ready(k8s, "late", "False", "SecretNotFound")
+    assert "stripe-webhook" in ready(obj)["message"]
+    assert k8s.get_object(DEPLOYMENTS, NS, "late-receiver") is None
+    events = await k8s.wait_for(
+        lambda: k8s.events(NS, name="late", reason="SecretNotFound"), what="a SecretNotFound event"
+    )
+    assert events[0]["type"] == "Warning"
+
+    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_y"), NS)
+    await wait_ready(k8s, "late", "False", "DeploymentUnavailable")
+    assert k8s.get_object(DEPLOYMENTS, NS, "late-receiver") is not None
+
+
+async def test_invalid_spec_is_reported_with_an_event(
+    cluster: DfmKubernetesEmulator, operator: KopfRunner
+) -> None:
+    k8s = cluster
+    # Passes the structural schema (the emulator evaluates no CEL), fails the model's rule.
+    await k8s.create(WEBHOOKSOURCES, source("broken", provider="hmac"), NS)
+    obj = await wait_ready(k8s, "broken", "False", "InvalidSpec")
+    assert "hmac requires verification.header" in ready(obj)["message"]
+    events = await k8s.wait_for(
+        lambda: k8s.events(NS, name="broken", reason="InvalidSpec"), what="an InvalidSpec event"
+    )
+    assert events[0]["type"] == "Warning"
+    assert k8s.get_object(DEPLOYMENTS, NS, "broken-receiver") is None
