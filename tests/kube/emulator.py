@@ -822,8 +822,12 @@ class DfmKubernetesEmulator(kmock.KubernetesEmulator):
 
         if verb == "watch":
             return await self._stream_watch(raw_request, res, namespace, name, params)
+        wants_table = "as=Table" in request.headers.get("Accept", "")
         if verb == "list":
-            return self._json(200, self._list(res, namespace, params))
+            listing = self._list(res, namespace, params)
+            if wants_table and res in self._crd_resources:
+                return self._json(200, self._table(res, listing["items"]))
+            return self._json(200, listing)
         if verb == "deletecollection":
             listing = self._list(res, namespace, params)
             for item in listing["items"]:
@@ -840,6 +844,8 @@ class DfmKubernetesEmulator(kmock.KubernetesEmulator):
             obj = self._current(res, namespace, name)
             if obj is None:
                 raise self._not_found(res, name)
+            if wants_table and res in self._crd_resources:
+                return self._json(200, self._table(res, [obj]))
             return self._json(200, obj)
         if verb == "delete":
             return self._json(200, self._delete(res, namespace, name, dry_run=dry_run))
@@ -885,6 +891,33 @@ class DfmKubernetesEmulator(kmock.KubernetesEmulator):
             "UnsupportedMediaType",
             f"the body of the request was in an unknown format: {content_type!r}",
         )
+
+    def _table(self, res: kmock.resource, items: list[JsonDict]) -> JsonDict:
+        """Server-side printing (what kubectl asks for): the CRD's additionalPrinterColumns."""
+        crd = self._current(as_resource(CRDS), None, f"{res.plural}.{res.group}") or {}
+        versions = (crd.get("spec") or {}).get("versions") or []
+        version = next((v for v in versions if v.get("name") == res.version), {})
+        columns = version.get("additionalPrinterColumns") or []
+        definitions = [{"name": "Name", "type": "string", "format": "name", "priority": 0,
+                        "description": "Name must be unique within a namespace."}]
+        definitions += [
+            {"name": c["name"], "type": c["type"], "format": c.get("format", ""),
+             "priority": c.get("priority", 0), "description": c.get("description", "")}
+            for c in columns
+        ]
+        rows = []
+        for obj in items:
+            cells: list[Any] = [obj["metadata"]["name"]]
+            for column in columns:
+                value = printer_value(obj, column["jsonPath"])
+                if column["type"] == "date" and isinstance(value, str):
+                    value = age(value)
+                cells.append(value)
+            rows.append({"cells": cells, "object": {
+                "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                "metadata": obj["metadata"]}})
+        return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {},
+                "columnDefinitions": definitions, "rows": rows}
 
     def _serve_apply(
         self,
@@ -1526,6 +1559,35 @@ class DfmKubernetesEmulator(kmock.KubernetesEmulator):
                             "a valid config key must consist of alphanumeric characters, "
                             "'-', '_' or '.'",
                         )
+
+
+_FILTER = re.compile(r'^(\w+)\[\?\(@\.(\w+)=="([^"]*)"\)\]$')
+
+
+def printer_value(obj: Any, json_path: str) -> Any:
+    """The few JSONPath forms printer columns use: ``.a.b`` and ``.a[?(@.k=="v")].b``."""
+    node: Any = obj
+    for part in re.split(r"\.(?![^\[]*\])", json_path.removeprefix(".")):
+        match = _FILTER.match(part)
+        if match:
+            field, key, wanted = match.groups()
+            items = node.get(field) if isinstance(node, dict) else None
+            node = next((i for i in items or [] if i.get(key) == wanted), None)
+        else:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return None
+    return node
+
+
+def age(timestamp: str) -> str:
+    """kubectl's short duration of how long ago ``timestamp`` was."""
+    then = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    seconds = int((datetime.datetime.now(datetime.UTC) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size * 2:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
 
 
 def apply_json_patch(document: JsonDict, ops: list[Any]) -> JsonDict:
