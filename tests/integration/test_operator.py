@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -192,3 +199,64 @@ async def test_invalid_spec_is_reported_with_an_event(
     )
     assert events[0]["type"] == "Warning"
     assert k8s.get_object(DEPLOYMENTS, NS, "broken-receiver") is None
+
+
+async def test_the_dfm_operator_process_reconciles_and_serves_metrics_and_liveness(
+    cluster: DfmKubernetesEmulator, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """`dfm operator` as a user runs it: its own process, talking HTTP to the API server."""
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    def fetch(url: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
+                return resp.status, resp.read().decode()
+        except OSError:
+            return 0, ""
+
+    k8s = cluster
+    metrics_port, liveness_port = free_port(), free_port()
+    log = (tmp_path / "operator.log").open("w")
+    proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block; waits are threaded
+        [
+            sys.executable,
+            "-m",
+            "dfm.cli",
+            "operator",
+            "--standalone",
+            "-A",
+            "--metrics-port",
+            str(metrics_port),
+            "--liveness",
+            f"http://127.0.0.1:{liveness_port}/healthz",
+        ],
+        env=dict(os.environ, KUBECONFIG=str(kubeconfig)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_z"), NS)
+        await k8s.create(WEBHOOKSOURCES, source("proc"), NS)
+        await k8s.wait_for(
+            lambda: k8s.get_object(DEPLOYMENTS, NS, "proc-receiver"),
+            seconds=30,
+            what="the Deployment from the operator process",
+        )
+        await k8s.mark_deployment_available(NS, "proc-receiver")
+        await wait_ready(k8s, "proc", "True", "Available", generation=1)
+
+        status, body = await asyncio.to_thread(fetch, f"http://127.0.0.1:{metrics_port}/metrics")
+        assert status == 200
+        assert 'dfm_operator_reconciliations_total{kind="WebhookSource",result="ready"}' in body
+        assert 'dfm_operator_webhooksources{ready="true"} 1.0' in body
+        status, _ = await asyncio.to_thread(fetch, f"http://127.0.0.1:{liveness_port}/healthz")
+        assert status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 30)
+        log.close()
+    assert code == 0, (tmp_path / "operator.log").read_text()[-2000:]
