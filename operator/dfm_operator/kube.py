@@ -17,23 +17,68 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from dfm_operator import constants as c
 
-# The kinds we read or write, by (apiVersion, kind): their plural resource names.
-PLURALS: dict[tuple[str, str], str] = {
-    ("v1", "ConfigMap"): "configmaps",
-    ("v1", "Secret"): "secrets",
-    ("v1", "Service"): "services",
-    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
-    ("apps/v1", "Deployment"): "deployments",
-    ("batch/v1", "CronJob"): "cronjobs",
-    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
-    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
-    ("networking.k8s.io/v1", "Ingress"): "ingresses",
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
-    (c.API_VERSION, c.WEBHOOK_SOURCE): "webhooksources",
-    (c.API_VERSION, c.MANAGED_SECRET): "managedsecrets",
-    (c.API_VERSION, c.SYNC_SCHEDULE): "syncschedules",
-    (c.API_VERSION, c.BACKUP_SCHEDULE): "backupschedules",
-}
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind the operator touches, and the RBAC verbs it needs on it.
+
+    Every call below checks its verb against this table, so the table (which the Helm chart's
+    RBAC is tested against) cannot fall behind what the code does.
+    """
+
+    api_version: str
+    kind: str
+    plural: str
+    verbs: frozenset[str]
+    status_verbs: frozenset[str] = frozenset()
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+
+_CHILD = frozenset({"get", "list", "watch", "create", "patch", "delete"})
+_OWNED_CR = frozenset({"get", "list", "watch", "patch"})
+
+KINDS: tuple[Kind, ...] = (
+    Kind("v1", "ConfigMap", "configmaps", _CHILD),
+    Kind("v1", "Secret", "secrets", _CHILD),
+    Kind("v1", "Service", "services", _CHILD),
+    Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims", _CHILD),
+    Kind("apps/v1", "Deployment", "deployments", _CHILD),
+    Kind("batch/v1", "CronJob", "cronjobs", _CHILD),
+    Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets", _CHILD),
+    Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", _CHILD),
+    Kind("networking.k8s.io/v1", "Ingress", "ingresses", _CHILD),
+    Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors", _CHILD),
+    Kind(c.API_VERSION, c.WEBHOOK_SOURCE, "webhooksources", _OWNED_CR, frozenset({"patch"})),
+    Kind(c.API_VERSION, c.MANAGED_SECRET, "managedsecrets", _OWNED_CR, frozenset({"patch"})),
+    Kind(c.API_VERSION, c.SYNC_SCHEDULE, "syncschedules", _OWNED_CR, frozenset({"patch"})),
+    Kind(c.API_VERSION, c.BACKUP_SCHEDULE, "backupschedules", _OWNED_CR, frozenset({"patch"})),
+    Kind(
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        frozenset({"get", "list", "watch"}),
+    ),
+)
+_BY_KIND = {(k.api_version, k.kind): k for k in KINDS}
+
+
+def kind_of(api_version: str, kind: str) -> Kind:
+    try:
+        return _BY_KIND[(api_version, kind)]
+    except KeyError:
+        raise KeyError(f"{api_version} {kind} is not in kube.KINDS") from None
+
+
+def _require(api_version: str, kind: str, *verbs: str, status: bool = False) -> Kind:
+    known = kind_of(api_version, kind)
+    allowed = known.status_verbs if status else known.verbs
+    missing = set(verbs) - allowed
+    if missing:
+        raise AssertionError(f"kube.KINDS grants no {sorted(missing)} on {kind}; declare it")
+    return known
 
 
 class KubeError(Exception):
@@ -76,7 +121,7 @@ def resource_path(
     name: str | None = None,
     subresource: str | None = None,
 ) -> str:
-    plural = PLURALS[(api_version, kind)]
+    plural = kind_of(api_version, kind).plural
     base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
     if name:
@@ -120,6 +165,7 @@ class Kube:
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply ``obj`` (create or update the fields we own)."""
         meta = obj["metadata"]
+        _require(obj["apiVersion"], obj["kind"], "create", "patch")  # apply may create
         path = resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
         result: dict[str, Any] = await self._call(
             "PATCH",
@@ -134,6 +180,7 @@ class Kube:
     async def get(
         self, api_version: str, kind: str, namespace: str | None, name: str
     ) -> dict[str, Any] | None:
+        _require(api_version, kind, "get")
         try:
             result: dict[str, Any] = await self._call(
                 "GET",
@@ -146,6 +193,7 @@ class Kube:
 
     async def create(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
+        _require(obj["apiVersion"], obj["kind"], "create")
         with contextlib.suppress(Conflict):
             await self._call(
                 "POST",
@@ -155,6 +203,7 @@ class Kube:
             )
 
     async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
+        _require(api_version, kind, "delete")
         with contextlib.suppress(NotFound):
             await self._call(
                 "DELETE",
@@ -165,6 +214,7 @@ class Kube:
     async def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
     ) -> None:
+        _require(api_version, kind, "patch", status=True)
         await self._call(
             "PATCH",
             resource_path(api_version, kind, namespace, name, "status"),
@@ -174,6 +224,7 @@ class Kube:
         )
 
     async def crd_exists(self, name: str) -> bool:
+        _require("apiextensions.k8s.io/v1", "CustomResourceDefinition", "get")
         try:
             await self._call(
                 "GET",
