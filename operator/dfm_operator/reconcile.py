@@ -57,6 +57,30 @@ class OperatorMetrics:
             ["ready"],
             registry=self.registry,
         )
+        self.rotations = Counter(
+            "dfm_managedsecret_rotations",
+            "ManagedSecret rotations and token refreshes by kind and result.",
+            ["kind", "result"],
+            registry=self.registry,
+        )
+        self.next_rotation = Gauge(
+            "dfm_managedsecret_next_rotation_timestamp_seconds",
+            "When each ManagedSecret next rotates or refreshes (unix time).",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.token_expiry = Gauge(
+            "dfm_managedsecret_token_expiry_timestamp_seconds",
+            "When each oauth2 ManagedSecret's access token expires (unix time).",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.refresh_before = Gauge(
+            "dfm_managedsecret_refresh_before_seconds",
+            "Each oauth2 ManagedSecret's refresh margin (for expiry alerts).",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
         self._ready: dict[str, bool] = {}
 
     def source_ready(self, key: str, ready: bool | None) -> None:
@@ -116,14 +140,18 @@ def _validation_message(error: ValidationError) -> str:
     return f"{where}: {first['msg'].removeprefix('Value error, ')}"
 
 
-async def _status_update(
+async def write_status(
     ctx: Context,
+    kind: str,
     body: Mapping[str, Any],
     conditions: list[ConditionUpdate],
     extra: dict[str, Any],
     emit: EmitFn,
 ) -> bool:
-    """Write status if it changed, emit Events for transitions; returns the new Ready."""
+    """Write status if it changed, emit Events for Ready transitions; returns the new Ready.
+
+    ``extra`` holds the kind's own status fields; a None value removes a field.
+    """
     meta = body.get("metadata") or {}
     old: dict[str, Any] = dict(body.get("status") or {})
     generation = meta.get("generation")
@@ -135,12 +163,14 @@ async def _status_update(
     old_ready = find(old.get("conditions") or [], c.READY) or {}
     ready = find(merged, c.READY) or {}
     if new != old:
+        # A merge patch: fields to drop are sent as null.
+        dropped = {k: None for k in old if k not in new}
         await ctx.kube.patch_status(
-            c.API_VERSION, c.WEBHOOK_SOURCE, meta["namespace"], meta["name"], new
+            c.API_VERSION, kind, meta["namespace"], meta["name"], {**dropped, **new}
         )
     if (old_ready.get("status"), old_ready.get("reason")) != (ready["status"], ready["reason"]):
         if ready["status"] == "True":
-            emit("Normal", "Ready", ready["message"] or "receiver available")
+            emit("Normal", "Ready", ready["message"] or ready["reason"])
         elif ready["reason"] in WARNING_REASONS:
             emit("Warning", ready["reason"], ready["message"])
     return bool(ready["status"] == "True")
@@ -179,7 +209,9 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any], emit: EmitFn, *, app
         source = WebhookSource.model_validate(_plain(body))
     except ValidationError as exc:
         message = _validation_message(exc)
-        await _status_update(ctx, body, receiver_conditions(invalid=message), {}, emit)
+        await write_status(
+            ctx, c.WEBHOOK_SOURCE, body, receiver_conditions(invalid=message), {}, emit
+        )
         raise InvalidSpec(message) from exc
 
     ns = source.metadata.namespace
@@ -207,7 +239,9 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any], emit: EmitFn, *, app
     internal, external = endpoints(source, ctx.settings)
     extra: dict[str, Any] = {"endpoint": internal, "externalEndpoint": external}
     if missing:
-        await _status_update(ctx, body, receiver_conditions(missing_secrets=missing), extra, emit)
+        await write_status(
+            ctx, c.WEBHOOK_SOURCE, body, receiver_conditions(missing_secrets=missing), extra, emit
+        )
         return False
 
     children = build_children(source, inputs)
@@ -225,7 +259,7 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any], emit: EmitFn, *, app
                 deployment = await ctx.kube.apply(desired)
     except Invalid as exc:
         conditions = receiver_conditions(apply_error=str(exc))
-        await _status_update(ctx, body, conditions, extra, emit)
+        await write_status(ctx, c.WEBHOOK_SOURCE, body, conditions, extra, emit)
         raise InvalidSpec(str(exc)) from exc
     except KubeError as exc:
         raise Retry(str(exc)) from exc
@@ -233,7 +267,7 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any], emit: EmitFn, *, app
     conditions = receiver_conditions(deployment=deployment, replicas=source.spec.replicas)
     extra["readyReplicas"] = ((deployment or {}).get("status") or {}).get("readyReplicas") or 0
     try:
-        return await _status_update(ctx, body, conditions, extra, emit)
+        return await write_status(ctx, c.WEBHOOK_SOURCE, body, conditions, extra, emit)
     except KubeError as exc:
         raise Retry(str(exc)) from exc
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import aiohttp
 import kopf
 from prometheus_client import start_http_server
 
@@ -13,16 +14,18 @@ from dfm_operator.kube import Kube, load_client
 from dfm_operator.reconcile import Context, OperatorMetrics
 from dfm_operator.settings import OperatorSettings
 
-METRICS_PORT_ENV = "DFM_OPERATOR_METRICS_PORT"
+KOPF_PREFIX = f"kopf.{c.GROUP}"
 
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # kopf's own bookkeeping goes to annotations: a structural schema would prune undeclared
     # status fields (kopf issue #574) and our status is a declared contract.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
+    # Their own prefix: kopf ignores every annotation under its storage prefix when diffing, and
+    # users' dfm.dev/ annotations (dfm.dev/rotate-now) must count as changes.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=c.GROUP, key="last-handled-configuration"
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
@@ -32,6 +35,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if port:
         start_http_server(int(port), registry=metrics.registry)
     memo.ctx = Context(kube=Kube(await load_client()), settings=OperatorSettings(), metrics=metrics)
+    # For OAuth token endpoints; never the Kubernetes API (that is kube.py's).
+    memo.http = aiohttp.ClientSession()
 
 
 @kopf.on.cleanup()
@@ -39,3 +44,6 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     ctx = memo.get("ctx")
     if isinstance(ctx, Context):
         await ctx.kube.api.close()
+    http = memo.get("http")
+    if isinstance(http, aiohttp.ClientSession):
+        await http.close()

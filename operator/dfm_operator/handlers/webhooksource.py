@@ -7,6 +7,7 @@ from typing import Any, cast
 import kopf
 
 from dfm_operator import constants as c
+from dfm_operator.handlers.managedsecret import wake
 from dfm_operator.reconcile import Context, InvalidSpec, Retry, reconcile_webhook_source
 
 DRIFT_CHECK_SECONDS = 300.0
@@ -117,8 +118,19 @@ async def child_deleted(
 @kopf.on.event("", "v1", "secrets")
 async def secret_changed(memo: kopf.Memo, namespace: str | None, name: str, **kwargs: Any) -> None:
     """A referenced Secret appeared, changed or went away: reconcile the sources using it."""
-    index: kopf.Index[Any, str] = kwargs["sources_by_secret"]
     if not namespace:
         return
-    for owner in index.get((namespace, name), []):
-        await _reconcile_owner(memo, namespace, owner, apply=True)
+    sources: kopf.Index[Any, str] = kwargs["sources_by_secret"]
+    managed: kopf.Index[Any, str] = kwargs["managed_by_secret"]
+    for owner in managed.get((namespace, name), []):
+        wake(memo, namespace, owner)
+    # A ManagedSecret's Secret may have a name of its own: sources refer to the ManagedSecret.
+    body: kopf.Body = kwargs["body"]
+    refs = {name} | {
+        ref.get("name")
+        for ref in body.get("metadata", {}).get("ownerReferences") or []
+        if ref.get("kind") == c.MANAGED_SECRET
+    }
+    for ref in refs:
+        for owner in sources.get((namespace, ref), []):
+            await _reconcile_owner(memo, namespace, owner, apply=True)

@@ -1,0 +1,345 @@
+"""ManagedSecret through the real operator against the emulated API server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+
+from tests.kube.conftest_helpers import k8s, kopf_running, kubeconfig
+from tests.kube.emulator import MANAGEDSECRETS, DfmKubernetesEmulator
+
+__all__ = ["k8s", "kubeconfig"]  # pytest fixtures, imported for this module
+
+NS = "payments"
+SECRETS = "v1/secrets"
+CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
+OPERATOR = ["run", "-A", "--standalone", "-m", "dfm_operator.handlers"]
+
+
+def managed(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "dfm.dev/v1alpha1",
+        "kind": "ManagedSecret",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }
+
+
+def secret_data(k8s: DfmKubernetesEmulator, name: str) -> dict[str, str]:
+    obj = k8s.get_object(SECRETS, NS, name) or {}
+    return {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
+
+
+def status(k8s: DfmKubernetesEmulator, name: str) -> dict[str, Any]:
+    return dict((k8s.get_object(MANAGEDSECRETS, NS, name) or {}).get("status") or {})
+
+
+def condition(k8s: DfmKubernetesEmulator, name: str, type_: str) -> dict[str, Any]:
+    for cond in status(k8s, name).get("conditions") or []:
+        if cond["type"] == type_:
+            return dict(cond)
+    return {}
+
+
+def when(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@pytest.fixture
+def cluster(k8s: DfmKubernetesEmulator, kubeconfig: Path) -> DfmKubernetesEmulator:
+    for file in sorted(CRD_DIR.glob("*.yaml")):
+        k8s.install_crd(yaml.safe_load(file.read_text()))
+    return k8s
+
+
+async def test_random_secret_is_created_rotated_on_demand_and_survives_a_restart(
+    cluster: DfmKubernetesEmulator,
+) -> None:
+    k8s = cluster
+    spec = {
+        "type": "random",
+        "random": {"length": 24, "encoding": "base64", "prefix": "whsec_"},
+        "rotation": {"every": "720h", "gracePeriod": "24h"},
+        "secretName": "stripe-signing",
+    }
+    async with kopf_running(OPERATOR) as runner:
+        await k8s.create(MANAGEDSECRETS, managed("signing", **spec), NS)
+        first = await k8s.wait_for(
+            lambda: secret_data(k8s, "stripe-signing").get("current"),
+            seconds=15,
+            what="the generated Secret",
+        )
+        assert first.startswith("whsec_")
+        assert len(base64.b64decode(first.removeprefix("whsec_"))) == 24
+        owner = (k8s.get_object(SECRETS, NS, "stripe-signing") or {})["metadata"][
+            "ownerReferences"
+        ][0]
+        assert (owner["kind"], owner["name"]) == ("ManagedSecret", "signing")
+        await k8s.wait_for(
+            lambda: condition(k8s, "signing", "Ready").get("status") == "True", what="Ready"
+        )
+        st = status(k8s, "signing")
+        assert st["currentVersion"] == 1
+        assert when(st["nextRotationTime"]) - when(st["lastRotationTime"]) == timedelta(days=30)
+
+        await k8s.patch_object(
+            MANAGEDSECRETS,
+            NS,
+            "signing",
+            {"metadata": {"annotations": {"dfm.dev/rotate-now": "r1"}}},
+        )
+        await k8s.wait_for(
+            lambda: status(k8s, "signing").get("currentVersion") == 2, seconds=15, what="version 2"
+        )
+        data = secret_data(k8s, "stripe-signing")
+        assert data["previous"] == first
+        assert data["current"] != first
+        st = status(k8s, "signing")
+        assert when(data["previous-expires-at"]) == when(st["lastRotationTime"]) + timedelta(
+            hours=24
+        )
+        assert st["previousExpiresAt"] == data["previous-expires-at"]
+        assert await k8s.wait_for(
+            lambda: k8s.events(NS, name="signing", reason="Rotated"), what="a Rotated event"
+        )
+    assert runner.exception is None
+
+    # A new operator process mid-grace: no second rotation, previous kept.
+    async with kopf_running(OPERATOR) as runner:
+        await asyncio.sleep(2.0)
+        assert status(k8s, "signing")["currentVersion"] == 2
+        assert secret_data(k8s, "stripe-signing") == data
+        # The same annotation value does not rotate again; a new one does.
+        await k8s.patch_object(
+            MANAGEDSECRETS, NS, "signing", {"metadata": {"labels": {"touched": "yes"}}}
+        )
+        await asyncio.sleep(1.0)
+        assert status(k8s, "signing")["currentVersion"] == 2
+    assert runner.exception is None
+
+
+async def test_interval_rotation_happens_on_time_and_previous_expires(
+    cluster: DfmKubernetesEmulator,
+) -> None:
+    k8s = cluster
+    spec = {
+        "type": "random",
+        "random": {"length": 16, "encoding": "hex"},
+        "rotation": {"every": "3s", "gracePeriod": "1s"},
+    }
+    async with kopf_running(OPERATOR) as runner:
+        await k8s.create(MANAGEDSECRETS, managed("fast", **spec), NS)
+        await k8s.wait_for(
+            lambda: status(k8s, "fast").get("currentVersion") == 1, seconds=15, what="version 1"
+        )
+        first_at = when(status(k8s, "fast")["lastRotationTime"])
+        await k8s.wait_for(
+            lambda: status(k8s, "fast").get("currentVersion") == 2,
+            seconds=10,
+            what="the scheduled rotation",
+        )
+        second_at = when(status(k8s, "fast")["lastRotationTime"])
+        assert timedelta(seconds=3) <= second_at - first_at <= timedelta(seconds=5)
+        assert "previous" in secret_data(k8s, "fast")
+        await k8s.wait_for(
+            lambda: (
+                "previous" not in secret_data(k8s, "fast")
+                and status(k8s, "fast").get("currentVersion") == 2
+            ),
+            seconds=5,
+            what="previous dropped after the grace period",
+        )
+    assert runner.exception is None
+
+
+# -- oauth2 --------------------------------------------------------------------------------------
+
+
+class TokenServer:
+    """A token endpoint that rotates refresh tokens, like HighLevel's."""
+
+    def __init__(self) -> None:
+        self.valid_refresh = "rt-0"
+        self.issued = 0
+        self.requests = 0
+        self.mode = "ok"
+        self.expires_in = 3
+
+    async def token(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        form = await request.post()
+        if self.mode == "error":
+            return web.json_response({"error": "server_error"}, status=500)
+        if form.get("client_secret") != "cs" or form.get("client_id") != "cid":
+            return web.json_response({"error": "invalid_client"}, status=401)
+        if form.get("grant_type") != "refresh_token" or form.get("refresh_token") != (
+            self.valid_refresh
+        ):
+            return web.json_response({"error": "invalid_grant"}, status=400)
+        self.issued += 1
+        self.valid_refresh = f"rt-{self.issued}"
+        return web.json_response(
+            {
+                "access_token": f"at-{self.issued}",
+                "token_type": "Bearer",
+                "expires_in": self.expires_in,
+                "refresh_token": self.valid_refresh,
+            }
+        )
+
+
+@pytest.fixture
+async def token_server(aiohttp_server: Any) -> tuple[TokenServer, str]:
+    server = TokenServer()
+    app = web.Application()
+    app.router.add_post("/oauth/token", server.token)
+    running = await aiohttp_server(app)
+    return server, str(running.make_url("/oauth/token"))
+
+
+async def test_oauth_tokens_refresh_before_expiry_and_rotated_refresh_tokens_are_kept(
+    cluster: DfmKubernetesEmulator, token_server: tuple[TokenServer, str]
+) -> None:
+    k8s = cluster
+    server, url = token_server
+    await k8s.create(
+        SECRETS,
+        {
+            "metadata": {"name": "ghl-client"},
+            "stringData": {"client_id": "cid", "client_secret": "cs"},
+        },
+        NS,
+    )
+    await k8s.create(
+        SECRETS,
+        {"metadata": {"name": "ghl-bootstrap"}, "stringData": {"refresh_token": "rt-0"}},
+        NS,
+    )
+    spec = {
+        "type": "oauth2",
+        "oauth2": {
+            "tokenUrl": url,
+            "clientSecretRef": {"name": "ghl-client"},
+            "refreshTokenSecretRef": {"name": "ghl-bootstrap", "key": "refresh_token"},
+            "refreshBeforeSeconds": 1,
+        },
+    }
+    async with kopf_running(OPERATOR) as runner:
+        await k8s.create(MANAGEDSECRETS, managed("ghl-oauth", **spec), NS)
+        await k8s.wait_for(
+            lambda: secret_data(k8s, "ghl-oauth").get("access_token") == "at-1",
+            seconds=15,
+            what="the first token",
+        )
+        data = secret_data(k8s, "ghl-oauth")
+        assert data["refresh_token"] == "rt-1"
+        assert data["token_type"] == "Bearer"
+        await k8s.wait_for(
+            lambda: status(k8s, "ghl-oauth").get("tokenExpiresAt") == data["expires_at"],
+            what="status.tokenExpiresAt",
+        )
+        # 3 s tokens refreshed 1 s early: the next one comes at about 2 s, with rt-1.
+        await k8s.wait_for(
+            lambda: secret_data(k8s, "ghl-oauth").get("access_token") == "at-2",
+            seconds=10,
+            what="a refresh before expiry",
+        )
+        assert secret_data(k8s, "ghl-oauth")["refresh_token"] == "rt-2"
+        assert await k8s.wait_for(
+            lambda: k8s.events(NS, name="ghl-oauth", reason="TokenRefreshed"), what="an event"
+        )
+
+        # The provider revokes the grant: RefreshTokenRejected, an Event, and no retry storm.
+        server.valid_refresh = "revoked"
+        await k8s.wait_for(
+            lambda: (
+                condition(k8s, "ghl-oauth", "RotationFailed").get("reason")
+                == "RefreshTokenRejected"
+            ),
+            seconds=10,
+            what="RefreshTokenRejected",
+        )
+        assert await k8s.wait_for(
+            lambda: k8s.events(NS, name="ghl-oauth", reason="RefreshTokenRejected"),
+            what="a Warning event",
+        )
+        calls = server.requests
+        await asyncio.sleep(3.0)
+        assert server.requests == calls
+        assert status(k8s, "ghl-oauth")["consecutiveFailures"] >= 1
+
+        # A new bootstrap refresh token heals it.
+        server.valid_refresh = "rt-new"
+        await k8s.patch_object(
+            SECRETS, NS, "ghl-bootstrap", {"stringData": {"refresh_token": "rt-new"}}
+        )
+        await k8s.wait_for(
+            lambda: condition(k8s, "ghl-oauth", "RotationFailed").get("status") == "False",
+            seconds=10,
+            what="recovery",
+        )
+        await k8s.wait_for(
+            lambda: status(k8s, "ghl-oauth").get("consecutiveFailures") == 0,
+            what="consecutiveFailures reset",
+        )
+    assert runner.exception is None
+
+
+async def test_token_endpoint_errors_are_retried_with_backoff(
+    cluster: DfmKubernetesEmulator, token_server: tuple[TokenServer, str]
+) -> None:
+    k8s = cluster
+    server, url = token_server
+    server.mode = "error"
+    await k8s.create(
+        SECRETS,
+        {"metadata": {"name": "c"}, "stringData": {"client_id": "cid", "client_secret": "cs"}},
+        NS,
+    )
+    await k8s.create(SECRETS, {"metadata": {"name": "b"}, "stringData": {"rt": "rt-0"}}, NS)
+    spec = {
+        "type": "oauth2",
+        "oauth2": {
+            "tokenUrl": url,
+            "clientSecretRef": {"name": "c"},
+            "refreshTokenSecretRef": {"name": "b", "key": "rt"},
+        },
+    }
+    async with kopf_running(OPERATOR) as runner:
+        await k8s.create(MANAGEDSECRETS, managed("flaky", **spec), NS)
+        await k8s.wait_for(
+            lambda: (
+                condition(k8s, "flaky", "RotationFailed").get("reason")
+                == "TokenEndpointUnavailable"
+            ),
+            seconds=10,
+            what="TokenEndpointUnavailable",
+        )
+        st = status(k8s, "flaky")
+        assert st["consecutiveFailures"] == 1
+        assert condition(k8s, "flaky", "Ready").get("status") == "False"
+        # The retry is scheduled 10 s out (capped exponential back-off), not immediately.
+        retry_at = when(st["nextRotationTime"])
+        assert retry_at - when(
+            condition(k8s, "flaky", "RotationFailed")["lastTransitionTime"]
+        ) >= timedelta(seconds=9)
+        assert server.requests == 1
+        server.mode = "ok"
+        await k8s.wait_for(
+            lambda: secret_data(k8s, "flaky").get("access_token"),
+            seconds=20,
+            what="success after the back-off",
+        )
+        await k8s.wait_for(
+            lambda: status(k8s, "flaky").get("consecutiveFailures") == 0,
+            what="consecutiveFailures reset",
+        )
+        assert server.requests == 2
+    assert runner.exception is None
