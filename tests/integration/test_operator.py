@@ -260,3 +260,61 @@ async def test_the_dfm_operator_process_reconciles_and_serves_metrics_and_livene
         code = await asyncio.to_thread(proc.wait, 30)
         log.close()
     assert code == 0, (tmp_path / "operator.log").read_text()[-2000:]
+
+
+async def test_a_source_on_a_managed_secret_mounts_it_and_rotation_never_rolls_pods(
+    cluster: DfmKubernetesEmulator, operator: KopfRunner
+) -> None:
+    k8s = cluster
+    managed = {
+        "apiVersion": "dfm.dev/v1alpha1",
+        "kind": "ManagedSecret",
+        "metadata": {"name": "signing", "namespace": NS},
+        "spec": {
+            "type": "random",
+            "random": {"prefix": "whsec_"},
+            "rotation": {"every": "720h", "gracePeriod": "1h"},
+            "secretName": "stripe-signing",
+        },
+    }
+    await k8s.create("dfm.dev/v1alpha1/managedsecrets", managed, NS)
+    await k8s.create(
+        WEBHOOKSOURCES,
+        source(
+            "clerk", provider="standard", verification={"managedSecretRef": {"name": "signing"}}
+        ),
+        NS,
+    )
+    deployment = await k8s.wait_for(
+        lambda: k8s.get_object(DEPLOYMENTS, NS, "clerk-receiver"),
+        seconds=20,
+        what="the receiver of a ManagedSecret-backed source",
+    )
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "signing", "secret": {"secretName": "stripe-signing"}} in volumes
+    config = k8s.get_object(CONFIGMAPS, NS, "clerk-receiver-config") or {}
+    assert "dir: /etc/dfm/secrets/stripe-signing" in config["data"]["receiver.yaml"]
+    template_hash = deployment["spec"]["template"]["metadata"]["annotations"]
+
+    await k8s.patch_object(
+        "dfm.dev/v1alpha1/managedsecrets",
+        NS,
+        "signing",
+        {"metadata": {"annotations": {"dfm.dev/rotate-now": "1"}}},
+    )
+    await k8s.wait_for(
+        lambda: (
+            (
+                (k8s.get_object("dfm.dev/v1alpha1/managedsecrets", NS, "signing") or {}).get(
+                    "status"
+                )
+                or {}
+            ).get("currentVersion")
+            == 2
+        ),
+        seconds=15,
+        what="the rotation",
+    )
+    await asyncio.sleep(0.5)  # let the Secret event reach the source
+    after = k8s.get_object(DEPLOYMENTS, NS, "clerk-receiver") or {}
+    assert after["spec"]["template"]["metadata"]["annotations"] == template_hash
