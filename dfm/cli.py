@@ -26,7 +26,9 @@ def _add_local(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             "Serves every WebhookSource found in the files on one port. Secrets are read from "
             "`kind: Secret` manifests in the same files. Without --database-url (or "
             "$DFM_DATABASE_URL) an embedded PostgreSQL is started; its data lives in "
-            "$DFM_DATA_DIR (default ~/.local/share/dfm)."
+            "$DFM_DATA_DIR (default ~/.local/share/dfm). The files are watched: a Secret edit is "
+            "applied in place (to rehearse a rotation: current, previous, previous-expires-at), "
+            "a source edit restarts the app."
         ),
     )
     p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE_OR_DIR")
@@ -117,7 +119,7 @@ def parser() -> argparse.ArgumentParser:
 def cmd_local(args: argparse.Namespace) -> int:
     from dfm import local
     from dfm.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
-    from webhook_server import app, logs
+    from webhook_server import logs
 
     logs.configure(json=args.log_format == "json")
     # Validate the manifests before starting anything.
@@ -135,11 +137,7 @@ def cmd_local(args: argparse.Namespace) -> int:
             raise CliError(str(exc)) from exc
         url = embedded.url
     try:
-        config, files = local.build_config(
-            args.filename, host=args.host, port=args.port, database_url=url
-        )
-        print(local.banner(config, files), file=sys.stderr, flush=True)
-        app.run(config)
+        asyncio.run(local.serve(args.filename, host=args.host, port=args.port, database_url=url))
     finally:
         if embedded is not None:
             embedded.stop()

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
+import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from dfm.manifests import Document, ManifestError, load_documents, secrets, webhook_sources
+from aiohttp import web
+from watchfiles import awatch
+
+from dfm.manifests import (
+    YAML_SUFFIXES,
+    Document,
+    ManifestError,
+    load_documents,
+    secrets,
+    webhook_sources,
+)
 from dfm_operator.api import WebhookSource
 from dfm_operator.builders.receiver_config import build_source_config
+from webhook_server.app import create_app, reload_secrets
 from webhook_server.config import DatabaseConfig, ReceiverConfig, SecretSource, SourceConfig
 
 DATABASE_URL_ENV = "DFM_DATABASE_URL"
@@ -24,57 +38,106 @@ def default_data_dir() -> Path:
     return Path(base) / "dfm"
 
 
+def _check_secret(
+    doc: Document,
+    field: str,
+    ns: str,
+    name: str,
+    key: str,
+    found: dict[tuple[str, str], dict[str, str]],
+) -> str:
+    values = found.get((ns, name))
+    if values is None:
+        raise ManifestError(
+            f"{doc.label}: {field}: Secret {ns}/{name} not found in the given files"
+        )
+    if key not in values:
+        raise ManifestError(f"{doc.label}: {field}: Secret {ns}/{name} has no key {key!r}")
+    return values[key]
+
+
 def local_secrets(
-    doc: Document, source: WebhookSource, found: dict[tuple[str, str], dict[str, str]]
+    doc: Document,
+    source: WebhookSource,
+    found: dict[tuple[str, str], dict[str, str]],
+    root: Path | None = None,
 ) -> list[SecretSource]:
-    """The source's secret values, read from ``kind: Secret`` manifests in the same files."""
+    """Where the source's secrets come from, out of ``kind: Secret`` manifests in the same files.
+
+    With ``root`` they are files under it, laid out as kubelet mounts Secrets (so changes are
+    picked up exactly as in a pod); without, literal values (for signing in ``dfm send``).
+    A ``managedSecretRef`` reads the Secret of that name as the ManagedSecret would write it:
+    ``current``, and optionally ``previous`` with ``previous-expires-at``.
+    """
     ns = source.metadata.namespace
     ref = source.spec.verification.secret_ref
     if ref is not None:
-        values = found.get((ns, ref.name))
-        if values is None:
-            raise ManifestError(
-                f"{doc.label}: spec.verification.secretRef: Secret {ns}/{ref.name} "
-                "not found in the given files"
-            )
-        if ref.key not in values:
-            raise ManifestError(
-                f"{doc.label}: spec.verification.secretRef: Secret {ns}/{ref.name} "
-                f"has no key {ref.key!r}"
-            )
-        return [SecretSource(value=values[ref.key])]
+        field = "spec.verification.secretRef"
+        value = _check_secret(doc, field, ns, ref.name, ref.key, found)
+        if root is None:
+            return [SecretSource(value=value)]
+        return [SecretSource(file=str(root / ns / ref.name / ref.key))]
     managed = source.spec.verification.managed_secret_ref
     if managed is not None:
-        values = found.get((ns, managed.name))
-        if values is None or "current" not in values:
-            raise ManifestError(
-                f"{doc.label}: spec.verification.managedSecretRef: a Secret {ns}/{managed.name} "
-                "with key 'current' is needed in local mode"
-            )
-        return [SecretSource(value=values["current"])]
+        field = "spec.verification.managedSecretRef"
+        value = _check_secret(doc, field, ns, managed.name, "current", found)
+        if root is None:
+            return [SecretSource(value=value)]
+        return [SecretSource(dir=str(root / ns / managed.name))]
     return []
 
 
-def source_configs(paths: Sequence[str]) -> tuple[list[SourceConfig], dict[str, Path]]:
-    """Every WebhookSource in ``paths`` as a receiver source, and the file each came from."""
+def materialize(found: dict[tuple[str, str], dict[str, str]], root: Path) -> None:
+    """Write every Secret's keys as files under ``root/<namespace>/<name>/<key>`` (mode 0600).
+
+    Each file is replaced atomically, and keys no longer in a Secret are removed, as kubelet does.
+    """
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for (ns, name), values in found.items():
+        folder = root / ns / name
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for key, value in values.items():
+            tmp = folder / f".{key}.tmp"
+            tmp.write_text(value)
+            tmp.chmod(0o600)
+            tmp.replace(folder / key)
+        for stale in folder.iterdir():
+            if stale.name not in values and not stale.name.startswith("."):
+                stale.unlink()
+
+
+def source_configs(
+    paths: Sequence[str], root: Path | None = None
+) -> tuple[list[SourceConfig], dict[str, Path]]:
+    """Every WebhookSource in ``paths`` as a receiver source, and the file each came from.
+
+    With ``root``, the Secrets found are also written there (see :func:`materialize`).
+    """
     docs = load_documents(paths)
     found = secrets(docs)
     configs: list[SourceConfig] = []
     files: dict[str, Path] = {}
     for doc, source in webhook_sources(docs):
-        configs.append(build_source_config(source, local_secrets(doc, source, found)))
+        configs.append(build_source_config(source, local_secrets(doc, source, found, root)))
         files[source.key] = doc.file
     if not configs:
         raise ManifestError(
             f"no WebhookSource (apiVersion dfm.dev/v1alpha1) found in {', '.join(paths)}"
         )
+    if root is not None:
+        materialize(found, root)
     return configs, files
 
 
 def build_config(
-    paths: Sequence[str], *, host: str, port: int, database_url: str
+    paths: Sequence[str],
+    *,
+    host: str,
+    port: int,
+    database_url: str,
+    secrets_root: Path | None = None,
 ) -> tuple[ReceiverConfig, dict[str, Path]]:
-    sources, files = source_configs(paths)
+    sources, files = source_configs(paths, secrets_root)
     try:
         config = ReceiverConfig(
             host=host, port=port, sources=sources, database=DatabaseConfig(url=database_url)
@@ -102,3 +165,66 @@ def banner(config: ReceiverConfig, files: dict[str, Path]) -> str:
         lines.append(f"      try: {shlex.join(send)}")
     lines.append(f"  health: {base}/readyz   metrics: {base}/metrics")
     return "\n".join(lines)
+
+
+async def serve(paths: Sequence[str], *, host: str, port: int, database_url: str) -> None:
+    """Serve until SIGINT/SIGTERM, applying manifest edits live.
+
+    A Secret edit is written to the secret files and reloaded in place (no restart, exactly like
+    kubelet updating a mounted Secret); an edit to a source restarts the app on the same port.
+    A broken edit is reported on one line and the last good configuration keeps serving.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    with tempfile.TemporaryDirectory(prefix="dfm-secrets-") as tmp:
+        root = Path(tmp)
+        config, files = build_config(
+            paths, host=host, port=port, database_url=database_url, secrets_root=root
+        )
+        while True:
+            app = create_app(config)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+            await runner.setup()
+            await web.TCPSite(runner, host, port).start()
+            print(banner(config, files), file=sys.stderr, flush=True)
+            restart = False
+            async for _ in _changes(paths, stop):
+                try:
+                    new, files = build_config(
+                        paths, host=host, port=port, database_url=database_url, secrets_root=root
+                    )
+                except ManifestError as exc:
+                    print(
+                        f"dfm local: error: {exc} (still serving the last good manifests)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    continue
+                if new != config:
+                    config, restart = new, True
+                    print("dfm local: sources changed, restarting", file=sys.stderr, flush=True)
+                    break
+                changed = reload_secrets(app)
+                if changed:
+                    print(
+                        f"dfm local: secrets reloaded for {', '.join(changed)}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            await runner.cleanup()
+            if not restart:
+                return
+
+
+async def _changes(paths: Sequence[str], stop: asyncio.Event) -> AsyncIterator[None]:
+    """Yield once per batch of edits to the manifest files; end when ``stop`` is set."""
+    async for _ in awatch(
+        *paths,
+        stop_event=stop,
+        debounce=200,
+        step=50,
+        watch_filter=lambda _, p: p.endswith(YAML_SUFFIXES),
+    ):
+        yield

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,3 +184,115 @@ def test_crds_command_prints_the_committed_crds() -> None:
     for name in ("webhooksources.dfm.dev", "managedsecrets.dfm.dev"):
         assert name in result.stdout
         assert name in committed
+
+
+def _post_signed(url: str, secret: str, msg_id: str) -> int:
+    """POST a Standard Webhooks delivery signed by the official SDK; returns the status."""
+    from datetime import UTC, datetime
+
+    from standardwebhooks.webhooks import Webhook
+
+    body = '{"type":"user.created"}'
+    now = datetime.now(UTC)
+    headers = {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, now, body),
+        "Content-Type": "application/json",
+    }
+    request = urllib.request.Request(  # noqa: S310 - loopback only
+        url, data=body.encode(), headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310 - loopback only
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+MANIFEST = """\
+apiVersion: v1
+kind: Secret
+metadata: {{name: clerk-signing}}
+stringData:
+{secret}
+---
+apiVersion: dfm.dev/v1alpha1
+kind: WebhookSource
+metadata: {{name: clerk}}
+spec:
+  provider: standard
+  path: {path}
+  verification:
+    managedSecretRef: {{name: clerk-signing}}
+"""
+SECRET_A = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SECRET_B = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+
+
+def test_dfm_local_applies_secret_and_source_edits_live(
+    tmp_path: Path, postgres_server: str
+) -> None:
+    """The README's rotation rehearsal: A, then A and B until previous-expires-at, then B."""
+    from datetime import UTC, datetime, timedelta
+
+    manifest = tmp_path / "clerk.yaml"
+    manifest.write_text(MANIFEST.format(secret=f"  current: {SECRET_A}", path="/hooks/clerk"))
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *DFM,
+            "local",
+            "-f",
+            str(tmp_path),
+            "--port",
+            str(port),
+            "--database-url",
+            postgres_server,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base + "/readyz", proc)
+        url = base + "/hooks/clerk"
+        assert _post_signed(url, SECRET_A, "m1") == 200
+        assert _post_signed(url, SECRET_B, "m2") == 401
+
+        expires = (datetime.now(UTC) + timedelta(seconds=4)).isoformat().replace("+00:00", "Z")
+        rotated = (
+            f'  current: {SECRET_B}\n  previous: {SECRET_A}\n  previous-expires-at: "{expires}"'
+        )
+        manifest.write_text(MANIFEST.format(secret=rotated, path="/hooks/clerk"))
+        deadline = time.monotonic() + 10
+        while _post_signed(url, SECRET_B, f"m3-{time.monotonic()}") != 200:
+            assert time.monotonic() < deadline, "the Secret edit was not applied"
+            time.sleep(0.2)
+        assert _post_signed(url, SECRET_A, "m4") == 200  # previous, within its grace
+        time.sleep(
+            max(
+                0.0,
+                datetime.fromisoformat(expires.replace("Z", "+00:00")).timestamp() - time.time(),
+            )
+            + 0.5
+        )
+        assert _post_signed(url, SECRET_A, "m5") == 401
+        assert _post_signed(url, SECRET_B, "m6") == 200
+
+        # A source edit (a new path) restarts the app on the same port.
+        manifest.write_text(MANIFEST.format(secret=f"  current: {SECRET_B}", path="/hooks/new"))
+        deadline = time.monotonic() + 15
+        while _post_signed(base + "/hooks/new", SECRET_B, f"m7-{time.monotonic()}") != 200:
+            assert time.monotonic() < deadline, "the source edit was not applied"
+            time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert "secrets reloaded for default/clerk" in err
+    assert "sources changed, restarting" in err
+    assert SECRET_A not in err
+    assert SECRET_B not in err
