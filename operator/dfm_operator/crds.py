@@ -97,12 +97,13 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         _READY,
         _REASON,
         Column("Last Rotation", "date", ".status.lastRotationTime", "When the value changed."),
-        Column("Next Rotation", "date", ".status.nextRotationTime", "When it changes next."),
+        # A future time: kubectl shows "date" columns as an age, which is "<invalid>" when ahead.
+        Column("Next Rotation", "string", ".status.nextRotationTime", "When it changes next."),
         _AGE,
         Column("Version", "integer", ".status.currentVersion", "The value's version.", priority=1),
         Column(
             "Token Expires",
-            "date",
+            "string",
             ".status.tokenExpiresAt",
             "oauth2: when the access token expires.",
             priority=1,

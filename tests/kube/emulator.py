@@ -1584,6 +1584,8 @@ def age(timestamp: str) -> str:
     """kubectl's short duration of how long ago ``timestamp`` was."""
     then = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
     seconds = int((datetime.datetime.now(datetime.UTC) - then).total_seconds())
+    if seconds < 0:
+        return "<invalid>"  # what the API server prints for a time in the future
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size * 2:
             return f"{seconds // size}{unit}"
