@@ -128,7 +128,7 @@ def example_sources() -> list[Any]:
     found = []
     for file in sorted(EXAMPLES.glob("*.yaml")):
         for doc in yaml.safe_load_all(file.read_text()):
-            if doc and doc.get("kind") == "WebhookSource":
+            if doc and doc.get("kind") in MODELS:
                 found.append(pytest.param(doc, id=f"{file.name}:{doc['metadata']['name']}"))
     return found
 
@@ -361,8 +361,7 @@ def test_exclusive_bounds_use_openapi_v3_0_form() -> None:
 @pytest.mark.parametrize("manifest", example_sources())
 def test_examples_are_accepted_by_schema_and_model(manifest: JsonDict) -> None:
     assert schema_errors(manifest) == []
-    source = WebhookSource.model_validate(manifest)
-    assert source.metadata.name == manifest["metadata"]["name"]
+    assert model_error(manifest) is None
 
 
 def test_there_are_examples() -> None:
