@@ -83,6 +83,8 @@ def _add_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="no peering: do not coordinate with other operator replicas",
     )
+    p.add_argument("--log-format", choices=["json", "text"], default="json")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logs")
 
 
 def _add_render(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -191,6 +193,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port or None,
         liveness=args.liveness or None,
         standalone=args.standalone,
+        log_format=args.log_format,
+        verbose=args.verbose,
     )
     return 0
 

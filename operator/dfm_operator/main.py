@@ -16,9 +16,17 @@ def run(
     metrics_port: int | None,
     liveness: str | None,
     standalone: bool,
+    log_format: str = "json",
+    verbose: bool = False,
 ) -> None:
     import dfm_operator.handlers  # noqa: F401 - registers the handlers
 
+    # JSON lines in production (one object per line, with the object's reference under "object").
+    kopf.configure(
+        verbose=verbose,
+        log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL,
+        log_refkey="object",
+    )
     memo = kopf.Memo(metrics_port=metrics_port)
     asyncio.run(
         kopf.operator(

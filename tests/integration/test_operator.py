@@ -249,8 +249,25 @@ async def test_the_dfm_operator_process_reconciles_and_serves_metrics_and_livene
         await k8s.mark_deployment_available(NS, "proc-receiver")
         await wait_ready(k8s, "proc", "True", "Available", generation=1)
 
+        managed = {
+            "apiVersion": "dfm.dev/v1alpha1",
+            "kind": "ManagedSecret",
+            "metadata": {"name": "m", "namespace": NS},
+            "spec": {"type": "random", "random": {}, "rotation": {"every": "1h"}},
+        }
+        await k8s.create("dfm.dev/v1alpha1/managedsecrets", managed, NS)
+        await k8s.wait_for(
+            lambda: k8s.get_object(SECRETS, NS, "m"), seconds=20, what="the ManagedSecret's Secret"
+        )
+        await asyncio.sleep(0.3)
+
         status, body = await asyncio.to_thread(fetch, f"http://127.0.0.1:{metrics_port}/metrics")
         assert status == 200
+        assert 'dfm_managedsecret_rotations_total{kind="random",result="success"} 1.0' in body
+        assert (
+            'dfm_managedsecret_next_rotation_timestamp_seconds{name="m",namespace="payments"}'
+            in (body)
+        )
         assert 'dfm_operator_reconciliations_total{kind="WebhookSource",result="ready"}' in body
         assert 'dfm_operator_webhooksources{ready="true"} 1.0' in body
         status, _ = await asyncio.to_thread(fetch, f"http://127.0.0.1:{liveness_port}/healthz")
