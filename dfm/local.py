@@ -25,7 +25,13 @@ from dfm.manifests import (
 from dfm_operator.api import WebhookSource
 from dfm_operator.builders.receiver_config import build_source_config
 from webhook_server.app import create_app, reload_secrets
-from webhook_server.config import DatabaseConfig, ReceiverConfig, SecretSource, SourceConfig
+from webhook_server.config import (
+    DatabaseConfig,
+    Provider,
+    ReceiverConfig,
+    SecretSource,
+    SourceConfig,
+)
 
 DATABASE_URL_ENV = "DFM_DATABASE_URL"
 DATA_DIR_ENV = "DFM_DATA_DIR"
@@ -162,7 +168,13 @@ def banner(config: ReceiverConfig, files: dict[str, Path]) -> str:
         url = base + source.route
         lines.append(f"  {source.key:<28} {source.provider.value:<10} POST {url}")
         send = [_program(), "send", str(files[source.key]), "--name", source.name, "--url", url]
-        lines.append(f"      try: {shlex.join(send)}")
+        needs = {
+            Provider.HIGHLEVEL: "  (add --private-key KEY.pem: HighLevel signs with its own key)",
+            Provider.JWT: "  (add --token JWT)",
+        }.get(source.provider, "")
+        if source.auth is not None and source.provider is not Provider.JWT:
+            needs = "  (add --token JWT)"
+        lines.append(f"      try: {shlex.join(send)}{needs}")
     lines.append(f"  health: {base}/readyz   metrics: {base}/metrics")
     return "\n".join(lines)
 
