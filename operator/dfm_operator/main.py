@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Sequence
 
 import kopf
@@ -34,6 +35,9 @@ def run(
             namespaces=list(namespaces),
             standalone=standalone,
             peering_name=None if standalone else PEERING_NAME,
+            # kopf pauses every peer on a priority tie: each replica draws its own, so the
+            # highest live one works and the others stand by.
+            priority=0 if standalone else secrets.randbelow(2**31 - 1) + 1,
             liveness_endpoint=liveness,
             memo=memo,
         )

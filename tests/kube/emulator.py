@@ -898,11 +898,23 @@ class DfmKubernetesEmulator(kmock.KubernetesEmulator):
         versions = (crd.get("spec") or {}).get("versions") or []
         version = next((v for v in versions if v.get("name") == res.version), {})
         columns = version.get("additionalPrinterColumns") or []
-        definitions = [{"name": "Name", "type": "string", "format": "name", "priority": 0,
-                        "description": "Name must be unique within a namespace."}]
+        definitions = [
+            {
+                "name": "Name",
+                "type": "string",
+                "format": "name",
+                "priority": 0,
+                "description": "Name must be unique within a namespace.",
+            }
+        ]
         definitions += [
-            {"name": c["name"], "type": c["type"], "format": c.get("format", ""),
-             "priority": c.get("priority", 0), "description": c.get("description", "")}
+            {
+                "name": c["name"],
+                "type": c["type"],
+                "format": c.get("format", ""),
+                "priority": c.get("priority", 0),
+                "description": c.get("description", ""),
+            }
             for c in columns
         ]
         rows = []
@@ -913,11 +925,23 @@ class DfmKubernetesEmulator(kmock.KubernetesEmulator):
                 if column["type"] == "date" and isinstance(value, str):
                     value = age(value)
                 cells.append(value)
-            rows.append({"cells": cells, "object": {
-                "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                "metadata": obj["metadata"]}})
-        return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {},
-                "columnDefinitions": definitions, "rows": rows}
+            rows.append(
+                {
+                    "cells": cells,
+                    "object": {
+                        "kind": "PartialObjectMetadata",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": obj["metadata"],
+                    },
+                }
+            )
+        return {
+            "kind": "Table",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": {},
+            "columnDefinitions": definitions,
+            "rows": rows,
+        }
 
     def _serve_apply(
         self,
