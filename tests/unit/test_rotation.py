@@ -37,7 +37,8 @@ def test_interval_rotation_is_due_exactly_one_interval_after_the_last() -> None:
     rotation = Rotation(every="720h")
     assert next_rotation(rotation, T0) == T0 + timedelta(days=30)
     assert random_action(rotation, state(), None, T0 + timedelta(days=30, seconds=-1)) is (
-        Action.NONE)
+        Action.NONE
+    )
     assert random_action(rotation, state(), None, T0 + timedelta(days=30)) is Action.ROTATE
 
 
@@ -76,13 +77,15 @@ def test_cron_when_clocks_go_back_fires_once_not_twice() -> None:
 def test_cron_on_the_31st_skips_short_months() -> None:
     rotation = Rotation(schedule="0 3 31 * *")
     assert next_rotation(rotation, datetime(2026, 1, 31, 3, 0, tzinfo=UTC)) == datetime(
-        2026, 3, 31, 3, 0, tzinfo=UTC)
+        2026, 3, 31, 3, 0, tzinfo=UTC
+    )
 
 
 def test_cron_on_the_last_day_of_february_in_a_leap_year() -> None:
     rotation = Rotation(schedule="0 0 29 2 *")
     assert next_rotation(rotation, datetime(2026, 3, 1, tzinfo=UTC)) == datetime(
-        2028, 2, 29, tzinfo=UTC)
+        2028, 2, 29, tzinfo=UTC
+    )
 
 
 def test_rotate_now_forces_one_rotation_per_new_value() -> None:
@@ -98,23 +101,30 @@ def test_rotate_now_forces_one_rotation_per_new_value() -> None:
 
 def test_previous_is_kept_for_the_grace_period_then_dropped() -> None:
     rotated = rotated_data(state(), "C", timedelta(hours=24), T0)
-    assert rotated == {"current": "C", "previous": "B",
-                       "previous-expires-at": "2026-11-28T12:00:00Z"}
+    assert rotated == {
+        "current": "C",
+        "previous": "B",
+        "previous-expires-at": "2026-11-28T12:00:00Z",
+    }
     during = SecretState(rotated, {ANNOTATION_LAST_ROTATION: T0.isoformat()})
     rotation = Rotation(every="720h", grace_period="24h")
     assert random_action(rotation, during, None, T0 + timedelta(hours=23)) is Action.NONE
     assert random_action(rotation, during, None, T0 + timedelta(hours=24)) is (
-        Action.EXPIRE_PREVIOUS)
+        Action.EXPIRE_PREVIOUS
+    )
     assert next_wakeup(rotation, during, None, T0) == T0 + timedelta(hours=24)
 
 
 def test_a_restart_mid_grace_decides_nothing_new() -> None:
     rotation = Rotation(every="1h", grace_period="30m")
-    during = SecretState(rotated_data(state(), "C", timedelta(minutes=30), T0),
-                         {ANNOTATION_LAST_ROTATION: T0.isoformat()})
+    during = SecretState(
+        rotated_data(state(), "C", timedelta(minutes=30), T0),
+        {ANNOTATION_LAST_ROTATION: T0.isoformat()},
+    )
     for minutes in (0, 5, 29):
         assert random_action(rotation, during, None, T0 + timedelta(minutes=minutes)) is (
-            Action.NONE)
+            Action.NONE
+        )
 
 
 def test_oauth_refresh_before_expiry() -> None:
@@ -122,7 +132,8 @@ def test_oauth_refresh_before_expiry() -> None:
     margin = timedelta(minutes=5)
     assert oauth_action(margin, token, None, T0) is Action.NONE
     assert oauth_action(margin, token, None, T0 + timedelta(minutes=54, seconds=59)) is (
-        Action.NONE)
+        Action.NONE
+    )
     assert oauth_action(margin, token, None, T0 + timedelta(minutes=55)) is Action.REFRESH
     assert oauth_action(margin, None, None, T0) is Action.REFRESH
     assert oauth_action(margin, token, "now", T0) is Action.REFRESH
@@ -142,7 +153,6 @@ def test_random_encodings(encoding: str, prefix: str, pattern_len: int) -> None:
 def test_standard_webhooks_secret_comes_out_in_its_native_form() -> None:
     import base64
 
-    value = encode_random(RandomSecret(length=24, encoding="base64", prefix="whsec_"),
-                          b"\x01" * 24)
+    value = encode_random(RandomSecret(length=24, encoding="base64", prefix="whsec_"), b"\x01" * 24)
     assert value.startswith("whsec_")
     assert base64.b64decode(value.removeprefix("whsec_")) == b"\x01" * 24
