@@ -158,6 +158,16 @@ async def test_lifecycle_create_ready_update_and_repair(
     obj = await wait_ready(k8s, "stripe-main", "True", "Available", generation=2)
     assert obj["status"]["readyReplicas"] == 2
 
+    # A hand edit of the Deployment (scaled by someone) is undone.
+    await k8s.patch_object(DEPLOYMENTS, NS, "stripe-main-receiver", {"spec": {"replicas": 7}})
+    await k8s.wait_for(
+        lambda: (
+            (k8s.get_object(DEPLOYMENTS, NS, "stripe-main-receiver") or {})["spec"]["replicas"] == 2
+        ),
+        seconds=20,
+        what="the hand edit undone",
+    )
+
     # A child deleted by hand comes back.
     await k8s.delete_object(SERVICES, NS, "stripe-main-receiver")
     recreated = await k8s.wait_for(
