@@ -226,6 +226,10 @@ class ReceiverConfig(Model):
         return cls.model_validate(data)
 
     def dump_yaml(self) -> str:
-        return yaml.safe_dump(
-            self.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False
+        # libyaml's emitter when present: the operator renders this on every reconciliation.
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        return yaml.dump(
+            self.model_dump(mode="json", by_alias=True, exclude_none=True),
+            Dumper=dumper,
+            sort_keys=False,
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -177,9 +177,18 @@ async def write_status(
 
 
 async def reconcile_webhook_source(
-    ctx: Context, body: Mapping[str, Any], emit: EmitFn, *, apply: bool = True
+    ctx: Context,
+    body: Mapping[str, Any],
+    emit: EmitFn,
+    *,
+    apply: bool = True,
+    known_secrets: Container[tuple[str, str]] | None = None,
+    deployment: dict[str, Any] | None = None,
 ) -> bool:
     """Converge one WebhookSource; returns whether it is Ready.
+
+    ``known_secrets`` answers "does this Secret exist?" from a watch (kopf index) instead of a
+    GET each; ``deployment`` is the live Deployment when the caller already has it (its event).
 
     ``apply=False`` refreshes status from the live Deployment without re-applying children
     (used for the Deployment's own status changes, which would otherwise loop).
@@ -191,7 +200,9 @@ async def reconcile_webhook_source(
     result = "error"
     try:
         async with ctx.lock(key):
-            ready = await _reconcile(ctx, body, emit, apply=apply)
+            ready = await _reconcile(
+                ctx, body, emit, apply=apply, known_secrets=known_secrets, live=deployment
+            )
         result = "ready" if ready else "not_ready"
         ctx.metrics.source_ready(key, ready)
         return ready
@@ -204,7 +215,15 @@ async def reconcile_webhook_source(
         ctx.metrics.duration.labels(c.WEBHOOK_SOURCE).observe(time.perf_counter() - started)
 
 
-async def _reconcile(ctx: Context, body: Mapping[str, Any], emit: EmitFn, *, apply: bool) -> bool:
+async def _reconcile(
+    ctx: Context,
+    body: Mapping[str, Any],
+    emit: EmitFn,
+    *,
+    apply: bool,
+    known_secrets: Container[tuple[str, str]] | None,
+    live: dict[str, Any] | None,
+) -> bool:
     try:
         source = WebhookSource.model_validate(_plain(body))
     except ValidationError as exc:
@@ -231,7 +250,11 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any], emit: EmitFn, *, app
             service_monitor=await ctx.service_monitor_enabled(),
         )
         for name in referenced_secrets(source, inputs):
-            if await ctx.kube.get("v1", "Secret", ns, name) is None:
+            if known_secrets is not None:
+                exists = (ns, name) in known_secrets
+            else:
+                exists = await ctx.kube.get("v1", "Secret", ns, name) is not None
+            if not exists:
                 missing.append(name)
     except KubeError as exc:
         raise Retry(str(exc)) from exc
@@ -253,7 +276,9 @@ async def _reconcile(ctx: Context, body: Mapping[str, Any], emit: EmitFn, *, app
                 applied[child["kind"]] = await ctx.kube.apply(child)
             deployment = applied.get("Deployment")
         else:
-            deployment = await ctx.kube.get("apps/v1", "Deployment", ns, receiver_name(source))
+            deployment = live or await ctx.kube.get(
+                "apps/v1", "Deployment", ns, receiver_name(source)
+            )
             desired = next(ch for ch in children if ch["kind"] == "Deployment")
             if deployment is None or needs_reapply(deployment, desired):
                 deployment = await ctx.kube.apply(desired)

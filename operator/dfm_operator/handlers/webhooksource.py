@@ -21,10 +21,10 @@ def _emitter(body: kopf.Body) -> Any:
     return emit
 
 
-async def _run(memo: kopf.Memo, body: kopf.Body, *, apply: bool = True) -> None:
+async def _run(memo: kopf.Memo, body: kopf.Body, known: Any) -> None:
     ctx: Context = memo.ctx
     try:
-        await reconcile_webhook_source(ctx, body, _emitter(body), apply=apply)
+        await reconcile_webhook_source(ctx, body, _emitter(body), known_secrets=known)
     except InvalidSpec as exc:
         raise kopf.PermanentError(str(exc)) from exc
     except Retry as exc:
@@ -34,8 +34,8 @@ async def _run(memo: kopf.Memo, body: kopf.Body, *, apply: bool = True) -> None:
 @kopf.on.resume(c.GROUP, c.VERSION, "webhooksources")
 @kopf.on.create(c.GROUP, c.VERSION, "webhooksources")
 @kopf.on.update(c.GROUP, c.VERSION, "webhooksources")
-async def reconcile(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
-    await _run(memo, body)
+async def reconcile(memo: kopf.Memo, body: kopf.Body, **kwargs: Any) -> None:
+    await _run(memo, body, kwargs["secret_names"])
 
 
 @kopf.timer(
@@ -46,9 +46,9 @@ async def reconcile(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
     initial_delay=DRIFT_CHECK_SECONDS,
     idle=30,
 )
-async def drift_check(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
+async def drift_check(memo: kopf.Memo, body: kopf.Body, **kwargs: Any) -> None:
     """Re-assert every child: repairs hand edits that no watch event reports."""
-    await _run(memo, body)
+    await _run(memo, body, kwargs["secret_names"])
 
 
 @kopf.on.delete(c.GROUP, c.VERSION, "webhooksources", optional=True)
@@ -72,14 +72,23 @@ async def sources_by_secret(body: kopf.Body, namespace: str | None, name: str, *
     return {(namespace, ref): name for ref in refs if ref}
 
 
-async def _reconcile_owner(memo: kopf.Memo, namespace: str, owner: str, *, apply: bool) -> None:
+async def _reconcile_owner(
+    memo: kopf.Memo,
+    namespace: str,
+    owner: str,
+    known: Any,
+    *,
+    apply: bool,
+    deployment: dict[str, Any] | None = None,
+) -> None:
     ctx: Context = memo.ctx
     body = await ctx.kube.get(c.API_VERSION, c.WEBHOOK_SOURCE, namespace, owner)
     if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
         return
+    emit = _emitter(kopf.Body(cast(kopf.RawBody, body)))
     try:
         await reconcile_webhook_source(
-            ctx, body, _emitter(kopf.Body(cast(kopf.RawBody, body))), apply=apply
+            ctx, body, emit, apply=apply, known_secrets=known, deployment=deployment
         )
     except (InvalidSpec, Retry):
         return  # reported in status; the source's own handlers retry
@@ -92,27 +101,42 @@ def _owner(body: kopf.Body) -> str | None:
     return None
 
 
+@kopf.index("", "v1", "secrets")
+async def secret_names(namespace: str | None, name: str, **_: Any) -> Any:
+    """Every Secret's (namespace, name): existence checks come from the watch, not GETs."""
+    return {(namespace, name): True}
+
+
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
 async def deployment_changed(
-    memo: kopf.Memo, body: kopf.Body, event: kopf.RawEvent, namespace: str | None, **_: Any
+    memo: kopf.Memo, body: kopf.Body, event: kopf.RawEvent, namespace: str | None, **kwargs: Any
 ) -> None:
+    """Status-only refresh from the Deployment in the event; a deleted one is re-created."""
     owner = _owner(body)
     if owner is not None and namespace:
         deleted = event.get("type") == "DELETED"
-        await _reconcile_owner(memo, namespace, owner, apply=deleted)
+        live = None if deleted else dict(event.get("object") or {})
+        await _reconcile_owner(
+            memo, namespace, owner, kwargs["secret_names"], apply=deleted, deployment=live
+        )
 
 
-@kopf.on.event("", "v1", "configmaps", labels=CHILD_LABELS)
-@kopf.on.event("", "v1", "services", labels=CHILD_LABELS)
-@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
-@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS)
-@kopf.on.event("networking.k8s.io", "v1", "ingresses", labels=CHILD_LABELS)
+def _deleted(event: kopf.RawEvent, **_: Any) -> bool:
+    return event.get("type") == "DELETED"
+
+
+@kopf.on.event("", "v1", "configmaps", labels=CHILD_LABELS, when=_deleted)
+@kopf.on.event("", "v1", "services", labels=CHILD_LABELS, when=_deleted)
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS, when=_deleted)
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS, when=_deleted)
+@kopf.on.event("networking.k8s.io", "v1", "ingresses", labels=CHILD_LABELS, when=_deleted)
 async def child_deleted(
-    memo: kopf.Memo, body: kopf.Body, event: kopf.RawEvent, namespace: str | None, **_: Any
+    memo: kopf.Memo, body: kopf.Body, namespace: str | None, **kwargs: Any
 ) -> None:
+    """A child deleted by hand: re-create it (edits are undone by the drift check)."""
     owner = _owner(body)
-    if owner is not None and namespace and event.get("type") == "DELETED":
-        await _reconcile_owner(memo, namespace, owner, apply=True)
+    if owner is not None and namespace:
+        await _reconcile_owner(memo, namespace, owner, kwargs["secret_names"], apply=True)
 
 
 @kopf.on.event("", "v1", "secrets")
@@ -133,4 +157,4 @@ async def secret_changed(memo: kopf.Memo, namespace: str | None, name: str, **kw
     }
     for ref in refs:
         for owner in sources.get((namespace, ref), []):
-            await _reconcile_owner(memo, namespace, owner, apply=True)
+            await _reconcile_owner(memo, namespace, owner, kwargs["secret_names"], apply=True)

@@ -1,0 +1,1 @@
+"""Benchmarks. Not part of the shipped packages; run with ``make bench``."""

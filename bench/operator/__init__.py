@@ -1,0 +1,1 @@
+"""The operator benchmark: N WebhookSources against the emulated Kubernetes API."""

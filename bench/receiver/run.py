@@ -1,0 +1,736 @@
+"""Orchestration: PostgreSQL, the two servers, the load, the table. See bench/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+
+from bench.receiver import profile, wrk
+from bench.receiver.loadgen import LoadResult
+from bench.receiver.servers import SOURCE_NAME, SOURCE_NAMESPACE, SOURCE_PATH
+from dfm.embedded_pg import EmbeddedPostgres, free_port
+from dfm.samples import sample_event
+from webhook_server.config import Provider, VerificationConfig
+from webhook_server.verify import SIGNERS
+from webhook_server.verify.github import DELIVERY_HEADER
+
+REPO = Path(__file__).resolve().parents[2]
+RATIO_TARGET = 0.5
+P99_TARGET_MS = 25.0
+PACED_FRACTION = 0.8  # the fraction of the max rate the p99 target is set at
+OTHER_CPU_WARNING = 15.0  # percent of one CPU used by processes outside the benchmark
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Options:
+    duration: float
+    rounds: int
+    warmup: float
+    connections: int
+    threads: int
+    paced_duration: float
+    paced_fraction: float
+    loadgen: str
+    body_bytes: int
+    receiver_log_level: str
+    receiver_log: str | None
+    gc_freeze: bool
+    profile: bool
+    py_spy: str | None
+    keep: bool
+
+
+# -- /proc accounting ----------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of one process, 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def memory_mib(pid: int, key: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of a process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def generator_cpu_seconds() -> float:
+    """CPU time of every waited-for child: the load generator runs are the only ones."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent busy (all CPUs, every process), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+@dataclass
+class CpuShare:
+    """Percent of one core used during a run: by the server, PostgreSQL, the load generator,
+    and by everything else on the machine (other work competing for the same CPUs)."""
+
+    server: float
+    postgres: float
+    generator: float
+    other: float
+
+
+@dataclass
+class CpuMeter:
+    server_pid: int
+    postgres_pid: int | None
+
+    def _postgres(self) -> float:
+        if self.postgres_pid is None:
+            return 0.0
+        pids = [self.postgres_pid, *children_of(self.postgres_pid)]
+        return sum(cpu_seconds(p) for p in pids)
+
+    def _sample(self) -> tuple[float, float, float, float]:
+        return (
+            cpu_seconds(self.server_pid),
+            self._postgres(),
+            generator_cpu_seconds(),
+            machine_busy_seconds(),
+        )
+
+    @contextmanager
+    def measure(self, out: list[CpuShare]) -> Iterator[None]:
+        start = time.perf_counter()
+        before = self._sample()
+        yield
+        after = self._sample()
+        wall = time.perf_counter() - start
+        server, postgres, generator, busy = (
+            100 * (a - b) / wall for a, b in zip(after, before, strict=True)
+        )
+        other = max(0.0, busy - server - postgres - generator)
+        out.append(CpuShare(server, postgres, generator, other))
+
+
+# -- servers -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{SOURCE_PATH}"
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}")
+            try:
+                with opener.open(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s")
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM (the receiver then finishes in-flight requests and flushes), then SIGKILL."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(kind: str, workdir: Path, extra: Sequence[str] = ()) -> Server:
+    port = free_port()
+    out = (workdir / f"{kind}.out").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.receiver.servers", kind, "--port", str(port), *extra],
+        cwd=REPO,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    out.close()
+    return Server(kind, process, port)
+
+
+# -- load ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """The signed request every generator sends (a unique delivery id is added per request)."""
+
+    body: bytes
+    headers: dict[str, str]
+    workdir: Path
+    options: Options
+    use_wrk: bool
+    runs: int = 0
+
+    def _prefix(self, label: str) -> str:
+        self.runs += 1
+        return f"{label}-{self.runs}-{secrets.token_hex(3)}"
+
+    def closed(
+        self, server: Server, seconds: float, *, collect: bool, label: str
+    ) -> tuple[LoadResult, list[str]]:
+        if self.use_wrk:
+            return wrk.run(
+                url=server.url,
+                path=SOURCE_PATH,
+                body=self.body,
+                headers=self.headers,
+                id_header=DELIVERY_HEADER,
+                id_prefix=self._prefix(label),
+                connections=self.options.connections,
+                threads=self.options.threads,
+                duration=seconds,
+                workdir=self.workdir,
+                collect=collect,
+            )
+        return self._python(server, ["--mode", "closed", "--duration", str(seconds)], label)
+
+    def paced(self, server: Server, rate: float, seconds: float) -> tuple[LoadResult, list[str]]:
+        args = ["--mode", "open", "--rate", f"{rate:.3f}", "--duration", str(seconds)]
+        return self._python(server, args, "paced")
+
+    def _python(self, server: Server, args: list[str], label: str) -> tuple[LoadResult, list[str]]:
+        prefix = self._prefix(label)
+        body_file = self.workdir / "body.json"
+        headers_file = self.workdir / "headers.json"
+        body_file.write_bytes(self.body)
+        headers_file.write_text(json.dumps(self.headers))
+        result_file = self.workdir / f"{prefix}.json"
+        acked_file = self.workdir / f"{prefix}.acked"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.receiver.loadgen",
+                "--url",
+                server.url,
+                "--body",
+                str(body_file),
+                "--headers",
+                str(headers_file),
+                "--id-header",
+                DELIVERY_HEADER,
+                "--id-prefix",
+                prefix,
+                "--connections",
+                str(self.options.connections),
+                "--result",
+                str(result_file),
+                "--acked",
+                str(acked_file),
+                *args,
+            ],
+            cwd=REPO,
+            check=True,
+            timeout=600,
+        )
+        result = LoadResult.from_json(result_file.read_text())
+        return result, acked_file.read_text().split()
+
+
+def signed_request(body_bytes: int) -> tuple[bytes, dict[str, str], str]:
+    """(body, signed headers without the delivery id, secret) of a GitHub delivery."""
+    sample, _ = sample_event(Provider.GITHUB)
+    payload = json.loads(sample)
+    base = len(json.dumps({**payload, "padding": ""}, separators=(",", ":")))
+    if body_bytes > base:
+        payload["padding"] = "x" * (body_bytes - base)
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    secret = secrets.token_hex(20)
+    headers = SIGNERS[Provider.GITHUB](
+        body, secret.encode(), VerificationConfig(), time.time(), "-"
+    )
+    headers.pop(DELIVERY_HEADER)
+    return body, headers, secret
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    name: str
+    result: LoadResult
+    cpu: CpuShare
+    rss_idle: float
+    rss_peak: float
+
+
+async def count_stored(url: str, acked: list[str]) -> tuple[int, int]:
+    """(rows of the bench source in webhook_events, how many of ``acked`` are among them)."""
+    conn = await asyncpg.connect(url)
+    try:
+        source = f"{SOURCE_NAMESPACE}/{SOURCE_NAME}"
+        rows = await conn.fetchval("SELECT count(*) FROM webhook_events WHERE source = $1", source)
+        found = await conn.fetchval(
+            "SELECT count(*) FROM webhook_events WHERE source = $1 AND event_id = ANY($2::text[])",
+            source,
+            acked,
+        )
+        return int(rows), int(found)
+    finally:
+        await conn.close()
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def table(rows: Sequence[Measured]) -> str:
+    head = (
+        f"{'target':<22}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'non-200':>9}"
+        f"{'RSS MiB idle/peak':>19}{'server CPU us/req':>18}   CPU % server/pg/loadgen/other"
+    )
+    lines = [head, "-" * len(head)]
+    for m in rows:
+        r = m.result
+        per_request = m.cpu.server * 1e4 / r.rate if r.rate else 0.0
+        lines.append(
+            f"{m.name:<22}{r.rate:>10,.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.max_ms:>9.1f}"
+            f"{r.other:>9}{f'{m.rss_idle:.0f} / {m.rss_peak:.0f}':>19}{per_request:>18.0f}   "
+            f"{m.cpu.server:.0f} / {m.cpu.postgres:.0f} / {m.cpu.generator:.0f} / {m.cpu.other:.0f}"
+        )
+    return "\n".join(lines)
+
+
+# -- the benchmark -------------------------------------------------------------------------------
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Target:
+    """One server under test and everything measured on it."""
+
+    name: str
+    label: str
+    server: Server
+    postgres_pid: int | None
+    collect: bool
+    rss_idle: float = 0.0
+    rounds: list[Measured] = field(default_factory=list)
+    acked: list[str] = field(default_factory=list)
+    warmup_other: int = 0
+
+    def warm(self, load: Load) -> None:
+        self.rss_idle = memory_mib(self.server.pid, "VmRSS")
+        say(f"  {self.name}: warm-up {load.options.warmup:g} s")
+        result, acked = load.closed(
+            self.server, load.options.warmup, collect=self.collect, label=f"{self.label}-warm"
+        )
+        self.acked += acked
+        self.warmup_other += result.other
+
+    def measure(self, load: Load, py_spy: str | None = None) -> profile.Summary | None:
+        seconds = load.options.duration
+        number = len(self.rounds) + 1
+        say(
+            f"  {self.name}: round {number}, measuring {seconds:g} s"
+            + (" (py-spy attached)" if py_spy else "")
+        )
+        raw = load.workdir / f"{self.label}-{number}.pyspy.txt"
+        sampler = profile.start(py_spy, self.server.pid, seconds, raw) if py_spy else None
+        shares: list[CpuShare] = []
+        with CpuMeter(self.server.pid, self.postgres_pid).measure(shares):
+            result, acked = load.closed(
+                self.server, seconds, collect=self.collect, label=f"{self.label}-{number}"
+            )
+        self.acked += acked
+        self.rounds.append(
+            Measured(
+                name=self.name,
+                result=result,
+                cpu=shares[0],
+                rss_idle=self.rss_idle,
+                rss_peak=memory_mib(self.server.pid, "VmHWM"),
+            )
+        )
+        if sampler is None:
+            return None
+        sampler.wait(60)
+        return profile.summarize(raw) if raw.exists() else None
+
+    def median(self) -> Measured:
+        """The round with the median events/s (the lower middle one for an even count)."""
+        ordered = sorted(self.rounds, key=lambda m: m.result.rate)
+        return ordered[(len(ordered) - 1) // 2]
+
+
+def batch_stats(server: Server) -> tuple[int, float]:
+    """(batches written, mean batch size) from the receiver's /metrics."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("dfm_receiver_store_batch_size_"):
+            key, _, value = line.partition(" ")
+            values[key] = float(value)
+    count = values.get("dfm_receiver_store_batch_size_count", 0.0)
+    total = values.get("dfm_receiver_store_batch_size_sum", 0.0)
+    return int(count), (total / count if count else 0.0)
+
+
+def gc_summary(path: Path) -> str:
+    if not path.exists():
+        return "n/a"
+    data = json.loads(path.read_text())
+    return ", ".join(
+        f"gen{g} {data['count'][g]} x, max {data['max_s'][g] * 1000:.1f} ms"
+        for g in range(3)
+        if data["count"][g]
+    )
+
+
+async def log_postgres_maintenance(url: str) -> None:
+    """Have PostgreSQL log every autovacuum/autoanalyze and checkpoint: latency suspects."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("ALTER SYSTEM SET log_autovacuum_min_duration = 0")
+        await conn.execute("ALTER SYSTEM SET log_checkpoints = on")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
+
+
+_PG_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) UTC \[\d+\] LOG:\s+(.*)$")
+
+
+def postgres_events(logfile: Path, start: datetime, end: datetime) -> list[str]:
+    """Autovacuum, autoanalyze and checkpoint log lines between ``start`` and ``end`` (UTC)."""
+    found: list[str] = []
+    if not logfile.exists():
+        return found
+    for line in logfile.read_text(errors="replace").splitlines():
+        match = _PG_LOG_LINE.match(line)
+        if not match:
+            continue
+        when = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+        text = match[2]
+        if start <= when <= end and text.startswith(
+            ("automatic vacuum", "automatic analyze", "checkpoint")
+        ):
+            offset = (when - start).total_seconds()
+            found.append(f"+{offset:.1f} s {text.split(':')[0]}")
+    return found
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds through the cleanup below
+
+
+def run(opts: Options) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    use_wrk = opts.loadgen == "wrk" or (opts.loadgen == "auto" and wrk.available() is not None)
+    if opts.loadgen == "wrk" and wrk.available() is None:
+        raise SystemExit("--loadgen wrk: wrk is not installed (apt-get install wrk)")
+    py_spy = profile.find(opts.py_spy) if opts.profile else None
+    if opts.profile and py_spy is None:
+        raise SystemExit("--profile: py-spy not found (pip install --target /tmp/pyspy py-spy)")
+    workdir = Path(tempfile.mkdtemp(prefix="dfm-bench-"))
+    postgres = EmbeddedPostgres(workdir / "pg" / "data")
+    servers: list[Server] = []
+    body, headers, secret = signed_request(opts.body_bytes)
+    load = Load(body, headers, workdir, opts, use_wrk)
+    generator = (
+        f"wrk {wrk.version()} ({opts.threads} thread)" if use_wrk else "python (own process)"
+    )
+    load_before = loadavg()
+    try:
+        say(f"bench: work dir {workdir}; starting PostgreSQL")
+        postgres.start()
+        postgres_pid = int((postgres.datadir / "postmaster.pid").read_text().split()[0])
+        asyncio.run(log_postgres_maintenance(postgres.url))
+
+        say("bench: starting the baseline (no-op aiohttp) and the receiver (durable store)")
+        log_file = Path(opts.receiver_log) if opts.receiver_log else workdir / "receiver.log"
+        gc_file = workdir / "receiver.gc.json"
+        baseline = start_server("baseline", workdir)
+        servers.append(baseline)
+        receiver = start_server(
+            "receiver",
+            workdir,
+            [
+                "--database-url",
+                postgres.url,
+                "--secret",
+                secret,
+                "--log",
+                str(log_file),
+                "--log-level",
+                opts.receiver_log_level,
+                "--gc-stats",
+                str(gc_file),
+                *(["--gc-freeze"] if opts.gc_freeze else []),
+            ],
+        )
+        servers.append(receiver)
+        baseline.wait_ready()
+        receiver.wait_ready()
+        base = Target("baseline (no-op)", "baseline", baseline, None, collect=False)
+        recv = Target("receiver (durable)", "receiver", receiver, postgres_pid, collect=True)
+
+        # Interleaved rounds: a slow spell of a shared machine hits both targets alike.
+        bench_start = datetime.now(UTC)
+        base.warm(load)
+        recv.warm(load)
+        profiles: list[tuple[str, profile.Summary | None]] = []
+        paced_rounds: list[Measured] = []
+        paced_windows: list[tuple[datetime, datetime]] = []
+        for number in range(opts.rounds):
+            sampler = py_spy if number == 0 else None  # py-spy slows what it samples: once
+            profiles.append((base.name, base.measure(load, sampler)))
+            profiles.append((recv.name, recv.measure(load, sampler)))
+            # The paced run follows the closed-loop one it is a fraction of, so both see the
+            # machine in the same state.
+            rate = recv.rounds[-1].result.rate * opts.paced_fraction
+            say(f"  receiver: round {number + 1}, open loop at {rate:,.0f}/s")
+            shares: list[CpuShare] = []
+            paced_start = datetime.now(UTC)
+            with CpuMeter(receiver.pid, postgres_pid).measure(shares):
+                paced_result, paced_acked = load.paced(receiver, rate, opts.paced_duration)
+            paced_windows.append((paced_start, datetime.now(UTC)))
+            recv.acked += paced_acked
+            paced_rounds.append(
+                Measured(
+                    name=f"receiver @{opts.paced_fraction:.0%} max",
+                    result=paced_result,
+                    cpu=shares[0],
+                    rss_idle=recv.rss_idle,
+                    rss_peak=memory_mib(receiver.pid, "VmHWM"),
+                )
+            )
+        batches, mean_batch = batch_stats(receiver)
+        baseline.stop()
+        code = receiver.stop()
+        say(f"  receiver stopped (exit {code}); counting stored events")
+        rows, found = asyncio.run(count_stored(postgres.url, recv.acked))
+        log_lines = sum(1 for _ in log_file.open("rb")) if log_file.is_file() else 0
+
+        base_m, recv_m = base.median(), recv.median()
+        paced_m = sorted(paced_rounds, key=lambda m: m.result.p99_ms)[(opts.rounds - 1) // 2]
+        # Paired by round (the two ran back to back), so a slow spell of the machine cancels out.
+        ratios = sorted(
+            r.result.rate / b.result.rate if b.result.rate else 0.0
+            for b, r in zip(base.rounds, recv.rounds, strict=True)
+        )
+        ratio = ratios[(len(ratios) - 1) // 2]
+        print()
+        print(
+            f"load: {generator}, closed loop, {opts.connections} connections; "
+            f"{opts.rounds} interleaved round{'s' if opts.rounds > 1 else ''} of "
+            f"{opts.duration:g} s per target after "
+            f"{opts.warmup:g} s warm-up, median round shown; {len(body)}-byte GitHub body, "
+            f"HMAC-SHA256 signed, unique {DELIVERY_HEADER} each"
+        )
+        print(
+            f"host: {os.cpu_count()} CPUs shared by server, PostgreSQL (fsync=on) and load "
+            f"generator; loopback TCP; Python {sys.version.split()[0]}; "
+            f"load average before {load_before}, after {loadavg()}"
+        )
+        print()
+        print(table([base_m, recv_m, paced_m]))
+        print()
+        print(
+            f"events/s ratio receiver/baseline: {ratio:.2f}   (target >= {RATIO_TARGET})  "
+            f"{verdict(ratio >= RATIO_TARGET)}   (median of the per-round ratios)"
+        )
+        p99_ok = paced_m.result.p99_ms <= P99_TARGET_MS and paced_m.result.other == 0
+        print(
+            f"p99 at {opts.paced_fraction:.0%} of max: {paced_m.result.p99_ms:.2f} ms   "
+            f"(target <= {P99_TARGET_MS:g} ms)  {verdict(p99_ok)}"
+            + ("" if opts.paced_fraction == PACED_FRACTION else "   (the target is set at 80%)")
+        )
+        print(
+            f"  (open loop, python generator, latency counted from each request's due time; "
+            f"{opts.paced_duration:g} s right after each receiver round, at "
+            f"{opts.paced_fraction:.0%} of that round's events/s)"
+        )
+        print("per round:")
+        for number, (b, r, p) in enumerate(
+            zip(base.rounds, recv.rounds, paced_rounds, strict=True), start=1
+        ):
+            x = r.result.rate / b.result.rate if b.result.rate else 0.0
+            pg = postgres_events(postgres.logfile, *paced_windows[number - 1])
+            print(
+                f"  {number}: {r.result.rate:,.0f} / {b.result.rate:,.0f} events/s = {x:.2f}; "
+                f"paced {p.result.offered_rate:,.0f}/s: p99 {p.result.p99_ms:.1f} ms, "
+                f"{p.result.other} non-200, generator late <= {p.result.max_send_lag_ms:.0f} ms; "
+                f"other CPU % {b.cpu.other:.0f}/{r.cpu.other:.0f}/{p.cpu.other:.0f}"
+            )
+            print(
+                "     p99 ms by second: "
+                + " ".join(f"{v:.0f}" for v in p.result.p99_by_second_ms)
+                + ("; PostgreSQL: " + "; ".join(pg) if pg else "")
+            )
+        busiest = max(m.cpu.other for m in [*base.rounds, *recv.rounds, *paced_rounds])
+        if busiest > OTHER_CPU_WARNING:
+            print(
+                f"warning: other processes used up to {busiest:.0f}% of a CPU during the "
+                "measurements: the machine was shared, the figures understate both servers"
+            )
+        missing = len(set(recv.acked)) - found
+        extra = rows - found
+        print(
+            f"durability: {len(recv.acked):,} answers 200 counted, {rows:,} rows in "
+            f"webhook_events, acknowledged but not stored: {missing}  {verdict(missing == 0)}"
+        )
+        if extra and use_wrk:
+            print(
+                f"  +{extra} stored rows without a counted 200: requests in flight when wrk "
+                f"stopped (wrk drops them unanswered; at most {opts.connections} per wrk run)"
+            )
+        elif extra:
+            print(f"  +{extra} stored rows without a counted 200 (timeouts or errors)")
+        warm_other = base.warmup_other + recv.warmup_other
+        if warm_other:
+            print(f"warning: {warm_other} non-200 answers during the warm-ups")
+        closed_maintenance = postgres_events(postgres.logfile, bench_start, datetime.now(UTC))
+        print(
+            f"receiver: {log_lines:,} JSON log lines to {opts.receiver_log or 'a file'} "
+            f"(level {opts.receiver_log_level}); "
+            + ("gc.freeze() EXPERIMENT on; " if opts.gc_freeze else "")
+            + f"{batches:,} store batches, mean {mean_batch:.1f} events; "
+            f"GC {gc_summary(gc_file)}; PostgreSQL autovacuum/analyze/checkpoints during the "
+            f"bench: {len(closed_maintenance)}"
+        )
+        for name, summary in profiles:
+            if summary is not None:
+                print(f"\n{name}, round 1 (sampled, so slower than the other rounds):")
+                print(summary.render())
+        if opts.keep:
+            print(f"kept: {workdir}")
+        return 0
+    finally:
+        for server in servers:
+            server.stop()
+        postgres.destroy()
+        if not opts.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.receiver",
+        description="Receiver vs no-op aiohttp baseline: events/s, p50/p99, RSS; p99 at 80%% max.",
+    )
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of one measured round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per target")
+    parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per target")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--paced-duration", type=float, default=8.0)
+    parser.add_argument("--paced-fraction", type=float, default=PACED_FRACTION)
+    parser.add_argument(
+        "--loadgen",
+        choices=["auto", "wrk", "python"],
+        default="auto",
+        help="closed-loop generator; auto = wrk when installed (the paced phase is always python)",
+    )
+    parser.add_argument("--body-bytes", type=int, default=1024)
+    parser.add_argument(
+        "--receiver-log",
+        default=None,
+        help="where the receiver writes its JSON log (default: a file in the work dir); "
+        "/dev/null keeps the logging CPU but drops the disk writes",
+    )
+    parser.add_argument(
+        "--receiver-log-level",
+        default="INFO",
+        help="INFO logs one JSON access line a request (the default, as deployed)",
+    )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="experiment, not what ships: gc.freeze() in the receiver process before it starts",
+    )
+    parser.add_argument("--profile", action="store_true", help="py-spy both servers in round 1")
+    parser.add_argument("--py-spy", default=None, help="path of py-spy (default: from PATH)")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, scripts)")
+    args = parser.parse_args(argv)
+    return run(
+        Options(
+            duration=args.duration,
+            rounds=args.rounds,
+            warmup=args.warmup,
+            connections=args.connections,
+            threads=args.threads,
+            paced_duration=args.paced_duration,
+            paced_fraction=args.paced_fraction,
+            loadgen=args.loadgen,
+            body_bytes=args.body_bytes,
+            receiver_log_level=args.receiver_log_level,
+            receiver_log=args.receiver_log,
+            gc_freeze=args.gc_freeze,
+            profile=args.profile,
+            py_spy=args.py_spy,
+            keep=args.keep,
+        )
+    )

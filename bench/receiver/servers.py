@@ -1,0 +1,145 @@
+"""The two servers under test, each run in its own process by the benchmark.
+
+``python -m bench.receiver.servers baseline --port P --path /hooks/...``
+    a no-op aiohttp app: reads the body, answers 200 JSON. Same aiohttp, same ``web.run_app``,
+    same single process and event loop as the receiver.
+
+``python -m bench.receiver.servers receiver --port P --database-url U --secret S --log F``
+    the real receiver (``create_app`` via ``webhook_server.app.run``) with one GitHub source:
+    real signature verification, real durable batched store, JSON logs (one access log line a
+    request) written to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from aiohttp import web
+
+HOST = "127.0.0.1"
+SOURCE_NAMESPACE = "default"
+SOURCE_NAME = "bench"
+SOURCE_PATH = f"/hooks/{SOURCE_NAMESPACE}/{SOURCE_NAME}"
+
+
+@contextmanager
+def gc_pauses(out: str) -> Iterator[None]:
+    """Record the garbage collector's pauses per generation; written to ``out`` at exit."""
+    if not out:
+        yield
+        return
+    count = [0, 0, 0]
+    total = [0.0, 0.0, 0.0]
+    longest = [0.0, 0.0, 0.0]
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        pause = time.perf_counter() - started[0]
+        generation = info["generation"]
+        count[generation] += 1
+        total[generation] += pause
+        longest[generation] = max(longest[generation], pause)
+
+    gc.callbacks.append(callback)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(callback)
+        Path(out).write_text(json.dumps({"count": count, "total_s": total, "max_s": longest}))
+
+
+def baseline_app(path: str) -> web.Application:
+    async def receive(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"status": "ok"})
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_post(path, receive)
+    app.router.add_get("/readyz", ready)
+    return app
+
+
+def run_baseline(port: int, path: str) -> None:
+    web.run_app(baseline_app(path), host=HOST, port=port, access_log=None, print=None)
+
+
+def run_receiver(
+    port: int, path: str, database_url: str, secret: str, log_file: str, log_level: str = "INFO"
+) -> None:
+    from webhook_server import app, logs
+    from webhook_server.config import (
+        DatabaseConfig,
+        LimitsConfig,
+        Provider,
+        ReceiverConfig,
+        SecretSource,
+        SourceConfig,
+        VerificationConfig,
+    )
+
+    # structlog's WriteLogger flushes every line: one write(2) a request, as on stdout in a pod.
+    logs.configure(log_level, stream=open(log_file, "a"))  # noqa: SIM115 - lives with the process
+    source = SourceConfig(
+        namespace=SOURCE_NAMESPACE,
+        name=SOURCE_NAME,
+        provider=Provider.GITHUB,
+        path=path,
+        verification=VerificationConfig(secrets=[SecretSource(value=secret)]),
+        # The rate limiter is not what is measured: let every request through.
+        limits=LimitsConfig(requests_per_second=1e9, burst=1_000_000_000),
+    )
+    config = ReceiverConfig(
+        host=HOST,
+        port=port,
+        sources=[source],
+        database=DatabaseConfig(url=database_url),
+        shutdown_timeout_seconds=10.0,
+    )
+    app.run(config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.receiver.servers")
+    parser.add_argument("kind", choices=["baseline", "receiver"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--path", default=SOURCE_PATH)
+    parser.add_argument("--database-url", default="")
+    parser.add_argument("--secret", default="")
+    parser.add_argument("--log", default="")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--gc-stats", default="", help="write GC pause statistics here at exit")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="experiment: gc.freeze() once everything is imported",
+    )
+    args = parser.parse_args(argv)
+    if args.gc_freeze:
+        import webhook_server.app  # noqa: F401 - imported for its side effect on the heap
+
+        gc.collect()
+        gc.freeze()
+    with gc_pauses(args.gc_stats):
+        if args.kind == "baseline":
+            run_baseline(args.port, args.path)
+        else:
+            run_receiver(
+                args.port, args.path, args.database_url, args.secret, args.log, args.log_level
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
