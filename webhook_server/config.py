@@ -185,6 +185,8 @@ class DatabaseConfig(Model):
     partitions_ahead_days: Annotated[int, Field(ge=1, le=60)] = 3
     maintenance_interval_seconds: Annotated[float, Field(gt=0)] = 3600.0
     max_batch: Annotated[int, Field(ge=1, le=10_000)] = 500
+    # Batches committing at once: a second one fills while the first waits for its commit.
+    writer_concurrency: Annotated[int, Field(ge=1, le=16)] = 2
 
     @model_validator(mode="after")
     def _one_url(self) -> Self:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json as jsonlib
 import logging
 import sys
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import structlog
 
+_state: dict[str, Any] = {"stream": None, "level": logging.INFO, "json": True}
+
 
 def configure(level: str = "INFO", *, json: bool = True, stream: TextIO | None = None) -> None:
+    _state.update(stream=stream, level=logging.getLevelName(level.upper()), json=json)
     renderer: Any = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -29,3 +34,28 @@ def configure(level: str = "INFO", *, json: bool = True, stream: TextIO | None =
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+class AccessLog:
+    """One JSON line per request, on the hot path: no processor chain, no lock, no flush per line.
+
+    Lines go to the stream ``configure`` chose (stdout by default) through its buffer; a caller
+    flushes periodically and at shutdown (``flush``). Off when the level is above INFO.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = _state["level"] <= logging.INFO
+
+    def write(self, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        record = {"event": "request", "level": "info", "ts": _now(), **fields}
+        line = jsonlib.dumps(record, separators=(",", ":"), default=str)
+        (_state["stream"] or sys.stdout).write(line + "\n")
+
+    def flush(self) -> None:
+        (_state["stream"] or sys.stdout).flush()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")

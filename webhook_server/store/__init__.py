@@ -192,16 +192,28 @@ class Store:
         return await future
 
     async def _writer_loop(self) -> None:
+        """Take what is queued once a commit slot is free; up to ``writer_concurrency`` batches
+        commit at once. Dedup stays exact across them: the second insert of an id waits for the
+        first transaction on the unique key, then conflicts (or inserts, had the first failed)."""
+        slots = asyncio.Semaphore(self.config.writer_concurrency)
+        flushing: set[asyncio.Task[None]] = set()
         while True:
             first = await self._queue.get()
+            await slots.acquire()
             batch = [first]
             while len(batch) < self.config.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            try:
-                await self._flush(batch)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            task = asyncio.create_task(self._flush_in_slot(batch, slots))
+            flushing.add(task)
+            task.add_done_callback(flushing.discard)
+
+    async def _flush_in_slot(self, batch: list[_Pending], slots: asyncio.Semaphore) -> None:
+        try:
+            await self._flush(batch)
+        finally:
+            slots.release()
+            for _ in batch:
+                self._queue.task_done()
 
     async def _flush(self, batch: list[_Pending]) -> None:
         # Within one batch the first delivery of an id wins; the others are its duplicates.

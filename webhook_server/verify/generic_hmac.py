@@ -96,10 +96,14 @@ def verify(
         if not within_tolerance(seconds, now, settings.tolerance_seconds):
             return Rejected(Reason.STALE_TIMESTAMP, "timestamp outside tolerance")
 
+    event_type = _optional_header(headers, settings.type_header)
+    if header_id is not None and event_type is not None:
+        return Verified(event_id=header_id, event_type=event_type)
+    # Only now parse the body: the headers usually say it all (GitHub, Shopify).
     event = json_object(body)
     return Verified(
         event_id=header_id or string_field(event, "id"),
-        event_type=_optional_header(headers, settings.type_header) or string_field(event, "type"),
+        event_type=event_type or string_field(event, "type"),
     )
 
 
