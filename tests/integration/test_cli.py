@@ -42,14 +42,11 @@ def wait_ready(url: str, proc: subprocess.Popen[str], seconds: float = 60) -> No
     raise AssertionError("dfm local did not become ready")
 
 
-@pytest.fixture
-def local_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """`dfm local -f examples/` with its own embedded PostgreSQL, as the README runs it."""
+def start_local(*args: str, env: dict[str, str] | None = None) -> tuple[str, subprocess.Popen[str]]:
+    """`dfm local ARGS --port P` in its own process, once it answers /readyz: (base URL, proc)."""
     port = free_port()
-    env = dict(os.environ, DFM_DATA_DIR=str(tmp_path / "dfm-data"))
-    env.pop("DFM_DATABASE_URL", None)
     proc = subprocess.Popen(
-        [*DFM, "local", "-f", str(EXAMPLES), "--port", str(port)],
+        [*DFM, "local", *args, "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -57,8 +54,17 @@ def local_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
+    wait_ready(base + "/readyz", proc)
+    return base, proc
+
+
+@pytest.fixture
+def local_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`dfm local -f examples/` with its own embedded PostgreSQL, as the README runs it."""
+    env = dict(os.environ, DFM_DATA_DIR=str(tmp_path / "dfm-data"))
+    env.pop("DFM_DATABASE_URL", None)
+    base, proc = start_local("-f", str(EXAMPLES), env=env)
     try:
-        wait_ready(base + "/readyz", proc)
         yield base, proc
     finally:
         if proc.poll() is None:
@@ -238,26 +244,8 @@ def test_dfm_local_applies_secret_and_source_edits_live(
 
     manifest = tmp_path / "clerk.yaml"
     manifest.write_text(MANIFEST.format(secret=f"  current: {SECRET_A}", path="/hooks/clerk"))
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            *DFM,
-            "local",
-            "-f",
-            str(tmp_path),
-            "--port",
-            str(port),
-            "--database-url",
-            postgres_server,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    base, proc = start_local("-f", str(tmp_path), "--database-url", postgres_server)
     try:
-        wait_ready(base + "/readyz", proc)
         url = base + "/hooks/clerk"
         assert _post_signed(url, SECRET_A, "m1") == 200
         assert _post_signed(url, SECRET_B, "m2") == 401
