@@ -125,7 +125,7 @@ class Retry(Exception):
         self.delay = delay
 
 
-def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+def plain_body(body: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
@@ -134,7 +134,7 @@ def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _validation_message(error: ValidationError) -> str:
+def validation_message(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
     return f"{where}: {first['msg'].removeprefix('Value error, ')}"
@@ -225,9 +225,9 @@ async def _reconcile(
     live: dict[str, Any] | None,
 ) -> bool:
     try:
-        source = WebhookSource.model_validate(_plain(body))
+        source = WebhookSource.model_validate(plain_body(body))
     except ValidationError as exc:
-        message = _validation_message(exc)
+        message = validation_message(exc)
         await write_status(
             ctx, c.WEBHOOK_SOURCE, body, receiver_conditions(invalid=message), {}, emit
         )

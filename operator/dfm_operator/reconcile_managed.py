@@ -29,8 +29,8 @@ from dfm_operator.reconcile import (
     EmitFn,
     InvalidSpec,
     Retry,
-    _plain,
-    _validation_message,
+    plain_body,
+    validation_message,
     write_status,
 )
 from dfm_operator.rotation import (
@@ -348,11 +348,11 @@ async def reconcile_managed_secret(
 async def _reconcile(
     ctx: Context, body: Mapping[str, Any], emit: EmitFn, session: aiohttp.ClientSession
 ) -> Outcome:
-    plain = _plain(body)
+    plain = plain_body(body)
     try:
         source = ManagedSecret.model_validate(plain)
     except ValidationError as exc:
-        message = _validation_message(exc)
+        message = validation_message(exc)
         invalid = [ConditionUpdate(c.READY, False, c.REASON_INVALID_SPEC, message)]
         await write_status(ctx, c.MANAGED_SECRET, body, invalid, {}, emit)
         raise InvalidSpec(message) from exc
