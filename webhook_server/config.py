@@ -80,7 +80,8 @@ class VerificationConfig(Model):
     encoding: SignatureEncoding = SignatureEncoding.HEX
     prefix: str = ""
     timestamp_header: str | None = None
-    signed_content: str = "{body}"
+    # Must contain {body}: a template without it would leave the body unauthenticated.
+    signed_content: Annotated[str, Field(pattern=r"\{body\}")] = "{body}"
     id_header: str | None = None
     type_header: str | None = None
     # highlevel: PEM public key(s) overriding HighLevel's published keys

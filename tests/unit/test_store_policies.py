@@ -125,3 +125,9 @@ def test_migrations_are_numbered_without_gaps() -> None:
     versions = [m.version for m in load_migrations()]
     assert versions == list(range(1, len(versions) + 1))
     assert "webhook_events" in load_migrations()[0].sql
+
+
+def test_an_hmac_template_must_sign_the_body() -> None:
+    assert VerificationConfig(signed_content="{timestamp}.{body}").signed_content
+    with pytest.raises(ValidationError, match="body"):
+        VerificationConfig(signed_content="{timestamp}.{id}")

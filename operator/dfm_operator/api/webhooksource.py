@@ -76,7 +76,9 @@ class Verification(ApiModel):
     )
     signed_content: str = Field(
         default="{body}",
-        description="hmac: what is signed; placeholders {timestamp}, {id} and {body}.",
+        # Without {body} the body would not be authenticated at all.
+        pattern=r"\{body\}",
+        description="hmac: what is signed; placeholders {timestamp}, {id} and {body} (required).",
     )
     id_header: str | None = Field(
         default=None, description="hmac: the header with the delivery id, used to deduplicate."
