@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp import web
 
 from dfm.embedded_pg import EmbeddedPostgres
 from webhook_server.app import STORE, create_app
@@ -35,6 +36,16 @@ def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
     server.destroy()
 
 
+def github_receiver(database_url: str) -> tuple[SourceConfig, web.Application]:
+    source = SourceConfig(
+        name="gh",
+        provider=Provider.GITHUB,
+        verification=VerificationConfig(secrets=[SecretSource(value=SECRET)]),
+    )
+    config = ReceiverConfig(sources=[source], database=DatabaseConfig(url=database_url))
+    return source, create_app(config)
+
+
 def signed(body: bytes, delivery: str) -> dict[str, str]:
     return SIGNERS[Provider.GITHUB](
         body, SECRET.encode(), VerificationConfig(), time.time(), delivery
@@ -44,13 +55,7 @@ def signed(body: bytes, delivery: str) -> dict[str, str]:
 async def test_database_down_means_503_then_recovery(
     aiohttp_client: Any, own_postgres: EmbeddedPostgres
 ) -> None:
-    source = SourceConfig(
-        name="gh",
-        provider=Provider.GITHUB,
-        verification=VerificationConfig(secrets=[SecretSource(value=SECRET)]),
-    )
-    config = ReceiverConfig(sources=[source], database=DatabaseConfig(url=own_postgres.url))
-    app = create_app(config)
+    source, app = github_receiver(own_postgres.url)
     client = await aiohttp_client(app)
     assert await app[STORE].wait_ready(15)
     assert (
@@ -91,13 +96,7 @@ async def test_receiver_starting_without_database_serves_503_until_it_appears(
     aiohttp_client: Any, tmp_path: Path
 ) -> None:
     server = EmbeddedPostgres(tmp_path / "late")
-    source = SourceConfig(
-        name="gh",
-        provider=Provider.GITHUB,
-        verification=VerificationConfig(secrets=[SecretSource(value=SECRET)]),
-    )
-    config = ReceiverConfig(sources=[source], database=DatabaseConfig(url=server.url))
-    app = create_app(config)
+    source, app = github_receiver(server.url)
     client = await aiohttp_client(app)
     try:
         assert (await client.get("/livez")).status == 200
