@@ -265,7 +265,7 @@ def port_forward(cluster: Cluster, service: str, port: int = 80) -> Iterator[int
     process = subprocess.Popen(
         [
             cluster.kubectl_bin, "--kubeconfig", cluster.kubeconfig, "-n", NAMESPACE,
-            "port-forward", f"svc/{service}", f"127.0.0.1::{port}",
+            "port-forward", "--address=127.0.0.1", f"svc/{service}", f":{port}",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -81,11 +81,59 @@ def test_least_privilege_timeouts_and_pinned_actions(path: Path) -> None:
     assert workflow["permissions"] == {"contents": "read"}, "write access only per job"
     for name, job in workflow["jobs"].items():
         assert 0 < job["timeout-minutes"] <= 60, name
-        for step in job.get("steps", []):
-            uses = step.get("uses")
-            if uses:
-                ref = uses.partition("@")[2]
-                assert re.fullmatch(r"v\d+(\.\d+)*|[0-9a-f]{40}", ref), f"{name}: {uses} unpinned"
+
+
+# `uses: owner/repo@<commit> # vX.Y.Z`: a tag can be moved, a commit cannot. The comment is what
+# Dependabot (.github/dependabot.yml) reads and rewrites when it bumps a pin.
+PINNED = re.compile(r"uses: ([\w.-]+/[\w./-]+)@([0-9a-f]{40}) # (v\d+\.\d+\.\d+)")
+
+
+def pins(text: str) -> list[tuple[str, str, str]]:
+    """(action, commit, version) of every `uses:` line; an unpinned one fails the test."""
+    found = []
+    for line in text.splitlines():
+        if re.match(r"\s*(- )?uses:", line):
+            match = PINNED.search(line)
+            assert match, f"not pinned to a commit with its version: {line.strip()}"
+            found.append((match.group(1), match.group(2), match.group(3)))
+    return found
+
+
+def test_actions_are_pinned_to_commits_consistently() -> None:
+    seen: dict[str, tuple[str, str]] = {}
+    for path in FILES:
+        for action, commit, version in pins(path.read_text()):
+            assert seen.setdefault(action, (commit, version)) == (commit, version), (
+                f"{path.name}: {action} pinned to two different commits"
+            )
+    assert "actions/checkout" in seen
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "      - uses: actions/checkout@v4",
+        "      - uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683",
+        "        uses: docker/build-push-action@main # v6.19.2",
+    ],
+)
+def test_pin_check_refuses_tags_and_bare_commits(line: str) -> None:
+    with pytest.raises(AssertionError, match="not pinned"):
+        pins(line)
+
+
+def test_dependabot_keeps_the_pins_fresh() -> None:
+    path = ROOT / ".github" / "dependabot.yml"
+    result = subprocess.run(
+        [_check_jsonschema(), "--builtin-schema", "vendor.dependabot", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    ecosystems = {u["package-ecosystem"] for u in yaml.safe_load(path.read_text())["updates"]}
+    assert "github-actions" in ecosystems
 
 
 def test_ci_runs_the_readme_test_command() -> None:
