@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -16,7 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from dfm.samples import sample_event
 from webhook_server import logs
-from webhook_server.app import STORE, create_app
+from webhook_server.app import CLOCK, STORE, create_app
 from webhook_server.config import (
     CorsConfig,
     DatabaseConfig,
@@ -313,6 +314,56 @@ async def test_maintenance_runs_in_one_replica_at_a_time(
     finally:
         await holder.close()
     assert await client.app[STORE].maintain(datetime.now(UTC)) is True
+
+
+async def test_a_replica_started_during_anothers_maintenance_still_protects_its_retention(
+    make_client: Any, database_url: str, db: asyncpg.Connection
+) -> None:
+    # Two receivers share the database: one keeps events 7 days, the other 30. Partitions are
+    # dropped by the longest retention of the sources the database knows, so a receiver must make
+    # its sources known even when another replica holds the maintenance lock at its start-up.
+    start = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    short = github_source(name="short", retention_days=7)
+    long = github_source(name="long", retention_days=30)
+    short_client = await make_client(short, clock=Clock(start.timestamp()))
+    holder = await asyncpg.connect(database_url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", 0x64666D02)
+        long_client = await make_client(long, clock=Clock(start.timestamp()))
+    finally:
+        await holder.close()
+    body = b'{"keep":"30 days"}'
+    resp = await long_client.post(long.route, data=body, headers=github_headers(body, "l1"))
+    assert resp.status == 200
+
+    assert await short_client.app[STORE].maintain(start + timedelta(days=9))
+    assert await db.fetchval("SELECT count(*) FROM webhook_events WHERE source = $1", long.key) == 1
+    retention = dict(await db.fetch("SELECT source, retention_days FROM webhook_sources"))
+    assert retention == {short.key: 7, long.key: 30}
+
+
+async def test_concurrent_partition_creation_never_fails_a_batch(
+    make_client: Any, database_url: str, db: asyncpg.Connection
+) -> None:
+    # Several receivers meeting a missing partition at once all create it: none may get a 503.
+    day = datetime(2026, 5, 17, 8, tzinfo=UTC)
+    sources = [github_source(name=f"r{i}") for i in range(4)]
+    clients = [await make_client(source, clock=Clock(day.timestamp())) for source in sources]
+    for round_ in range(5):
+        clock_day = day + timedelta(days=round_)
+        for client in clients:
+            client.app[CLOCK].now = clock_day.timestamp()  # type: ignore[attr-defined]
+        answers = await asyncio.gather(
+            *(
+                client.post(
+                    source.route, data=b"{}", headers=github_headers(b"{}", f"d{round_}-{n}")
+                )
+                for source, client in zip(sources, clients, strict=True)
+                for n in range(3)
+            )
+        )
+        assert [a.status for a in answers] == [200] * len(answers)
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 5 * 4 * 3
 
 
 async def test_events_without_provider_id_dedupe_on_identical_bodies(

@@ -26,6 +26,10 @@ from webhook_server.store.migrations import apply_migrations
 log = get_logger("dfm.store")
 
 MAINTENANCE_LOCK_ID = 0x64666D02
+# Held (for one transaction) by whoever creates partitions: the maintenance run, or a receiver
+# meeting a missing one. Concurrent CREATE TABLE IF NOT EXISTS of the same partition otherwise
+# fails in all but one of them with a unique violation on the catalog.
+PARTITION_LOCK_ID = 0x64666D03
 # Errors that mean "the database is not there right now": answered 503, retried by the provider.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -275,10 +279,12 @@ class Store:
         """
         assert self._pool is not None
         async with self._pool.acquire() as conn:
+            # Every replica registers its sources, lock or not: partitions are dropped by the
+            # longest retention registered, so an unregistered source would lose its events.
+            await self._register_sources(conn, now)
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MAINTENANCE_LOCK_ID):
                 return False
             try:
-                await self._register_sources(conn, now)
                 await _create_partitions(
                     conn, set(partitions.days_to_create(now, self.config.partitions_ahead_days))
                 )
@@ -333,10 +339,12 @@ class Store:
 
 
 async def _create_partitions(conn: Any, days: set[date]) -> None:
-    # Names and bounds come from dates we computed, never from input, so formatting is safe.
-    for day in sorted(days):
-        low, high = partitions.bounds(day)
-        await conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {partitions.partition_name(day)} "
-            f"PARTITION OF webhook_events FOR VALUES FROM ('{low}') TO ('{high}')"
-        )
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_ID)
+        # Names and bounds come from dates we computed, never from input, so formatting is safe.
+        for day in sorted(days):
+            low, high = partitions.bounds(day)
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {partitions.partition_name(day)} "
+                f"PARTITION OF webhook_events FOR VALUES FROM ('{low}') TO ('{high}')"
+            )
