@@ -82,9 +82,9 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: fl
 
 
 def _tool(name: str) -> str | None:
-    found = shutil.which(name)
+    """The pinned binary from scripts/fetch-tools.sh when there is one, else the one on PATH."""
     local = ROOT / ".tools" / "bin" / name
-    return found or (str(local) if local.exists() else None)
+    return str(local) if local.exists() else shutil.which(name)
 
 
 @dataclass
@@ -97,14 +97,16 @@ class Cluster:
     def kubectl(
         self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [self.kubectl_bin, "--kubeconfig", self.kubeconfig, *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        command = [self.kubectl_bin, "--kubeconfig", self.kubeconfig, *args]
+        try:
+            result = subprocess.run(
+                command, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            # A clean-up that hangs (finalizers of a broken operator) must not hide the failure.
+            if check:
+                pytest.fail(f"kubectl {' '.join(args)}: no answer within {timeout:.0f}s")
+            return subprocess.CompletedProcess(command, -1, "", f"timed out: {exc}")
         if check and result.returncode != 0:
             pytest.fail(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
         return result

@@ -164,8 +164,16 @@ def test_e2e_builds_loads_and_tests_the_same_image() -> None:
     assert 'kind load docker-image "$DFM_E2E_IMAGE" --name "$KIND_CLUSTER"' in runs(workflow)
     assert "pytest tests/e2e -m e2e" in runs(workflow)
     assert image.endswith(":e2e"), "a fixed tag: IfNotPresent then uses the loaded image"
+    # The suite's clean-up would otherwise remove what the Diagnostics step looks at.
+    assert workflow["env"]["DFM_E2E_KEEP"] == "1"
+    diagnostics = [s for s in all_steps if s.get("name") == "Diagnostics"]
+    assert diagnostics
+    assert diagnostics[0]["if"] == "failure()"
     order = [s.get("name", s.get("uses", "")) for s in all_steps]
     assert order.index("Load the image into kind") < order.index("End-to-end tests")
+    # Our pinned kubectl must come before kind-action's on PATH: added to $GITHUB_PATH after it.
+    tools = next(i for i, s in enumerate(all_steps) if "fetch-tools.sh" in s.get("run", ""))
+    assert all_steps.index(kind[0]) < tools
 
 
 def test_release_publishes_image_and_chart_on_tags() -> None:
