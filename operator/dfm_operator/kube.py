@@ -31,6 +31,8 @@ class Kind:
     plural: str
     verbs: frozenset[str]
     status_verbs: frozenset[str] = frozenset()
+    # Children carry an ownerReference with blockOwnerDeletion to objects of this kind.
+    owns_children: bool = False
 
     @property
     def group(self) -> str:
@@ -51,8 +53,8 @@ KINDS: tuple[Kind, ...] = (
     Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", _CHILD),
     Kind("networking.k8s.io/v1", "Ingress", "ingresses", _CHILD),
     Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors", _CHILD),
-    Kind(c.API_VERSION, c.WEBHOOK_SOURCE, "webhooksources", _OWNED_CR, frozenset({"patch"})),
-    Kind(c.API_VERSION, c.MANAGED_SECRET, "managedsecrets", _OWNED_CR, frozenset({"patch"})),
+    Kind(c.API_VERSION, c.WEBHOOK_SOURCE, "webhooksources", _OWNED_CR, frozenset({"patch"}), True),
+    Kind(c.API_VERSION, c.MANAGED_SECRET, "managedsecrets", _OWNED_CR, frozenset({"patch"}), True),
     Kind(c.API_VERSION, c.SYNC_SCHEDULE, "syncschedules", _OWNED_CR, frozenset({"patch"})),
     Kind(c.API_VERSION, c.BACKUP_SCHEDULE, "backupschedules", _OWNED_CR, frozenset({"patch"})),
     Kind(

@@ -44,5 +44,9 @@ def required_rules() -> list[Rule]:
             rules.append(
                 Rule(kind.group, f"{kind.plural}/status", tuple(sorted(kind.status_verbs)), cluster)
             )
+        if kind.owns_children:
+            # Setting blockOwnerDeletion on a child's ownerReference needs `update` on the
+            # owner's finalizers where OwnerReferencesPermissionEnforcement is on (OpenShift).
+            rules.append(Rule(kind.group, f"{kind.plural}/finalizers", ("update",), cluster))
     rules.extend(KOPF_RULES)
     return sorted(rules)

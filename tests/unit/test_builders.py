@@ -12,7 +12,8 @@ import pytest
 
 from dfm.manifests import load_documents, webhook_sources
 from dfm_operator import constants as c
-from dfm_operator.api import WebhookSource
+from dfm_operator.api import ManagedSecret, WebhookSource
+from dfm_operator.builders.managedsecret import build_secret
 from dfm_operator.builders.webhooksource import (
     ReceiverInputs,
     build_children,
@@ -21,7 +22,9 @@ from dfm_operator.builders.webhooksource import (
     referenced_secrets,
 )
 from dfm_operator.conditions import ConditionUpdate, merge_conditions
+from dfm_operator.kube import KINDS
 from dfm_operator.policies import deployment_progress, needs_reapply, receiver_conditions
+from dfm_operator.rbac import required_rules
 from dfm_operator.settings import OperatorSettings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -308,3 +311,29 @@ def test_needs_reapply_on_replica_or_template_drift() -> None:
     edited = json.loads(json.dumps(desired))
     edited["spec"]["template"]["metadata"]["annotations"][c.ANNOTATION_CONFIG_HASH] = "x"
     assert needs_reapply(edited, desired)
+
+
+def test_the_rbac_for_owner_finalizers_covers_exactly_the_owners() -> None:
+    # blockOwnerDeletion on a child needs `update` on its owner's finalizers (RBAC derives it from
+    # kube.KINDS' owns_children); every kind that owns a child must say so, and no other.
+    managed = ManagedSecret.model_validate(
+        {
+            "apiVersion": "dfm.dev/v1alpha1",
+            "kind": "ManagedSecret",
+            "metadata": {"name": "signing", "namespace": "payments", "uid": "u-2"},
+            "spec": {"type": "random", "random": {"length": 32}},
+        }
+    )
+    children = [
+        *build_children(everything_on(), ReceiverInputs(settings=SETTINGS)),
+        build_secret(managed, {"current": "x"}, {}, "0.1.0"),
+    ]
+    owners = {
+        (ref["apiVersion"], ref["kind"])
+        for child in children
+        for ref in child["metadata"]["ownerReferences"]
+        if ref["blockOwnerDeletion"]
+    }
+    assert owners == {(k.api_version, k.kind) for k in KINDS if k.owns_children}
+    finalizers = {r.resource for r in required_rules() if r.resource.endswith("/finalizers")}
+    assert finalizers == {"webhooksources/finalizers", "managedsecrets/finalizers"}

@@ -133,6 +133,11 @@ than dfm_operator.rbac.required_rules(). */}}
 - apiGroups: [dfm.dev]
   resources: [backupschedules/status, managedsecrets/status, syncschedules/status, webhooksources/status]
   verbs: [patch]
+# Children's ownerReferences set blockOwnerDeletion: the OwnerReferencesPermissionEnforcement
+# admission plugin (OpenShift) then asks for update on the owner's finalizers.
+- apiGroups: [dfm.dev]
+  resources: [managedsecrets/finalizers, webhooksources/finalizers]
+  verbs: [update]
 # kopf: Events on the custom resources, and peering between replicas in namespaced mode.
 - apiGroups: [""]
   resources: [events]
