@@ -237,14 +237,14 @@ SECRET_B = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
 
 
 def test_dfm_local_applies_secret_and_source_edits_live(
-    tmp_path: Path, postgres_server: str
+    tmp_path: Path, database_url: str
 ) -> None:
     """The README's rotation rehearsal: A, then A and B until previous-expires-at, then B."""
     from datetime import UTC, datetime, timedelta
 
     manifest = tmp_path / "clerk.yaml"
     manifest.write_text(MANIFEST.format(secret=f"  current: {SECRET_A}", path="/hooks/clerk"))
-    base, proc = start_local("-f", str(tmp_path), "--database-url", postgres_server)
+    base, proc = start_local("-f", str(tmp_path), "--database-url", database_url)
     try:
         url = base + "/hooks/clerk"
         assert _post_signed(url, SECRET_A, "m1") == 200
