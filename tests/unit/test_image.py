@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,52 @@ def test_dockerignore_keeps_what_copy_needs_and_drops_the_rest() -> None:
                 assert not _ignored(source.rstrip("/"), patterns), f"{source} is not in the context"
     for kept_out in (".venv", ".git", ".tools", "tests", "bench", "charts", ".mypy_cache"):
         assert _ignored(kept_out, patterns), kept_out
+
+
+def _build_context(target: Path) -> None:
+    """What `docker build` sends and the builder stage copies: COPY sources minus .dockerignore."""
+    patterns = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for keyword, args in instructions(TEXT):
+        if keyword != "COPY" or args.startswith("--from"):
+            continue
+        for source in args.split()[:-1]:
+            paths = [ROOT / source] if (ROOT / source).is_file() else (ROOT / source).rglob("*")
+            for path in paths:
+                relative = str(path.relative_to(ROOT))
+                if path.is_file() and not _ignored(relative, patterns):
+                    (target / relative).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, target / relative)
+
+
+def test_the_image_installs_every_file_of_the_packages(tmp_path: Path) -> None:
+    # The builder stage runs `pip install .` on exactly the build context: every module, SQL
+    # migration and marker file the code needs must end up in what it installs.
+    context = tmp_path / "context"
+    _build_context(context)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), "."],
+        cwd=context,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    [wheel] = tmp_path.glob("df_middleware-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        installed = set(archive.namelist())
+        entry_points = next(n for n in installed if n.endswith(".dist-info/entry_points.txt"))
+        scripts = archive.read(entry_points).decode()
+    packaged = {
+        str(path.relative_to(context)).removeprefix("operator/")
+        for directory in ("dfm", "operator/dfm_operator", "webhook_server")
+        for path in (context / directory).rglob("*")
+        if path.is_file()
+    }
+    assert "webhook_server/store/migrations/0001_events.sql" in packaged
+    assert packaged - installed == set()
+    assert re.search(r"^dfm = dfm\.cli:", scripts, re.M), scripts
