@@ -236,9 +236,7 @@ SECRET_A = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SECRET_B = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
 
 
-def test_dfm_local_applies_secret_and_source_edits_live(
-    tmp_path: Path, database_url: str
-) -> None:
+def test_dfm_local_applies_secret_and_source_edits_live(tmp_path: Path, database_url: str) -> None:
     """The README's rotation rehearsal: A, then A and B until previous-expires-at, then B."""
     from datetime import UTC, datetime, timedelta
 
