@@ -270,18 +270,19 @@ async def _reconcile(
     children = build_children(source, inputs)
     deployment: dict[str, Any] | None
     try:
-        if apply:
-            applied = {}
-            for child in children:
-                applied[child["kind"]] = await ctx.kube.apply(child)
-            deployment = applied.get("Deployment")
-        else:
+        if not apply:
             deployment = live or await ctx.kube.get(
                 "apps/v1", "Deployment", ns, receiver_name(source)
             )
             desired = next(ch for ch in children if ch["kind"] == "Deployment")
-            if deployment is None or needs_reapply(deployment, desired):
-                deployment = await ctx.kube.apply(desired)
+            # Drifted (or a spec change seen first through a Deployment event): everything is
+            # applied, in order, so pods never roll to a config hash their ConfigMap lacks.
+            apply = deployment is None or needs_reapply(deployment, desired)
+        if apply:
+            applied = {}
+            for child in children:  # the ConfigMap before the Deployment that mounts it
+                applied[child["kind"]] = await ctx.kube.apply(child)
+            deployment = applied.get("Deployment")
     except Invalid as exc:
         conditions = receiver_conditions(apply_error=str(exc))
         await write_status(ctx, c.WEBHOOK_SOURCE, body, conditions, extra, emit)

@@ -17,6 +17,9 @@ import pytest
 import yaml
 from kopf.testing import KopfRunner
 
+from dfm_operator.kube import connect
+from dfm_operator.reconcile import Context, OperatorMetrics, reconcile_webhook_source
+from dfm_operator.settings import OperatorSettings
 from tests.kube.conftest_helpers import k8s, kopf_running, kubeconfig
 from tests.kube.emulator import DEPLOYMENTS, WEBHOOKSOURCES, DfmKubernetesEmulator
 
@@ -345,3 +348,35 @@ async def test_a_source_on_a_managed_secret_mounts_it_and_rotation_never_rolls_p
     await asyncio.sleep(0.5)  # let the Secret event reach the source
     after = k8s.get_object(DEPLOYMENTS, NS, "clerk-receiver") or {}
     assert after["spec"]["template"]["metadata"]["annotations"] == template_hash
+
+
+async def test_a_spec_change_seen_first_through_a_deployment_event_updates_the_config_first(
+    cluster: DfmKubernetesEmulator,
+) -> None:
+    # A Deployment event can reach the reconciler with the new spec before the update handler
+    # does. The pods must not roll to a config hash whose ConfigMap is not written yet.
+    k8s = cluster
+    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    await k8s.create(WEBHOOKSOURCES, source(), NS)
+    events: list[tuple[str, str, str]] = []
+
+    def emit(*event: str) -> None:
+        events.append(event)
+
+    async with connect() as kube:
+        ctx = Context(kube=kube, settings=OperatorSettings(), metrics=OperatorMetrics())
+        body = k8s.get_object(WEBHOOKSOURCES, NS, "stripe-main") or {}
+        await reconcile_webhook_source(ctx, body, emit)
+        await k8s.patch_object(
+            WEBHOOKSOURCES, NS, "stripe-main", {"spec": {"verification": {"toleranceSeconds": 60}}}
+        )
+        changed = k8s.get_object(WEBHOOKSOURCES, NS, "stripe-main") or {}
+        live = k8s.get_object(DEPLOYMENTS, NS, "stripe-main-receiver")
+        await reconcile_webhook_source(ctx, changed, emit, apply=False, deployment=live)
+
+    config = k8s.get_object(CONFIGMAPS, NS, "stripe-main-receiver-config") or {}
+    deployment = k8s.get_object(DEPLOYMENTS, NS, "stripe-main-receiver") or {}
+    assert "toleranceSeconds: 60" in config["data"]["receiver.yaml"]
+    assert deployment["metadata"]["generation"] == 2, "the pods roll to the new config"
+    written = int(config["metadata"]["resourceVersion"])
+    assert written < int(deployment["metadata"]["resourceVersion"]), "ConfigMap first"
