@@ -174,6 +174,7 @@ def test_template_id_without_an_id_value() -> None:
         (GITHUB_LIKE, {"X-Hub-Signature-256": "sha256=xyz"}),
         (TIMESTAMPED, {"X-Signature": "not base64!", "X-Timestamp": "1"}),
         (TIMESTAMPED, {"X-Signature": "AAAA", "X-Timestamp": "noon"}),
+        (TIMESTAMPED, {"X-Signature": "AAAA", "X-Timestamp": "9" * 5000}),
     ],
 )
 def test_malformed_header(settings: VerificationConfig, headers: dict[str, str]) -> None:

@@ -129,6 +129,7 @@ def test_missing_header(missing: str) -> None:
         ("v0=not-hex", str(TS)),
         ("a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503", str(TS)),
         (DOC_SIGNATURE, "yesterday"),
+        (DOC_SIGNATURE, "9" * 5000),
     ],
 )
 def test_malformed_header(signature: str, ts: str) -> None:

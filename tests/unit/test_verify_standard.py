@@ -141,7 +141,13 @@ def test_missing_header(missing: str) -> None:
 
 @pytest.mark.parametrize(
     ("signature", "ts"),
-    [(SIGNATURE, "16142653.30"), (SIGNATURE, "soon"), ("v1,***", str(TS)), ("garbage", str(TS))],
+    [
+        (SIGNATURE, "16142653.30"),
+        (SIGNATURE, "soon"),
+        ("v1,***", str(TS)),
+        ("garbage", str(TS)),
+        (SIGNATURE, "9" * 5000),
+    ],
 )
 def test_malformed_header(signature: str, ts: str) -> None:
     result = standard.verify(_headers(signature, ts=ts), BODY, [SECRET], SETTINGS, TS)

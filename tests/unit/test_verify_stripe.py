@@ -122,6 +122,7 @@ def test_missing_header() -> None:
         f"t={T}",
         f"t={T},v1=zz",
         "garbage",
+        f"t={'9' * 5000},v1={VECTOR_V1}",  # int() of it would raise: a 400, never a 500
     ],
 )
 def test_malformed_header(value: str) -> None:

@@ -96,6 +96,16 @@ def hmac_digest(secret: bytes, message: bytes, algorithm: str = "sha256") -> byt
     return hmac.new(secret, message, getattr(hashlib, algorithm)).digest()
 
 
+# Unix time in seconds has 10 digits until 2286, in milliseconds 13. Anything longer is malformed
+# (and a number of thousands of digits is costly to parse).
+MAX_TIMESTAMP_DIGITS = 15
+
+
+def is_timestamp(raw: str) -> bool:
+    """Whether ``raw`` is a plausible unix timestamp: ASCII digits, and not absurdly many."""
+    return 0 < len(raw) <= MAX_TIMESTAMP_DIGITS and raw.isascii() and raw.isdigit()
+
+
 def within_tolerance(timestamp: float, now: float, tolerance_seconds: int) -> bool:
     return abs(now - timestamp) <= tolerance_seconds
 

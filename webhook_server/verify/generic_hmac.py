@@ -22,6 +22,7 @@ from webhook_server.verify.base import (
     Verified,
     constant_time_any,
     hmac_digest,
+    is_timestamp,
     json_object,
     string_field,
     within_tolerance,
@@ -82,7 +83,7 @@ def verify(
         return Rejected(Reason.MISSING_HEADER, "missing timestamp header")
     if "{id}" in template and header_id is None:
         return Rejected(Reason.MISSING_HEADER, "missing id header")
-    if timestamp is not None and not (timestamp.isascii() and timestamp.isdigit()):
+    if timestamp is not None and not is_timestamp(timestamp):
         return Rejected(Reason.MALFORMED, "malformed timestamp header")
 
     content = signed_content(template, body, timestamp, header_id)

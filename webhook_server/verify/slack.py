@@ -20,6 +20,7 @@ from webhook_server.verify.base import (
     Verified,
     constant_time_any,
     hmac_digest,
+    is_timestamp,
     json_object,
     string_field,
     within_tolerance,
@@ -81,7 +82,7 @@ def verify(
     timestamp = headers.get(TIMESTAMP_HEADER, "").strip()
     if not (value and timestamp):
         return Rejected(Reason.MISSING_HEADER, f"missing {SIGNATURE_HEADER} or {TIMESTAMP_HEADER}")
-    if not (timestamp.isascii() and timestamp.isdigit()):
+    if not is_timestamp(timestamp):
         return Rejected(Reason.MALFORMED, f"malformed {TIMESTAMP_HEADER} header")
     version, _, encoded = value.partition("=")
     try:

@@ -24,6 +24,7 @@ from webhook_server.verify.base import (
     Verified,
     constant_time_any,
     hmac_digest,
+    is_timestamp,
     json_object,
     string_field,
     within_tolerance,
@@ -87,7 +88,7 @@ def verify(
     signature = _header(headers, SIGNATURE_HEADER)
     if not (msg_id and timestamp and signature):
         return Rejected(Reason.MISSING_HEADER, "missing webhook-id, -timestamp or -signature")
-    if not (timestamp.isascii() and timestamp.isdigit()):
+    if not is_timestamp(timestamp):
         return Rejected(Reason.MALFORMED, "malformed webhook-timestamp header")
     given = _signatures(signature)
     if not given:

@@ -16,6 +16,7 @@ from webhook_server.verify.base import (
     Verified,
     constant_time_any,
     hmac_digest,
+    is_timestamp,
     json_object,
     string_field,
     within_tolerance,
@@ -32,7 +33,7 @@ def _parse(value: str) -> tuple[int, list[bytes]] | None:
     for item in value.split(","):
         key, _, raw = item.strip().partition("=")
         if key == "t" and timestamp is None:
-            if not (raw.isascii() and raw.isdigit()):
+            if not is_timestamp(raw):
                 return None
             timestamp = int(raw)
         elif key == SCHEME:
