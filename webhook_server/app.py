@@ -30,7 +30,7 @@ from webhook_server.logs import AccessLog, get_logger
 from webhook_server.metrics import ReceiverMetrics
 from webhook_server.ratelimit import TokenBucket
 from webhook_server.secrets import SourceSecrets
-from webhook_server.store import Event, Store, StoreUnavailable
+from webhook_server.store import Event, EventRefused, Store, StoreUnavailable
 from webhook_server.verify import VERIFIERS, Reason, Rejected, Verified, Verifier
 
 log = get_logger("dfm.receiver")
@@ -48,6 +48,11 @@ READ_CHUNK = 64 * 1024
 _SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "set-cookie"})
 _SENSITIVE_PATTERN = re.compile(r"signature|hmac|secret|token|auth|api-key|apikey|password")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# An event id or type the store can always index and a reader can always print: bounded, with no
+# control characters and no lone surrogates (which PostgreSQL refuses). A provider's are far
+# shorter; a longer or stranger one is refused with 400 rather than failing its whole batch.
+MAX_EVENT_ID_CHARS = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 class Problem(Exception):
@@ -113,8 +118,23 @@ def stored_headers(headers: Mapping[str, str], extra_sensitive: set[str]) -> dic
         lower = name.lower()
         if lower in extra_sensitive or _sensitive(lower):
             continue
-        kept[lower] = value
+        kept[lower] = value if value.isascii() else _printable(value)
     return kept
+
+
+def _printable(value: str) -> str:
+    """A header value as valid UTF-8 text: bytes that were not UTF-8 (decoded by aiohttp as lone
+    surrogates) become U+FFFD, so jsonb accepts it and the request is stored rather than failed."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _check_event_field(value: str | None, what: str) -> None:
+    if value is not None and (len(value) > MAX_EVENT_ID_CHARS or _CONTROL.search(value)):
+        raise Problem(
+            400,
+            f"{what} must be at most {MAX_EVENT_ID_CHARS} characters, without control characters",
+            outcome="malformed",
+        )
 
 
 def problem_response(
@@ -256,6 +276,8 @@ async def receive(request: web.Request) -> web.Response:
         request[OUTCOME] = "challenge"
         return web.json_response({"challenge": result.challenge})
 
+    _check_event_field(result.event_id, "the event id")
+    _check_event_field(result.event_type, "the event type")
     # Without a provider id, identical bodies are the same event.
     event_id = result.event_id or "sha256:" + hashlib.sha256(body).hexdigest()
     request[EVENT_ID] = event_id
@@ -271,6 +293,8 @@ async def receive(request: web.Request) -> web.Response:
     # No per-request timer: the writer's connect and statement timeouts bound every wait.
     try:
         is_new = await app[STORE].submit(event)
+    except EventRefused as exc:
+        raise Problem(400, "the event cannot be stored", outcome="unstorable") from exc
     except StoreUnavailable as exc:
         raise Problem(
             503,

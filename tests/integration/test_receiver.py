@@ -28,6 +28,8 @@ from webhook_server.config import (
     SourceConfig,
     VerificationConfig,
 )
+from webhook_server.metrics import ReceiverMetrics
+from webhook_server.store import Event, EventRefused, Store
 from webhook_server.verify import SIGNERS
 
 GITHUB_SECRET = "It's a Secret to Everybody"
@@ -364,6 +366,102 @@ async def test_concurrent_partition_creation_never_fails_a_batch(
         )
         assert [a.status for a in answers] == [200] * len(answers)
     assert await db.fetchval("SELECT count(*) FROM webhook_events") == 5 * 4 * 3
+
+
+STANDARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def standard_source() -> SourceConfig:
+    return SourceConfig(
+        name="std",
+        provider=Provider.STANDARD,
+        verification=VerificationConfig(secrets=[SecretSource(value=STANDARD_SECRET)]),
+    )
+
+
+@pytest.mark.parametrize(
+    ("event_id", "body", "detail"),
+    [
+        ("msg_" + "x" * 300, b'{"type":"invoice.paid"}', "the event id must be at most 256"),
+        ("msg_1", b'{"type":"invoice\\u0000paid"}', "the event type must be at most 256"),
+        ("msg_2", b'{"type":"\\ud800"}', "the event type must be at most 256"),
+    ],
+)
+async def test_an_event_id_or_type_the_store_cannot_keep_is_a_400_not_a_503(
+    make_client: Any, db: asyncpg.Connection, event_id: str, body: bytes, detail: str
+) -> None:
+    # Signed, so authentic, but unstorable: a 503 would make the provider retry it forever.
+    source = standard_source()
+    client = await make_client(source)
+    headers = SIGNERS[Provider.STANDARD](
+        body, STANDARD_SECRET.encode(), source.verification, time.time(), event_id
+    )
+    resp = await client.post(source.route, data=body, headers=headers)
+    assert resp.status == 400
+    assert resp.content_type == "application/problem+json"
+    assert (await resp.json())["detail"].startswith(detail)
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 0
+
+
+async def test_a_header_that_is_not_utf8_is_stored_with_a_replacement_character(
+    make_client: Any, db: asyncpg.Connection
+) -> None:
+    # aiohttp's client encodes headers as UTF-8, so the request is written by hand.
+    client = await make_client()
+    body = b'{"n":1}'
+    signed = github_headers(body, "latin-1")
+    head = "".join(f"{name}: {value}\r\n" for name, value in signed.items()).encode()
+    request = (
+        b"POST /hooks/ci/gh HTTP/1.1\r\nHost: x\r\nX-Note: caf\xe9\r\n"
+        + head
+        + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        + body
+    )
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(request)
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    stored = await db.fetchval("SELECT headers->>'x-note' FROM webhook_events")
+    assert stored == "caf\ufffd"
+
+
+async def test_a_refused_event_fails_alone_and_its_batch_is_committed(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    # Past the receiver's checks nothing should be refused; should PostgreSQL refuse one event
+    # anyway, the others queued with it are still committed and only that one fails.
+    source = github_source()
+    store = Store(
+        DatabaseConfig(url=database_url, maintenance_interval_seconds=3600),
+        [source],
+        ReceiverMetrics(),
+    )
+    await store.start()
+    try:
+        assert await store.wait_ready(15)
+
+        def event(event_id: str, event_type: str = "push") -> Event:
+            return Event(
+                source=source.key,
+                event_id=event_id,
+                event_type=event_type,
+                received_at=datetime.now(UTC),
+                request_id=event_id,
+                payload=b"{}",
+                headers={},
+            )
+
+        submitted = [store.submit(event(f"ok-{n}")) for n in range(20)]
+        submitted.insert(7, store.submit(event("bad", "nul\x00inside")))
+        results = await asyncio.gather(*submitted, return_exceptions=True)
+    finally:
+        await store.close()
+    refused = results.pop(7)
+    assert isinstance(refused, EventRefused)
+    assert results == [True] * 20
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 20
+    assert await db.fetchval("SELECT count(*) FROM webhook_event_ids") == 20
 
 
 async def test_events_without_provider_id_dedupe_on_identical_bodies(

@@ -46,6 +46,19 @@ class StoreUnavailable(Exception):
     """The event was not committed; the caller must not acknowledge it."""
 
 
+class EventRefused(Exception):
+    """PostgreSQL refuses this event's data (it would every time): not committed, not retryable."""
+
+
+# Errors about one event's values, not about the database: the batch is split so that only the
+# event that causes them fails.
+DATA_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.ProgramLimitExceededError,
+    UnicodeEncodeError,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     source: str
@@ -226,6 +239,23 @@ class Store:
             unique.setdefault((pending.event.source, pending.event.event_id), pending)
         try:
             fresh = await self._insert([p.event for p in unique.values()])
+        except DATA_ERRORS as exc:
+            if len(unique) > 1:
+                # One event's values are refused: commit the others one by one.
+                by_key: dict[tuple[str, str], list[_Pending]] = {}
+                for pending in batch:
+                    by_key.setdefault((pending.event.source, pending.event.event_id), []).append(
+                        pending
+                    )
+                for same_event in by_key.values():
+                    await self._flush(same_event)
+                return
+            self.metrics.store_errors.inc()
+            log.error("event refused by the database", error=type(exc).__name__)
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(EventRefused("event refused"))
+            return
         except Exception as exc:
             self.metrics.store_errors.inc()
             log.error("batch not committed", error=type(exc).__name__, events=len(batch))
@@ -243,6 +273,9 @@ class Store:
     async def _insert(self, events: list[Event]) -> set[tuple[str, str]]:
         if self._pool is None:
             raise StoreUnavailable("no pool")
+        # Dedup keys are locked in one order by every batch, so concurrent batches holding the
+        # same ids wait for each other instead of deadlocking.
+        events = sorted(events, key=lambda e: (e.source, e.event_id))
         args = (
             [e.source for e in events],
             [e.event_id for e in events],
