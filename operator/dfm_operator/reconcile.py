@@ -21,6 +21,8 @@ from dfm_operator.builders.webhooksource import (
     ReceiverInputs,
     build_children,
     endpoints,
+    obsolete_children,
+    owned_by,
     receiver_name,
     referenced_secrets,
 )
@@ -108,6 +110,9 @@ class Context:
     async def service_monitor_enabled(self) -> bool:
         if not self.settings.service_monitor:
             return False
+        return await self.service_monitor_crd_installed()
+
+    async def service_monitor_crd_installed(self) -> bool:
         if self._service_monitor_crd is None:
             self._service_monitor_crd = await self.kube.crd_exists(SERVICE_MONITOR_CRD)
         return self._service_monitor_crd
@@ -184,8 +189,12 @@ async def reconcile_webhook_source(
     apply: bool = True,
     known_secrets: Container[tuple[str, str]] | None = None,
     deployment: dict[str, Any] | None = None,
+    prune: bool = False,
 ) -> bool:
     """Converge one WebhookSource; returns whether it is Ready.
+
+    ``prune`` also deletes optional children the spec no longer asks for (a removed Ingress):
+    it costs a GET per absent kind, so it runs on spec changes and at start-up, not on drift.
 
     ``known_secrets`` answers "does this Secret exist?" from a watch (kopf index) instead of a
     GET each; ``deployment`` is the live Deployment when the caller already has it (its event).
@@ -201,7 +210,13 @@ async def reconcile_webhook_source(
     try:
         async with ctx.lock(key):
             ready = await _reconcile(
-                ctx, body, emit, apply=apply, known_secrets=known_secrets, live=deployment
+                ctx,
+                body,
+                emit,
+                apply=apply,
+                known_secrets=known_secrets,
+                live=deployment,
+                prune=prune,
             )
         result = "ready" if ready else "not_ready"
         ctx.metrics.source_ready(key, ready)
@@ -223,6 +238,7 @@ async def _reconcile(
     apply: bool,
     known_secrets: Container[tuple[str, str]] | None,
     live: dict[str, Any] | None,
+    prune: bool = False,
 ) -> bool:
     try:
         source = WebhookSource.model_validate(plain_body(body))
@@ -283,6 +299,8 @@ async def _reconcile(
             for child in children:  # the ConfigMap before the Deployment that mounts it
                 applied[child["kind"]] = await ctx.kube.apply(child)
             deployment = applied.get("Deployment")
+            if prune and (body.get("status") or {}).get("observedGeneration"):  # not new
+                await _prune(ctx, source, children)
     except Invalid as exc:
         conditions = receiver_conditions(apply_error=str(exc))
         await write_status(ctx, c.WEBHOOK_SOURCE, body, conditions, extra, emit)
@@ -296,6 +314,16 @@ async def _reconcile(
         return await write_status(ctx, c.WEBHOOK_SOURCE, body, conditions, extra, emit)
     except KubeError as exc:
         raise Retry(str(exc)) from exc
+
+
+async def _prune(ctx: Context, source: WebhookSource, children: list[dict[str, Any]]) -> None:
+    """Delete the optional children the spec no longer asks for (only ours, by controller uid)."""
+    for api_version, kind, name in obsolete_children(source, children):
+        if kind == "ServiceMonitor" and not await ctx.service_monitor_crd_installed():
+            continue
+        live = await ctx.kube.get(api_version, kind, source.metadata.namespace, name)
+        if live is not None and owned_by(live, source.metadata.uid):
+            await ctx.kube.delete(api_version, kind, source.metadata.namespace, name)
 
 
 Reconciler = Callable[[Context, Mapping[str, Any], EmitFn], Awaitable[bool]]

@@ -380,3 +380,34 @@ async def test_a_spec_change_seen_first_through_a_deployment_event_updates_the_c
     assert deployment["metadata"]["generation"] == 2, "the pods roll to the new config"
     written = int(config["metadata"]["resourceVersion"])
     assert written < int(deployment["metadata"]["resourceVersion"]), "ConfigMap first"
+
+
+async def test_children_the_spec_no_longer_asks_for_are_deleted(
+    cluster: DfmKubernetesEmulator, operator: KopfRunner
+) -> None:
+    # Removing exposure.ingress must stop the public route, not just clear the endpoint.
+    k8s = cluster
+    ingresses = "networking.k8s.io/v1/ingresses"
+    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    exposed = source(replicas=2, exposure={"ingress": {"host": "hooks.example.com"}})
+    await k8s.create(WEBHOOKSOURCES, exposed, NS)
+    for gvp in (ingresses, PDBS):
+        await k8s.wait_for(
+            lambda gvp=gvp: k8s.get_object(gvp, NS, "stripe-main-receiver"), what=gvp
+        )
+    await wait_ready(k8s, "stripe-main", "False", "DeploymentUnavailable", generation=1)
+
+    await k8s.patch_object(
+        WEBHOOKSOURCES, NS, "stripe-main", {"spec": {"replicas": 1, "exposure": None}}
+    )
+    for gvp in (ingresses, PDBS):
+        await k8s.wait_for(
+            lambda gvp=gvp: k8s.get_object(gvp, NS, "stripe-main-receiver") is None,
+            seconds=20,
+            what=f"{gvp} deleted",
+        )
+    obj = await wait_ready(k8s, "stripe-main", "False", "DeploymentUnavailable", generation=2)
+    assert obj["status"].get("externalEndpoint") is None
+    # What is still asked for stays.
+    assert k8s.get_object(SERVICES, NS, "stripe-main-receiver") is not None
+    assert k8s.get_object(NETPOLS, NS, "stripe-main-receiver") is not None

@@ -19,6 +19,8 @@ from dfm_operator.builders.webhooksource import (
     build_children,
     config_hash,
     endpoints,
+    obsolete_children,
+    owned_by,
     referenced_secrets,
 )
 from dfm_operator.conditions import ConditionUpdate, merge_conditions
@@ -337,3 +339,21 @@ def test_the_rbac_for_owner_finalizers_covers_exactly_the_owners() -> None:
     assert owners == {(k.api_version, k.kind) for k in KINDS if k.owns_children}
     finalizers = {r.resource for r in required_rules() if r.resource.endswith("/finalizers")}
     assert finalizers == {"webhooksources/finalizers", "managedsecrets/finalizers"}
+
+
+def test_obsolete_children_are_the_optional_ones_not_built() -> None:
+    default = build_children(source(), ReceiverInputs(settings=SETTINGS))
+    assert obsolete_children(source(), default) == [
+        ("policy/v1", "PodDisruptionBudget", "stripe-main-receiver"),
+        ("networking.k8s.io/v1", "Ingress", "stripe-main-receiver"),
+        ("monitoring.coreos.com/v1", "ServiceMonitor", "stripe-main-receiver"),
+    ]
+    full = build_children(everything_on(), ReceiverInputs(settings=SETTINGS, service_monitor=True))
+    assert obsolete_children(everything_on(), full) == []
+
+
+def test_only_children_we_control_count_as_ours() -> None:
+    [config_map, *_] = build_children(source(), ReceiverInputs(settings=SETTINGS))
+    assert owned_by(config_map, "u-1")
+    assert not owned_by(config_map, "someone-else")
+    assert not owned_by({"metadata": {}}, "u-1")

@@ -334,6 +334,36 @@ def build_children(source: WebhookSource, inputs: ReceiverInputs) -> list[dict[s
     return [child for child in children if child is not None]
 
 
+# Children that come and go with the spec (replicas, exposure.ingress) or the operator's settings
+# (ServiceMonitor): one that is no longer built must be deleted, or a removed Ingress would keep
+# routing public traffic.
+OPTIONAL_CHILDREN: tuple[tuple[str, str], ...] = (
+    ("policy/v1", "PodDisruptionBudget"),
+    ("networking.k8s.io/v1", "Ingress"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+)
+
+
+def obsolete_children(
+    source: WebhookSource, children: list[dict[str, Any]]
+) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of the optional children ``children`` no longer contains."""
+    built = {(child["apiVersion"], child["kind"]) for child in children}
+    return [
+        (api_version, kind, receiver_name(source))
+        for api_version, kind in OPTIONAL_CHILDREN
+        if (api_version, kind) not in built
+    ]
+
+
+def owned_by(obj: dict[str, Any], uid: str | None) -> bool:
+    """Whether ``obj``'s controller is the object with ``uid``."""
+    return any(
+        ref.get("uid") == uid and ref.get("controller")
+        for ref in (obj.get("metadata") or {}).get("ownerReferences") or []
+    )
+
+
 def endpoints(source: WebhookSource, settings: OperatorSettings) -> tuple[str, str | None]:
     """The in-cluster URL, and the external one when an Ingress exposes the source."""
     port = source.spec.exposure.service.port

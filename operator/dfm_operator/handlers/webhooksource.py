@@ -21,10 +21,10 @@ def _emitter(body: kopf.Body) -> Any:
     return emit
 
 
-async def _run(memo: kopf.Memo, body: kopf.Body, known: Any) -> None:
+async def _run(memo: kopf.Memo, body: kopf.Body, known: Any, *, prune: bool = False) -> None:
     ctx: Context = memo.ctx
     try:
-        await reconcile_webhook_source(ctx, body, _emitter(body), known_secrets=known)
+        await reconcile_webhook_source(ctx, body, _emitter(body), known_secrets=known, prune=prune)
     except InvalidSpec as exc:
         raise kopf.PermanentError(str(exc)) from exc
     except Retry as exc:
@@ -35,7 +35,8 @@ async def _run(memo: kopf.Memo, body: kopf.Body, known: Any) -> None:
 @kopf.on.create(c.GROUP, c.VERSION, "webhooksources")
 @kopf.on.update(c.GROUP, c.VERSION, "webhooksources")
 async def reconcile(memo: kopf.Memo, body: kopf.Body, **kwargs: Any) -> None:
-    await _run(memo, body, kwargs["secret_names"])
+    """A new or changed spec, or the operator's start (its settings may have changed)."""
+    await _run(memo, body, kwargs["secret_names"], prune=True)
 
 
 @kopf.timer(
