@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from dfm_operator.api import KINDS, CustomResource
+from dfm_operator.api.names import NameRule
 from dfm_operator.constants import GROUP, VERSION
 
 JsonDict = dict[str, Any]
@@ -229,7 +230,7 @@ def _top_level_schema(kind_model: type[CustomResource]) -> JsonDict:
     schema = kind_model.model_json_schema(by_alias=True)
     defs = schema.get("$defs", {})
     props = schema["properties"]
-    return {
+    top: JsonDict = {
         "type": "object",
         "description": _prose(schema["description"]),
         "required": ["spec"],
@@ -247,6 +248,12 @@ def _top_level_schema(kind_model: type[CustomResource]) -> JsonDict:
             "status": structural(props["status"], defs, ".status"),
         },
     }
+    # The root is the only place a CEL rule may read metadata.name.
+    name_rule: NameRule | None = getattr(kind_model, "name_rule", None)
+    if name_rule is not None:
+        rule = name_rule.cel()
+        top[CEL_KEY] = [{"rule": rule.rule, "message": rule.message}]
+    return top
 
 
 def build_crd(kind_model: type[CustomResource]) -> JsonDict:

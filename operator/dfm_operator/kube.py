@@ -7,6 +7,7 @@ become this module's exceptions. Async (kubernetes_asyncio), so nothing blocks k
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -103,10 +104,27 @@ class Invalid(KubeError):
     """The API server refused the object (422): a spec problem, not a transient one."""
 
 
+# The API server's own explanation, kept short; never for Secrets, whose values it may quote.
+_MAX_SERVER_MESSAGE = 300
+
+
+def _server_message(exc: ApiException, what: str) -> str:
+    if " Secret " in f" {what} ":
+        return ""
+    try:
+        message = json.loads(exc.body or "{}").get("message") or ""
+    except (ValueError, AttributeError):
+        return ""
+    return str(message)[:_MAX_SERVER_MESSAGE]
+
+
 def _error(exc: ApiException, what: str) -> KubeError:
     status = int(exc.status or 0)
     reason = exc.reason or "error"
     message = f"{what}: {status} {reason}"
+    detail = _server_message(exc, what)
+    if detail:
+        message += f": {detail}"
     if status == 404:
         return NotFound(status, message)
     if status == 409:

@@ -419,8 +419,30 @@ CONTAINER = {"container": {"image": "example/sync:1"}}
 RANDOM = {"length": 32}
 OAUTH2 = {"tokenUrl": "https://auth.example.com/token", "clientSecretRef": {"name": "c"}}
 
+
 # (manifest, needs CEL to be refused by the API server). Every CEL rule is broken at least once.
+def _named(manifest: JsonDict, name: str) -> JsonDict:
+    return {**manifest, "metadata": {**manifest["metadata"], "name": name}}
+
+
 INVALID: dict[str, tuple[JsonDict, bool]] = {
+    # A WebhookSource's name becomes its Service's (<name>-receiver): an RFC 1035 label.
+    "source name too long for its Service": (
+        _named(_source(provider="github", verification=SECRET), "s" * 55),
+        True,
+    ),
+    "source name with a dot": (
+        _named(_source(provider="github", verification=SECRET), "stripe.prod"),
+        True,
+    ),
+    "source name starting with a digit": (
+        _named(_source(provider="github", verification=SECRET), "1stripe"),
+        True,
+    ),
+    "managed secret name too long for a label": (
+        _named(_managed(type="random", random=RANDOM), "m" * 64),
+        True,
+    ),
     "unknown spec field": (_source(provider="github", verification=SECRET, colour="red"), False),
     "unknown nested field": (
         _source(provider="github", verification={**SECRET, "tolerence": 5}),
@@ -481,6 +503,10 @@ INVALID: dict[str, tuple[JsonDict, bool]] = {
 }
 
 VALID: dict[str, JsonDict] = {
+    "source name of 54 characters": _named(
+        _source(provider="github", verification=SECRET), "s" * 54
+    ),
+    "managed secret name with dots": _named(_managed(type="random", random=RANDOM), "a.b.c"),
     "hmac with header": _source(provider="hmac", verification={**SECRET, "header": "X-Sig"}),
     "jwt with jwks": _source(provider="jwt", auth={"jwksUrl": "https://x.example/jwks.json"}),
     "highlevel without secret": _source(provider="highlevel"),
@@ -548,6 +574,11 @@ def test_cross_field_rules_are_in_the_crds() -> None:
     assert len(rules[("ManagedSecret", ".spec")]) == 2
     assert "has(self.every) != has(self.schedule)" in rules[("ManagedSecret", ".spec.rotation")]
     assert rules[("SyncSchedule", ".spec.connector")] == ["has(self.http) != has(self.container)"]
+    assert rules[("WebhookSource", ".")] == [
+        "size(self.metadata.name) <= 54"
+        " && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+    ]
+    assert rules[("ManagedSecret", ".")] == ["size(self.metadata.name) <= 63"]
 
 
 @needs_cel

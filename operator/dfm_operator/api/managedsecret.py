@@ -24,6 +24,7 @@ from dfm_operator.api.common import (
     cel_rules,
     parse_duration,
 )
+from dfm_operator.api.names import MANAGED_SECRET_NAME, NameRule
 from dfm_operator.constants import MANAGED_SECRET
 
 
@@ -216,11 +217,17 @@ class ManagedSecret(CustomResource):
     access token refreshed before it expires (oauth2)."""
 
     names: ClassVar[KindNames] = KindNames(MANAGED_SECRET, "managedsecrets", ("msec",))
+    name_rule: ClassVar[NameRule] = MANAGED_SECRET_NAME
 
     api_version: Literal["dfm.dev/v1alpha1"] = "dfm.dev/v1alpha1"
     kind: Literal["ManagedSecret"] = "ManagedSecret"
     spec: ManagedSecretSpec
     status: ManagedSecretStatus | None = None
+
+    @model_validator(mode="after")
+    def _name_fits_its_children(self) -> Self:
+        self.name_rule.check(self.metadata.name)
+        return self
 
     @property
     def secret_name(self) -> str:

@@ -19,6 +19,7 @@ from dfm_operator.api.common import (
     Status,
     cel_rules,
 )
+from dfm_operator.api.names import WEBHOOK_SOURCE_NAME, NameRule
 from dfm_operator.constants import WEBHOOK_SOURCE
 from webhook_server.config import (
     AuthConfig,
@@ -245,11 +246,17 @@ class WebhookSource(CustomResource):
     durably before acknowledging it."""
 
     names: ClassVar[KindNames] = KindNames(WEBHOOK_SOURCE, "webhooksources", ("whs",))
+    name_rule: ClassVar[NameRule] = WEBHOOK_SOURCE_NAME
 
     api_version: Literal["dfm.dev/v1alpha1"] = "dfm.dev/v1alpha1"
     kind: Literal["WebhookSource"] = "WebhookSource"
     spec: WebhookSourceSpec
     status: WebhookSourceStatus | None = None
+
+    @model_validator(mode="after")
+    def _name_fits_its_children(self) -> Self:
+        self.name_rule.check(self.metadata.name)
+        return self
 
     @property
     def route(self) -> str:
