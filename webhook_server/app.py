@@ -12,6 +12,7 @@ import functools
 import gc
 import hashlib
 import itertools
+import math
 import re
 import secrets
 import time
@@ -42,11 +43,18 @@ ACCESS_LOG_FLUSH_SECONDS = 1.0
 _REQUEST_PREFIX = secrets.token_hex(6)
 _REQUEST_COUNTER = itertools.count(1)
 READ_CHUNK = 64 * 1024
+# The JWKS is not refetched sooner than this, so an earlier retry would meet the same outage.
+AUTH_RETRY_AFTER = str(math.ceil(JwtAuthenticator.REFETCH_MIN_INTERVAL_SECONDS))
 
-# Never stored: credentials and signatures. Matched by name and by pattern, so a provider's
-# signature header we do not know by name is still dropped.
+# Never stored: credentials and signatures. Matched by name and by pattern (with "_" read as
+# "-"), so a provider's signature or key header we do not know by name is still dropped. A "key"
+# word counts (x-api-key, x-webhook-key) except in idempotency-key: that one names a request (the
+# jwt provider's event id), grants nothing, and is what a reader matches retries on, so it is kept.
 _SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "set-cookie"})
-_SENSITIVE_PATTERN = re.compile(r"signature|hmac|secret|token|auth|api-key|apikey|password")
+_SENSITIVE_PATTERN = re.compile(
+    r"signature|hmac|secret|token|auth|passw|credential|session|jwt|cookie|apikey|accesskey"
+    r"|(?<!idempotency)(?:^|-)key(?:-|$)"
+)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # An event id or type the store can always index and a reader can always print: bounded, with no
 # control characters and no lone surrogates (which PostgreSQL refuses). A provider's are far
@@ -109,7 +117,8 @@ EVENT_ID = web.RequestKey("event_id", str)
 
 @functools.lru_cache(maxsize=1024)
 def _sensitive(lower_name: str) -> bool:
-    return lower_name in _SENSITIVE_HEADERS or bool(_SENSITIVE_PATTERN.search(lower_name))
+    name = lower_name.replace("_", "-")
+    return name in _SENSITIVE_HEADERS or bool(_SENSITIVE_PATTERN.search(name))
 
 
 def stored_headers(headers: Mapping[str, str], extra_sensitive: set[str]) -> dict[str, str]:
@@ -237,6 +246,15 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 
 
 def _reject(runtime: SourceRuntime, metrics: ReceiverMetrics, rejected: Rejected) -> Problem:
+    if rejected.reason is Reason.UNAVAILABLE:
+        # An outage of ours (the JWKS endpoint), not a bad request: the sender should retry, and
+        # the signature-failure metric must not alert on forgeries that are not there.
+        return Problem(
+            503,
+            rejected.detail or "verification unavailable, retry later",
+            outcome="auth_unavailable",
+            headers={"Retry-After": AUTH_RETRY_AFTER},
+        )
     metrics.signature_failures.labels(runtime.config.key, rejected.reason.value).inc()
     if rejected.reason is Reason.MALFORMED:
         return Problem(400, rejected.detail or "malformed request", outcome="malformed")
@@ -375,27 +393,50 @@ async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _secret_reload_ctx(app: web.Application) -> AsyncIterator[None]:
     """Re-read mounted secrets periodically (kubelet swaps the files in place on a change), and
-    flush the buffered access log at the same pace."""
+    flush the buffered access log at the same pace.
+
+    A failing pass is logged and the next one runs: were the task to end, rotated secrets would
+    never be picked up again and the access log would stop flushing, both silently.
+    """
 
     async def loop() -> None:
         while True:
             await asyncio.sleep(min(app[CONFIG].secret_reload_seconds, ACCESS_LOG_FLUSH_SECONDS))
-            app[ACCESS_LOG].flush()
-            reload_secrets(app)
+            _keep_going("access log flush", app[ACCESS_LOG].flush)
+            _keep_going("secret reload", lambda: reload_secrets(app))
 
     task = asyncio.create_task(loop(), name="secret-reload")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    app[ACCESS_LOG].flush()
+    _keep_going("access log flush", app[ACCESS_LOG].flush)
+
+
+def _keep_going(step: str, run: Callable[[], object]) -> None:
+    """Run one periodic step; a failure is logged by type only (an OSError's text names the file)
+    and swallowed. Logging may fail too when stdout is what broke: that is swallowed as well."""
+    try:
+        run()
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            log.error("periodic step failed", step=step, error=type(exc).__name__)
 
 
 def reload_secrets(app: web.Application) -> list[str]:
-    """Reload every source's secrets from disk; returns the sources whose secrets changed."""
+    """Reload every source's secrets from disk; returns the sources whose secrets changed.
+
+    A source whose files cannot be read (a permission, a directory where a file should be) keeps
+    its previous secrets and does not hold up the others.
+    """
     changed = []
     for runtime in app[SOURCES].values():
-        if runtime.secrets.reload():
+        try:
+            reloaded = runtime.secrets.reload()
+        except Exception as exc:
+            log.error("secrets not reloaded", source=runtime.config.key, error=type(exc).__name__)
+            continue
+        if reloaded:
             changed.append(runtime.config.key)
             app[METRICS].secret_reloads.labels(runtime.config.key).inc()
             log.info(

@@ -18,6 +18,9 @@ Security properties:
 * The JWKS is fetched without blocking the event loop, bounded by a timeout, cached, and refetched
   on an unknown ``kid`` at most once every :attr:`JwtAuthenticator.REFETCH_MIN_INTERVAL_SECONDS`,
   with one in-flight fetch shared by every waiter.
+* With no JWKS fetched yet (the endpoint down since start-up) a token cannot be checked at all:
+  that is :data:`KEYS_UNAVAILABLE`, reason ``UNAVAILABLE``, a temporary condition and not a verdict
+  on the token.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ MISSING_TOKEN = Rejected(Reason.MISSING_TOKEN, "bearer token required")
 INVALID_TOKEN = Rejected(Reason.BAD_TOKEN, "invalid token")
 ALGORITHM_NOT_ALLOWED = Rejected(Reason.BAD_TOKEN, "algorithm not allowed")
 UNKNOWN_KEY = Rejected(Reason.BAD_TOKEN, "unknown signing key")
-KEYS_UNAVAILABLE = Rejected(Reason.BAD_TOKEN, "signing keys unavailable")
+KEYS_UNAVAILABLE = Rejected(Reason.UNAVAILABLE, "signing keys unavailable")
 EXPIRED = Rejected(Reason.BAD_TOKEN, "token expired")
 NOT_YET_VALID = Rejected(Reason.BAD_TOKEN, "token not yet valid")
 BAD_ISSUER = Rejected(Reason.BAD_TOKEN, "issuer not accepted")

@@ -80,12 +80,27 @@ class VerificationConfig(Model):
     encoding: SignatureEncoding = SignatureEncoding.HEX
     prefix: str = ""
     timestamp_header: str | None = None
-    # Must contain {body}: a template without it would leave the body unauthenticated.
+    # Must contain {body}: a template without it would leave the body unauthenticated. Must also
+    # contain {timestamp} when timestamp_header is set (see _timestamp_signed).
     signed_content: Annotated[str, Field(pattern=r"\{body\}")] = "{body}"
+    # Need not be signed: GitHub, Shopify and Forgejo sign only the body and send their delivery
+    # id beside it. An unsigned id deduplicates redeliveries but does not stop a replay, which
+    # can come with any id (docs/receiver.md).
     id_header: str | None = None
     type_header: str | None = None
     # highlevel: PEM public key(s) overriding HighLevel's published keys
     public_key: str | None = None
+
+    @model_validator(mode="after")
+    def _timestamp_signed(self) -> Self:
+        # A timestamp checked for tolerance but not signed protects nothing: whoever replays a
+        # captured request just writes a fresh one.
+        if self.timestamp_header and "{timestamp}" not in self.signed_content:
+            raise ValueError(
+                "signedContent must contain {timestamp} when timestampHeader is set: "
+                "an unsigned timestamp can be rewritten by anyone"
+            )
+        return self
 
 
 ASYMMETRIC_JWT_ALGORITHMS: tuple[str, ...] = (

@@ -3,10 +3,16 @@
 A source may list several secrets (each a literal, a mounted key, or a mounted ManagedSecret
 directory). A ManagedSecret directory holds ``current`` and, during a rotation's grace period,
 ``previous`` plus ``previous-expires-at`` (RFC 3339); ``previous`` is valid only until then.
+
+Kubelet mounts a Secret as a timestamped directory, a ``..data`` symlink to it, and one symlink per
+key through ``..data``; an update writes a new directory and switches ``..data`` in one rename.
+The three files of a ManagedSecret are therefore read from the directory ``..data`` resolves to,
+so that they all come from one version.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +23,13 @@ from webhook_server.config import SecretSource
 CURRENT = "current"
 PREVIOUS = "previous"
 PREVIOUS_EXPIRES_AT = "previous-expires-at"
+DATA_LINK = "..data"
+# Reads of a kubelet-mounted directory before giving up, should ``..data`` switch during each.
+MAX_VERSION_READS = 3
+
+
+class SecretsChanging(Exception):
+    """A mounted directory kept changing while it was read; the caller keeps what it had."""
 
 
 @dataclass(frozen=True)
@@ -56,15 +69,41 @@ def load(sources: Sequence[SecretSource]) -> tuple[SecretValue, ...]:
             if raw:
                 values.append(SecretValue(raw))
         elif source.dir is not None:
-            folder = Path(source.dir)
-            current = _read(folder / CURRENT)
-            if current:
-                values.append(SecretValue(current))
-            previous = _read(folder / PREVIOUS)
-            if previous:
-                expiry = _parse_expiry(_read(folder / PREVIOUS_EXPIRES_AT))
-                values.append(SecretValue(previous, expiry))
+            values.extend(_read_managed(Path(source.dir)))
     return tuple(values)
+
+
+def _read_managed(folder: Path) -> list[SecretValue]:
+    """A ManagedSecret directory's values, all from one version when kubelet mounted it.
+
+    Reading through the per-key links could take ``current`` from one version and ``previous``
+    from the next (losing the new secret for a reload period). So ``..data`` is resolved once and
+    every file read from there; should it have switched meanwhile (the old directory may even be
+    gone), the read is done again from the new one.
+    """
+    link = folder / DATA_LINK
+    if not os.path.lexists(link):
+        return _read_version(folder)
+    resolved = os.path.realpath(link)
+    for _ in range(MAX_VERSION_READS):
+        values = _read_version(Path(resolved))
+        now_resolved = os.path.realpath(link)
+        if now_resolved == resolved:
+            return values
+        resolved = now_resolved
+    raise SecretsChanging("..data kept changing while it was read")
+
+
+def _read_version(folder: Path) -> list[SecretValue]:
+    values: list[SecretValue] = []
+    current = _read(folder / CURRENT)
+    if current:
+        values.append(SecretValue(current))
+    previous = _read(folder / PREVIOUS)
+    if previous:
+        expiry = _parse_expiry(_read(folder / PREVIOUS_EXPIRES_AT))
+        values.append(SecretValue(previous, expiry))
+    return values
 
 
 def valid_at(values: Sequence[SecretValue], now: float) -> list[bytes]:

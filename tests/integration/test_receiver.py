@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from dfm.samples import sample_event
 from webhook_server import logs
-from webhook_server.app import CLOCK, STORE, create_app
+from webhook_server.app import CLOCK, STORE, create_app, stored_headers
 from webhook_server.config import (
     CorsConfig,
     DatabaseConfig,
@@ -305,6 +305,44 @@ async def test_partitions_created_ahead_and_dropped_after_retention(
     assert await db.fetchval("SELECT count(*) FROM webhook_event_ids") == 0
 
 
+async def test_a_dedup_key_outlives_its_event_so_a_late_redelivery_is_still_a_duplicate(
+    make_client: Any, db: asyncpg.Connection
+) -> None:
+    # The longest retention's events go with their whole UTC-day partition, up to a day after
+    # received_at + retention; a shorter retention's go by DELETE at exactly that time. The dedup
+    # key must last as long as the event in both cases, or a redelivery meanwhile is stored twice.
+    start = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    clock = Clock(start.timestamp())
+    long = github_source(name="long", retention_days=7)
+    short = github_source(name="short", retention_days=3)
+    client = await make_client(long, short, clock=clock)
+    store = client.app[STORE]
+    body = b'{"late":true}'
+
+    async def deliver(source: SourceConfig) -> str:
+        resp = await client.post(source.route, data=body, headers=github_headers(body, "k1"))
+        assert resp.status == 200
+        return str((await resp.json())["status"])
+
+    assert [await deliver(long), await deliver(short)] == ["stored", "stored"]
+
+    # received_at + 7 days + 1 hour: the long event's partition (day 1) stays until day 9.
+    later = start + timedelta(days=7, hours=1)
+    assert await store.maintain(later)
+    events = dict(await db.fetch("SELECT source, count(*) FROM webhook_events GROUP BY source"))
+    assert events == {long.key: 1}
+    ids = {r["source"] for r in await db.fetch("SELECT source FROM webhook_event_ids")}
+    assert ids == {long.key}  # the short source's key went with its event, not before
+    clock.now = later.timestamp()
+    assert await deliver(long) == "duplicate"
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 1
+
+    # Once the partition is dropped, the key goes too: event and key leave together.
+    assert await store.maintain(datetime(2026, 3, 9, 0, 0, 1, tzinfo=UTC))
+    assert await db.fetchval("SELECT count(*) FROM webhook_events WHERE source = $1", long.key) == 0
+    assert await db.fetchval("SELECT count(*) FROM webhook_event_ids") == 0
+
+
 async def test_maintenance_runs_in_one_replica_at_a_time(
     make_client: Any, database_url: str
 ) -> None:
@@ -481,6 +519,55 @@ async def test_events_without_provider_id_dedupe_on_identical_bodies(
     assert await db.fetchval("SELECT count(*) FROM webhook_events") == 1
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Authorization",
+        "X-Hub-Signature-256",
+        "X-Api-Key",
+        "x-api_key",
+        "X_API_KEY",
+        "x-apikey",
+        "x-webhook-key",
+        "X-Key",
+        "x-access-key",
+        "x-jwt",
+        "x-jwt-assertion",
+        "x-session",
+        "x-session-id",
+        "x-credential",
+        "x-amz-credentials",
+        "x_auth_token",
+        "x-client-secret",
+        "x-password",
+        "x-passwd",
+    ],
+)
+def test_credential_headers_are_never_stored(name: str) -> None:
+    assert stored_headers({name: "s3cr3t", "X-GitHub-Event": "push"}, set()) == {
+        "x-github-event": "push"
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # Identifiers a reader needs and no one can abuse: an idempotency key names a request.
+        "Idempotency-Key",
+        "X-Idempotency-Key",
+        "X-GitHub-Delivery",
+        "X-Shopify-Webhook-Id",
+        "X-Request-Id",
+        "User-Agent",
+        "Content-Type",
+        "X-Keyboard-Layout",
+        "X-Monkey",
+    ],
+)
+def test_useful_headers_are_stored(name: str) -> None:
+    assert stored_headers({name: "value"}, set()) == {name.lower(): "value"}
+
+
 async def test_health_endpoints(make_client: Any) -> None:
     client = await make_client()
     assert (await client.get("/livez")).status == 200
@@ -595,6 +682,38 @@ async def test_jwt_source_needs_a_valid_bearer_token(
     row = await db.fetchrow("SELECT event_type, headers FROM webhook_events")
     assert row["event_type"] == "order.created"
     assert "authorization" not in json.loads(row["headers"])
+
+
+async def test_jwks_endpoint_down_is_a_503_with_retry_after_not_a_signature_failure(
+    make_client: Any, aiohttp_server: Any, db: asyncpg.Connection
+) -> None:
+    from webhook_server.config import AuthConfig
+
+    async def down(request: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    jwks_app = web.Application()
+    jwks_app.router.add_get("/jwks", down)
+    jwks = await aiohttp_server(jwks_app)
+    source = SourceConfig(
+        name="orders", provider=Provider.JWT, auth=AuthConfig(jwks_url=str(jwks.make_url("/jwks")))
+    )
+    client = await make_client(source)
+    # Any well-formed token will do: with no keys it cannot be checked, right or wrong.
+    token = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJleHAiOjR9.c2ln"
+    resp = await client.post(source.route, data=b"{}", headers={"Authorization": f"Bearer {token}"})
+
+    assert resp.status == 503
+    assert resp.content_type == "application/problem+json"
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert (await resp.json())["detail"] == "signing keys unavailable"
+    metrics = await (await client.get("/metrics")).text()
+    assert "dfm_receiver_signature_failures_total{" not in metrics
+    outcome = 'dfm_receiver_requests_total{outcome="auth_unavailable",source="default/orders"}'
+    assert f"{outcome} 1.0" in metrics
+    # Readiness does not follow the identity provider: the other sources keep being served.
+    assert (await client.get("/readyz")).status == 200
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 0
 
 
 async def test_shutdown_commits_every_accepted_event(

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import os
+import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 from standardwebhooks.webhooks import Webhook
 
-from webhook_server.app import STORE, create_app, reload_secrets
+from webhook_server import logs, secrets
+from webhook_server.app import ACCESS_LOG, STORE, create_app, reload_secrets
 from webhook_server.config import (
     DatabaseConfig,
     Provider,
@@ -106,3 +112,122 @@ async def test_previous_secret_is_accepted_only_until_it_expires(
     finally:
         await conn.close()
     assert stored == {"msg_1", "msg_3", "msg_4", "msg_6"}
+
+
+async def test_reload_loop_outlives_an_unreadable_secret_and_a_failing_flush(
+    aiohttp_client: Any, database_url: str, tmp_path: Path
+) -> None:
+    # One bad pass (a secret path that is briefly a directory, stdout refusing a flush) must not
+    # end the loop: rotations after it are still picked up, and shutdown still flushes.
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET_A)
+    source = SourceConfig(
+        name="clerk",
+        provider=Provider.STANDARD,
+        verification=VerificationConfig(secrets=[SecretSource(file=str(secret_file))]),
+    )
+    stream = io.StringIO()
+    logs.configure(stream=stream)
+    try:
+        app = create_app(
+            ReceiverConfig(
+                sources=[source],
+                database=DatabaseConfig(url=database_url),
+                secret_reload_seconds=0.05,
+            )
+        )
+        flushes = {"fail_next": 0, "failed": 0, "done": 0}
+        real_flush = app[ACCESS_LOG].flush
+
+        def flaky_flush() -> None:
+            if flushes["fail_next"]:
+                flushes["fail_next"] = 0
+                flushes["failed"] += 1
+                raise BrokenPipeError("stdout closed")
+            flushes["done"] += 1
+            real_flush()
+
+        app[ACCESS_LOG].flush = flaky_flush  # type: ignore[method-assign]
+        client = await aiohttp_client(app)
+        assert await app[STORE].wait_ready(15)
+        body = b'{"type":"user.created","data":{}}'
+
+        async def post(secret: str, msg_id: str) -> int:
+            headers = signed_by(secret, msg_id, body, time.time())
+            return (await client.post(source.route, data=body, headers=headers)).status
+
+        assert await post(SECRET_A, "msg_1") == 200
+        secret_file.unlink()
+        secret_file.mkdir()  # read_bytes() now raises IsADirectoryError
+        await asyncio.sleep(0.3)
+        flushes["fail_next"] = 1  # the pass that would pick up B starts with a failing flush
+        secret_file.rmdir()
+        secret_file.write_text(SECRET_B)
+        deadline = time.monotonic() + 5
+        while await post(SECRET_B, "msg_2") != 200:
+            assert time.monotonic() < deadline, "the rotated secret was never picked up"
+            await asyncio.sleep(0.05)
+        flushed_while_serving = flushes["done"]
+        await client.close()  # runs the cleanup: the last flush
+    finally:
+        logs.configure()
+    assert flushes["failed"] == 1
+    assert flushes["done"] > flushed_while_serving
+    text = stream.getvalue()
+    assert "IsADirectoryError" in text
+    assert "BrokenPipeError" in text
+    assert SECRET_A not in text
+    assert SECRET_B not in text
+
+
+def kubelet_write(folder: Path, version: str, files: dict[str, str]) -> None:
+    """Publish ``files`` the way kubelet's atomic writer updates a mounted Secret: a new
+    timestamped directory, ``..data`` switched to it by one rename, then the per-key symlinks
+    added or removed, then the old directory deleted."""
+    folder.mkdir(exist_ok=True)
+    fresh = folder / f"..{version}"
+    fresh.mkdir()
+    for name, value in files.items():
+        (fresh / name).write_text(value)
+    data = folder / "..data"
+    old = os.readlink(data) if data.is_symlink() else None
+    (folder / "..data_tmp").symlink_to(fresh.name)
+    os.rename(folder / "..data_tmp", data)
+    for entry in folder.iterdir():
+        if entry.is_symlink() and not entry.name.startswith(".."):
+            entry.unlink()
+    for name in files:
+        (folder / name).symlink_to(f"..data/{name}")
+    if old is not None:
+        shutil.rmtree(folder / old)
+
+
+def test_a_kubelet_mounted_managed_secret_is_read_from_one_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Kubelet swaps every file at once; reading current, previous and previous-expires-at one by
+    # one through the per-key links could mix two versions. Here the rotation lands right after
+    # the first file is read: a mixed read would keep A twice and lose B.
+    folder = tmp_path / "signing"
+    kubelet_write(folder, "2026_01_01_00_00_00.1", {"current": SECRET_A})
+    expires = "2030-01-01T00:00:00Z"
+    rotated = {"current": SECRET_B, "previous": SECRET_A, "previous-expires-at": expires}
+    source = [SecretSource(dir=str(folder))]
+    assert secrets.load(source) == (secrets.SecretValue(SECRET_A.encode()),)
+
+    real_read = secrets._read
+    reads: list[Path] = []
+
+    def read_then_rotate(path: Path) -> bytes | None:
+        value = real_read(path)
+        reads.append(path)
+        if len(reads) == 1:
+            kubelet_write(folder, "2026_01_02_00_00_00.2", rotated)
+        return value
+
+    monkeypatch.setattr(secrets, "_read", read_then_rotate)
+    expiry = datetime.fromisoformat(expires).timestamp()
+    assert secrets.load(source) == (
+        secrets.SecretValue(SECRET_B.encode()),
+        secrets.SecretValue(SECRET_A.encode(), expiry),
+    )

@@ -6,6 +6,7 @@ import hmac
 
 import pytest
 from multidict import CIMultiDict
+from pydantic import ValidationError
 
 from webhook_server.config import HmacAlgorithm, SignatureEncoding, VerificationConfig
 from webhook_server.verify import Reason, Rejected, Verified, generic_hmac
@@ -190,3 +191,23 @@ def test_no_secret() -> None:
 def test_no_header_configured() -> None:
     result = generic_hmac.verify(CIMultiDict(), BODY, [SECRET], VerificationConfig(), NOW)
     assert _reason(result) is Reason.NO_SECRET
+
+
+def test_a_timestamp_header_must_be_signed() -> None:
+    # Checked for tolerance but not signed, the timestamp could be rewritten by anyone replaying
+    # a captured request: such a configuration is refused, as one without {body} is.
+    with pytest.raises(ValidationError, match=r"signedContent must contain \{timestamp\}"):
+        VerificationConfig(header="X-Sig", timestamp_header="X-Ts")
+    with pytest.raises(ValidationError, match=r"signedContent must contain \{timestamp\}"):
+        VerificationConfig.model_validate(
+            {"header": "X-Sig", "timestampHeader": "X-Ts", "signedContent": "{id}.{body}"}
+        )
+    assert TIMESTAMPED.timestamp_header == "X-Timestamp"
+
+
+def test_an_unsigned_id_header_is_allowed() -> None:
+    # GitHub, Shopify and Forgejo sign only the body and send the delivery id beside it: refusing
+    # an unsigned id would refuse them. The id is then only as good as the sender's (see
+    # docs/receiver.md): it deduplicates redeliveries, it does not stop replays.
+    settings = VerificationConfig(header="X-Sig", id_header="X-Delivery")
+    assert settings.signed_content == "{body}"

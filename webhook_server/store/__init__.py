@@ -363,11 +363,19 @@ class Store:
                 row["source"],
                 cutoff,
             )
+        # A dedup key goes no earlier than its event, or a redelivery in between is stored twice:
+        # for the longest retention that is when the event's whole day is dropped, for the others
+        # when the DELETE above takes it.
         await conn.execute(
             """DELETE FROM webhook_event_ids i USING webhook_sources s
                WHERE i.source = s.source
-                 AND i.received_at < $1::timestamptz - make_interval(days => s.retention_days)""",
+                 AND i.received_at < CASE
+                     WHEN s.retention_days >= $2 THEN $3::timestamptz
+                     ELSE $1::timestamptz - make_interval(days => s.retention_days)
+                 END""",
             now,
+            longest,
+            partitions.dropped_before(now, int(longest)),
         )
 
 

@@ -31,12 +31,19 @@ def days_to_create(now: datetime, ahead_days: int) -> list[date]:
     return [today + timedelta(days=offset) for offset in range(ahead_days + 1)]
 
 
-def partitions_to_drop(existing: Iterable[str], now: datetime, retention_days: int) -> list[str]:
-    """Partitions whose every row is older than the retention window.
+def dropped_before(now: datetime, retention_days: int) -> datetime:
+    """The oldest moment whose partition is still kept: rows received before it are dropped.
 
-    A partition for day D holds rows in [D, D+1); it may go once D+1 <= now - retention.
+    A partition for day D holds rows in [D, D+1); it may go once D+1 <= now - retention, so rows
+    go by whole days: up to a day after their own retention ends.
     """
-    cutoff = now - timedelta(days=retention_days)
+    day = utc_day(now - timedelta(days=retention_days))
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def partitions_to_drop(existing: Iterable[str], now: datetime, retention_days: int) -> list[str]:
+    """Partitions whose every row is older than the retention window (see ``dropped_before``)."""
+    cutoff = dropped_before(now, retention_days)
     drop = []
     for name in existing:
         day = partition_day(name)

@@ -34,6 +34,9 @@ class Reason(enum.StrEnum):
     NO_SECRET = "no_secret"
     MISSING_TOKEN = "missing_token"
     BAD_TOKEN = "bad_token"
+    # Not a verdict on the request: what it needs to be checked (the JWKS) is out of reach for
+    # now. Answered 503 so the sender retries, and never counted as a signature failure.
+    UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True, slots=True)

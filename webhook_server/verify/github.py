@@ -1,7 +1,10 @@
 """GitHub: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>``.
 
-GitHub signs no timestamp, so replays are caught only by deduplicating on ``X-GitHub-Delivery``.
-The scheme is the generic HMAC one with GitHub's header names, so it is that, preset.
+GitHub signs only the body: no timestamp, and not ``X-GitHub-Delivery``. Deduplicating on the
+delivery id drops GitHub's own redeliveries, but it does not stop a replay: whoever captured a
+signed body can send it again with a new delivery id, and it verifies and is stored as a new
+event (see docs/receiver.md). The scheme is the generic HMAC one with GitHub's header names, so
+it is that, preset.
 """
 
 from __future__ import annotations

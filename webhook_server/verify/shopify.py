@@ -1,7 +1,9 @@
 """Shopify: ``X-Shopify-Hmac-Sha256`` = base64 HMAC-SHA256(secret, body).
 
-No timestamp is signed; duplicates are caught by the store on ``X-Shopify-Webhook-Id``.
-The scheme is the generic HMAC one with Shopify's header names, so it is that, preset.
+Only the body is signed: no timestamp, and not ``X-Shopify-Webhook-Id``. The store drops
+Shopify's redeliveries by that id, but a replayed body with a new id verifies and is stored as a
+new event, as with GitHub (see docs/receiver.md). The scheme is the generic HMAC one with
+Shopify's header names, so it is that, preset.
 """
 
 from __future__ import annotations
