@@ -427,6 +427,13 @@ def _named(manifest: JsonDict, name: str) -> JsonDict:
 
 INVALID: dict[str, tuple[JsonDict, bool]] = {
     # A WebhookSource's name becomes its Service's (<name>-receiver): an RFC 1035 label.
+    "hmac timestamp checked but not signed": (
+        _source(
+            provider="hmac",
+            verification={**SECRET, "header": "X-Sig", "timestampHeader": "X-Ts"},
+        ),
+        True,
+    ),
     "source name too long for its Service": (
         _named(_source(provider="github", verification=SECRET), "s" * 55),
         True,
@@ -503,6 +510,15 @@ INVALID: dict[str, tuple[JsonDict, bool]] = {
 }
 
 VALID: dict[str, JsonDict] = {
+    "hmac timestamp signed": _source(
+        provider="hmac",
+        verification={
+            **SECRET,
+            "header": "X-Sig",
+            "timestampHeader": "X-Ts",
+            "signedContent": "{timestamp}.{body}",
+        },
+    ),
     "source name of 54 characters": _named(
         _source(provider="github", verification=SECRET), "s" * 54
     ),
@@ -570,7 +586,7 @@ def test_cross_field_rules_are_in_the_crds() -> None:
     assert "self.provider != 'jwt' || has(self.auth)" in rules[("WebhookSource", ".spec")]
     assert any(r.startswith("self.provider != 'hmac'") for r in rules[("WebhookSource", ".spec")])
     assert rules[("WebhookSource", ".spec.auth")] == ["has(self.jwksUrl) != has(self.publicKey)"]
-    assert len(rules[("WebhookSource", ".spec.verification")]) == 1
+    assert len(rules[("WebhookSource", ".spec.verification")]) == 2
     assert len(rules[("ManagedSecret", ".spec")]) == 2
     assert "has(self.every) != has(self.schedule)" in rules[("ManagedSecret", ".spec.rotation")]
     assert rules[("SyncSchedule", ".spec.connector")] == ["has(self.http) != has(self.container)"]

@@ -35,6 +35,13 @@ from webhook_server.config import (
 SECRETLESS_PROVIDERS = (Provider.JWT, Provider.HIGHLEVEL)
 
 
+# The receiver's config refuses the same (webhook_server.config.VerificationConfig).
+TIMESTAMP_UNSIGNED = (
+    "signedContent must contain {timestamp} when timestampHeader is set: "
+    "an unsigned timestamp can be rewritten by anyone"
+)
+
+
 class Verification(ApiModel):
     """How deliveries are authenticated: the signing secret and scheme details."""
 
@@ -43,7 +50,12 @@ class Verification(ApiModel):
             CelRule(
                 "!(has(self.secretRef) && has(self.managedSecretRef))",
                 "set only one of secretRef and managedSecretRef",
-            )
+            ),
+            CelRule(
+                "!has(self.timestampHeader)"
+                " || (has(self.signedContent) && self.signedContent.contains('{timestamp}'))",
+                TIMESTAMP_UNSIGNED,
+            ),
         )
     )
 
@@ -95,6 +107,8 @@ class Verification(ApiModel):
     def _one_secret_source(self) -> Self:
         if self.secret_ref is not None and self.managed_secret_ref is not None:
             raise ValueError("set only one of secretRef and managedSecretRef")
+        if self.timestamp_header and "{timestamp}" not in self.signed_content:
+            raise ValueError(TIMESTAMP_UNSIGNED)
         return self
 
 
