@@ -30,6 +30,15 @@ ANNOTATION_VERSION = "dfm.dev/version"
 ANNOTATION_LAST_ROTATION = "dfm.dev/last-rotation"
 ANNOTATION_ROTATE_NOW_HANDLED = "dfm.dev/rotate-now-handled"
 ANNOTATION_ROTATE_NOW = "dfm.dev/rotate-now"
+# The cron slot the last scheduled rotation was for (it may have run a little later).
+ANNOTATION_SCHEDULED_SLOT = "dfm.dev/scheduled-slot"
+
+# Never refresh an oauth2 token later than this fraction of its lifetime: a refreshBeforeSeconds
+# as long as the token lives (Keycloak's default 300 s lifetime and our default margin) would
+# otherwise make every fresh token due at once, and the operator would refresh in a loop.
+MAX_MARGIN_FRACTION = 0.5
+# Steps to look for the latest cron slot before now; past this, the slot is simply not recorded.
+MAX_SLOT_STEPS = 10_000
 
 
 class Action(enum.StrEnum):
@@ -66,6 +75,10 @@ class SecretState:
     def token_expires_at(self) -> datetime | None:
         return parse_time(self.data.get(EXPIRES_AT))
 
+    @property
+    def scheduled_slot(self) -> datetime | None:
+        return parse_time(self.annotations.get(ANNOTATION_SCHEDULED_SLOT))
+
 
 def parse_time(text: str | None) -> datetime | None:
     if not text:
@@ -81,18 +94,31 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def next_rotation(rotation: Rotation | None, last: datetime | None) -> datetime | None:
+def next_rotation(
+    rotation: Rotation | None, last: datetime | None, slot: datetime | None = None
+) -> datetime | None:
     """When the value after the one written at ``last`` is due (None: never).
 
     For a cron schedule in a zone with daylight saving, a wall-clock time that repeats when the
     clocks go back counts once, and one that is skipped when they go forward fires at the first
-    valid instant after it (croniter's behaviour).
+    valid instant after it (croniter's behaviour). ``slot`` is the cron slot the value at
+    ``last`` was written for: counting from it rather than from ``last`` keeps a rotation that
+    ran a little late (01:31 EDT for a 01:30 slot) from firing again at the repeated 01:30 EST.
+    A slot whose successor is not after ``last`` (the schedule changed since) is ignored.
     """
     if rotation is None or last is None:
         return None
     interval = rotation.interval
     if interval is not None:
         return last + interval
+    if slot is not None and slot <= last:
+        after_slot = _next_cron(rotation, slot)
+        if after_slot > last:
+            return after_slot
+    return _next_cron(rotation, last)
+
+
+def _next_cron(rotation: Rotation, last: datetime) -> datetime:
     assert rotation.schedule is not None
     zone = ZoneInfo(rotation.time_zone or "UTC")
     local_last = last.astimezone(zone)
@@ -101,6 +127,25 @@ def next_rotation(rotation: Rotation | None, last: datetime | None) -> datetime 
     while candidate.replace(tzinfo=None) == local_last.replace(tzinfo=None):
         candidate = schedule.get_next(datetime)
     return candidate.astimezone(UTC)
+
+
+def scheduled_slot(
+    rotation: Rotation | None, state: SecretState | None, now: datetime
+) -> datetime | None:
+    """The cron slot a rotation at ``now`` serves: the latest one due by now (None: not cron,
+    or the rotation is not a scheduled one — a first value or a rotate-now between slots)."""
+    if rotation is None or rotation.schedule is None or state is None:
+        return None
+    last = state.last_rotation
+    slot = next_rotation(rotation, last, state.scheduled_slot)
+    if slot is None or slot > now:
+        return None
+    for _ in range(MAX_SLOT_STEPS):
+        following = _next_cron(rotation, slot)
+        if following > now:
+            return slot
+        slot = following
+    return None
 
 
 def forced(annotations: dict[str, str], state: SecretState | None) -> str | None:
@@ -123,7 +168,7 @@ def random_action(
         return Action.CREATE
     if rotate_now is not None:
         return Action.ROTATE
-    due = next_rotation(rotation, state.last_rotation or now)
+    due = next_rotation(rotation, state.last_rotation or now, state.scheduled_slot)
     if due is not None and due <= now:
         return Action.ROTATE
     expires = state.previous_expires_at
@@ -132,18 +177,35 @@ def random_action(
     return Action.NONE
 
 
+def refresh_margin(refresh_before: timedelta, state: SecretState | None) -> timedelta:
+    """How long before expiry to refresh: refreshBeforeSeconds, at most half the token's life.
+
+    The lifetime is from the write (dfm.dev/last-rotation) to expires_at; unknown, the margin
+    is used as configured.
+    """
+    if state is None or state.token_expires_at is None or state.last_rotation is None:
+        return refresh_before
+    lifetime = state.token_expires_at - state.last_rotation
+    return max(min(refresh_before, lifetime * MAX_MARGIN_FRACTION), timedelta(0))
+
+
 def oauth_action(
     refresh_before: timedelta,
     state: SecretState | None,
     rotate_now: str | None,
     now: datetime,
+    rotation: Rotation | None = None,
 ) -> Action:
+    """What an oauth2 ManagedSecret needs now: a refresh before expiry, or when rotation is due."""
     if state is None or not state.data.get(ACCESS_TOKEN):
         return Action.REFRESH
     if rotate_now is not None:
         return Action.REFRESH
     expires = state.token_expires_at
-    if expires is not None and expires - refresh_before <= now:
+    if expires is not None and expires - refresh_margin(refresh_before, state) <= now:
+        return Action.REFRESH
+    due = next_rotation(rotation, state.last_rotation, state.scheduled_slot)
+    if due is not None and due <= now:
         return Action.REFRESH
     return Action.NONE
 
@@ -158,14 +220,26 @@ def next_wakeup(
     if state is None:
         return now
     moments: list[datetime] = []
-    rotate_at = next_rotation(rotation, state.last_rotation)
+    rotate_at = next_rotation(rotation, state.last_rotation, state.scheduled_slot)
     if rotate_at is not None:
         moments.append(rotate_at)
     if state.data.get(PREVIOUS) and state.previous_expires_at is not None:
         moments.append(state.previous_expires_at)
     if refresh_before is not None and state.token_expires_at is not None:
-        moments.append(state.token_expires_at - refresh_before)
+        moments.append(state.token_expires_at - refresh_margin(refresh_before, state))
     return min(moments) if moments else None
+
+
+def retry_wakeup(
+    planned: datetime | None, retry_at: datetime | None, now: datetime, minimum: timedelta
+) -> datetime | None:
+    """When to look again: a failure's back-off wins over the plan (whose moment has passed,
+    or the attempt would not have been made), and nothing is ever due sooner than ``minimum``
+    from now, so a decision that keeps coming out "due now" cannot become a busy loop."""
+    wake = retry_at if retry_at is not None else planned
+    if wake is None:
+        return None
+    return max(wake, now + minimum)
 
 
 def encode_random(settings: RandomSecret, raw: bytes) -> str:

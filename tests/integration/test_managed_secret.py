@@ -343,3 +343,96 @@ async def test_token_endpoint_errors_are_retried_with_backoff(
         )
         assert server.requests == 2
     assert runner.exception is None
+
+
+async def test_deleting_the_written_secret_wakes_the_scheduler_to_write_it_again(
+    cluster: DfmKubernetesEmulator,
+) -> None:
+    k8s = cluster
+    spec = {"type": "random", "random": {"length": 16}, "rotation": {"every": "720h"}}
+    async with kopf_running(OPERATOR) as runner:
+        await k8s.create(MANAGEDSECRETS, managed("woken", **spec), NS)
+        first = await k8s.wait_for(
+            lambda: secret_data(k8s, "woken").get("current"), seconds=15, what="the Secret"
+        )
+        await asyncio.sleep(1.5)  # let the scheduler settle into its (hour-long) sleep
+        await k8s.delete_object(SECRETS, NS, "woken")
+        # The Secret watch wakes the scheduler: far sooner than its next planned look.
+        second = await k8s.wait_for(
+            lambda: secret_data(k8s, "woken").get("current"), seconds=5, what="a new Secret"
+        )
+        assert second != first
+    assert runner.exception is None
+
+
+async def test_new_client_credentials_end_a_client_rejection_at_once(
+    cluster: DfmKubernetesEmulator, token_server: tuple[TokenServer, str]
+) -> None:
+    k8s = cluster
+    server, url = token_server
+    client = {"metadata": {"name": "cc"}, "stringData": {"client_id": "cid", "client_secret": "no"}}
+    await k8s.create(SECRETS, client, NS)
+    await k8s.create(SECRETS, {"metadata": {"name": "bb"}, "stringData": {"rt": "rt-0"}}, NS)
+    spec = {
+        "type": "oauth2",
+        "oauth2": {
+            "tokenUrl": url,
+            "clientSecretRef": {"name": "cc"},
+            "refreshTokenSecretRef": {"name": "bb", "key": "rt"},
+        },
+    }
+    async with kopf_running(OPERATOR) as runner:
+        await k8s.create(MANAGEDSECRETS, managed("creds", **spec), NS)
+        await k8s.wait_for(
+            lambda: condition(k8s, "creds", "RotationFailed").get("reason") == "ClientRejected",
+            seconds=10,
+            what="ClientRejected",
+        )
+        await asyncio.sleep(1.5)
+        assert server.requests == 1  # the same refused request is not sent again
+        await k8s.patch_object(SECRETS, NS, "cc", {"stringData": {"client_secret": "cs"}})
+        await k8s.wait_for(
+            lambda: secret_data(k8s, "creds").get("access_token") == "at-1",
+            seconds=5,
+            what="a token with the new client credentials",
+        )
+        assert server.requests == 2
+    assert runner.exception is None
+
+
+async def test_a_failed_secret_write_is_retried_so_the_rotated_refresh_token_survives(
+    cluster: DfmKubernetesEmulator, token_server: tuple[TokenServer, str]
+) -> None:
+    k8s = cluster
+    server, url = token_server
+    server.expires_in = 3600
+    await k8s.create(
+        SECRETS,
+        {"metadata": {"name": "c2"}, "stringData": {"client_id": "cid", "client_secret": "cs"}},
+        NS,
+    )
+    await k8s.create(SECRETS, {"metadata": {"name": "b2"}, "stringData": {"rt": "rt-0"}}, NS)
+    spec = {
+        "type": "oauth2",
+        "oauth2": {
+            "tokenUrl": url,
+            "clientSecretRef": {"name": "c2"},
+            "refreshTokenSecretRef": {"name": "b2", "key": "rt"},
+        },
+    }
+    # The provider has retired rt-0 once it answers: the first write must not be given up on.
+    k8s.inject_fault("apply", SECRETS, name="durable", status=503, times=2)
+    async with kopf_running(OPERATOR) as runner:
+        await k8s.create(MANAGEDSECRETS, managed("durable", **spec), NS)
+        await k8s.wait_for(
+            lambda: secret_data(k8s, "durable").get("access_token") == "at-1",
+            seconds=8,
+            what="the token written after two failed writes",
+        )
+        assert secret_data(k8s, "durable")["refresh_token"] == "rt-1"
+        assert server.issued == 1
+        await k8s.wait_for(
+            lambda: condition(k8s, "durable", "Ready").get("status") == "True", what="Ready"
+        )
+        assert not k8s.events(NS, name="durable", reason="RefreshTokenRejected")
+    assert runner.exception is None

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import base64
+import copy
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import kopf
 import pytest
+from croniter import CroniterBadDateError
+from kopf._cogs.aiokits.aioenums import FlagSetter
+from pydantic import ValidationError
 
-from dfm_operator.api.managedsecret import RandomSecret, Rotation
+from dfm_operator import oauth, reconcile_managed
+from dfm_operator.api.managedsecret import ManagedSecret, RandomSecret, Rotation
+from dfm_operator.builders.managedsecret import owned_by
+from dfm_operator.handlers import managedsecret as managedsecret_handlers
+from dfm_operator.reconcile import Context, InvalidSpec, OperatorMetrics
+from dfm_operator.reconcile_managed import reconcile_managed_secret
 from dfm_operator.rotation import (
     ANNOTATION_LAST_ROTATION,
     ANNOTATION_ROTATE_NOW,
     ANNOTATION_ROTATE_NOW_HANDLED,
+    ANNOTATION_SCHEDULED_SLOT,
     ANNOTATION_VERSION,
     Action,
     SecretState,
@@ -20,8 +33,13 @@ from dfm_operator.rotation import (
     next_wakeup,
     oauth_action,
     random_action,
+    refresh_margin,
+    retry_wakeup,
+    rfc3339,
     rotated_data,
+    scheduled_slot,
 )
+from dfm_operator.settings import OperatorSettings
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -156,3 +174,316 @@ def test_standard_webhooks_secret_comes_out_in_its_native_form() -> None:
     value = encode_random(RandomSecret(length=24, encoding="base64", prefix="whsec_"), b"\x01" * 24)
     assert value.startswith("whsec_")
     assert base64.b64decode(value.removeprefix("whsec_")) == b"\x01" * 24
+
+
+# -- no busy loop: back-off, held rejections, short-lived tokens ---------------------------------
+
+
+def test_a_token_living_no_longer_than_the_margin_is_refreshed_at_half_its_life() -> None:
+    # Keycloak's default 300 s lifetime equals the default refreshBeforeSeconds.
+    token = SecretState(
+        {"access_token": "a", "expires_at": "2026-11-27T12:05:00Z"},
+        {ANNOTATION_LAST_ROTATION: "2026-11-27T12:00:00Z"},
+    )
+    margin = timedelta(seconds=300)
+    assert refresh_margin(margin, token) == timedelta(seconds=150)
+    assert oauth_action(margin, token, None, T0) is Action.NONE
+    assert next_wakeup(None, token, margin, T0) == T0 + timedelta(seconds=150)
+    # A long-lived token keeps the configured margin.
+    assert refresh_margin(margin, state(access_token="a", expires_at="2026-11-27T13:00:00Z")) == (
+        margin
+    )
+
+
+def test_oauth2_with_a_rotation_refreshes_when_the_rotation_is_due() -> None:
+    token = SecretState(
+        {"access_token": "a", "expires_at": "2026-11-27T13:00:00Z"},
+        {ANNOTATION_LAST_ROTATION: T0.isoformat()},
+    )
+    later = T0 + timedelta(minutes=11)
+    rotation = Rotation(every="10m")
+    assert oauth_action(timedelta(seconds=300), token, None, later, rotation) is Action.REFRESH
+    assert oauth_action(timedelta(seconds=300), token, None, T0, rotation) is Action.NONE
+
+
+def test_a_retry_time_wins_over_a_passed_plan_and_nothing_is_due_now() -> None:
+    past = T0 - timedelta(minutes=5)
+    retry = T0 + timedelta(seconds=40)
+    assert retry_wakeup(past, retry, T0, timedelta(seconds=1)) == retry
+    assert retry_wakeup(past, None, T0, timedelta(seconds=1)) == T0 + timedelta(seconds=1)
+    assert retry_wakeup(None, None, T0, timedelta(seconds=1)) is None
+
+
+def test_impossible_cron_schedules_are_refused_by_the_model() -> None:
+    for schedule in ("61 * * * *", "0 3 * * 8", "0 3 30 2 *"):
+        with pytest.raises(ValidationError, match="invalid cron schedule"):
+            Rotation(schedule=schedule)
+    assert Rotation(schedule="0 0 29 2 *").schedule == "0 0 29 2 *"
+
+
+def test_a_late_cron_rotation_does_not_fire_again_when_the_clocks_go_back() -> None:
+    rotation = Rotation(schedule="30 1 * * *", time_zone="America/New_York")
+    slot = datetime(2024, 11, 3, 5, 30, tzinfo=UTC)  # 01:30 EDT
+    ran = datetime(2024, 11, 3, 5, 31, tzinfo=UTC)  # 01:31 EDT, a minute late
+    before = SecretState({"current": "A"}, {ANNOTATION_LAST_ROTATION: "2024-11-02T05:30:00Z"})
+    assert scheduled_slot(rotation, before, ran) == slot
+    after = SecretState(
+        {"current": "B"},
+        {ANNOTATION_LAST_ROTATION: rfc3339(ran), ANNOTATION_SCHEDULED_SLOT: rfc3339(slot)},
+    )
+    # Not at 01:30 EST (06:30 UTC) the same night: the next day's 01:30 EST.
+    assert next_rotation(rotation, ran, after.scheduled_slot) == datetime(
+        2024, 11, 4, 6, 30, tzinfo=UTC
+    )
+    assert random_action(rotation, after, None, datetime(2024, 11, 3, 6, 30, tzinfo=UTC)) is (
+        Action.NONE
+    )
+    # A slot from long ago (another schedule) does not drag the next rotation into the past.
+    old_slot = datetime(2024, 11, 1, 3, 0, tzinfo=UTC)
+    assert next_rotation(Rotation(schedule="0 3 * * *"), ran, old_slot) == datetime(
+        2024, 11, 4, 3, 0, tzinfo=UTC
+    )
+
+
+# -- the reconciler against an in-memory API -----------------------------------------------------
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+class FakeKube:
+    """Enough of kube.Kube for the ManagedSecret reconciler: objects by (kind, name)."""
+
+    def __init__(self, objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+        self.objects = objects
+        self.applies = 0
+
+    async def get(self, api_version: str, kind: str, ns: str | None, name: str) -> Any:
+        return copy.deepcopy(self.objects.get((kind, name)))
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.applies += 1
+        self.objects[(obj["kind"], obj["metadata"]["name"])] = copy.deepcopy(obj)
+        return obj
+
+    async def patch_status(
+        self, api_version: str, kind: str, ns: str, name: str, status: dict[str, Any]
+    ) -> None:
+        body = self.objects[(kind, name)]
+        merged = {**body.get("status", {}), **status}
+        body["status"] = {k: v for k, v in merged.items() if v is not None}
+
+
+class FakeProvider:
+    def __init__(self, mode: str, expires_in: int = 3600) -> None:
+        self.mode = mode
+        self.expires_in = expires_in
+        self.calls = 0
+
+    async def request_token(self, session: Any, **kw: Any) -> oauth.TokenResponse:
+        self.calls += 1
+        if self.mode == "5xx":
+            raise oauth.TokenEndpointUnavailable("server_error", "x", status=503)
+        if self.mode == "rejected":
+            raise oauth.TokenRejected("invalid_grant", "x", status=400)
+        expires = kw["now"] + timedelta(seconds=self.expires_in)
+        return oauth.TokenResponse(f"at-{self.calls}", "Bearer", expires, None, None)
+
+
+def oauth_cluster(
+    annotations: dict[str, str] | None = None, secret: dict[str, Any] | None = None
+) -> FakeKube:
+    body = {
+        "apiVersion": "dfm.dev/v1alpha1",
+        "kind": "ManagedSecret",
+        "metadata": {
+            "name": "tok",
+            "namespace": "ns",
+            "uid": "u1",
+            "generation": 1,
+            "annotations": annotations or {},
+        },
+        "spec": {
+            "type": "oauth2",
+            "oauth2": {"tokenUrl": "https://idp/token", "clientSecretRef": {"name": "cli"}},
+        },
+    }
+    objects = {
+        ("ManagedSecret", "tok"): body,
+        ("Secret", "cli"): {"data": {"client_id": b64("a"), "client_secret": b64("b")}},
+    }
+    if secret is not None:
+        objects[("Secret", "tok")] = secret
+    return FakeKube(objects)
+
+
+async def reconcile_times(
+    kube: FakeKube, times: int, monkeypatch: pytest.MonkeyPatch, provider: FakeProvider
+) -> tuple[list[datetime | None], list[tuple[str, str]]]:
+    monkeypatch.setattr(oauth, "request_token", provider.request_token)
+    ctx = Context(
+        kube=kube, settings=OperatorSettings(), metrics=OperatorMetrics(), clock=lambda: T0
+    )  # type: ignore[arg-type]
+    events: list[tuple[str, str]] = []
+    wakeups: list[datetime | None] = []
+    for _ in range(times):
+        body = copy.deepcopy(kube.objects[("ManagedSecret", "tok")])
+        outcome = await reconcile_managed_secret(
+            ctx,
+            body,
+            lambda type_, reason, _: events.append((type_, reason)),
+            None,  # type: ignore[arg-type]
+        )
+        wakeups.append(outcome.next_at)
+    return wakeups, events
+
+
+async def test_token_endpoint_errors_back_off_exponentially(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    provider = FakeProvider("5xx")
+    wakeups, _ = await reconcile_times(oauth_cluster(), 4, monkeypatch, provider)
+    assert [(w - T0).total_seconds() for w in wakeups if w] == [10.0, 20.0, 40.0, 80.0]
+    assert provider.calls == 4
+
+
+def issued_token() -> dict[str, Any]:
+    """The Secret of a ManagedSecret that once got a token."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "tok",
+            "annotations": {ANNOTATION_LAST_ROTATION: rfc3339(T0)},
+            "ownerReferences": [
+                {
+                    "apiVersion": "dfm.dev/v1alpha1",
+                    "kind": "ManagedSecret",
+                    "name": "tok",
+                    "uid": "u1",
+                }
+            ],
+        },
+        "data": {"access_token": b64("at-0"), "expires_at": b64("2026-11-27T11:00:00Z")},
+    }
+
+
+async def test_a_rejected_refresh_waits_for_a_change_instead_of_looping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Re-reads (the scheduler's hourly safety net, or a restart) do not repeat a refused request:
+    # its fingerprint is on the Secret.
+    provider = FakeProvider("rejected")
+    kube = oauth_cluster(secret=issued_token())
+    wakeups, events = await reconcile_times(kube, 4, monkeypatch, provider)
+    assert wakeups == [None] * 4
+    assert provider.calls == 1
+    assert events.count(("Warning", "RefreshTokenRejected")) == 1
+    # New client credentials are a new request: tried once more, then held again.
+    kube.objects[("Secret", "cli")]["data"]["client_secret"] = b64("rotated")
+    wakeups, _ = await reconcile_times(kube, 3, monkeypatch, provider)
+    assert provider.calls == 2
+    assert wakeups == [None] * 3
+
+
+async def test_a_first_token_request_refused_writes_no_empty_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An empty Secret would look usable to whatever mounts it. Nothing is written; the scheduler
+    # waits for a change (no timed retry), so only its hourly re-read asks again.
+    provider = FakeProvider("rejected")
+    kube = oauth_cluster()
+    wakeups, events = await reconcile_times(kube, 2, monkeypatch, provider)
+    assert ("Secret", "tok") not in kube.objects
+    assert wakeups == [None, None]
+    assert events.count(("Warning", "RefreshTokenRejected")) == provider.calls == 2
+
+
+async def test_rotate_now_that_fails_is_handled_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    current = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "tok",
+            "annotations": {ANNOTATION_LAST_ROTATION: rfc3339(T0)},
+            "ownerReferences": [
+                {
+                    "apiVersion": "dfm.dev/v1alpha1",
+                    "kind": "ManagedSecret",
+                    "name": "tok",
+                    "uid": "u1",
+                }
+            ],
+        },
+        "data": {"access_token": b64("at-0"), "expires_at": b64("2026-11-27T13:00:00Z")},
+    }
+    provider = FakeProvider("rejected")
+    kube = oauth_cluster({ANNOTATION_ROTATE_NOW: "r1"}, current)
+    _, events = await reconcile_times(kube, 4, monkeypatch, provider)
+    assert provider.calls == 1
+    assert events.count(("Warning", "RefreshTokenRejected")) == 1
+    written = kube.objects[("Secret", "tok")]["metadata"]["annotations"]
+    assert written[ANNOTATION_ROTATE_NOW_HANDLED] == "r1"
+    assert base64.b64decode(kube.objects[("Secret", "tok")]["data"]["access_token"]) == b"at-0"
+
+
+async def test_a_token_as_short_as_the_margin_is_not_refreshed_in_a_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    provider = FakeProvider("ok", expires_in=300)
+    wakeups, _ = await reconcile_times(oauth_cluster(), 4, monkeypatch, provider)
+    assert provider.calls == 1
+    assert wakeups == [T0 + timedelta(seconds=150)] * 4
+
+
+async def test_a_schedule_croniter_cannot_evaluate_is_an_invalid_spec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def impossible(*_: Any) -> Any:
+        raise CroniterBadDateError("failed to find next date")
+
+    monkeypatch.setattr(reconcile_managed, "next_wakeup", impossible)
+    kube = oauth_cluster()
+    with pytest.raises(InvalidSpec):
+        await reconcile_times(kube, 1, monkeypatch, FakeProvider("ok"))
+    ready = kube.objects[("ManagedSecret", "tok")]["status"]["conditions"][0]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "InvalidSpec")
+
+
+async def test_a_deleted_managed_secret_leaves_no_metrics_behind() -> None:
+    kube = oauth_cluster()
+    ctx = Context(kube=kube, settings=OperatorSettings(), metrics=OperatorMetrics())  # type: ignore[arg-type]
+    ctx.metrics.token_expiry.labels("ns", "tok").set(1.0)
+    ctx.metrics.refresh_before.labels("ns", "tok").set(300.0)
+    ctx.metrics.next_rotation.labels("ns", "tok").set(1.0)
+    del kube.objects[("ManagedSecret", "tok")]
+    memo = kopf.Memo(ctx=ctx, http=None, managed_wakeups={})
+    await managedsecret_handlers.scheduler(
+        memo=memo, namespace="ns", name="tok", stopped=kopf.DaemonStopped(FlagSetter())
+    )
+    names = {
+        s.name
+        for m in ctx.metrics.registry.collect()
+        for s in m.samples
+        if s.labels.get("name") == "tok"
+    }
+    assert names == set()
+
+
+def test_only_our_managed_secret_owns_a_secret() -> None:
+    source = ManagedSecret.model_validate(
+        {
+            "metadata": {"name": "tok", "namespace": "ns", "uid": "u1"},
+            "spec": {"type": "random", "random": {}},
+        }
+    )
+
+    def secret(**ref: str) -> dict[str, Any]:
+        base = {"apiVersion": "dfm.dev/v1alpha1", "kind": "ManagedSecret", "name": "tok"}
+        return {"metadata": {"ownerReferences": [{**base, **ref}]}}
+
+    assert owned_by(secret(uid="u1"), source)
+    assert owned_by(secret(), source)
+    assert not owned_by(secret(apiVersion="secrets.example.com/v1"), source)
+    assert not owned_by(secret(uid="an-older-one"), source)

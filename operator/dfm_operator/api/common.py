@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, ClassVar, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from croniter import croniter
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
@@ -76,6 +77,21 @@ def _check_time_zone(name: str) -> str:
     return name
 
 
+# Where an impossible schedule is looked for: croniter searches forward from here and gives up
+# on a date that never comes (30 February), which the pattern alone cannot tell.
+_CRON_CHECK_FROM = datetime(2000, 1, 1)
+
+
+def _check_cron(schedule: str) -> str:
+    """A schedule croniter can evaluate, not only one shaped like five fields: `61 * * * *`
+    would pass the pattern and crash the scheduler that uses it."""
+    try:
+        croniter(schedule, _CRON_CHECK_FROM).get_next(datetime)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"invalid cron schedule {schedule!r}: {exc}") from None
+    return schedule
+
+
 Duration = Annotated[
     str,
     Field(
@@ -90,6 +106,7 @@ CronSchedule = Annotated[
         pattern=CRON_PATTERN,
         description='A cron schedule with five fields, e.g. "0 3 * * 0", or a macro like @daily.',
     ),
+    AfterValidator(_check_cron),
 ]
 TimeZone = Annotated[
     str,

@@ -49,7 +49,19 @@ def decode_data(secret: dict[str, Any]) -> dict[str, str]:
 
 
 def owned_by(secret: dict[str, Any], source: ManagedSecret) -> bool:
+    """Whether ``source`` owns ``secret``: kind and name are not enough, since another
+    operator's kind may also be called ManagedSecret, and a ManagedSecret deleted and created
+    again under the same name is a different owner (its predecessor's Secret is being garbage
+    collected). The group must be ours and, when both are known, the uid must match."""
     for ref in (secret.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("kind") == c.MANAGED_SECRET and ref.get("name") == source.metadata.name:
-            return True
+        group = str(ref.get("apiVersion") or "").partition("/")[0]
+        if (group, ref.get("kind"), ref.get("name")) != (
+            c.GROUP,
+            c.MANAGED_SECRET,
+            source.metadata.name,
+        ):
+            continue
+        if source.metadata.uid and ref.get("uid") and ref["uid"] != source.metadata.uid:
+            continue
+        return True
     return False

@@ -10,6 +10,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from dfm_operator import constants as c
+from dfm_operator.handlers import managedsecret
 from dfm_operator.kube import Kube, load_client
 from dfm_operator.reconcile import Context, OperatorMetrics
 from dfm_operator.settings import OperatorSettings
@@ -37,6 +38,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.ctx = Context(kube=Kube(await load_client()), settings=OperatorSettings(), metrics=metrics)
     # For OAuth token endpoints; never the Kubernetes API (that is kube.py's).
     memo.http = aiohttp.ClientSession()
+    # ManagedSecret wake-up events, shared by the schedulers and the Secret handlers that wake
+    # them. It must exist before any object is seen: kopf gives every object a shallow copy of
+    # this memo, so only a dict created here is the same dict in all of them.
+    memo[managedsecret.WAKEUPS] = {}
 
 
 @kopf.on.cleanup()
