@@ -117,6 +117,10 @@ class Context:
             self._service_monitor_crd = await self.kube.crd_exists(SERVICE_MONITOR_CRD)
         return self._service_monitor_crd
 
+    def forget_crds(self) -> None:
+        """Ask the API server again next time: a CRD may have been installed or removed."""
+        self._service_monitor_crd = None
+
 
 class InvalidSpec(Exception):
     """The resource cannot be reconciled until its spec changes."""
@@ -306,6 +310,10 @@ async def _reconcile(
         await write_status(ctx, c.WEBHOOK_SOURCE, body, conditions, extra, emit)
         raise InvalidSpec(str(exc)) from exc
     except KubeError as exc:
+        if exc.status == 404:
+            # E.g. the ServiceMonitor CRD was removed since it was looked up: the retry must not
+            # build a ServiceMonitor again (it would fail the same way, forever).
+            ctx.forget_crds()
         raise Retry(str(exc)) from exc
 
     conditions = receiver_conditions(deployment=deployment, replicas=source.spec.replicas)

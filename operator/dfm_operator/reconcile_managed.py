@@ -27,7 +27,7 @@ from dfm_operator import oauth
 from dfm_operator.api.managedsecret import ManagedSecret, SecretType
 from dfm_operator.builders.managedsecret import build_secret, decode_data, owned_by
 from dfm_operator.conditions import ConditionUpdate
-from dfm_operator.kube import KubeError
+from dfm_operator.kube import Invalid, KubeError
 from dfm_operator.reconcile import (
     Context,
     EmitFn,
@@ -542,13 +542,24 @@ async def _reconcile(
         message = f"spec.rotation.schedule: {exc}"
         await _invalid(ctx, body, emit, message)
         raise InvalidSpec(message) from exc
+    except Invalid as exc:
+        # The API server refuses the Secret as built (an admission policy, say): retrying the
+        # same object cannot help. Reported until the spec, the policy or the operator changes.
+        await _invalid(ctx, body, emit, str(exc), c.REASON_APPLY_FAILED)
+        raise InvalidSpec(str(exc)) from exc
     except KubeError as exc:
         raise Retry(str(exc)) from exc
     return Outcome(ready, next_at)
 
 
-async def _invalid(ctx: Context, body: Mapping[str, Any], emit: EmitFn, message: str) -> None:
-    invalid = [ConditionUpdate(c.READY, False, c.REASON_INVALID_SPEC, message)]
+async def _invalid(
+    ctx: Context,
+    body: Mapping[str, Any],
+    emit: EmitFn,
+    message: str,
+    reason: str = c.REASON_INVALID_SPEC,
+) -> None:
+    invalid = [ConditionUpdate(c.READY, False, reason, message)]
     try:
         await write_status(ctx, c.MANAGED_SECRET, body, invalid, {}, emit)
     except KubeError as exc:

@@ -436,3 +436,40 @@ async def test_a_failed_secret_write_is_retried_so_the_rotated_refresh_token_sur
         )
         assert not k8s.events(NS, name="durable", reason="RefreshTokenRejected")
     assert runner.exception is None
+
+
+async def test_a_secret_the_api_server_refuses_is_reported_not_retried_forever(
+    cluster: DfmKubernetesEmulator,
+) -> None:
+    # E.g. an admission policy that refuses the Secret: the same object would be refused again.
+    k8s = cluster
+    k8s.inject_fault(
+        "apply", SECRETS, name="refused", status=422, message="denied by policy", times=None
+    )
+    async with kopf_running(OPERATOR) as runner:
+        await k8s.create(
+            MANAGEDSECRETS, managed("refused", type="random", random={"length": 16}), NS
+        )
+        ready = await k8s.wait_for(
+            lambda: condition(k8s, "refused", "Ready") or None, what="a Ready condition"
+        )
+        assert (ready["status"], ready["reason"]) == ("False", "ApplyFailed")
+        assert "422" in ready["message"]
+        await k8s.wait_for(
+            lambda: k8s.events(NS, name="refused", reason="ApplyFailed"), what="an Event"
+        )
+
+        def secret_writes() -> int:
+            return sum(
+                1
+                for r in k8s._requests
+                if r.method.value == "PATCH"
+                and r.name == "refused"
+                and r.resource is not None
+                and r.resource.plural == "secrets"
+            )
+
+        writes = secret_writes()
+        await asyncio.sleep(11)  # longer than a transient error's retry delay (10 s)
+        assert secret_writes() == writes, "the refused Secret was applied again without a change"
+    assert runner.exception is None

@@ -411,3 +411,42 @@ async def test_children_the_spec_no_longer_asks_for_are_deleted(
     # What is still asked for stays.
     assert k8s.get_object(SERVICES, NS, "stripe-main-receiver") is not None
     assert k8s.get_object(NETPOLS, NS, "stripe-main-receiver") is not None
+
+
+async def test_a_servicemonitor_crd_removed_while_running_stops_being_used(
+    cluster: DfmKubernetesEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prometheus Operator uninstalled: the next reconcile must not try ServiceMonitors forever.
+    k8s = cluster
+    monitors = "monitoring.coreos.com/v1/servicemonitors"
+    monkeypatch.setenv("DFM_SERVICE_MONITOR", "true")
+    k8s.set_servicemonitors(True)
+    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    async with kopf_running(OPERATOR) as runner:
+        await k8s.create(WEBHOOKSOURCES, source(), NS)
+        await k8s.wait_for(
+            lambda: k8s.get_object(monitors, NS, "stripe-main-receiver"), what="a ServiceMonitor"
+        )
+        k8s.set_servicemonitors(False)
+        await k8s.patch_object(WEBHOOKSOURCES, NS, "stripe-main", {"spec": {"replicas": 2}})
+        await k8s.mark_deployment_available(NS, "stripe-main-receiver", replicas=2)
+
+        def reconciled() -> dict[str, Any] | None:
+            obj = k8s.get_object(WEBHOOKSOURCES, NS, "stripe-main") or {}
+            return obj if obj.get("status", {}).get("observedGeneration") == 2 else None
+
+        await k8s.wait_for(reconciled, seconds=30, what="generation 2 reconciled")
+
+        def retrying() -> list[str]:
+            annotations = (k8s.get_object(WEBHOOKSOURCES, NS, "stripe-main") or {})["metadata"]
+            return [
+                key
+                for key in annotations.get("annotations", {})
+                if key.startswith("kopf.dfm.dev/")
+                and not key.endswith("last-handled-configuration")
+            ]
+
+        # One failed attempt (404), then kopf's retry, 10 s later, without a ServiceMonitor:
+        # the update handler finishes and kopf drops its progress record.
+        await k8s.wait_for(lambda: not retrying(), seconds=30, what="the update handler done")
+    assert runner.exception is None
