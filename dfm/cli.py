@@ -84,7 +84,12 @@ def _add_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="no peering: do not coordinate with other operator replicas",
     )
     p.add_argument("--log-format", choices=["json", "text"], default="json")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logs (never the API responses, which carry Secret data)",
+    )
 
 
 def _add_render(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Sequence
 
 import kopf
 
 PEERING_NAME = "df-middleware"
+# At DEBUG, the Kubernetes client logs every response body, Secrets' data included: it never gets
+# DEBUG, whatever --verbose says (kopf's and our own debug lines stay).
+SILENCED_AT_DEBUG = ("kubernetes_asyncio.client.rest", "kubernetes.client.rest")
+
+
+def configure_logging(*, log_format: str = "json", verbose: bool = False) -> None:
+    """kopf's logging (JSON lines in production, the object's reference under "object")."""
+    kopf.configure(
+        verbose=verbose,
+        log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL,
+        log_refkey="object",
+    )
+    for name in SILENCED_AT_DEBUG:
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def run(
@@ -22,12 +37,7 @@ def run(
 ) -> None:
     import dfm_operator.handlers  # noqa: F401 - registers the handlers
 
-    # JSON lines in production (one object per line, with the object's reference under "object").
-    kopf.configure(
-        verbose=verbose,
-        log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL,
-        log_refkey="object",
-    )
+    configure_logging(log_format=log_format, verbose=verbose)
     memo = kopf.Memo(metrics_port=metrics_port)
     asyncio.run(
         kopf.operator(
