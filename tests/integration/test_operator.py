@@ -450,3 +450,48 @@ async def test_a_servicemonitor_crd_removed_while_running_stops_being_used(
         # the update handler finishes and kopf drops its progress record.
         await k8s.wait_for(lambda: not retrying(), seconds=30, what="the update handler done")
     assert runner.exception is None
+
+
+async def test_schedules_say_they_are_not_run_yet(
+    cluster: DfmKubernetesEmulator, operator: KopfRunner
+) -> None:
+    # Their API is installed but no controller runs them: kubectl get must say so, not stay blank.
+    k8s = cluster
+    syncs, backups = "dfm.dev/v1alpha1/syncschedules", "dfm.dev/v1alpha1/backupschedules"
+    sync = {
+        "apiVersion": "dfm.dev/v1alpha1",
+        "kind": "SyncSchedule",
+        "metadata": {"name": "crm", "namespace": NS},
+        "spec": {
+            "schedule": "*/15 * * * *",
+            "connector": {"http": {"url": "https://api.example.com/items"}},
+            "sink": {"webhookSourceRef": {"name": "stripe-main"}},
+        },
+    }
+    backup = {
+        "apiVersion": "dfm.dev/v1alpha1",
+        "kind": "BackupSchedule",
+        "metadata": {"name": "nightly", "namespace": NS},
+        "spec": {
+            "schedule": "0 3 30 2 *",  # 30 February: never
+            "databaseSecretRef": {"name": "events-db", "key": "url"},
+            "destination": {"pvc": {"claimName": "events-backups"}},
+        },
+    }
+    await k8s.create(syncs, sync, NS)
+    await k8s.create(backups, backup, NS)
+
+    def ready_of(gvp: str, name: str) -> dict[str, Any] | None:
+        return ready(k8s.get_object(gvp, NS, name)) or None
+
+    sync_ready = await k8s.wait_for(lambda: ready_of(syncs, "crm"), what="SyncSchedule Ready")
+    assert (sync_ready["status"], sync_ready["reason"]) == ("False", "NotSupportedYet")
+    assert "nothing is scheduled" in sync_ready["message"]
+    await k8s.wait_for(
+        lambda: k8s.events(NS, name="crm", reason="NotSupportedYet"), what="a Warning Event"
+    )
+    backup_ready = await k8s.wait_for(
+        lambda: ready_of(backups, "nightly"), what="BackupSchedule Ready"
+    )
+    assert (backup_ready["status"], backup_ready["reason"]) == ("False", "InvalidSpec")
+    assert "schedule" in backup_ready["message"]
