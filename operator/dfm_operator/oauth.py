@@ -29,7 +29,6 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 """A token response is a few kilobytes; anything past this is not one."""
 
 MAX_DESCRIPTION_CHARS = 200
-MAX_CODE_CHARS = 64
 MAX_EXPIRES_IN_SECONDS = 100 * 365 * 86_400
 
 GRANT_REFRESH_TOKEN = "refresh_token"
@@ -55,6 +54,32 @@ _REJECTION_REASONS: Mapping[str, str] = {
 }
 # RFC 6749 §4.1.2.1 codes some providers also send from the token endpoint: they mean "later".
 _TRANSIENT_ERROR_CODES = frozenset({"server_error", "temporarily_unavailable", "slow_down"})
+# The error codes shown in Events and conditions: the registered ones (RFC 6749, 6750, 8628,
+# 8693, 9449, OpenID Connect). Anything else the provider writes there is shown as
+# CODE_UNRECOGNISED: it is free text, and a provider echoing a token into it is not unheard of.
+KNOWN_ERROR_CODES = frozenset(
+    {
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "access_denied",
+        "invalid_token",
+        "insufficient_scope",
+        "authorization_pending",
+        "expired_token",
+        "invalid_target",
+        "invalid_dpop_proof",
+        "use_dpop_nonce",
+        "interaction_required",
+        "login_required",
+        "consent_required",
+        *_TRANSIENT_ERROR_CODES,
+    }
+)
+CODE_UNRECOGNISED = "unrecognised_error"
 
 
 @dataclass(frozen=True)
@@ -269,7 +294,7 @@ def error_for_response(
     like a 400. Everything else — 5xx, 429, other statuses, bodies that are not token responses —
     is transient. `secrets` are cut out of the provider's error_description before it is kept.
     """
-    code = _safe_text(document.get("error"), secrets, MAX_CODE_CHARS) if document else None
+    code = _known_code(document.get("error")) if document else None
     if code and (status in (400, 401) or 200 <= status < 300):
         if code in _TRANSIENT_ERROR_CODES:
             return TokenEndpointUnavailable(
@@ -326,6 +351,13 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max((when - reference).total_seconds(), 0.0)
+
+
+def _known_code(value: object) -> str | None:
+    """The provider's error code if it is a registered one, CODE_UNRECOGNISED if it is another."""
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) and value in KNOWN_ERROR_CODES else CODE_UNRECOGNISED
 
 
 def _expires_in(value: object) -> float | None:
