@@ -225,6 +225,9 @@ def test_kubernetes_validate_is_strict(helm: str) -> None:
         (["--set", "watchNamespaces={Payments}"], "/watchNamespaces/0"),
         (["--set", "image.pullPolicy=Sometimes"], "/image/pullPolicy"),
         (["--set", "image.digest=latest"], "/image/digest"),
+        # The tag is the version label of every object: a label value (63, alphanumeric ends).
+        (["--set-string", "image.tag=" + "1" * 64], "/image/tag"),
+        (["--set-string", "image.tag=_dev"], "/image/tag"),
         (["--set", "postgresql.enabled=true", "--set", "postgresql.persistence.size=big"], "size"),
         (["--set", "metrics.serviceMonitor.enabled=1"], "/metrics/serviceMonitor/enabled"),
         (["--set", "metrics.prometheusRule.signatureFailureRatio=2"], "signatureFailureRatio"),
