@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from dfm import crds_cmd
-from dfm.manifests import ManifestError
+from dfm.manifests import ManifestError, describe_validation_error
 
 
 class CliError(Exception):
@@ -184,9 +184,7 @@ def cmd_receiver(args: argparse.Namespace) -> int:
 
 def _first_error(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        return f"{loc}: {err['msg']}"
+        return describe_validation_error(exc)
     return str(exc)
 
 

@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from aiohttp import web
+from pydantic import ValidationError
 from watchfiles import awatch
 
 from dfm.manifests import (
     YAML_SUFFIXES,
     Document,
     ManifestError,
+    describe_validation_error,
     load_documents,
     secrets,
     webhook_sources,
@@ -148,8 +150,8 @@ def build_config(
         config = ReceiverConfig(
             host=host, port=port, sources=sources, database=DatabaseConfig(url=database_url)
         )
-    except ValueError as exc:
-        raise ManifestError(str(exc).splitlines()[-1].strip()) from exc
+    except ValidationError as exc:
+        raise ManifestError(describe_validation_error(exc)) from exc
     return config, files
 
 

@@ -85,11 +85,17 @@ def _field(loc: Sequence[int | str]) -> str:
     return out or "(object)"
 
 
-def format_validation_error(doc: Document, error: ValidationError) -> str:
+def describe_validation_error(error: ValidationError) -> str:
+    """One line: the first problem, where it is, and how many more there are."""
     first = error.errors()[0]
     message = first["msg"].removeprefix("Value error, ")
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{doc.label}: {_field(first['loc'])}: {message}{more}"
+    where = f"{_field(first['loc'])}: " if first["loc"] else ""
+    return f"{where}{message}{more}"
+
+
+def format_validation_error(doc: Document, error: ValidationError) -> str:
+    return f"{doc.label}: {describe_validation_error(error)}"
 
 
 def webhook_sources(docs: Iterable[Document]) -> list[tuple[Document, WebhookSource]]:

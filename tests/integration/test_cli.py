@@ -157,6 +157,23 @@ def test_unknown_field_and_missing_secret_are_reported(tmp_path: Path) -> None:
     assert "Secret default/nowhere not found" in result.stderr
 
 
+def test_two_sources_on_one_path_are_named_in_one_line(tmp_path: Path) -> None:
+    both = tmp_path / "both.yaml"
+    source = (
+        "apiVersion: dfm.dev/v1alpha1\nkind: WebhookSource\nmetadata: {{name: {name}}}\n"
+        "spec:\n  provider: github\n  path: /hooks/shared\n"
+        "  verification:\n    secretRef: {{name: s}}\n"
+    )
+    secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {secret: x}\n"
+    both.write_text("---\n".join([source.format(name="a"), source.format(name="b"), secret]))
+    result = run_dfm("local", "-f", str(both), "--database-url", "postgresql://unused")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "share path /hooks/shared" in lines[0]
+    assert "errors.pydantic.dev" not in lines[0]
+
+
 def test_send_to_a_closed_port_fails_with_one_line(tmp_path: Path) -> None:
     result = run_dfm(
         "send",
