@@ -147,7 +147,7 @@ def cmd_local(args: argparse.Namespace) -> int:
         asyncio.run(local.serve(args.filename, host=args.host, port=args.port, database_url=url))
     finally:
         if embedded is not None:
-            embedded.stop()
+            embedded.release()
     return 0
 
 

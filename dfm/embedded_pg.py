@@ -89,6 +89,8 @@ class EmbeddedPostgres:
     host: str = "127.0.0.1"
     database: str = "dfm"
     _user: pwd.struct_passwd | None = field(default=None, repr=False)
+    # Whether this process is the server's owner: it started it, or adopted one whose owner died.
+    _owner: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self.datadir = Path(self.datadir).resolve()
@@ -104,6 +106,30 @@ class EmbeddedPostgres:
     @property
     def logfile(self) -> Path:
         return self.datadir.parent / f"{self.datadir.name}.log"
+
+    @property
+    def owner_file(self) -> Path:
+        """The PID of the process that owns the running server (and stops it when it exits)."""
+        return self.datadir.parent / f"{self.datadir.name}.owner"
+
+    def _owner_alive(self) -> bool:
+        try:
+            pid = int(self.owner_file.read_text().strip())
+        except (OSError, ValueError):
+            return False
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def _claim(self) -> None:
+        self._owner = True
+        self.owner_file.write_text(f"{os.getpid()}\n")
 
     def _run(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
         kwargs: dict[str, object] = {}
@@ -158,9 +184,13 @@ class EmbeddedPostgres:
         """Start the server (initializing it first) and create the database; idempotent."""
         self.init()
         if self.running():
-            # Left running by an earlier process: use it where it listens.
+            # Another live process's server is shared and left to it; one left running by a
+            # process that is gone is adopted (and stopped by us).
             self.port = self._running_port() or self.port
+            if not self._owner_alive():
+                self._claim()
         else:
+            self._claim()
             options = (
                 f"-h {self.host} -p {self.port} -k '' -c fsync=on -c max_connections=200"
                 " -c shared_buffers=128MB"
@@ -214,6 +244,13 @@ class EmbeddedPostgres:
         if self.initialized() and self.running():
             proc = self._run(["pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "stop"])
             self._check(proc, "stopping PostgreSQL")
+
+    def release(self) -> None:
+        """Stop the server if this process owns it; leave another process's running."""
+        if self._owner:
+            self.stop()
+            self.owner_file.unlink(missing_ok=True)
+            self._owner = False
 
     def destroy(self) -> None:
         self.stop("immediate")
