@@ -8,7 +8,7 @@ import shlex
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -232,13 +232,35 @@ async def serve(paths: Sequence[str], *, host: str, port: int, database_url: str
                 return
 
 
+def watch_plan(paths: Sequence[str]) -> tuple[list[str], Callable[[str], bool]]:
+    """What to watch for ``paths``, and which changed paths count.
+
+    A file is watched through its directory: a watch on the file itself dies with it, so a file
+    deleted and written again (an editor's save, `git checkout`) would go unnoticed from then on.
+    """
+    directories = [os.path.abspath(p) for p in paths if os.path.isdir(p)]
+    files = {os.path.abspath(p) for p in paths if not os.path.isdir(p)}
+    roots = sorted({*directories, *(os.path.dirname(f) for f in files)})
+
+    def counts(changed: str) -> bool:
+        changed = os.path.abspath(changed)
+        if changed in files:
+            return True
+        return changed.endswith(YAML_SUFFIXES) and any(
+            changed.startswith(d + os.sep) for d in directories
+        )
+
+    return roots, counts
+
+
 async def _changes(paths: Sequence[str], stop: asyncio.Event) -> AsyncIterator[None]:
     """Yield once per batch of edits to the manifest files; end when ``stop`` is set."""
+    roots, counts = watch_plan(paths)
     async for _ in awatch(
-        *paths,
+        *roots,
         stop_event=stop,
         debounce=200,
         step=50,
-        watch_filter=lambda _, p: p.endswith(YAML_SUFFIXES),
+        watch_filter=lambda _, changed: counts(changed),
     ):
         yield

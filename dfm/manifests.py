@@ -64,7 +64,11 @@ def load_documents(paths: Iterable[str | Path]) -> list[Document]:
     docs: list[Document] = []
     for file in _files(paths):
         try:
-            loaded = list(yaml.safe_load_all(file.read_text()))
+            loaded = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
+        except UnicodeDecodeError as exc:
+            raise ManifestError(f"{file}: not UTF-8 text (byte {exc.start})") from exc
+        except OSError as exc:
+            raise ManifestError(f"{file}: {exc.strerror or exc}") from exc
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark is not None else ""
@@ -74,6 +78,9 @@ def load_documents(paths: Iterable[str | Path]) -> list[Document]:
                 continue
             if not isinstance(body, dict):
                 raise ManifestError(f"{file}: document {index + 1} is not a mapping")
+            for field in ("metadata", "data", "stringData"):
+                if not isinstance(body.get(field) or {}, dict):
+                    raise ManifestError(f"{file}: document {index + 1}: {field} is not a mapping")
             docs.append(Document(file, index, body))
     return docs
 

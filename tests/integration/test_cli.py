@@ -299,3 +299,36 @@ def test_dfm_local_applies_secret_and_source_edits_live(tmp_path: Path, database
     assert "sources changed, restarting" in err
     assert SECRET_A not in err
     assert SECRET_B not in err
+
+
+def test_dfm_local_survives_broken_edits_and_a_file_deleted_and_written_again(
+    tmp_path: Path, database_url: str
+) -> None:
+    # Served as a single file (-f FILE), the way `git checkout` or an editor's save replaces it.
+    manifest = tmp_path / "clerk.yaml"
+    manifest.write_text(MANIFEST.format(secret=f"  current: {SECRET_A}", path="/hooks/clerk"))
+    base, proc = start_local("-f", str(manifest), "--database-url", database_url)
+    try:
+        for broken in (
+            b"# caf\xe9\n",
+            b"apiVersion: v1\nkind: Secret\nmetadata: {name: x}\ndata: [a]\n",
+        ):
+            manifest.write_bytes(broken)
+            time.sleep(1)
+            assert proc.poll() is None, "a broken edit stopped dfm local"
+            assert _post_signed(base + "/hooks/clerk", SECRET_A, f"b-{time.monotonic()}") == 200
+
+        manifest.unlink()
+        time.sleep(1)
+        manifest.write_text(MANIFEST.format(secret=f"  current: {SECRET_A}", path="/hooks/again"))
+        deadline = time.monotonic() + 15
+        while _post_signed(base + "/hooks/again", SECRET_A, f"a-{time.monotonic()}") != 200:
+            assert time.monotonic() < deadline, "the file written again was not picked up"
+            time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert "not UTF-8 text" in err
+    assert "data is not a mapping" in err
+    assert "Traceback" not in err
