@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+import yaml
 from pydantic import ValidationError
 
 from dfm import crds_cmd
@@ -173,10 +174,13 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     from webhook_server import app, logs
     from webhook_server.config import ReceiverConfig
 
-    logs.configure(args.log_level)
+    try:
+        logs.configure(args.log_level)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CliError(f"--log-level {args.log_level}: not a log level") from exc
     try:
         config = ReceiverConfig.load(args.config)
-    except (OSError, ValidationError) as exc:
+    except (OSError, ValidationError, yaml.YAMLError) as exc:
         raise CliError(f"{args.config}: invalid receiver config: {_first_error(exc)}") from exc
     app.run(config)
     return 0
@@ -185,6 +189,11 @@ def cmd_receiver(args: argparse.Namespace) -> int:
 def _first_error(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         return describe_validation_error(exc)
+    if isinstance(exc, yaml.YAMLError):
+        mark = getattr(exc, "problem_mark", None)
+        return f"not valid YAML{f' (line {mark.line + 1})' if mark is not None else ''}"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
     return str(exc)
 
 
@@ -227,7 +236,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dfm {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"dfm {args.command}: error: {exc.strerror or exc}", file=sys.stderr)
+        # Name the file (or host) the error is about: "No such file or directory" alone is not
+        # enough when a command reads several.
+        where = exc.filename if exc.filename is not None else None
+        message = exc.strerror or str(exc)
+        print(
+            f"dfm {args.command}: error: {f'{where}: ' if where else ''}{message}", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         return 130

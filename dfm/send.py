@@ -29,6 +29,9 @@ def pick_source(sources: list[SourceConfig], name: str | None) -> SourceConfig:
     raise ManifestError(f"no WebhookSource named {name!r}")
 
 
+SEND_TIMEOUT_SECONDS = 30.0
+
+
 def signing_secret(source: SourceConfig, private_key: str | None) -> bytes:
     if source.provider is Provider.HIGHLEVEL:
         if private_key is None:
@@ -56,7 +59,12 @@ def build_request(
 ) -> dict[str, str]:
     now = time.time() if now is None else now
     secret = signing_secret(source, private_key)
-    headers = SIGNERS[source.provider](body, secret, source.verification, now, event_id)
+    try:
+        headers = SIGNERS[source.provider](body, secret, source.verification, now, event_id)
+    except ValueError as exc:
+        if private_key is None:
+            raise
+        raise ManifestError(f"--private-key {private_key}: not a PEM private key") from exc
     headers.setdefault("Content-Type", "application/json")
     if source.auth is not None or source.provider is Provider.JWT:
         if not token:
@@ -83,12 +91,19 @@ async def send(
         body, event_id = sample_event(source.provider)
     headers = build_request(source, body, event_id, private_key=private_key, token=token)
     target = url or f"http://127.0.0.1:8080{source.route}"
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        session.post(target, data=body, headers=headers) as response,
-    ):
-        text = await response.text()
-        with contextlib.suppress(ValueError):
-            text = json.dumps(json.loads(text), indent=2)
-        return response.status, text
+    if not target.startswith(("http://", "https://")):
+        raise ManifestError(f"--url {target}: not an http:// or https:// URL")
+    timeout = aiohttp.ClientTimeout(total=SEND_TIMEOUT_SECONDS)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(target, data=body, headers=headers) as response,
+        ):
+            text = await response.text()
+    except TimeoutError as exc:
+        raise ManifestError(f"{target}: no answer within {SEND_TIMEOUT_SECONDS:g}s") from exc
+    except (aiohttp.ClientError, ValueError) as exc:
+        raise ManifestError(f"{target}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+    with contextlib.suppress(ValueError):
+        text = json.dumps(json.loads(text), indent=2)
+    return response.status, text

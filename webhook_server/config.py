@@ -188,6 +188,9 @@ class SourceConfig(Model):
         return self
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
 class DatabaseConfig(Model):
     """The event store. ``url`` for local use, ``urlFile`` (a mounted Secret key) in a pod."""
 
@@ -208,6 +211,9 @@ class DatabaseConfig(Model):
     def _one_url(self) -> Self:
         if (self.url is None) == (self.url_file is None):
             raise ValueError("exactly one of url or urlFile must be set")
+        if self.url is not None and not self.url.startswith(POSTGRES_SCHEMES):
+            # Never repeated: it may hold a password.
+            raise ValueError("url must be a postgresql:// URL")
         return self
 
     def resolve_url(self) -> str:

@@ -186,6 +186,37 @@ def test_send_to_a_closed_port_fails_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+GITHUB = str(EXAMPLES / "github.yaml")
+HIGHLEVEL = str(EXAMPLES / "highlevel.yaml")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["send", GITHUB, "--url", "notaurl"], "not an http:// or https:// URL"),
+        (["send", GITHUB, "--url", "http://127.0.0.1:99999/x"], "http://127.0.0.1:99999/x"),
+        (["send", GITHUB, "--event", "/nonexistent/event.json"], "/nonexistent/event.json"),
+        (["send", HIGHLEVEL, "--private-key", GITHUB], "not a PEM private key"),
+        (["receiver", "--config", GITHUB.replace("github", "nope")], "No such file"),
+        (["receiver", "--config", "README.md"], "invalid receiver config"),
+        (["receiver", "--config", GITHUB, "--log-level", "bogus"], "not a log level"),
+        (
+            ["local", "-f", GITHUB, "--database-url", "mysql://u:hunter2@db/x"],
+            "url must be a postgresql:// URL",
+        ),
+        (["crds", "--docs", "/tmp"], "/tmp"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else " ".join(v[:2]),
+)
+def test_bad_input_is_one_line_naming_what_is_wrong(args: list[str], expected: str) -> None:
+    result = run_dfm(*args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert "hunter2" not in result.stderr
+
+
 def test_render_prints_the_children_of_every_source_as_a_yaml_stream() -> None:
     import yaml
 

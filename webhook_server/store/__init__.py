@@ -160,7 +160,12 @@ class Store:
                 await self.maintain(datetime.now(UTC))
                 break
             except Exception as exc:
-                log.warning("database not reachable yet", error=type(exc).__name__, retry_in=delay)
+                log.warning(
+                    "database not reachable yet",
+                    error=type(exc).__name__,
+                    retry_in=delay,
+                    **_why_unusable(exc, self.config),
+                )
                 log.debug("database error detail", detail=str(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
@@ -377,6 +382,21 @@ class Store:
             longest,
             partitions.dropped_before(now, int(longest)),
         )
+
+
+def _why_unusable(exc: Exception, config: DatabaseConfig) -> dict[str, str]:
+    """A hint for errors that retrying will not cure by itself (never the URL: it may hold a
+    password). The receiver still retries: a mounted Secret can appear or change later."""
+    if isinstance(exc, OSError) and exc.filename is not None and config.url_file:
+        return {"hint": f"cannot read urlFile {config.url_file}: {exc.strerror or exc}"}
+    if isinstance(exc, asyncpg.exceptions.ClientConfigurationError | ValueError):
+        return {"hint": "the database URL is not a usable postgresql:// URL"}
+    if isinstance(
+        exc,
+        asyncpg.exceptions.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError,
+    ):
+        return {"hint": "the database refused the URL's user or password"}
+    return {}
 
 
 async def _create_partitions(conn: Any, days: set[date]) -> None:
