@@ -47,6 +47,12 @@ def _add_send(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("source_file", metavar="SOURCE_FILE", help="manifest(s) with the WebhookSource")
     p.add_argument("--name", help="which WebhookSource, when the file holds several")
     p.add_argument("--event", metavar="FILE", help="the body to send (default: a sample event)")
+    p.add_argument(
+        "--id",
+        dest="delivery_id",
+        metavar="ID",
+        help="the delivery id (default: a new one each time; repeat one to send a redelivery)",
+    )
     p.add_argument("--url", help="target URL (default: http://127.0.0.1:8080<path>)")
     p.add_argument("--private-key", metavar="PEM_FILE", help="highlevel: the signing key")
     p.add_argument("--token", help="a bearer JWT, for sources with auth")
@@ -160,6 +166,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             [args.source_file],
             name=args.name,
             event_file=args.event,
+            delivery_id=args.delivery_id,
             url=args.url,
             private_key=args.private_key,
             token=args.token,

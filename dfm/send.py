@@ -79,6 +79,7 @@ async def send(
     name: str | None,
     event_file: str | None,
     url: str | None,
+    delivery_id: str | None = None,
     private_key: str | None,
     token: str | None,
 ) -> tuple[int, str]:
@@ -86,9 +87,9 @@ async def send(
     source = pick_source(sources, name)
     if event_file is not None:
         body = await asyncio.to_thread(Path(event_file).read_bytes)
-        event_id = None
+        event_id = delivery_id
     else:
-        body, event_id = sample_event(source.provider)
+        body, event_id = sample_event(source.provider, event_id=delivery_id)
     headers = build_request(source, body, event_id, private_key=private_key, token=token)
     target = url or f"http://127.0.0.1:8080{source.route}"
     if not target.startswith(("http://", "https://")):

@@ -92,16 +92,22 @@ def test_dfm_send_reaches_dfm_local_and_is_stored(
 ) -> None:
     base, _ = local_server
     path = "/hooks/payments/stripe" if name == "stripe" else f"/hooks/default/{name}"
-    sent = subprocess.run(
-        [*DFM, "send", str(EXAMPLES / file), "--url", base + path],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert sent.returncode == 0, sent.stdout + sent.stderr
-    assert "HTTP 200" in sent.stdout
-    assert '"status": "stored"' in sent.stdout
+    # The README's "send the same delivery twice": a fixed --id is a redelivery.
+    delivery = f"readme-{name}-{os.getpid()}"
+    answers = []
+    for _ in range(2):
+        sent = subprocess.run(
+            [*DFM, "send", str(EXAMPLES / file), "--url", base + path, "--id", delivery],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert "HTTP 200" in sent.stdout
+        answers.append(sent.stdout)
+    assert '"status": "stored"' in answers[0]
+    assert '"status": "duplicate"' in answers[1]
 
 
 def test_dfm_local_prints_endpoints_and_send_lines_then_stops_cleanly(
