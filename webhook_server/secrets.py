@@ -19,6 +19,9 @@ from datetime import datetime
 from pathlib import Path
 
 from webhook_server.config import SecretSource
+from webhook_server.logs import get_logger
+
+log = get_logger("dfm.secrets")
 
 CURRENT = "current"
 PREVIOUS = "previous"
@@ -48,13 +51,23 @@ def _read(path: Path) -> bytes | None:
         return None
 
 
+_UNREADABLE_EXPIRIES_SEEN: set[bytes] = set()
+
+
 def _parse_expiry(raw: bytes | None) -> float | None:
     if not raw:
         return None
     try:
         return datetime.fromisoformat(raw.decode().strip().replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        # An unreadable expiry must not keep an old secret alive forever.
+    except (ValueError, UnicodeDecodeError):
+        # An unreadable expiry must not keep an old secret alive forever: `previous` is refused.
+        # Said once per value (it is a time, not a secret), not on every reload.
+        if raw not in _UNREADABLE_EXPIRIES_SEEN:
+            _UNREADABLE_EXPIRIES_SEEN.add(raw)
+            log.warning(
+                "previous-expires-at is not an RFC 3339 time; the previous secret is refused",
+                value=raw.decode(errors="replace")[:40],
+            )
         return 0.0
 
 

@@ -231,3 +231,24 @@ def test_a_kubelet_mounted_managed_secret_is_read_from_one_version(
         secrets.SecretValue(SECRET_B.encode()),
         secrets.SecretValue(SECRET_A.encode(), expiry),
     )
+
+
+def test_an_unreadable_expiry_refuses_previous_and_says_so_once(tmp_path: Path) -> None:
+    # A typo in previous-expires-at must not keep the old secret alive, nor go unexplained.
+    folder = tmp_path / "signing"
+    folder.mkdir()
+    (folder / "current").write_text(SECRET_B)
+    (folder / "previous").write_text(SECRET_A)
+    (folder / "previous-expires-at").write_text("in-a-bit")
+    stream = io.StringIO()
+    logs.configure(stream=stream)
+    try:
+        for _ in range(3):  # three reloads
+            values = secrets.load([SecretSource(dir=str(folder))])
+    finally:
+        logs.configure()
+    assert secrets.valid_at(values, time.time()) == [SECRET_B.encode()]
+    warnings = [line for line in stream.getvalue().splitlines() if "previous-expires-at" in line]
+    assert len(warnings) == 1
+    assert "in-a-bit" in warnings[0]
+    assert SECRET_A not in stream.getvalue()
