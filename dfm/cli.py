@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -204,9 +205,45 @@ def _first_error(exc: Exception) -> str:
     return str(exc)
 
 
+def _check_operator_start(args: argparse.Namespace) -> None:
+    """What would otherwise make kopf retry forever, said once, before it starts: no usable
+    kubeconfig (outside a cluster), a port already taken, a liveness URL that is not one."""
+    from urllib.parse import urlsplit
+
+    from kubernetes_asyncio import config as kube_config
+
+    if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        if not any(os.path.isfile(p) for p in path.split(os.pathsep)):
+            raise CliError(f"no kubeconfig at {path}; set KUBECONFIG, or run in a cluster")
+        try:
+            if os.pathsep not in path:  # a merged list is left to the client
+                asyncio.run(kube_config.load_kube_config(config_file=path))
+        except (kube_config.ConfigException, OSError, yaml.YAMLError, TypeError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            detail = detail.splitlines()[0] if detail else "empty"
+            raise CliError(
+                f"no usable kubeconfig at {path} ({detail}); set KUBECONFIG, or run in a cluster"
+            ) from exc
+    liveness = urlsplit(args.liveness) if args.liveness else None
+    if liveness is not None and (liveness.scheme != "http" or liveness.port is None):
+        raise CliError(f"--liveness {args.liveness}: expected http://HOST:PORT/PATH")
+    for what, port in (
+        ("--metrics-port", args.metrics_port),
+        ("--liveness", liveness and liveness.port),
+    ):
+        if port:
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("0.0.0.0", int(port)))  # noqa: S104 - where the servers listen
+                except OSError as exc:
+                    raise CliError(f"{what}: port {port} is not free ({exc.strerror})") from exc
+
+
 def cmd_operator(args: argparse.Namespace) -> int:
     from dfm_operator.main import run
 
+    _check_operator_start(args)
     run(
         namespaces=args.namespace,
         metrics_port=args.metrics_port or None,

@@ -369,3 +369,39 @@ def test_dfm_local_survives_broken_edits_and_a_file_deleted_and_written_again(
     assert "not UTF-8 text" in err
     assert "data is not a mapping" in err
     assert "Traceback" not in err
+
+
+def test_dfm_operator_refuses_to_start_what_would_only_retry(tmp_path: Path) -> None:
+    # No kubeconfig, a garbage one, a taken port, a liveness URL that is not one: one line, exit 2.
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
+    )
+    garbage = tmp_path / "garbage"
+    garbage.write_text("garbage: [")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE")}
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # noqa: S104 - as the operator's metrics server would
+        taken.listen()
+        busy = taken.getsockname()[1]
+        cases = [
+            (str(tmp_path / "none"), [], "no kubeconfig at"),
+            (str(garbage), [], "no usable kubeconfig at"),
+            (str(kubeconfig), ["--metrics-port", str(busy)], f"port {busy} is not free"),
+            (str(kubeconfig), ["--liveness", "notaurl"], "expected http://HOST:PORT/PATH"),
+        ]
+        for config, args, expected in cases:
+            result = subprocess.run(
+                [*DFM, "operator", *args],
+                cwd=ROOT,
+                env={**env, "KUBECONFIG": config},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert result.returncode == 2, (args, result.stderr)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1, result.stderr
+            assert expected in lines[0]
