@@ -48,16 +48,19 @@ class Document:
 
 
 def _files(paths: Iterable[str | Path]) -> list[Path]:
-    found: list[Path] = []
+    """The manifest files ``paths`` name, each once (`-f examples -f examples/github.yaml`)."""
+    found: dict[Path, Path] = {}
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES))
+            files = sorted(p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES)
         elif path.is_file():
-            found.append(path)
+            files = [path]
         else:
             raise ManifestError(f"{path}: no such file or directory")
-    return found
+        for file in files:
+            found.setdefault(file.resolve(), file)
+    return list(found.values())
 
 
 def load_documents(paths: Iterable[str | Path]) -> list[Document]:

@@ -223,6 +223,14 @@ def test_bad_input_is_one_line_naming_what_is_wrong(args: list[str], expected: s
     assert "hunter2" not in result.stderr
 
 
+def test_a_file_named_twice_is_read_once() -> None:
+    # `-f examples -f examples/github.yaml` must not look like two sources on one path.
+    once = run_dfm("render", "-f", str(EXAMPLES))
+    twice = run_dfm("render", "-f", str(EXAMPLES), "-f", str(EXAMPLES / "github.yaml"))
+    assert twice.returncode == 0, twice.stderr
+    assert twice.stdout == once.stdout
+
+
 def test_render_prints_the_children_of_every_source_as_a_yaml_stream() -> None:
     import yaml
 
