@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import aiohttp
@@ -86,14 +86,21 @@ REJECTION_REASONS = frozenset(
     }
 )
 
+# A refused refresh token (invalid_grant) is dead for good: it waits for a new one. A refused
+# client or request may be the provider's misconfiguration, fixed on its side without any change
+# here: it is asked again this long after the refusal.
+REJECTED_CLIENT_RETRY = timedelta(hours=1)
+
 # Never look again sooner than this: a decision that keeps coming out "due now" must not spin.
 MIN_WAKEUP = timedelta(seconds=1)
 # A Secret write that fails for a transient reason is retried in-process this many times, these
 # seconds apart: the write may carry a rotated refresh token that exists nowhere else.
 WRITE_RETRY_DELAYS = (0.5, 1.0, 2.0)
 TRANSIENT_KUBE_STATUSES = frozenset({0, 409, 429})
-# How long a cancelled reconcile still waits for its token exchange and write to finish.
-FINISH_SECONDS = 15.0
+# How long a cancelled reconcile still waits for its token exchange and write to finish: within
+# kopf's cancellation timeout for the scheduler (handlers.managedsecret), so nothing is orphaned.
+# kopf's cancellation backoff, before it, is when a stopping scheduler normally finishes.
+FINISH_SECONDS = 4.0
 
 
 @dataclass
@@ -224,6 +231,7 @@ async def _finish_even_if_cancelled(work: Awaitable[T]) -> T:
     except asyncio.CancelledError:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait({task}, timeout=FINISH_SECONDS)
+        task.cancel()  # never left writing behind a scheduler that is gone
         raise
 
 
@@ -280,6 +288,13 @@ async def _bootstrap_refresh_token(ctx: Context, source: ManagedSecret) -> str |
         return None
     secret = await ctx.kube.get("v1", "Secret", source.metadata.namespace, ref.name)
     return decode_data(secret).get(ref.key) if secret else None
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def _request_fingerprint(
@@ -390,15 +405,23 @@ async def _oauth2(
         (body.get("metadata") or {}).get("generation"), credentials, refresh_token
     )
     # A refused request is not sent again until something it was made from changes (or a new
-    # rotate-now asks for one more attempt): the provider would refuse it again.
+    # rotate-now asks for one more attempt): the provider would refuse it again. Except a
+    # refused client or request, which is asked again hourly (REJECTED_CLIENT_RETRY).
+    recorded, _, refused_at = (
+        state.annotations.get(ANNOTATION_REJECTED_REQUEST, "") if state else ""
+    ).partition("@")
     if (
         rejected_before
         and previous_reason is not None
         and state is not None
-        and state.annotations.get(ANNOTATION_REJECTED_REQUEST) == request
+        and recorded == request
     ):
         wait = "waiting for a new refresh token, client credentials or spec"
-        return _Step(state, held(previous_reason, wait), failures, waiting=True)
+        if previous_reason == oauth.REASON_REFRESH_TOKEN_REJECTED:
+            return _Step(state, held(previous_reason, wait), failures, waiting=True)
+        again = _parse_time(refused_at) + REJECTED_CLIENT_RETRY if refused_at else now
+        if again > now:
+            return _Step(state, held(previous_reason, wait), failures, retry_at=again)
 
     async def exchange_and_write() -> tuple[SecretState, str]:
         token = await oauth.request_token(
@@ -438,9 +461,13 @@ async def _oauth2(
     except oauth.TokenRejected as exc:
         ctx.metrics.rotations.labels("oauth2", "failure").inc()
         emit("Warning", exc.reason, f"the token endpoint refused the request ({exc.code})")
-        state = await _record_failure(ctx, source, state, rotate_now, request)
+        state = await _record_failure(ctx, source, state, rotate_now, f"{request}@{rfc3339(now)}")
         message = f"token endpoint answered {exc.code}"
-        return _Step(state, held(exc.reason, message), failures + 1, waiting=True)
+        if exc.reason == oauth.REASON_REFRESH_TOKEN_REJECTED:
+            return _Step(state, held(exc.reason, message), failures + 1, waiting=True)
+        return _Step(
+            state, held(exc.reason, message), failures + 1, retry_at=now + REJECTED_CLIENT_RETRY
+        )
     except oauth.TokenEndpointUnavailable as exc:
         ctx.metrics.rotations.labels("oauth2", "failure").inc()
         retry_at = backoff(exc.retry_after)

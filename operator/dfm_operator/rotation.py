@@ -33,10 +33,11 @@ ANNOTATION_ROTATE_NOW = "dfm.dev/rotate-now"
 # The cron slot the last scheduled rotation was for (it may have run a little later).
 ANNOTATION_SCHEDULED_SLOT = "dfm.dev/scheduled-slot"
 
-# Never refresh an oauth2 token later than this fraction of its lifetime: a refreshBeforeSeconds
+# Never refresh an oauth2 token earlier than this fraction of its lifetime: a refreshBeforeSeconds
 # as long as the token lives (Keycloak's default 300 s lifetime and our default margin) would
 # otherwise make every fresh token due at once, and the operator would refresh in a loop.
 MAX_MARGIN_FRACTION = 0.5
+MIN_REFRESH_INTERVAL = timedelta(seconds=5)
 # Steps to look for the latest cron slot before now; past this, the slot is simply not recorded.
 MAX_SLOT_STEPS = 10_000
 
@@ -189,6 +190,18 @@ def refresh_margin(refresh_before: timedelta, state: SecretState | None) -> time
     return max(min(refresh_before, lifetime * MAX_MARGIN_FRACTION), timedelta(0))
 
 
+def refresh_at(refresh_before: timedelta, state: SecretState) -> datetime | None:
+    """When the token is due for a refresh: the margin before it expires, but never sooner than
+    MIN_REFRESH_INTERVAL after the last one. A provider announcing tokens of 0 or 1 s would
+    otherwise have each refresh due the moment it is written, and the write wakes the scheduler."""
+    if state.token_expires_at is None:
+        return None
+    due = state.token_expires_at - refresh_margin(refresh_before, state)
+    if state.last_rotation is not None:
+        due = max(due, state.last_rotation + MIN_REFRESH_INTERVAL)
+    return due
+
+
 def oauth_action(
     refresh_before: timedelta,
     state: SecretState | None,
@@ -201,8 +214,8 @@ def oauth_action(
         return Action.REFRESH
     if rotate_now is not None:
         return Action.REFRESH
-    expires = state.token_expires_at
-    if expires is not None and expires - refresh_margin(refresh_before, state) <= now:
+    due_refresh = refresh_at(refresh_before, state)
+    if due_refresh is not None and due_refresh <= now:
         return Action.REFRESH
     due = next_rotation(rotation, state.last_rotation, state.scheduled_slot)
     if due is not None and due <= now:
@@ -225,8 +238,9 @@ def next_wakeup(
         moments.append(rotate_at)
     if state.data.get(PREVIOUS) and state.previous_expires_at is not None:
         moments.append(state.previous_expires_at)
-    if refresh_before is not None and state.token_expires_at is not None:
-        moments.append(state.token_expires_at - refresh_margin(refresh_before, state))
+    due_refresh = refresh_at(refresh_before, state) if refresh_before is not None else None
+    if due_refresh is not None:
+        moments.append(due_refresh)
     return min(moments) if moments else None
 
 

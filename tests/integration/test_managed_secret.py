@@ -170,7 +170,7 @@ class TokenServer:
         self.issued = 0
         self.requests = 0
         self.mode = "ok"
-        self.expires_in = 3
+        self.expires_in = 6
 
     async def token(self, request: web.Request) -> web.Response:
         self.requests += 1
@@ -245,7 +245,7 @@ async def test_oauth_tokens_refresh_before_expiry_and_rotated_refresh_tokens_are
             lambda: status(k8s, "ghl-oauth").get("tokenExpiresAt") == data["expires_at"],
             what="status.tokenExpiresAt",
         )
-        # 3 s tokens refreshed 1 s early: the next one comes at about 2 s, with rt-1.
+        # 6 s tokens refreshed 1 s early: the next one comes at about 5 s, with rt-1.
         await k8s.wait_for(
             lambda: secret_data(k8s, "ghl-oauth").get("access_token") == "at-2",
             seconds=10,

@@ -287,6 +287,8 @@ class FakeProvider:
             raise oauth.TokenEndpointUnavailable("server_error", "x", status=503)
         if self.mode == "rejected":
             raise oauth.TokenRejected("invalid_grant", "x", status=400)
+        if self.mode == "client rejected":
+            raise oauth.TokenRejected("invalid_client", "x", status=401)
         expires = kw["now"] + timedelta(seconds=self.expires_in)
         return oauth.TokenResponse(f"at-{self.calls}", "Bearer", expires, None, None)
 
@@ -319,11 +321,15 @@ def oauth_cluster(
 
 
 async def reconcile_times(
-    kube: FakeKube, times: int, monkeypatch: pytest.MonkeyPatch, provider: FakeProvider
+    kube: FakeKube,
+    times: int,
+    monkeypatch: pytest.MonkeyPatch,
+    provider: FakeProvider,
+    at: datetime = T0,
 ) -> tuple[list[datetime | None], list[tuple[str, str]]]:
     monkeypatch.setattr(oauth, "request_token", provider.request_token)
     ctx = Context(
-        kube=kube, settings=OperatorSettings(), metrics=OperatorMetrics(), clock=lambda: T0
+        kube=kube, settings=OperatorSettings(), metrics=OperatorMetrics(), clock=lambda: at
     )  # type: ignore[arg-type]
     events: list[tuple[str, str]] = []
     wakeups: list[datetime | None] = []
@@ -355,7 +361,7 @@ def issued_token() -> dict[str, Any]:
         "kind": "Secret",
         "metadata": {
             "name": "tok",
-            "annotations": {ANNOTATION_LAST_ROTATION: rfc3339(T0)},
+            "annotations": {ANNOTATION_LAST_ROTATION: rfc3339(T0 - timedelta(hours=2))},
             "ownerReferences": [
                 {
                     "apiVersion": "dfm.dev/v1alpha1",
@@ -385,6 +391,24 @@ async def test_a_rejected_refresh_waits_for_a_change_instead_of_looping(
     wakeups, _ = await reconcile_times(kube, 3, monkeypatch, provider)
     assert provider.calls == 2
     assert wakeups == [None] * 3
+
+
+async def test_a_refused_client_is_asked_again_hourly_without_any_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # invalid_client may be fixed on the provider's side, where no input of ours changes.
+    provider = FakeProvider("client rejected")
+    kube = oauth_cluster(secret=issued_token())
+    wakeups, _ = await reconcile_times(kube, 3, monkeypatch, provider)
+    assert provider.calls == 1
+    assert wakeups == [T0 + timedelta(hours=1)] * 3
+    provider.mode = "ok"
+    await reconcile_times(kube, 1, monkeypatch, provider, at=T0 + timedelta(minutes=59))
+    assert provider.calls == 1
+    await reconcile_times(kube, 1, monkeypatch, provider, at=T0 + timedelta(hours=1))
+    assert provider.calls == 2
+    written = kube.objects[("Secret", "tok")]["data"]["access_token"]
+    assert base64.b64decode(written) == b"at-2"
 
 
 async def test_a_first_token_request_refused_writes_no_empty_secret(
@@ -426,6 +450,17 @@ async def test_rotate_now_that_fails_is_handled_once(monkeypatch: pytest.MonkeyP
     written = kube.objects[("Secret", "tok")]["metadata"]["annotations"]
     assert written[ANNOTATION_ROTATE_NOW_HANDLED] == "r1"
     assert base64.b64decode(kube.objects[("Secret", "tok")]["data"]["access_token"]) == b"at-0"
+
+
+@pytest.mark.parametrize("expires_in", [0, 1])
+async def test_a_token_that_lives_a_second_or_less_is_refreshed_every_5s_at_most(
+    monkeypatch: pytest.MonkeyPatch, expires_in: int
+) -> None:
+    # Each refresh's own write wakes the scheduler: without a floor it would refresh at once.
+    provider = FakeProvider("ok", expires_in=expires_in)
+    wakeups, _ = await reconcile_times(oauth_cluster(), 4, monkeypatch, provider)
+    assert provider.calls == 1
+    assert wakeups == [T0 + timedelta(seconds=5)] * 4
 
 
 async def test_a_token_as_short_as_the_margin_is_not_refreshed_in_a_loop(
