@@ -558,7 +558,10 @@ async def _reconcile(
             MIN_WAKEUP,
         )
         if step.waiting:
-            next_at = planned = None
+            # Nothing to try until a change; but Ready must turn False when the token runs out.
+            expires = state.token_expires_at if state else None
+            next_at = expires if expires is not None and expires > now else None
+            planned = None
         shown = step.retry_at or planned
         fields = _status_fields(source, state, step.failures, shown)
         ready = await write_status(ctx, c.MANAGED_SECRET, body, step.conditions, fields, emit)

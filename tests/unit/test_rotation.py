@@ -393,6 +393,27 @@ async def test_a_rejected_refresh_waits_for_a_change_instead_of_looping(
     assert wakeups == [None] * 3
 
 
+async def test_after_a_refusal_ready_turns_false_when_the_token_runs_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Waiting for a new refresh token, the scheduler still wakes when the current token expires.
+    secret = issued_token()
+    secret["data"]["expires_at"] = b64(rfc3339(T0 + timedelta(minutes=5)))
+    kube = oauth_cluster({ANNOTATION_ROTATE_NOW: "r1"}, secret)
+    provider = FakeProvider("rejected")
+    wakeups, _ = await reconcile_times(kube, 1, monkeypatch, provider)
+    assert wakeups == [T0 + timedelta(minutes=5)]
+
+    def ready() -> dict[str, Any]:
+        conditions = kube.objects[("ManagedSecret", "tok")]["status"]["conditions"]
+        return next(c for c in conditions if c["type"] == "Ready")
+
+    assert ready()["status"] == "True"  # the token still works until then
+    await reconcile_times(kube, 1, monkeypatch, provider, at=T0 + timedelta(minutes=5))
+    assert (ready()["status"], ready()["reason"]) == ("False", "RefreshTokenRejected")
+    assert provider.calls == 1
+
+
 async def test_a_refused_client_is_asked_again_hourly_without_any_change(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
