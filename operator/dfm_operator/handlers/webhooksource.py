@@ -34,9 +34,10 @@ async def _run(memo: kopf.Memo, body: kopf.Body, known: Any, *, prune: bool = Fa
 @kopf.on.resume(c.GROUP, c.VERSION, "webhooksources")
 @kopf.on.create(c.GROUP, c.VERSION, "webhooksources")
 @kopf.on.update(c.GROUP, c.VERSION, "webhooksources")
-async def reconcile(memo: kopf.Memo, body: kopf.Body, **kwargs: Any) -> None:
-    """A new or changed spec, or the operator's start (its settings may have changed)."""
-    await _run(memo, body, kwargs["secret_names"], prune=True)
+async def reconcile(memo: kopf.Memo, body: kopf.Body, reason: str, **kwargs: Any) -> None:
+    """A new or changed spec, or the operator's start (its settings may have changed). A new
+    source has nothing obsolete to prune; a changed one or one met at start-up may have."""
+    await _run(memo, body, kwargs["secret_names"], prune=reason != kopf.Reason.CREATE)
 
 
 @kopf.timer(
