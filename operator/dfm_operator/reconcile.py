@@ -103,6 +103,9 @@ class Context:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _service_monitor_crd: bool | None = None
+    # The Ready (status, reason, generation) last announced per object uid: kopf sometimes hands
+    # a handler a body older than our own status write, which would announce it a second time.
+    _announced: dict[str, tuple[str, str, int | None]] = field(default_factory=dict)
 
     def lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -116,6 +119,16 @@ class Context:
         if self._service_monitor_crd is None:
             self._service_monitor_crd = await self.kube.crd_exists(SERVICE_MONITOR_CRD)
         return self._service_monitor_crd
+
+    def announced(self, uid: str) -> tuple[str, str, int | None] | None:
+        return self._announced.get(uid)
+
+    def announce(self, uid: str, announcement: tuple[str, str, int | None]) -> None:
+        self._announced[uid] = announcement
+
+    def forget(self, uid: str) -> None:
+        """An object is gone: drop what is remembered about it."""
+        self._announced.pop(uid, None)
 
     def forget_crds(self) -> None:
         """Ask the API server again next time: a CRD may have been installed or removed."""
@@ -177,11 +190,15 @@ async def write_status(
         await ctx.kube.patch_status(
             c.API_VERSION, kind, meta["namespace"], meta["name"], {**dropped, **new}
         )
-    if (old_ready.get("status"), old_ready.get("reason")) != (ready["status"], ready["reason"]):
+    announcement = (ready["status"], ready["reason"], generation)
+    uid = str(meta.get("uid") or f"{kind}/{meta.get('namespace')}/{meta.get('name')}")
+    changed = (old_ready.get("status"), old_ready.get("reason")) != announcement[:2]
+    if changed and ctx.announced(uid) != announcement:
         if ready["status"] == "True":
             emit("Normal", "Ready", ready["message"] or ready["reason"])
         elif ready["reason"] in WARNING_REASONS:
             emit("Warning", ready["reason"], ready["message"])
+    ctx.announce(uid, announcement)
     return bool(ready["status"] == "True")
 
 

@@ -54,10 +54,11 @@ async def drift_check(memo: kopf.Memo, body: kopf.Body, **kwargs: Any) -> None:
 
 
 @kopf.on.delete(c.GROUP, c.VERSION, "webhooksources", optional=True)
-async def forget(memo: kopf.Memo, namespace: str | None, name: str, **_: Any) -> None:
-    """Children go with their owner (ownerReferences); only our metrics need to forget it."""
+async def forget(memo: kopf.Memo, namespace: str | None, name: str, uid: str, **_: Any) -> None:
+    """Children go with their owner (ownerReferences); only our metrics and memory forget it."""
     ctx: Context = memo.ctx
     ctx.metrics.source_ready(f"{namespace}/{name}", None)
+    ctx.forget(uid)
 
 
 @kopf.index(c.GROUP, c.VERSION, "webhooksources")
