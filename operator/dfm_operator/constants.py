@@ -45,3 +45,5 @@ REASON_SECRET_NOT_FOUND = "SecretNotFound"
 REASON_DEPLOYMENT_UNAVAILABLE = "DeploymentUnavailable"
 REASON_ROLLING_OUT = "RollingOut"
 REASON_APPLY_FAILED = "ApplyFailed"
+# SyncSchedule and BackupSchedule: accepted, not run yet.
+REASON_NOT_SUPPORTED_YET = "NotSupportedYet"

@@ -17,12 +17,12 @@ from pydantic import ValidationError
 
 from dfm_operator import constants as c
 from dfm_operator.api import WebhookSource
+from dfm_operator.builders.meta import controlled_by
 from dfm_operator.builders.webhooksource import (
     ReceiverInputs,
     build_children,
     endpoints,
     obsolete_children,
-    owned_by,
     receiver_name,
     referenced_secrets,
 )
@@ -33,7 +33,12 @@ from dfm_operator.settings import OperatorSettings
 
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 # Reasons whose arrival deserves a Warning event.
-WARNING_REASONS = {c.REASON_INVALID_SPEC, c.REASON_SECRET_NOT_FOUND, c.REASON_APPLY_FAILED}
+WARNING_REASONS = {
+    c.REASON_INVALID_SPEC,
+    c.REASON_SECRET_NOT_FOUND,
+    c.REASON_APPLY_FAILED,
+    c.REASON_NOT_SUPPORTED_YET,
+}
 
 EmitFn = Callable[[str, str, str], None]  # (type, reason, message)
 
@@ -105,7 +110,7 @@ class Context:
     _service_monitor_crd: bool | None = None
     # The Ready (status, reason, generation) last announced per object uid: kopf sometimes hands
     # a handler a body older than our own status write, which would announce it a second time.
-    _announced: dict[str, tuple[str, str, int | None]] = field(default_factory=dict)
+    announced: dict[str, tuple[str, str, int | None]] = field(default_factory=dict)
 
     def lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -119,16 +124,6 @@ class Context:
         if self._service_monitor_crd is None:
             self._service_monitor_crd = await self.kube.crd_exists(SERVICE_MONITOR_CRD)
         return self._service_monitor_crd
-
-    def announced(self, uid: str) -> tuple[str, str, int | None] | None:
-        return self._announced.get(uid)
-
-    def announce(self, uid: str, announcement: tuple[str, str, int | None]) -> None:
-        self._announced[uid] = announcement
-
-    def forget(self, uid: str) -> None:
-        """An object is gone: drop what is remembered about it."""
-        self._announced.pop(uid, None)
 
     def forget_crds(self) -> None:
         """Ask the API server again next time: a CRD may have been installed or removed."""
@@ -193,12 +188,12 @@ async def write_status(
     announcement = (ready["status"], ready["reason"], generation)
     uid = str(meta.get("uid") or f"{kind}/{meta.get('namespace')}/{meta.get('name')}")
     changed = (old_ready.get("status"), old_ready.get("reason")) != announcement[:2]
-    if changed and ctx.announced(uid) != announcement:
+    if changed and ctx.announced.get(uid) != announcement:
         if ready["status"] == "True":
             emit("Normal", "Ready", ready["message"] or ready["reason"])
         elif ready["reason"] in WARNING_REASONS:
             emit("Warning", ready["reason"], ready["message"])
-    ctx.announce(uid, announcement)
+    ctx.announced[uid] = announcement
     return bool(ready["status"] == "True")
 
 
@@ -347,7 +342,7 @@ async def _prune(ctx: Context, source: WebhookSource, children: list[dict[str, A
         if kind == "ServiceMonitor" and not await ctx.service_monitor_crd_installed():
             continue
         live = await ctx.kube.get(api_version, kind, source.metadata.namespace, name)
-        if live is not None and owned_by(live, source.metadata.uid):
+        if live is not None and controlled_by(live, source.metadata.uid):
             await ctx.kube.delete(api_version, kind, source.metadata.namespace, name)
 
 

@@ -278,6 +278,21 @@ def _post_signed(url: str, secret: str, msg_id: str) -> int:
         return int(exc.code)
 
 
+def wait_accepted(url: str, secret: str, what: str, seconds: float) -> None:
+    """Until a delivery signed with ``secret`` (a fresh id each try) is answered 200."""
+    deadline = time.monotonic() + seconds
+    while _post_signed(url, secret, f"try-{time.monotonic()}") != 200:
+        assert time.monotonic() < deadline, f"{what} was not applied"
+        time.sleep(0.2)
+
+
+def stop_local(proc: subprocess.Popen[str]) -> str:
+    """Ctrl-C a `dfm local`; what it wrote to stderr."""
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+    return proc.stderr.read() if proc.stderr else ""
+
+
 MANIFEST = """\
 apiVersion: v1
 kind: Secret
@@ -315,10 +330,7 @@ def test_dfm_local_applies_secret_and_source_edits_live(tmp_path: Path, database
             f'  current: {SECRET_B}\n  previous: {SECRET_A}\n  previous-expires-at: "{expires}"'
         )
         manifest.write_text(MANIFEST.format(secret=rotated, path="/hooks/clerk"))
-        deadline = time.monotonic() + 10
-        while _post_signed(url, SECRET_B, f"m3-{time.monotonic()}") != 200:
-            assert time.monotonic() < deadline, "the Secret edit was not applied"
-            time.sleep(0.2)
+        wait_accepted(url, SECRET_B, "the Secret edit", seconds=10)
         assert _post_signed(url, SECRET_A, "m4") == 200  # previous, within its grace
         time.sleep(
             max(
@@ -332,14 +344,9 @@ def test_dfm_local_applies_secret_and_source_edits_live(tmp_path: Path, database
 
         # A source edit (a new path) restarts the app on the same port.
         manifest.write_text(MANIFEST.format(secret=f"  current: {SECRET_B}", path="/hooks/new"))
-        deadline = time.monotonic() + 15
-        while _post_signed(base + "/hooks/new", SECRET_B, f"m7-{time.monotonic()}") != 200:
-            assert time.monotonic() < deadline, "the source edit was not applied"
-            time.sleep(0.3)
+        wait_accepted(base + "/hooks/new", SECRET_B, "the source edit", seconds=15)
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(30)
-    err = proc.stderr.read() if proc.stderr else ""
+        err = stop_local(proc)
     assert "secrets reloaded for default/clerk" in err
     assert "sources changed, restarting" in err
     assert SECRET_A not in err
@@ -366,14 +373,9 @@ def test_dfm_local_survives_broken_edits_and_a_file_deleted_and_written_again(
         manifest.unlink()
         time.sleep(1)
         manifest.write_text(MANIFEST.format(secret=f"  current: {SECRET_A}", path="/hooks/again"))
-        deadline = time.monotonic() + 15
-        while _post_signed(base + "/hooks/again", SECRET_A, f"a-{time.monotonic()}") != 200:
-            assert time.monotonic() < deadline, "the file written again was not picked up"
-            time.sleep(0.3)
+        wait_accepted(base + "/hooks/again", SECRET_A, "the file written again", seconds=15)
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(30)
-    err = proc.stderr.read() if proc.stderr else ""
+        err = stop_local(proc)
     assert "not UTF-8 text" in err
     assert "data is not a mapping" in err
     assert "Traceback" not in err

@@ -204,33 +204,45 @@ async def token_server(aiohttp_server: Any) -> tuple[TokenServer, str]:
     return server, str(running.make_url("/oauth/token"))
 
 
+async def oauth2_spec(
+    k8s: DfmKubernetesEmulator,
+    url: str,
+    client: str,
+    bootstrap: str,
+    *,
+    client_secret: str = "cs",  # noqa: S107 - the test token server's fake client
+    key: str = "rt",
+    **oauth2: Any,
+) -> dict[str, Any]:
+    """The client-credentials and bootstrap refresh-token Secrets, and an oauth2 spec using them."""
+    await k8s.create(
+        SECRETS,
+        {
+            "metadata": {"name": client},
+            "stringData": {"client_id": "cid", "client_secret": client_secret},
+        },
+        NS,
+    )
+    await k8s.create(SECRETS, {"metadata": {"name": bootstrap}, "stringData": {key: "rt-0"}}, NS)
+    return {
+        "type": "oauth2",
+        "oauth2": {
+            "tokenUrl": url,
+            "clientSecretRef": {"name": client},
+            "refreshTokenSecretRef": {"name": bootstrap, "key": key},
+            **oauth2,
+        },
+    }
+
+
 async def test_oauth_tokens_refresh_before_expiry_and_rotated_refresh_tokens_are_kept(
     cluster: DfmKubernetesEmulator, token_server: tuple[TokenServer, str]
 ) -> None:
     k8s = cluster
     server, url = token_server
-    await k8s.create(
-        SECRETS,
-        {
-            "metadata": {"name": "ghl-client"},
-            "stringData": {"client_id": "cid", "client_secret": "cs"},
-        },
-        NS,
+    spec = await oauth2_spec(
+        k8s, url, "ghl-client", "ghl-bootstrap", key="refresh_token", refreshBeforeSeconds=1
     )
-    await k8s.create(
-        SECRETS,
-        {"metadata": {"name": "ghl-bootstrap"}, "stringData": {"refresh_token": "rt-0"}},
-        NS,
-    )
-    spec = {
-        "type": "oauth2",
-        "oauth2": {
-            "tokenUrl": url,
-            "clientSecretRef": {"name": "ghl-client"},
-            "refreshTokenSecretRef": {"name": "ghl-bootstrap", "key": "refresh_token"},
-            "refreshBeforeSeconds": 1,
-        },
-    }
     async with kopf_running(OPERATOR) as runner:
         await k8s.create(MANAGEDSECRETS, managed("ghl-oauth", **spec), NS)
         await k8s.wait_for(
@@ -298,20 +310,7 @@ async def test_token_endpoint_errors_are_retried_with_backoff(
     k8s = cluster
     server, url = token_server
     server.mode = "error"
-    await k8s.create(
-        SECRETS,
-        {"metadata": {"name": "c"}, "stringData": {"client_id": "cid", "client_secret": "cs"}},
-        NS,
-    )
-    await k8s.create(SECRETS, {"metadata": {"name": "b"}, "stringData": {"rt": "rt-0"}}, NS)
-    spec = {
-        "type": "oauth2",
-        "oauth2": {
-            "tokenUrl": url,
-            "clientSecretRef": {"name": "c"},
-            "refreshTokenSecretRef": {"name": "b", "key": "rt"},
-        },
-    }
+    spec = await oauth2_spec(k8s, url, "c", "b")
     async with kopf_running(OPERATOR) as runner:
         await k8s.create(MANAGEDSECRETS, managed("flaky", **spec), NS)
         await k8s.wait_for(
@@ -370,17 +369,7 @@ async def test_new_client_credentials_end_a_client_rejection_at_once(
 ) -> None:
     k8s = cluster
     server, url = token_server
-    client = {"metadata": {"name": "cc"}, "stringData": {"client_id": "cid", "client_secret": "no"}}
-    await k8s.create(SECRETS, client, NS)
-    await k8s.create(SECRETS, {"metadata": {"name": "bb"}, "stringData": {"rt": "rt-0"}}, NS)
-    spec = {
-        "type": "oauth2",
-        "oauth2": {
-            "tokenUrl": url,
-            "clientSecretRef": {"name": "cc"},
-            "refreshTokenSecretRef": {"name": "bb", "key": "rt"},
-        },
-    }
+    spec = await oauth2_spec(k8s, url, "cc", "bb", client_secret="no")
     async with kopf_running(OPERATOR) as runner:
         await k8s.create(MANAGEDSECRETS, managed("creds", **spec), NS)
         await k8s.wait_for(
@@ -406,20 +395,7 @@ async def test_a_failed_secret_write_is_retried_so_the_rotated_refresh_token_sur
     k8s = cluster
     server, url = token_server
     server.expires_in = 3600
-    await k8s.create(
-        SECRETS,
-        {"metadata": {"name": "c2"}, "stringData": {"client_id": "cid", "client_secret": "cs"}},
-        NS,
-    )
-    await k8s.create(SECRETS, {"metadata": {"name": "b2"}, "stringData": {"rt": "rt-0"}}, NS)
-    spec = {
-        "type": "oauth2",
-        "oauth2": {
-            "tokenUrl": url,
-            "clientSecretRef": {"name": "c2"},
-            "refreshTokenSecretRef": {"name": "b2", "key": "rt"},
-        },
-    }
+    spec = await oauth2_spec(k8s, url, "c2", "b2")
     # The provider has retired rt-0 once it answers: the first write must not be given up on.
     k8s.inject_fault("apply", SECRETS, name="durable", status=503, times=2)
     async with kopf_running(OPERATOR) as runner:

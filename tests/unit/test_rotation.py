@@ -446,23 +446,8 @@ async def test_a_first_token_request_refused_writes_no_empty_secret(
 
 
 async def test_rotate_now_that_fails_is_handled_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    current = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": "tok",
-            "annotations": {ANNOTATION_LAST_ROTATION: rfc3339(T0)},
-            "ownerReferences": [
-                {
-                    "apiVersion": "dfm.dev/v1alpha1",
-                    "kind": "ManagedSecret",
-                    "name": "tok",
-                    "uid": "u1",
-                }
-            ],
-        },
-        "data": {"access_token": b64("at-0"), "expires_at": b64("2026-11-27T13:00:00Z")},
-    }
+    current = issued_token()
+    current["data"]["expires_at"] = b64("2026-11-27T13:00:00Z")
     provider = FakeProvider("rejected")
     kube = oauth_cluster({ANNOTATION_ROTATE_NOW: "r1"}, current)
     _, events = await reconcile_times(kube, 4, monkeypatch, provider)

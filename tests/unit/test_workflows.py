@@ -6,14 +6,14 @@ with the image it built, release publishes the image and the chart on tags.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.tools import dev_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -23,11 +23,7 @@ JsonDict = dict[str, Any]
 
 
 def _check_jsonschema() -> str:
-    beside_python = Path(sys.executable).parent / "check-jsonschema"
-    found = str(beside_python) if beside_python.exists() else shutil.which("check-jsonschema")
-    if found is None:
-        pytest.skip("check-jsonschema is not installed (a dev dependency)")
-    return found
+    return dev_tool("check-jsonschema", "a dev dependency")
 
 
 def validate(*paths: Path) -> subprocess.CompletedProcess[str]:

@@ -21,6 +21,14 @@ def owner_reference(api_version: str, kind: str, name: str, uid: str | None) -> 
     }
 
 
+def controlled_by(obj: dict[str, Any], uid: str | None) -> bool:
+    """Whether ``obj``'s controller (the owner_reference above) is the object with ``uid``."""
+    return any(
+        ref.get("uid") == uid and ref.get("controller")
+        for ref in (obj.get("metadata") or {}).get("ownerReferences") or []
+    )
+
+
 def selector_labels(owner_name: str, app_name: str, component: str) -> dict[str, str]:
     """The labels a selector matches on: stable for the owner's life (selectors are immutable)."""
     return {

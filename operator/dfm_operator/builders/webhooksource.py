@@ -356,14 +356,6 @@ def obsolete_children(
     ]
 
 
-def owned_by(obj: dict[str, Any], uid: str | None) -> bool:
-    """Whether ``obj``'s controller is the object with ``uid``."""
-    return any(
-        ref.get("uid") == uid and ref.get("controller")
-        for ref in (obj.get("metadata") or {}).get("ownerReferences") or []
-    )
-
-
 def endpoints(source: WebhookSource, settings: OperatorSettings) -> tuple[str, str | None]:
     """The in-cluster URL, and the external one when an Ingress exposes the source."""
     port = source.spec.exposure.service.port

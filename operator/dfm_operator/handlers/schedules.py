@@ -2,7 +2,8 @@
 
 Without a handler their `kubectl get` Ready and Reason columns would stay empty forever, which
 reads as "still working on it". Instead every one says plainly that nothing is scheduled:
-Ready=False, reason NotSupportedYet, with a Warning Event (or InvalidSpec when the spec is wrong).
+Ready=False, reason NotSupportedYet, with a Warning Event (or InvalidSpec when the spec is wrong),
+both posted by write_status like every other kind's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from dfm_operator.api import BackupSchedule, SyncSchedule
 from dfm_operator.conditions import ConditionUpdate
 from dfm_operator.reconcile import Context, plain_body, validation_message, write_status
 
-REASON_NOT_SUPPORTED_YET = "NotSupportedYet"
 MODELS: dict[str, type[SyncSchedule] | type[BackupSchedule]] = {
     "syncschedules": SyncSchedule,
     "backupschedules": BackupSchedule,
@@ -28,7 +28,7 @@ def not_supported_yet(kind: str) -> ConditionUpdate:
     return ConditionUpdate(
         c.READY,
         False,
-        REASON_NOT_SUPPORTED_YET,
+        c.REASON_NOT_SUPPORTED_YET,
         f"this df-middleware version accepts {kind} objects but does not run them yet: "
         "nothing is scheduled",
     )
@@ -54,5 +54,3 @@ async def report(memo: kopf.Memo, body: kopf.Body, resource: kopf.Resource, **_:
         kopf.event(body, type=type_, reason=reason, message=message)
 
     await write_status(ctx, kind, body, [condition], {}, emit)
-    if condition.reason == REASON_NOT_SUPPORTED_YET and not (body.get("status") or {}):
-        emit("Warning", REASON_NOT_SUPPORTED_YET, condition.message)

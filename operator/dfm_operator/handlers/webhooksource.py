@@ -58,7 +58,7 @@ async def forget(memo: kopf.Memo, namespace: str | None, name: str, uid: str, **
     """Children go with their owner (ownerReferences); only our metrics and memory forget it."""
     ctx: Context = memo.ctx
     ctx.metrics.source_ready(f"{namespace}/{name}", None)
-    ctx.forget(uid)
+    ctx.announced.pop(uid, None)
 
 
 @kopf.index(c.GROUP, c.VERSION, "webhooksources")
