@@ -12,8 +12,8 @@ import pytest
 import yaml
 from aiohttp import web
 
+from kube_emulator import MANAGEDSECRETS, DfmKubernetesEmulator
 from tests.kube.conftest_helpers import k8s, kopf_running, kubeconfig
-from tests.kube.emulator import MANAGEDSECRETS, DfmKubernetesEmulator
 
 __all__ = ["k8s", "kubeconfig"]  # pytest fixtures, imported for this module
 
