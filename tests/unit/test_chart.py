@@ -33,9 +33,9 @@ from prometheus_client import CollectorRegistry
 from dfm import cli
 from dfm.crds_cmd import CHART_TEMPLATE, chart_template
 from dfm_operator.crds import all_crds, crd_filename
+from dfm_operator.kernel import OperatorMetrics
 from dfm_operator.main import PEERING_NAME
 from dfm_operator.rbac import required_rules
-from dfm_operator.reconcile import OperatorMetrics
 from dfm_operator.settings import OperatorSettings
 from webhook_server.metrics import ReceiverMetrics
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
@@ -17,6 +16,7 @@ from dfm_operator.api.common import (
     LocalObjectRef,
     SecretKeyRef,
     Status,
+    Timestamp,
     cel_rules,
 )
 from dfm_operator.api.names import WEBHOOK_SOURCE_NAME, NameRule
@@ -250,7 +250,7 @@ class WebhookSourceStatus(Status):
         default=None, description="The public URL, when exposed through an Ingress."
     )
     ready_replicas: Annotated[int | None, Field(ge=0, description="Receiver pods ready.")] = None
-    last_event_time: datetime | None = Field(
+    last_event_time: Timestamp | None = Field(
         default=None, description="When the last event was stored."
     )
 
