@@ -270,6 +270,23 @@ async def load_client() -> client.ApiClient:
     return client.ApiClient()
 
 
+class KubeconfigError(Exception):
+    """A kubeconfig the client cannot use; the message is one line, never the file's content."""
+
+
+def check_kubeconfig(path: str) -> None:
+    """Load the kubeconfig at ``path`` once, as the operator will: raises KubeconfigError."""
+    import asyncio
+
+    import yaml
+
+    try:
+        asyncio.run(config.load_kube_config(config_file=path))
+    except (config.ConfigException, OSError, yaml.YAMLError, TypeError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise KubeconfigError(detail.splitlines()[0] if detail else "empty") from exc
+
+
 @contextlib.asynccontextmanager
 async def connect() -> AsyncIterator[Kube]:
     api = await load_client()
