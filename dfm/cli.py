@@ -145,7 +145,9 @@ def cmd_local(args: argparse.Namespace) -> int:
         datadir = local.default_data_dir() / "postgres"
         datadir.parent.mkdir(parents=True, exist_ok=True)
         embedded = EmbeddedPostgres(datadir)
-        print(f"dfm local: starting embedded PostgreSQL, data in {datadir}", file=sys.stderr)
+        print(
+            f"dfm local: starting embedded PostgreSQL, data in {embedded.pgdata}", file=sys.stderr
+        )
         try:
             embedded.start()
         except EmbeddedPostgresError as exc:
