@@ -744,6 +744,9 @@ class Stopped(Protocol):
     def wait(self) -> Awaitable[Any]: ...
 
 
+SleepFn = Callable[[asyncio.Event, Stopped, float], Awaitable[None]]
+
+
 def wake(ctx: Context, namespace: str | None, name: str) -> None:
     """Wake the scheduler of ``namespace/name`` now (its object or a Secret it uses changed)."""
     if namespace:
@@ -772,9 +775,15 @@ async def run_scheduler(
     stopped: Stopped,
     emit_for: Callable[[dict[str, Any]], EmitFn],
     session: aiohttp.ClientSession,
+    sleep: SleepFn | None = None,
 ) -> None:
     """Reconcile, then sleep until exactly the next due moment or until woken by a change;
-    returns when the ManagedSecret is gone or being deleted, or when ``stopped``."""
+    returns when the ManagedSecret is gone or being deleted, or when ``stopped``.
+
+    ``sleep(woken, stopped, seconds)`` waits on the event loop's clock; tests pass one that
+    moves their fake clock (``ctx.clock``) instead.
+    """
+    sleep = sleep or _sleep
     event = ctx.wakeup(f"{namespace}/{name}")
     while not stopped:
         event.clear()
@@ -790,7 +799,7 @@ async def run_scheduler(
             pass
         except Retry as exc:
             retry_delay = exc.delay
-        await _sleep(event, stopped, sleep_seconds(outcome, retry_delay, ctx.clock()))
+        await sleep(event, stopped, sleep_seconds(outcome, retry_delay, ctx.clock()))
 
 
 async def _sleep(event: asyncio.Event, stopped: Stopped, seconds: float) -> None:
