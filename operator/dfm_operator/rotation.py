@@ -16,10 +16,10 @@ from croniter import croniter
 
 from dfm_operator.api.common import parse_rfc3339, rfc3339
 from dfm_operator.api.managedsecret import RandomEncoding, RandomSecret, Rotation
+from webhook_server.secrets import CURRENT, PREVIOUS, PREVIOUS_EXPIRES_AT
 
-CURRENT = "current"
-PREVIOUS = "previous"
-PREVIOUS_EXPIRES_AT = "previous-expires-at"
+# The keys a receiver reads from a mounted ManagedSecret (CURRENT, PREVIOUS, PREVIOUS_EXPIRES_AT)
+# are the data plane's: webhook_server.secrets. The oauth2 keys are for the Secret's consumers.
 ACCESS_TOKEN = "access_token"
 TOKEN_TYPE = "token_type"
 EXPIRES_AT = "expires_at"

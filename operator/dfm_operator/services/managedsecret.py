@@ -54,10 +54,7 @@ from dfm_operator.rotation import (
     ANNOTATION_ROTATE_NOW_HANDLED,
     ANNOTATION_SCHEDULED_SLOT,
     ANNOTATION_VERSION,
-    CURRENT,
     EXPIRES_AT,
-    PREVIOUS,
-    PREVIOUS_EXPIRES_AT,
     REFRESH_TOKEN,
     SCOPE,
     TOKEN_TYPE,
@@ -75,6 +72,7 @@ from dfm_operator.rotation import (
     scheduled_slot,
     without_previous,
 )
+from webhook_server.secrets import CURRENT, PREVIOUS, PREVIOUS_EXPIRES_AT
 
 T = TypeVar("T")
 
