@@ -117,6 +117,7 @@ def local_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             proc.wait(30)
+        LOGS.pop(proc.pid, None)
         # dfm local stopped its embedded server; remove its cluster (as root it lives under
         # /var/lib/dfm, not in tmp_path), stopping whatever would have been left running.
         EmbeddedPostgres(tmp_path / "dfm-data" / "postgres").destroy()
@@ -162,7 +163,7 @@ def test_dfm_local_prints_endpoints_and_send_lines_then_stops_cleanly(
     base, proc = local_server
     proc.send_signal(signal.SIGINT)
     assert proc.wait(30) == 0
-    err = proc.stderr.read() if proc.stderr else ""
+    err = LOGS.pop(proc.pid).text()
     assert "embedded PostgreSQL" in err
     assert f"POST {base}/hooks/default/github" in err
     assert "send examples/github.yaml --name github" in err or "send " in err
