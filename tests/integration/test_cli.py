@@ -361,7 +361,8 @@ def test_dfm_local_applies_secret_and_source_edits_live(tmp_path: Path, database
     base, proc = start_local("-f", str(tmp_path), "--database-url", database_url)
     try:
         url = base + "/hooks/clerk"
-        assert _post_signed(url, SECRET_A, "m1") == 200
+        status = _post_signed(url, SECRET_A, "m1")
+        assert status == 200, "".join(LOGS[proc.pid].lines)[-3000:]
         assert _post_signed(url, SECRET_B, "m2") == 401
 
         log = LOGS[proc.pid]
