@@ -16,8 +16,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote_plus, urlencode
 
@@ -25,6 +24,7 @@ import aiohttp
 
 from dfm_operator.api.managedsecret import ClientAuth
 from webhook_server.bodies import read_limited
+from webhook_server.outbound import exponential_backoff, parse_retry_after
 
 MAX_RESPONSE_BYTES = 1024 * 1024
 """A token response is a few kilobytes; anything past this is not one."""
@@ -155,8 +155,7 @@ def backoff_seconds(consecutive_failures: int, *, base: float = 10.0, cap: float
 
     Fewer than one failure counts as one, so a caller never retries in a tight loop.
     """
-    exponent = min(max(consecutive_failures, 1) - 1, 64)
-    return float(min(base * 2.0**exponent, cap))
+    return exponential_backoff(consecutive_failures, base=base, cap=cap)
 
 
 def basic_authorization(client_id: str, client_secret: str) -> str:
@@ -335,23 +334,6 @@ def error_for_response(
     return TokenEndpointUnavailable(
         unavailable_code, message, status=status, retry_after=retry_after
     )
-
-
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Retry-After as seconds from now: delay-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    reference = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - reference).total_seconds(), 0.0)
 
 
 def _known_code(value: object) -> str | None:
