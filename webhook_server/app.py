@@ -453,7 +453,7 @@ def build_runtime(
         config=source,
         verify=VERIFIERS[source.provider],
         bucket=TokenBucket(source.limits.requests_per_second, source.limits.burst),
-        secrets=SourceSecrets(v.secrets),
+        secrets=SourceSecrets(v.secrets, source.provider),
         authenticator=JwtAuthenticator(source.auth, clock=clock) if source.auth else None,
         metrics=metrics,
         extra_sensitive={h.lower() for h in (v.header, v.timestamp_header) if h},
