@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import hashlib
 import itertools
 import math
@@ -193,7 +192,7 @@ async def request_context(
     """Request id, problem+json for every error, access log, metrics."""
     started = time.perf_counter()
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if incoming and _REQUEST_ID.match(incoming) else _new_request_id()
+    request_id = incoming if incoming and _REQUEST_ID.match(incoming) else new_request_id()
     request[REQUEST_ID] = request_id
     runtime = _runtime_for(request)
     outcome = "ok"
@@ -255,7 +254,7 @@ def _count_unrouted(
     )
 
 
-def _new_request_id() -> str:
+def new_request_id() -> str:
     return f"{_REQUEST_PREFIX}{next(_REQUEST_COUNTER):010x}"
 
 
@@ -632,23 +631,3 @@ def create_app(
     app.cleanup_ctx.append(_auth_ctx)
     app.cleanup_ctx.append(_secret_reload_ctx)
     return app
-
-
-def run(config: ReceiverConfig) -> None:
-    """Serve until SIGTERM/SIGINT; then stop accepting, finish in-flight requests, flush, close."""
-    app = create_app(config)
-    # Everything built so far lives as long as the process: keep it out of the collector's
-    # generations, which shortens the full collections that stall the loop under load.
-    gc.freeze()
-    for source in config.sources:
-        log.info(
-            "serving source", source=source.key, provider=source.provider.value, path=source.route
-        )
-    web.run_app(
-        app,
-        host=config.host,
-        port=config.port,
-        shutdown_timeout=config.shutdown_timeout_seconds,
-        access_log=None,
-        print=None,
-    )
