@@ -8,8 +8,8 @@ traceback that quotes the request (credentials included). :class:`ReceiverProtoc
   byte of a later request, to the end of its head; past it the connection is closed;
 * an **idle deadline** (``idleTimeoutSeconds``): aiohttp's keep-alive timeout;
 * a **connection cap** (``maxConnections``): a new connection past it closes the oldest idle one
-  (one with no request in progress, as nginx reuses its keep-alive connections), and when none is
-  idle it is answered 503 and closed;
+  (one with no request in progress, as nginx reuses its keep-alive connections, and at least a
+  a quarter of a second old), and when there is none it is answered 503 and closed;
 * **problem+json** for parser refusals, logged as one JSON line with the error type only.
 
 The body's deadline is the application's (``webhook_server.app``), as is everything about a
@@ -83,34 +83,60 @@ def _over_capacity() -> bytes:
 _OVER_CAPACITY = _over_capacity()
 
 
+# A connection this young is never closed to make room: time for a client that was just admitted
+# to send its request's head (a provider sends it within a round trip), so that clients
+# reconnecting as fast as they are closed cannot churn every new connection away.
+EVICTION_GRACE_SECONDS = 0.25
+
+
 class ConnectionGuard:
     """The open connections of one server, oldest first, and the cap on their number."""
 
-    def __init__(self, max_connections: int, metrics: ReceiverMetrics) -> None:
+    def __init__(
+        self,
+        max_connections: int,
+        metrics: ReceiverMetrics,
+        grace_seconds: float = EVICTION_GRACE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_connections = max_connections
         self.metrics = metrics
-        # Insertion-ordered: the first idle one found is the one idle the longest.
-        self.open: dict[ReceiverProtocol, None] = {}
+        self.grace_seconds = grace_seconds
+        self._clock = clock
+        # Insertion-ordered (oldest first), with when each was admitted.
+        self.open: dict[ReceiverProtocol, float] = {}
         self._closed = {
             reason: metrics.connections_closed.labels(reason)
             for reason in ("header_timeout", "evicted", "over_capacity")
         }
 
     def admit(self, protocol: ReceiverProtocol) -> bool:
+        """Room for ``protocol``: below the cap, or by closing the oldest idle connection that is
+        past its grace period; False (the caller refuses it) when there is none."""
+        now = self._clock()
         if len(self.open) >= self.max_connections:
-            victim = next((p for p in self.open if p.idle), None)
+            victim = self._evictable(now)
             if victim is None:
                 self.closed("over_capacity")
                 return False
             self.closed("evicted")
             self.forget(victim)
             victim.force_close()
-        self.open[protocol] = None
+        self.open[protocol] = now
         self.metrics.connections_open.set(len(self.open))
         return True
 
+    def _evictable(self, now: float) -> ReceiverProtocol | None:
+        young = now - self.grace_seconds
+        for candidate, admitted in self.open.items():
+            if admitted > young:
+                return None  # the rest are younger still
+            if candidate.idle:
+                return candidate
+        return None
+
     def forget(self, protocol: ReceiverProtocol) -> None:
-        if self.open.pop(protocol, 0) is None:
+        if self.open.pop(protocol, None) is not None:
             self.metrics.connections_open.set(len(self.open))
 
     def closed(self, reason: str) -> None:
@@ -311,7 +337,11 @@ async def start(
     await runner.setup()
     manager = runner.server
     assert manager is not None
-    guard = ConnectionGuard(cap, metrics)
+    guard = ConnectionGuard(
+        cap,
+        metrics,
+        grace_seconds=min(EVICTION_GRACE_SECONDS, server_config.header_timeout_seconds),
+    )
     loop = asyncio.get_running_loop()
     kwargs = handler_args(server_config) | {"access_log": None, "loop": loop}
     header_timeout = server_config.header_timeout_seconds

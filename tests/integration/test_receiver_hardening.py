@@ -700,3 +700,38 @@ async def test_a_mounted_secret_that_can_never_verify_makes_the_receiver_not_rea
     assert ready.json()["checks"]["secrets"] is False
     assert "not a Standard Webhooks secret" in log_lines.getvalue()
     assert "n*t!" not in log_lines.getvalue()
+
+
+async def test_readyz_waits_for_the_store_to_take_events_not_just_for_a_connection(
+    aiohttp_client: Any, database_url: str
+) -> None:
+    # Found by the soak: /readyz said ready once the pool was up, while start-up's partition work
+    # was still running and every delivery was answered 503.
+    from webhook_server.store.migrations import apply_migrations
+
+    holder = await asyncpg.connect(database_url)
+    try:
+        await apply_migrations(holder)
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("LOCK TABLE webhook_sources IN ACCESS EXCLUSIVE MODE")
+        config = ReceiverConfig(
+            sources=[github_source()], database=DatabaseConfig(url=database_url)
+        )
+        app = create_app(config)
+        client = await aiohttp_client(app)
+        store = app[STORE]
+        for _ in range(100):
+            if store._pool is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert store._pool is not None
+        assert (await client.get("/readyz")).status == 503
+        body = b"{}"
+        refused = await client.post(PATH, data=body, headers=signed(body, "early"))
+        assert refused.status == 503
+        await tx.rollback()
+        assert await store.wait_ready(15)
+        assert (await client.get("/readyz")).status == 200
+    finally:
+        await holder.close()

@@ -231,8 +231,12 @@ class Store:
     # -- health --------------------------------------------------------------------------------
 
     async def check(self, seconds: float = 2.0) -> bool:
-        """Is the database reachable right now?"""
-        if self._pool is None:
+        """Is the database reachable right now, and the store taking events?
+
+        Not before start-up's migrations and partitions are done: until then ``submit`` refuses,
+        so /readyz must not send traffic here yet.
+        """
+        if self._pool is None or not self._ready.is_set():
             return False
         try:
             async with asyncio.timeout(seconds):
