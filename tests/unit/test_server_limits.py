@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from webhook_server import logs
-from webhook_server.server import RESERVED_FILES, LoopErrors, connection_cap
+from webhook_server.metrics import ReceiverMetrics
+from webhook_server.server import RESERVED_FILES, ConnectionGuard, LoopErrors, connection_cap
 
 
 class Clock:
@@ -56,3 +57,36 @@ def test_loop_errors_are_one_line_per_kind_per_interval_without_a_traceback(
 )
 def test_the_connection_cap_fits_the_file_limit(configured: int, file_limit: int, cap: int) -> None:
     assert connection_cap(configured, file_limit) == cap
+
+
+class FakeConnection:
+    def __init__(self, idle: bool = True) -> None:
+        self.idle = idle
+        self.closed = False
+
+    def force_close(self) -> None:
+        self.closed = True
+
+
+def test_at_the_cap_the_oldest_idle_connection_past_its_grace_makes_room() -> None:
+    clock = Clock()
+    guard = ConnectionGuard(3, ReceiverMetrics(), grace_seconds=0.25, clock=clock)
+    busy, idle_old, idle_young = FakeConnection(idle=False), FakeConnection(), FakeConnection()
+    assert guard.admit(busy)  # type: ignore[arg-type]
+    assert guard.admit(idle_old)  # type: ignore[arg-type]
+    clock.now = 0.2
+    assert guard.admit(idle_young)  # type: ignore[arg-type]
+
+    clock.now = 0.3  # idle_old is past its grace, idle_young is not
+    newcomer = FakeConnection()
+    assert guard.admit(newcomer)  # type: ignore[arg-type]
+    assert (idle_old.closed, busy.closed, idle_young.closed) == (True, False, False)
+
+    # Nothing idle past its grace: the next one is refused, nobody is closed.
+    assert not guard.admit(FakeConnection())  # type: ignore[arg-type]
+    assert not idle_young.closed
+    clock.now = 1.0
+    assert guard.admit(FakeConnection())  # type: ignore[arg-type]
+    assert idle_young.closed  # the oldest idle one, the busy one is kept
+    assert not busy.closed
+    assert len(guard.open) == 3
