@@ -228,7 +228,9 @@ async def test_a_connection_that_sends_nothing_or_a_partial_head_is_closed(serve
 async def test_a_later_request_on_a_kept_alive_connection_has_a_head_deadline_too(
     serve: Serve,
 ) -> None:
-    listener, _ = await serve(server=FAST)
+    listener, _ = await serve(
+        server=ServerConfig(header_timeout_seconds=0.5, idle_timeout_seconds=30)
+    )
     reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
     writer.write(request_bytes(b"{}", signed(b"{}", "ka-1"), close=False))
     head = await reader.readuntil(b"\r\n\r\n")
@@ -238,8 +240,8 @@ async def test_a_later_request_on_a_kept_alive_connection_has_a_head_deadline_to
     writer.write(b"POST /hooks/ci/gh HTTP/1.1\r\nHost")
     started = time.monotonic()
     assert await closed_by_server(reader, 5) == b""
-    # The head deadline (0.5 s), not the idle one (1 s) nor aiohttp's default (3,630 s).
-    assert time.monotonic() - started < 0.95
+    # The head deadline (0.5 s), not the idle one (30 s) nor aiohttp's default (3,630 s).
+    assert time.monotonic() - started < 10
     writer.close()
 
 
@@ -506,7 +508,9 @@ async def test_an_unsigned_flood_does_not_starve_signed_deliveries(
 ) -> None:
     # The numbers: an unsigned flood at 50/s against a 5/s source. Before, the flood
     # spent the source's budget and 14 of 20 signed deliveries got 429.
-    source = github_source(limits=LimitsConfig(requests_per_second=5, burst=5))
+    # (A burst of 20 so that a delivery delayed by a loaded machine, then caught up, is not a
+    # 429 of the source's own budget: the flood is what is tested.)
+    source = github_source(limits=LimitsConfig(requests_per_second=5, burst=20))
     listener, _ = await serve(source)
     loop = asyncio.get_running_loop()
     started = loop.time()
