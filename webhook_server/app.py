@@ -28,6 +28,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from webhook_server.auth import JwtAuthenticator
+from webhook_server.bodies import read_limited
 from webhook_server.config import Provider, ReceiverConfig, ServerConfig, SourceConfig
 from webhook_server.logs import AccessLog, get_logger
 from webhook_server.metrics import ReceiverMetrics
@@ -51,7 +52,6 @@ ACCESS_LOG_FLUSH_SECONDS = 1.0
 # Request ids: a random per-process prefix and a counter (unique, and cheaper than uuid4).
 _REQUEST_PREFIX = secrets.token_hex(6)
 _REQUEST_COUNTER = itertools.count(1)
-READ_CHUNK = 64 * 1024
 # The JWKS is not refetched sooner than this, so an earlier retry would meet the same outage.
 AUTH_RETRY_AFTER = str(math.ceil(JwtAuthenticator.REFETCH_MIN_INTERVAL_SECONDS))
 
@@ -282,32 +282,23 @@ def _apply_cors(request: web.Request, runtime: SourceRuntime, response: web.Stre
 async def _read_body(request: web.Request, limit: int, deadline_seconds: float) -> bytes:
     """The whole body, at most ``limit`` bytes (413), within ``deadline_seconds`` of the end of
     the headers (408). A client that goes away, or a body that ends early, is its own outcome."""
-    if request.content_length is not None and request.content_length > limit:
-        raise Problem(413, "request body too large", outcome="too_large")
     content = request.content
     try:
         if content.is_eof():
             # It all came with the headers (the usual webhook): no timer needed.
-            return await _read_all(content, limit)
-        async with asyncio.timeout(deadline_seconds):
-            return await _read_all(content, limit)
+            body = await read_limited(content, request.content_length, limit)
+        else:
+            async with asyncio.timeout(deadline_seconds):
+                body = await read_limited(content, request.content_length, limit)
     except TimeoutError:
         raise Problem(
             408, "the request body did not arrive in time", outcome="body_timeout"
         ) from None
     except _BODY_CUT:
         raise Problem(400, "the request body ended early", outcome="disconnected") from None
-
-
-async def _read_all(content: Any, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in content.iter_chunked(READ_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise Problem(413, "request body too large", outcome="too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    if body is None:
+        raise Problem(413, "request body too large", outcome="too_large")
+    return body
 
 
 def _reject(runtime: SourceRuntime, metrics: ReceiverMetrics, rejected: Rejected) -> Problem:

@@ -24,6 +24,7 @@ from urllib.parse import quote_plus, urlencode
 import aiohttp
 
 from dfm_operator.api.managedsecret import ClientAuth
+from webhook_server.bodies import read_limited
 
 MAX_RESPONSE_BYTES = 1024 * 1024
 """A token response is a few kilobytes; anything past this is not one."""
@@ -219,7 +220,7 @@ async def request_token(
         ) as response:
             status = response.status
             retry_after = parse_retry_after(response.headers.get("Retry-After"), now)
-            body = await _read_limited(response)
+            body = await read_limited(response.content, response.content_length, MAX_RESPONSE_BYTES)
     except TimeoutError:
         raise TokenEndpointUnavailable(
             CODE_TIMEOUT, f"token endpoint did not answer within {timeout_seconds:g}s"
@@ -372,20 +373,6 @@ def _expires_in(value: object) -> float | None:
         raise ValueError("expires_in is out of range")
     # A larger value would overflow datetime; a token valid a century has no expiry worth noting.
     return float(min(value, MAX_EXPIRES_IN_SECONDS))
-
-
-async def _read_limited(response: aiohttp.ClientResponse) -> bytes | None:
-    """The body, or None when it is larger than MAX_RESPONSE_BYTES."""
-    if response.content_length is not None and response.content_length > MAX_RESPONSE_BYTES:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

@@ -231,11 +231,7 @@ class Store:
     # -- health --------------------------------------------------------------------------------
 
     async def check(self, seconds: float = 2.0) -> bool:
-        """Is the database reachable right now, and the store taking events?
-
-        Not before start-up's migrations and partitions are done: until then ``submit`` refuses,
-        so /readyz must not send traffic here yet.
-        """
+        """Is the store ready (migrated, partitions made) and the database reachable right now?"""
         if self._pool is None or not self._ready.is_set():
             return False
         try:
