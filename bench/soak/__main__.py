@@ -82,7 +82,7 @@ def rss_mib(pid: int) -> float:
 
 
 def server_pids(pg: EmbeddedPostgres) -> list[int]:
-    postmaster = int((pg.datadir / "postmaster.pid").read_text().split()[0])
+    postmaster = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
     pids = [postmaster]
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():

@@ -46,13 +46,14 @@ def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
     server = EmbeddedPostgres(tmp_path / "pg")
     server.start()
     yield server
-    _signal_all(server, signal.SIGCONT)
+    with contextlib.suppress(OSError):
+        _signal_all(server, signal.SIGCONT)
     server.destroy()
 
 
 def _server_pids(server: EmbeddedPostgres) -> list[int]:
     """The postmaster and every process it started."""
-    postmaster = int((server.datadir / "postmaster.pid").read_text().split()[0])
+    postmaster = int((server.pgdata / "postmaster.pid").read_text().split()[0])
     pids = [postmaster]
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
