@@ -30,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from webhook_server.auth import JwtAuthenticator
 from webhook_server.bodies import read_limited
 from webhook_server.config import Provider, ReceiverConfig, ServerConfig, SourceConfig
+from webhook_server.forward import Forwarder
 from webhook_server.logs import AccessLog, get_logger
 from webhook_server.metrics import ReceiverMetrics
 from webhook_server.ratelimit import TokenBucket
@@ -127,6 +128,8 @@ class SourceRuntime:
 CONFIG = web.AppKey("config", ReceiverConfig)
 METRICS = web.AppKey("metrics", ReceiverMetrics)
 STORE = web.AppKey("store", Store)
+# Set only when a source forwards.
+FORWARDER = web.AppKey("forwarder", Forwarder)
 SOURCES = web.AppKey("sources", dict[str, SourceRuntime])
 # The same runtimes by path: a 405 (the router matched no route) is still counted to its source.
 SOURCES_BY_PATH = web.AppKey("sources_by_path", dict[str, SourceRuntime])
@@ -462,6 +465,11 @@ async def readyz(request: web.Request) -> web.Response:
         rt.authenticator is None or rt.authenticator.ready for rt in request.app[SOURCES].values()
     )
     checks = {"database": store_ok, "secrets": secrets_ok, "auth": auth_ok}
+    forwarder = request.app.get(FORWARDER)
+    if forwarder is not None:
+        # Informational, like auth: ingest never waits for forwarding. Without a usable signing
+        # secret nothing is sent; events are still stored and their deliveries wait.
+        checks["forwardSigning"] = all(t.secrets.loaded for t in forwarder.targets.values())
     ok = store_ok and secrets_ok
     return web.json_response(
         {"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503
@@ -477,6 +485,9 @@ async def metrics_view(request: web.Request) -> web.Response:
     events, held_bytes = store.held()
     metrics.store_queued_events.set(events)
     metrics.store_queued_bytes.set(held_bytes)
+    forwarder = request.app.get(FORWARDER)
+    if forwarder is not None:
+        forwarder.refresh_gauges()
     return web.Response(
         body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )
@@ -490,6 +501,18 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.start()
     yield
     await store.close()
+
+
+async def _forward_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Started after the store and closed before it: its last outcomes and the leases it gives
+    back are written through the store's pool."""
+    forwarder = app.get(FORWARDER)
+    if forwarder is None:
+        yield
+        return
+    await forwarder.start()
+    yield
+    await forwarder.close()
 
 
 async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -552,6 +575,23 @@ def reload_secrets(app: web.Application) -> list[str]:
             log.info(
                 "secrets reloaded", source=runtime.config.key, values=len(runtime.secrets.values)
             )
+    forwarder = app.get(FORWARDER)
+    for target in forwarder.targets.values() if forwarder is not None else ():
+        try:
+            reloaded = target.secrets.reload()
+        except Exception as exc:
+            log.error("forward signing secrets not reloaded", source=target.key,
+                      error=type(exc).__name__)  # fmt: skip
+            continue
+        if reloaded:
+            if target.key not in changed:
+                changed.append(target.key)
+            app[METRICS].secret_reloads.labels(target.key).inc()
+            log.info(
+                "forward signing secrets reloaded",
+                source=target.key,
+                values=len(target.secrets.values),
+            )
     return changed
 
 
@@ -605,8 +645,14 @@ def create_app(
     app[CONFIG] = config
     app[METRICS] = metrics
     app[CLOCK] = clock
-    app[STORE] = Store(config.database, config.sources, metrics)
-    app[ACCESS_LOG] = AccessLog()
+    store = app[STORE] = Store(config.database, config.sources, metrics)
+    access_log = app[ACCESS_LOG] = AccessLog()
+    if any(source.forward is not None for source in config.sources):
+        forwarder = Forwarder(
+            config.forwarding, config.sources, store, metrics, access_log, clock=clock
+        )
+        store.outbox = forwarder
+        app[FORWARDER] = forwarder
     sources: dict[str, SourceRuntime] = {}
     for source in config.sources:
         resource = app.router.add_resource(source.route)
@@ -619,6 +665,7 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
     app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_forward_ctx)
     app.cleanup_ctx.append(_auth_ctx)
     app.cleanup_ctx.append(_secret_reload_ctx)
     return app

@@ -206,6 +206,60 @@ class CorsConfig(Model):
     allowed_origins: list[str] = Field(default_factory=list)
 
 
+HTTP_URL_PATTERN = r"^https?://[^\s]+$"
+
+
+class BackoffConfig(Model):
+    """The wait before a failed delivery's next attempt: full jitter between ``minSeconds`` and
+    an exponentially growing ceiling capped at ``maxSeconds`` (webhook_server.outbound)."""
+
+    min_seconds: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    max_seconds: Annotated[float, Field(gt=0, le=86_400)] = 600.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min_seconds > self.max_seconds:
+            raise ValueError("backoff.minSeconds must not exceed backoff.maxSeconds")
+        return self
+
+
+class CircuitBreakerConfig(Model):
+    """Per target and receiver process: ``failureThreshold`` failed attempts in a row open the
+    circuit; no request goes for ``coolDownSeconds`` (doubling while probes fail, up to
+    ``maxCoolDownSeconds``), then one probe decides."""
+
+    failure_threshold: Annotated[int, Field(ge=1, le=1000)] = 5
+    cool_down_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    max_cool_down_seconds: Annotated[float, Field(gt=0, le=86_400)] = 600.0
+
+
+class ForwardConfig(Model):
+    """Where a source's stored events are delivered: POSTed to ``url``, signed with Standard
+    Webhooks using ``signingSecrets`` (current and, during a rotation, previous), retried with
+    back-off until delivered, ``maxAttempts`` attempts are spent or ``maxAgeSeconds`` passed."""
+
+    url: Annotated[str, Field(pattern=HTTP_URL_PATTERN, max_length=2048)]
+    signing_secrets: Annotated[list[SecretSource], Field(min_length=1)]
+    timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 8
+    max_age_seconds: Annotated[float, Field(gt=0, le=3650 * 86_400)] = 86_400.0
+    backoff: BackoffConfig = Field(default_factory=BackoffConfig)
+    # Requests in flight to the target at once, per receiver process.
+    max_concurrency: Annotated[int, Field(ge=1, le=1000)] = 8
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+
+    @model_validator(mode="after")
+    def _usable_literal_secrets(self) -> Self:
+        for secret in self.signing_secrets:
+            if secret.value is not None and standard_webhooks_key(secret.value.encode()) is None:
+                # Never quoted: it is a secret.
+                raise ValueError(
+                    "forward signing secret is not a Standard Webhooks secret "
+                    "(whsec_ followed by base64)"
+                )
+        return self
+
+
 class SourceConfig(Model):
     """One webhook source: one endpoint, one verification scheme."""
 
@@ -218,6 +272,7 @@ class SourceConfig(Model):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     cors: CorsConfig = Field(default_factory=CorsConfig)
     retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    forward: ForwardConfig | None = None
 
     @property
     def key(self) -> str:
@@ -240,6 +295,9 @@ class SourceConfig(Model):
         )
         if lacks is not None:
             raise ValueError(f"provider {self.provider.value} requires {lacks}")
+        if self.forward is not None and self.forward.max_age_seconds > self.retention_days * 86_400:
+            # A delivery cannot outlive its event: the row goes with the event's partition.
+            raise ValueError("forward.maxAgeSeconds must not exceed retentionDays")
         return self
 
     @model_validator(mode="after")
@@ -325,6 +383,29 @@ class ServerConfig(Model):
     max_headers: Annotated[int, Field(ge=8, le=1024)] = 128
 
 
+class ForwardingConfig(Model):
+    """How one receiver process runs its share of the forward outbox (see docs/receiver.md).
+
+    ``leaseSeconds`` is how long a claimed delivery belongs to this process: another replica
+    may take it once the lease has run out (this one died, or never got to it). It is raised to
+    four attempt timeouts of the slowest target, so a delivery in flight keeps its lease.
+    """
+
+    # Replica id recorded in leases and circuit rows; default: host name and a random suffix.
+    replica_id: Annotated[str | None, Field(max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")] = None
+    poll_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    lease_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    claim_batch: Annotated[int, Field(ge=1, le=10_000)] = 200
+    # Deliveries held in memory (handed over by the writer or claimed), and their payload bytes.
+    # Past either, fresh events are left to the table and polled back as room frees up.
+    max_queued_events: Annotated[int, Field(ge=1, le=1_000_000)] = 2000
+    max_queued_bytes: Annotated[int, Field(ge=1024, le=4 * 1024**3)] = 32 * 1024 * 1024
+    # How often backlog gauges and circuit rows are refreshed, and expired deliveries swept.
+    stats_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 15.0
+    # At shutdown, how long attempts in flight may finish before their leases are given back.
+    shutdown_grace_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
+
+
 class ReceiverConfig(Model):
     """Everything one receiver process needs."""
 
@@ -335,6 +416,7 @@ class ReceiverConfig(Model):
     shutdown_timeout_seconds: Annotated[float, Field(gt=0)] = 20.0
     secret_reload_seconds: Annotated[float, Field(gt=0)] = 5.0
     server: ServerConfig = Field(default_factory=ServerConfig)
+    forwarding: ForwardingConfig = Field(default_factory=ForwardingConfig)
 
     @model_validator(mode="after")
     def _unique_routes(self) -> Self:

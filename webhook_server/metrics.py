@@ -6,6 +6,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+# Receive -> delivered spans milliseconds (delivered from memory) to hours (a consumer outage).
+DELIVERY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+    3600.0, 21600.0, 86400.0,
+)  # fmt: skip
+# Circuit states as gauge values.
+CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class ReceiverMetrics:
@@ -91,4 +98,69 @@ class ReceiverMetrics:
         )
         self.store_ready = Gauge(
             "dfm_receiver_store_ready", "1 when the event store is reachable.", registry=r
+        )
+        # -- forwarding (webhook_server.forward) --------------------------------------------
+        self.forward_attempts = Counter(
+            "dfm_forward_attempts",
+            "Delivery attempts to a source's forward target, by outcome: delivered, redirect, "
+            "client_error, request_timeout, gone, rate_limited, server_error, timeout, "
+            "connection_error.",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.forward_dead_letters = Counter(
+            "dfm_forward_dead_letters",
+            "Deliveries this process dead-lettered, by reason: max_attempts, expired, gone.",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.forward_deferred = Counter(
+            "dfm_forward_deferred",
+            "Deliveries put back without an attempt because the target's circuit was open.",
+            ["source"],
+            registry=r,
+        )
+        self.forward_delivery_latency = Histogram(
+            "dfm_forward_delivery_latency_seconds",
+            "From an event's receipt to its successful delivery (all attempts and waits).",
+            ["source"],
+            buckets=DELIVERY_BUCKETS,
+            registry=r,
+        )
+        self.forward_attempt_duration = Histogram(
+            "dfm_forward_attempt_duration_seconds",
+            "Duration of one delivery attempt (request to answer, or to the timeout).",
+            ["source"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.forward_backlog = Gauge(
+            "dfm_forward_backlog",
+            "Deliveries pending in the event store (every replica's), refreshed periodically.",
+            ["source"],
+            registry=r,
+        )
+        self.forward_oldest_pending_age = Gauge(
+            "dfm_forward_oldest_pending_age_seconds",
+            "Age of the oldest pending delivery (0 when none), refreshed periodically.",
+            ["source"],
+            registry=r,
+        )
+        self.forward_dead_letters_stored = Gauge(
+            "dfm_forward_dead_letters_stored",
+            "Dead letters kept in the event store (they go with their events at retention).",
+            ["source"],
+            registry=r,
+        )
+        self.forward_circuit_state = Gauge(
+            "dfm_forward_circuit_state",
+            "This process's circuit to the source's target: 0 closed, 1 half-open, 2 open.",
+            ["source"],
+            registry=r,
+        )
+        self.forward_queued = Gauge(
+            "dfm_forward_queued",
+            "Deliveries this process holds in memory (queued or in flight).",
+            ["source"],
+            registry=r,
         )

@@ -46,6 +46,23 @@ def full_jitter_backoff(
     return max(ceiling * rng(), base / 10.0)
 
 
+def bounded_jitter_backoff(
+    failures: int,
+    *,
+    low: float,
+    high: float,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """A wait drawn uniformly from [low, exponential_backoff(failures, base=low, cap=high)].
+
+    Full jitter with a floor: the first retry waits ``low``, each later one a random time up to
+    a ceiling that doubles per failure and stops at ``high``. For callers whose users set a
+    minimum wait (forwarding's ``backoff.minSeconds``) that must hold.
+    """
+    ceiling = exponential_backoff(failures, base=low, cap=max(high, low))
+    return low + (ceiling - low) * rng()
+
+
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
     """Retry-After as seconds from ``now``: delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
 

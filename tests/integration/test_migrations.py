@@ -38,7 +38,7 @@ async def test_the_subject_migration_keeps_existing_events_and_their_dedup_keys(
             day,
         )
 
-        assert await apply_migrations(conn) == ["0002_event_subject.sql"]
+        assert await apply_migrations(conn) == [m.name for m in load_migrations()[1:]]
 
         row = await conn.fetchrow("SELECT subject, event_id FROM webhook_events")
         assert (row["subject"], row["event_id"]) == ("", "evt_1")
@@ -57,5 +57,45 @@ async def test_the_subject_migration_keeps_existing_events_and_their_dedup_keys(
         )
         assert inserted == "INSERT 0 1"
         assert await apply_migrations(conn) == []
+    finally:
+        await conn.close()
+
+
+async def test_the_outbox_migration_gives_existing_event_days_their_delivery_partitions(
+    database_url: str,
+) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        first_two = load_migrations()[:2]
+        await conn.execute(
+            """CREATE TABLE dfm_schema_migrations (
+                   version integer PRIMARY KEY, name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        for migration in first_two:
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO dfm_schema_migrations (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+        day = datetime(2026, 3, 1, 12, tzinfo=UTC)
+        low, high = partitions.bounds(day.date())
+        await conn.execute(
+            f"CREATE TABLE {partitions.partition_name(day.date())} PARTITION OF webhook_events "
+            f"FOR VALUES FROM ('{low}') TO ('{high}')"
+        )
+        await conn.execute("INSERT INTO webhook_sources VALUES ('ns/a', 30, $1)", day)
+
+        assert await apply_migrations(conn) == ["0003_forward_outbox.sql"]
+
+        bounds = "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = $1"
+        events_bound = await conn.fetchval(bounds, partitions.partition_name(day.date()))
+        deliveries_bound = await conn.fetchval(
+            bounds, partitions.deliveries_partition_name(day.date())
+        )
+        assert deliveries_bound == events_bound
+        # Sources registered before it do not forward until their receivers say so.
+        assert await conn.fetchval("SELECT forward FROM webhook_sources") is False
     finally:
         await conn.close()

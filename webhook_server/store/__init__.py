@@ -18,17 +18,18 @@ import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
 from webhook_server.config import DatabaseConfig, SourceConfig
 from webhook_server.logs import get_logger
 from webhook_server.metrics import ReceiverMetrics
-from webhook_server.store import partitions
+from webhook_server.store import outbox, partitions
+from webhook_server.store.outbox import Lease
 from webhook_server.store.migrations import apply_migrations
 
 log = get_logger("dfm.store")
@@ -92,20 +93,36 @@ class Event:
 _INSERT = """
 WITH incoming AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
-                         $5::text[], $6::bytea[], $7::jsonb[], $8::text[])
-        AS t(source, event_id, event_type, received_at, request_id, payload, headers, subject)
+                         $5::text[], $6::bytea[], $7::jsonb[], $8::text[], $9::text[])
+        AS t(source, event_id, event_type, received_at, request_id, payload, headers, subject,
+             webhook_id)
 ), fresh AS (
     INSERT INTO webhook_event_ids (source, subject, event_id, received_at)
     SELECT source, subject, event_id, received_at FROM incoming
     ON CONFLICT DO NOTHING
     RETURNING source, subject, event_id
+), stored AS (
+    INSERT INTO webhook_events
+        (source, subject, event_id, event_type, received_at, request_id, payload, headers)
+    SELECT i.source, i.subject, i.event_id, i.event_type, i.received_at, i.request_id, i.payload,
+           i.headers
+    FROM incoming i JOIN fresh f USING (source, subject, event_id)
+    RETURNING source, subject, event_id
+), queued AS (
+    INSERT INTO webhook_deliveries
+        (source, subject, event_id, received_at, webhook_id, next_attempt_at, lease_until,
+         leased_by)
+    SELECT i.source, i.subject, i.event_id, i.received_at, i.webhook_id, i.received_at,
+           $11::timestamptz, $12::text
+    FROM incoming i JOIN fresh f USING (source, subject, event_id)
+    WHERE CASE WHEN $10::text[] IS NULL
+               THEN EXISTS (SELECT 1 FROM webhook_sources s
+                            WHERE s.source = i.source AND s.forward)
+               ELSE i.source = ANY($10::text[]) END
+    RETURNING source, subject, event_id
 )
-INSERT INTO webhook_events
-    (source, subject, event_id, event_type, received_at, request_id, payload, headers)
-SELECT i.source, i.subject, i.event_id, i.event_type, i.received_at, i.request_id, i.payload,
-       i.headers
-FROM incoming i JOIN fresh f USING (source, subject, event_id)
-RETURNING source, subject, event_id
+SELECT s.source, s.subject, s.event_id, q.event_id IS NOT NULL AS queued
+FROM stored s LEFT JOIN queued q USING (source, subject, event_id)
 """
 
 _Key = tuple[str, str, str]
@@ -113,6 +130,87 @@ _Key = tuple[str, str, str]
 
 def _key(event: Event) -> _Key:
     return (event.source, event.subject, event.event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Inserted:
+    """What :func:`insert_events` stored: the new events' keys, and those given a delivery."""
+
+    fresh: set[_Key]
+    queued: set[_Key]
+
+
+async def insert_events(
+    conn: Any,
+    events: Sequence[Event],
+    *,
+    forwarded: Collection[str] | None = None,
+    lease: Lease | None = None,
+) -> Inserted:
+    """Store ``events`` and, for sources that forward, their deliveries: one statement.
+
+    The one way events enter the store (a receiver's batch, a sync's page), so an event is never
+    stored without the delivery its source asks for. An event whose (source, subject, event_id)
+    is already stored is a duplicate and gets nothing; within ``events`` the first of a key wins.
+
+    ``forwarded`` names the sources whose fresh events get a delivery row (a receiver knows its
+    own config); None means "as registered in webhook_sources by the sources' receivers" (for a
+    writer that does not know, such as a sync). ``lease`` hands the new deliveries to their
+    writer (webhook_server.forward delivers them from memory); without one they are due at once
+    for any replica's poller.
+
+    Dedup keys are locked in one order by every batch, so concurrent batches holding the same
+    ids wait for each other instead of deadlocking. Runs inside the caller's transaction if it
+    has one. Raises asyncpg's errors (a missing partition: sqlstate 23514).
+    """
+    unique: dict[_Key, Event] = {}
+    for event in events:
+        unique.setdefault(_key(event), event)
+    ordered = sorted(unique.values(), key=_key)
+    rows = await conn.fetch(
+        _INSERT,
+        [e.source for e in ordered],
+        [e.event_id for e in ordered],
+        [e.event_type for e in ordered],
+        [e.received_at for e in ordered],
+        [e.request_id for e in ordered],
+        [e.payload for e in ordered],
+        [json.dumps(e.headers) for e in ordered],
+        [e.subject for e in ordered],
+        [outbox.webhook_id(e.source, e.subject, e.event_id) for e in ordered],
+        None if forwarded is None else sorted(forwarded),
+        None if lease is None else lease.until,
+        None if lease is None else lease.owner,
+    )
+    fresh = {(r["source"], r["subject"], r["event_id"]) for r in rows}
+    queued = {(r["source"], r["subject"], r["event_id"]) for r in rows if r["queued"]}
+    return Inserted(fresh, queued)
+
+
+@dataclass(eq=False, slots=True)
+class Reservation:
+    """Room the forwarder keeps in memory for one batch's deliveries, and their lease."""
+
+    lease: Lease
+    events: int
+    bytes: int
+
+
+class Outbox(Protocol):
+    """What the writer asks of the forwarder (webhook_server.forward.Forwarder).
+
+    Before a batch commits, ``reserve`` says whether the forwarder has room in memory for the
+    batch's deliveries; if so they are written leased to it, and ``handoff`` gives it those that
+    were committed (payloads are in memory already: no round trip to read them back) and frees
+    the rest of the room. Otherwise (no room, its target's circuit open, the forwarder stopping)
+    they are written unleased, due at once for any replica's poller.
+    """
+
+    forwarded: frozenset[str]
+
+    def reserve(self, events: Sequence[Event]) -> Reservation | None: ...
+
+    def handoff(self, reservation: Reservation, committed: Sequence[Event]) -> None: ...
 
 
 _PARTITION_MISSING = "23514"  # check_violation: "no partition of relation ... found for row"
@@ -130,6 +228,8 @@ class Store:
     config: DatabaseConfig
     sources: Sequence[SourceConfig]
     metrics: ReceiverMetrics
+    # The forwarder, when a source forwards (set before start()).
+    outbox: Outbox | None = None
     statement_timeout_seconds: float = 10.0
     # How often the sweeper fails requests past their commit deadline (the overshoot bound).
     sweep_interval_seconds: float = 0.1
@@ -242,6 +342,11 @@ class Store:
             return False
         self.metrics.store_ready.set(1)
         return True
+
+    @property
+    def pool(self) -> asyncpg.Pool | None:
+        """The pool once the store is ready (migrated, partitions made), for the forwarder."""
+        return self._pool if self._ready.is_set() else None
 
     def pool_stats(self) -> tuple[int, int]:
         if self._pool is None:
@@ -356,27 +461,37 @@ class Store:
         pool = self._pool
         if pool is None:
             raise StoreUnavailable("no pool")
-        # Dedup keys are locked in one order by every batch, so concurrent batches holding the
-        # same ids wait for each other instead of deadlocking.
-        events = sorted(events, key=_key)
-        args = (
-            [e.source for e in events],
-            [e.event_id for e in events],
-            [e.event_type for e in events],
-            [e.received_at for e in events],
-            [e.request_id for e in events],
-            [e.payload for e in events],
-            [json.dumps(e.headers) for e in events],
-            [e.subject for e in events],
-        )
+        forwarder = self.outbox
+        forwarded = forwarder.forwarded if forwarder is not None else frozenset()
+        to_forward = [e for e in events if e.source in forwarded]
+        reservation = forwarder.reserve(to_forward) if forwarder and to_forward else None
+        lease = reservation.lease if reservation is not None else None
+        try:
+            inserted = await self._insert_with_retries(pool, events, forwarded, lease)
+        except BaseException:
+            if reservation is not None and forwarder is not None:
+                # Possibly committed after all (the answer was lost): then the leases run out
+                # and the deliveries are claimed like any other.
+                forwarder.handoff(reservation, [])
+            raise
+        if reservation is not None and forwarder is not None:
+            forwarder.handoff(reservation, [e for e in to_forward if _key(e) in inserted.queued])
+        return inserted.fresh
+
+    async def _insert_with_retries(
+        self,
+        pool: asyncpg.Pool,
+        events: list[Event],
+        forwarded: frozenset[str],
+        lease: Lease | None,
+    ) -> Inserted:
         # Bounded waits: for a connection (every one may be stuck in a hung database) and, by the
         # pool's command timeout, for the statement.
         acquire_timeout = self.config.connect_timeout_seconds
         for attempt in range(3):
             try:
                 async with pool.acquire(timeout=acquire_timeout) as conn:
-                    rows = await conn.fetch(_INSERT, *args)
-                return {(r["source"], r["subject"], r["event_id"]) for r in rows}
+                    return await insert_events(conn, events, forwarded=forwarded, lease=lease)
             except asyncpg.PostgresError as exc:
                 if getattr(exc, "sqlstate", None) != _PARTITION_MISSING or attempt == 2:
                     raise
@@ -416,12 +531,13 @@ class Store:
 
     async def _register_sources(self, conn: Any, now: datetime) -> None:
         await conn.executemany(
-            """INSERT INTO webhook_sources (source, retention_days, last_seen_at)
-               VALUES ($1, $2, $3)
+            """INSERT INTO webhook_sources (source, retention_days, last_seen_at, forward)
+               VALUES ($1, $2, $3, $4)
                ON CONFLICT (source) DO UPDATE
                SET retention_days = EXCLUDED.retention_days,
-                   last_seen_at = EXCLUDED.last_seen_at""",
-            [(s.key, s.retention_days, now) for s in self.sources],
+                   last_seen_at = EXCLUDED.last_seen_at,
+                   forward = EXCLUDED.forward""",
+            [(s.key, s.retention_days, now, s.forward is not None) for s in self.sources],
         )
 
     async def _expire(self, conn: Any, now: datetime) -> None:
@@ -438,6 +554,10 @@ class Store:
             )
         ]
         for name in partitions.partitions_to_drop(existing, now, int(longest)):
+            day = partitions.partition_day(name)
+            assert day is not None
+            # The day's deliveries go with its events (dead letters included).
+            await conn.execute(f"DROP TABLE IF EXISTS {partitions.deliveries_partition_name(day)}")
             await conn.execute(f"DROP TABLE IF EXISTS {name}")
             log.info("partition dropped", partition=name)
         # Sources that keep less than the longest retention lose their older rows by DELETE.
@@ -446,11 +566,12 @@ class Store:
             longest,
         ):
             cutoff = now - timedelta(days=row["retention_days"])
-            await conn.execute(
-                "DELETE FROM webhook_events WHERE source = $1 AND received_at < $2",
-                row["source"],
-                cutoff,
-            )
+            for table in ("webhook_deliveries", "webhook_events"):
+                await conn.execute(
+                    f"DELETE FROM {table} WHERE source = $1 AND received_at < $2",  # noqa: S608
+                    row["source"],
+                    cutoff,
+                )
         # A dedup key goes no earlier than its event, or a redelivery in between is stored twice:
         # for the longest retention that is when the event's whole day is dropped, for the others
         # when the DELETE above takes it.
@@ -464,6 +585,11 @@ class Store:
             now,
             longest,
             partitions.dropped_before(now, int(longest)),
+        )
+        # Circuits of processes that stopped without saying so (killed): no longer anyone's.
+        await conn.execute(
+            "DELETE FROM webhook_forward_circuits WHERE updated_at < $1",
+            now - timedelta(days=1),
         )
 
 
@@ -498,4 +624,8 @@ async def _create_partitions(conn: Any, days: set[date]) -> None:
             await conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {partitions.partition_name(day)} "
                 f"PARTITION OF webhook_events FOR VALUES FROM ('{low}') TO ('{high}')"
+            )
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {partitions.deliveries_partition_name(day)} "
+                f"PARTITION OF webhook_deliveries FOR VALUES FROM ('{low}') TO ('{high}')"
             )

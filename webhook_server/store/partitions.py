@@ -1,4 +1,5 @@
-"""Daily partitions of ``webhook_events``: naming and the pure create/drop decisions."""
+"""Daily partitions of ``webhook_events`` and of ``webhook_deliveries`` (same days, same bounds,
+created and dropped together): naming and the pure create/drop decisions."""
 
 from __future__ import annotations
 
@@ -7,11 +8,17 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 
 PREFIX = "webhook_events_p"
+DELIVERIES_PREFIX = "webhook_deliveries_p"
 _NAME = re.compile(rf"^{PREFIX}(\d{{8}})$")
 
 
 def partition_name(day: date) -> str:
     return f"{PREFIX}{day:%Y%m%d}"
+
+
+def deliveries_partition_name(day: date) -> str:
+    """The ``webhook_deliveries`` partition of the same day as ``partition_name(day)``."""
+    return f"{DELIVERIES_PREFIX}{day:%Y%m%d}"
 
 
 def partition_day(name: str) -> date | None:

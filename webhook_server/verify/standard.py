@@ -98,6 +98,15 @@ def verify(
     return Verified(event_id=msg_id, event_type=string_field(json_object(body), "type"))
 
 
+def signature_header(body: bytes, keys: Sequence[bytes], msg_id: str, timestamp: str) -> str:
+    """``webhook-signature``: one ``v1,<base64>`` per key, space-separated (several during a
+    rotation; a verifier accepts the request when any of them matches a secret it holds)."""
+    content = _signed_content(msg_id, timestamp, body)
+    return " ".join(
+        f"{VERSION},{base64.b64encode(hmac_digest(key, content)).decode()}" for key in keys
+    )
+
+
 def sign(
     body: bytes,
     secret: bytes,
@@ -110,10 +119,9 @@ def sign(
         raise ValueError("the secret is not a base64 (whsec_...) Standard Webhooks secret")
     msg_id = event_id or f"msg_{uuid.uuid4().hex}"
     timestamp = str(int(now))
-    signature = base64.b64encode(hmac_digest(key, _signed_content(msg_id, timestamp, body)))
     return {
         "Content-Type": "application/json",
         ID_HEADER: msg_id,
         TIMESTAMP_HEADER: timestamp,
-        SIGNATURE_HEADER: f"{VERSION},{signature.decode()}",
+        SIGNATURE_HEADER: signature_header(body, [key], msg_id, timestamp),
     }
