@@ -194,7 +194,8 @@ async def delivery(db: asyncpg.Connection, event_id: str) -> asyncpg.Record:
 
 async def send(client: TestClient[Any, Any], delivery_id: str, body: bytes | None = None) -> None:
     body = body or json.dumps({"ref": "refs/heads/main", "n": delivery_id}).encode()
-    response = await client.post("/hooks/ci/gh", data=body, headers=github_headers(body, delivery_id))
+    headers = github_headers(body, delivery_id)
+    response = await client.post("/hooks/ci/gh", data=body, headers=headers)
     assert response.status == 200, await response.text()
 
 
@@ -247,9 +248,7 @@ async def test_an_event_is_delivered_once_signed_with_its_id_and_trace(
 
 
 async def _delivered(db: asyncpg.Connection, event_id: str) -> bool:
-    state = await db.fetchval(
-        "SELECT state FROM webhook_deliveries WHERE event_id = $1", event_id
-    )
+    state = await db.fetchval("SELECT state FROM webhook_deliveries WHERE event_id = $1", event_id)
     return bool(state == "delivered")
 
 
@@ -318,9 +317,7 @@ async def test_a_target_that_hangs_past_the_timeout_is_retried(
 ) -> None:
     clock = Clock()
     consumer.script.append("hang")
-    client = await make_receiver(
-        github_source(forward(consumer, timeout_seconds=0.3)), clock=clock
-    )
+    client = await make_receiver(github_source(forward(consumer, timeout_seconds=0.3)), clock=clock)
     started = time.monotonic()
     await send(client, "d-1")
     assert time.monotonic() - started < 2  # the provider's 200 never waits for the consumer
@@ -539,7 +536,8 @@ def test_webhook_ids_are_stable_header_safe_and_scoped() -> None:
     assert webhook_id("ns/a", "", "evt_1Nq2") == "evt_1Nq2"
     assert webhook_id("ns/a", "", "sha256:ab12") == "sha256:ab12"
     spaced = webhook_id("ns/a", "", "order 17/ä")
-    assert spaced.startswith("dfm_") and len(spaced) == 36
+    assert spaced.startswith("dfm_")
+    assert len(spaced) == 36
     assert spaced == webhook_id("ns/a", "", "order 17/ä")  # stable
     # jwt sources: ids are chosen per caller, so the subject is part of the identity.
     assert webhook_id("ns/a", "user_1", "1") != webhook_id("ns/a", "user_2", "1")
@@ -589,3 +587,42 @@ async def test_ingest_never_waits_for_a_consumer_that_hangs(
     events, _ = forwarder.held()
     assert events <= 10  # the rest waits in the table, not in memory
     await _metrics_when(client, 'dfm_forward_backlog{source="ci/gh"} 60.0')
+
+
+async def test_deliveries_and_dead_letters_go_with_their_events_at_retention(
+    make_receiver: Any, consumer: Consumer, db: asyncpg.Connection
+) -> None:
+    start = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    clock = Clock()
+    clock.now = start.timestamp()
+    consumer.default = 410  # dead letters at once: they must stay as long as their events
+    long = github_source(forward(consumer, max_age_seconds=86400), name="long")
+    short = github_source(forward(consumer, max_age_seconds=86400), name="short")
+    long = long.model_copy(update={"retention_days": 7})
+    short = short.model_copy(update={"retention_days": 3})
+    client = await make_receiver(long, short, clock=clock)
+    for source in (long, short):
+        body = b'{"kept": "until retention"}'
+        response = await client.post(source.route, data=body, headers=github_headers(body, "e1"))
+        assert response.status == 200
+    await eventually(
+        lambda: _count(db, "SELECT count(*) FROM webhook_deliveries WHERE state = 'dead'", 2),
+        "two dead letters",
+    )
+    store = client.app[STORE]
+    # Past the short retention: its delivery row goes with its event (DELETE), the long one stays.
+    assert await store.maintain(start + timedelta(days=4))
+    rows = await db.fetch("SELECT source, state FROM webhook_deliveries")
+    assert [(r["source"], r["state"]) for r in rows] == [(long.key, "dead")]
+    # Past the long retention: the day's delivery partition is dropped with the events'.
+    assert await store.maintain(start + timedelta(days=9))
+    assert await db.fetchval("SELECT count(*) FROM webhook_deliveries") == 0
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 0
+    left = await db.fetch(
+        "SELECT relname FROM pg_class WHERE relname LIKE '%_p20260301' AND relkind = 'r'"
+    )
+    assert left == []
+
+
+async def _count(db: asyncpg.Connection, query: str, expected: int) -> bool:
+    return bool(await db.fetchval(query) == expected)

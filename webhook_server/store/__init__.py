@@ -29,8 +29,8 @@ from webhook_server.config import DatabaseConfig, SourceConfig
 from webhook_server.logs import get_logger
 from webhook_server.metrics import ReceiverMetrics
 from webhook_server.store import outbox, partitions
-from webhook_server.store.outbox import Lease
 from webhook_server.store.migrations import apply_migrations
+from webhook_server.store.outbox import Lease
 
 log = get_logger("dfm.store")
 
