@@ -151,6 +151,28 @@ def local_secrets(
     return []
 
 
+def forward_signing_secrets(
+    doc: Document,
+    source: WebhookSource,
+    found: dict[tuple[str, str], dict[str, str]],
+    root: Path | None = None,
+) -> list[SecretSource]:
+    """Where ``spec.forward.signingSecretRef`` comes from: the Secret its ManagedSecret would
+    write (``current``, and during a rotation ``previous`` with ``previous-expires-at``), read
+    from a ``kind: Secret`` manifest of that name in the same files."""
+    forward = source.spec.forward
+    if forward is None:
+        return []
+    ns = source.metadata.namespace
+    name = forward.signing_secret_ref.name
+    field = "spec.forward.signingSecretRef"
+    # Signing secrets are Standard Webhooks secrets, whatever the source's own provider.
+    value = _check_secret(doc, Provider.STANDARD, field, ns, name, "current", found)
+    if root is None:
+        return [SecretSource(value=value)]
+    return [SecretSource(dir=str(root / ns / name))]
+
+
 def materialize(found: dict[tuple[str, str], dict[str, str]], root: Path) -> None:
     """Write every Secret's keys as files under ``root/<namespace>/<name>/<key>`` (mode 0600).
 
@@ -182,7 +204,13 @@ def source_configs(
     configs: list[SourceConfig] = []
     files: dict[str, Path] = {}
     for doc, source in webhook_sources(docs):
-        configs.append(build_source_config(source, local_secrets(doc, source, found, root)))
+        configs.append(
+            build_source_config(
+                source,
+                local_secrets(doc, source, found, root),
+                forward_signing_secrets(doc, source, found, root),
+            )
+        )
         files[source.key] = doc.file
     if not configs:
         raise ManifestError(

@@ -6,7 +6,7 @@ re-asserting the same state changes nothing and status writes can be skipped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,10 +17,11 @@ from dfm_operator.api.common import rfc3339
 @dataclass(frozen=True)
 class ConditionUpdate:
     """A condition a policy wants; :func:`merge_conditions` turns it into the wire form
-    (``dfm_operator.api.common.Condition``) with times and generation."""
+    (``dfm_operator.api.common.Condition``) with times and generation. A status of None is
+    ``Unknown`` (the operator could not find out)."""
 
     type: str
-    status: bool
+    status: bool | None
     reason: str
     message: str = ""
 
@@ -30,11 +31,13 @@ def merge_conditions(
     updates: Sequence[ConditionUpdate],
     generation: int | None,
     now: datetime,
+    drop: Collection[str] = (),
 ) -> list[dict[str, Any]]:
-    """The conditions after applying ``updates``; others are kept as they were."""
-    by_type = {c.get("type"): dict(c) for c in existing}
+    """The conditions after applying ``updates`` and removing the types in ``drop`` (a condition
+    about something the spec no longer asks for); others are kept as they were."""
+    by_type = {c.get("type"): dict(c) for c in existing if c.get("type") not in drop}
     for update in updates:
-        status = "True" if update.status else "False"
+        status = {True: "True", False: "False", None: "Unknown"}[update.status]
         previous = by_type.get(update.type) or {}
         since = previous.get("lastTransitionTime") if previous.get("status") == status else None
         by_type[update.type] = {

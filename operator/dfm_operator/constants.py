@@ -47,3 +47,12 @@ REASON_ROLLING_OUT = "RollingOut"
 REASON_APPLY_FAILED = "ApplyFailed"
 # SyncSchedule and BackupSchedule: accepted, not run yet.
 REASON_NOT_SUPPORTED_YET = "NotSupportedYet"
+# WebhookSource forwarding (status from the event store, not from the receivers).
+FORWARDING = "Forwarding"
+REASON_DELIVERING = "Delivering"
+REASON_IDLE = "Idle"
+REASON_LAGGING = "Lagging"
+REASON_CIRCUIT_OPEN = "CircuitOpen"
+REASON_TARGET_FAILING = "TargetFailing"
+REASON_DEAD_LETTERED = "DeadLettered"
+REASON_STORE_UNREACHABLE = "StoreUnreachable"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from dfm_operator import constants as c
 from dfm_operator.api import Status
 from dfm_operator.conditions import ConditionUpdate, find, merge_conditions
+from dfm_operator.eventstore import EventStores
 from dfm_operator.kube import Kube
 from dfm_operator.settings import OperatorSettings
 
@@ -107,6 +108,8 @@ class Context:
     announced: dict[str, tuple[str, str, int | None]] = field(default_factory=dict)
     # What wakes a per-object scheduler early (a ManagedSecret's), by "<namespace>/<name>".
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+    # The event store's door: figures for status that only the database knows.
+    eventstores: EventStores = field(default_factory=EventStores)
 
     def lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
@@ -188,21 +191,29 @@ async def write_status(
     conditions: list[ConditionUpdate],
     fields: Status,
     emit: EmitFn,
+    *,
+    drop: Collection[str] = (),
+    observe: bool = True,
 ) -> bool:
     """Write status if it changed, emit Events for Ready transitions; returns the new Ready.
 
     ``fields`` is the kind's own Status model with the fields this write sets; a field set to
     None is removed, a field not set is kept as it was. The whole status is validated by that
     model (unknown fields refused, as the CRD's structural schema would prune them) before it
-    is sent.
+    is sent. ``drop`` removes conditions of those types. ``observe=False`` is for writes that
+    do not come from reconciling the spec (figures read from elsewhere): observedGeneration
+    stays as it was.
     """
     meta = body.get("metadata") or {}
     old: dict[str, Any] = dict(body.get("status") or {})
     generation = meta.get("generation")
     changes = fields.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    merged = merge_conditions(old.get("conditions") or [], conditions, generation, ctx.clock())
+    merged = merge_conditions(
+        old.get("conditions") or [], conditions, generation, ctx.clock(), drop
+    )
     new = {**{k: v for k, v in old.items() if k not in changes}, **changes}
-    new["observedGeneration"] = generation
+    if observe or "observedGeneration" not in old:
+        new["observedGeneration"] = generation
     new["conditions"] = merged
     typed = type(fields).model_validate({k: v for k, v in new.items() if v is not None})
     new = typed.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)

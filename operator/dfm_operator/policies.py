@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from dfm_operator import constants as c
 from dfm_operator.conditions import ConditionUpdate
+from webhook_server.store.stats import SourceStats
 
 
 def deployment_progress(deployment: dict[str, Any] | None, replicas: int) -> tuple[bool, str]:
@@ -74,3 +76,106 @@ def needs_reapply(live: dict[str, Any], desired: dict[str, Any]) -> bool:
     live_ann = ((live_spec.get("template") or {}).get("metadata") or {}).get("annotations") or {}
     want_ann = desired_spec["template"]["metadata"]["annotations"]
     return bool(live_ann.get(c.ANNOTATION_CONFIG_HASH) != want_ann[c.ANNOTATION_CONFIG_HASH])
+
+
+# -- forwarding, from the event store's figures (webhook_server.store.stats) ---------------------
+
+# Retries with no success for this long: the target is failing, not merely slow.
+TARGET_FAILING_AFTER = timedelta(minutes=5)
+# The oldest pending delivery older than this while deliveries succeed: lagging behind.
+LAGGING_AFTER = timedelta(minutes=5)
+# No pending delivery and none made for this long: idle.
+IDLE_AFTER = timedelta(minutes=15)
+# Forwarding reasons worth a Warning Event when they arrive.
+FORWARD_WARNINGS = frozenset(
+    {
+        c.REASON_CIRCUIT_OPEN,
+        c.REASON_TARGET_FAILING,
+        c.REASON_DEAD_LETTERED,
+        c.REASON_STORE_UNREACHABLE,
+    }
+)
+_CIRCUITS = {"open": "Open", "half_open": "HalfOpen"}
+
+
+def forwarding_condition(
+    stats: SourceStats | None, now: datetime, error: str | None = None
+) -> ConditionUpdate:
+    """The Forwarding condition of a source with ``spec.forward``, most serious cause first.
+
+    Its messages name no changing figure (those are in ``status.forward``), so that the
+    condition itself only changes when the state does.
+    """
+    if error is not None:
+        return ConditionUpdate(
+            c.FORWARDING, None, c.REASON_STORE_UNREACHABLE,
+            f"the event store could not be read ({error}); figures are from the last read",
+        )  # fmt: skip
+    if stats is None:
+        return ConditionUpdate(
+            c.FORWARDING, True, c.REASON_IDLE, "no receiver has written to the event store yet"
+        )
+    if "open" in stats.circuits:
+        opened = stats.circuits.count("open")
+        return ConditionUpdate(
+            c.FORWARDING, False, c.REASON_CIRCUIT_OPEN,
+            f"the circuit to the target is open on {opened} of {len(stats.circuits)} receivers: "
+            "deliveries wait in the event store until a probe succeeds",
+        )  # fmt: skip
+    delivered_lately = (
+        stats.last_delivered_at is not None and now - stats.last_delivered_at < TARGET_FAILING_AFTER
+    )
+    oldest_age = now - stats.oldest_pending_at if stats.oldest_pending_at else timedelta(0)
+    if stats.retrying and not delivered_lately and oldest_age >= TARGET_FAILING_AFTER:
+        return ConditionUpdate(
+            c.FORWARDING, False, c.REASON_TARGET_FAILING,
+            "deliveries are being retried and none has succeeded for 5 minutes",
+        )  # fmt: skip
+    if stats.dead_recently:
+        return ConditionUpdate(
+            c.FORWARDING, False, c.REASON_DEAD_LETTERED,
+            "deliveries were dead-lettered in the last hour (status.forward.deadLetters)",
+        )  # fmt: skip
+    if oldest_age >= LAGGING_AFTER:
+        return ConditionUpdate(
+            c.FORWARDING, True, c.REASON_LAGGING,
+            "deliveries succeed, but the oldest pending one is more than 5 minutes old",
+        )  # fmt: skip
+    recently = stats.last_delivered_at is not None and now - stats.last_delivered_at < IDLE_AFTER
+    if stats.pending or recently:
+        return ConditionUpdate(c.FORWARDING, True, c.REASON_DELIVERING, "deliveries succeed")
+    return ConditionUpdate(c.FORWARDING, True, c.REASON_IDLE, "nothing to deliver")
+
+
+def to_the_minute(moment: datetime | None) -> datetime | None:
+    """Times in status move at most once a minute: writes for a busy source stay rare."""
+    return None if moment is None else moment.replace(second=0, microsecond=0)
+
+
+def settled_count(written: int | None, now: int) -> int:
+    """``now``, unless the figure in status (``written``) is close enough to keep: a count is
+    rewritten when it moves by a tenth, on any change below 10, and from or to zero."""
+    if written is None or written == now:
+        return now
+    small = min(written, now) < 10
+    if small or abs(now - written) * 10 >= written:
+        return now
+    return written
+
+
+def forward_figures(stats: SourceStats, written: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``status.forward`` (camelCase, as the API has it) from the store's figures and what the
+    status holds now (``written``), settled so that figures that barely moved are not rewritten."""
+    written = written or {}
+    circuit = "Closed"
+    for state in ("open", "half_open"):
+        if state in stats.circuits:
+            circuit = _CIRCUITS[state]
+            break
+    return {
+        "backlog": settled_count(written.get("backlog"), stats.pending),
+        "deadLetters": settled_count(written.get("deadLetters"), stats.dead),
+        "oldestPendingTime": to_the_minute(stats.oldest_pending_at),
+        "lastDeliveryTime": to_the_minute(stats.last_delivered_at),
+        "circuit": circuit,
+    }

@@ -21,4 +21,7 @@ class OperatorSettings(BaseSettings):
         default_factory=lambda: SecretKeyRef(name="dfm-events-db", key="url")
     )
     service_monitor: bool = False
+    # Read each WebhookSource's figures (forward backlog, last event) from its event store for
+    # status; false when the operator cannot reach the databases (then those fields stay unset).
+    store_status: bool = True
     cluster_domain: str = "cluster.local"

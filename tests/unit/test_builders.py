@@ -9,6 +9,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from dfm.manifests import load_documents, webhook_sources
 from dfm_operator import constants as c
@@ -28,6 +29,7 @@ from dfm_operator.kube import KINDS
 from dfm_operator.policies import deployment_progress, needs_reapply, receiver_conditions
 from dfm_operator.rbac import required_rules
 from dfm_operator.settings import OperatorSettings
+from webhook_server.config import ReceiverConfig, SecretSource
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 K8S_VERSION = "1.37.0"
@@ -198,6 +200,70 @@ def test_managed_secret_is_mounted_as_a_directory() -> None:
     kinds = by_kind(build_children(s, inputs))
     assert "dir: /etc/dfm/secrets/stripe-signing-v" in kinds["ConfigMap"]["data"]["receiver.yaml"]
     assert referenced_secrets(s, inputs) == ["dfm-events-db", "stripe-signing-v"]
+
+
+def test_forward_is_rendered_and_its_signing_secret_mounted() -> None:
+    s = source(
+        forward={
+            "url": "http://orders.shop.svc:8080/events",
+            "signingSecretRef": {"name": "orders-forward"},
+            "timeoutSeconds": 3,
+            "maxAttempts": 12,
+            "maxAge": "6h",
+            "backoff": {"minSeconds": 2, "maxSeconds": 120},
+            "maxConcurrency": 4,
+            "circuitBreaker": {"failureThreshold": 7, "coolDownSeconds": 45},
+        }
+    )
+    inputs = ReceiverInputs(settings=SETTINGS, forward_secret_name="orders-forward-v")
+    kinds = by_kind(build_children(s, inputs))
+    config = ReceiverConfig.model_validate(
+        yaml.safe_load(kinds["ConfigMap"]["data"]["receiver.yaml"])
+    )
+    forward = config.sources[0].forward
+    assert forward is not None
+    assert forward.url == "http://orders.shop.svc:8080/events"
+    assert forward.signing_secrets == [SecretSource(dir="/etc/dfm/secrets/orders-forward-v")]
+    assert (forward.timeout_seconds, forward.max_attempts, forward.max_age_seconds) == (
+        3,
+        12,
+        6 * 3600,
+    )
+    assert (forward.backoff.min_seconds, forward.backoff.max_seconds) == (2, 120)
+    assert forward.max_concurrency == 4
+    assert forward.circuit_breaker.failure_threshold == 7
+    assert forward.circuit_breaker.cool_down_seconds == 45
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["forward-signing"] == "/etc/dfm/secrets/orders-forward-v"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["forward-signing"]["secret"] == {"secretName": "orders-forward-v"}
+    assert referenced_secrets(s, inputs) == ["dfm-events-db", "orders-forward-v", "stripe-webhook"]
+    # No Egress policy: the receiver reaches its target wherever it is.
+    assert kinds["NetworkPolicy"]["spec"]["policyTypes"] == ["Ingress"]
+    _validate(kinds["Deployment"])
+
+
+def test_one_secret_that_verifies_and_signs_is_mounted_once() -> None:
+    s = source(
+        verification={"managedSecretRef": {"name": "shared"}},
+        forward={"url": "http://x.svc/e", "signingSecretRef": {"name": "shared"}},
+    )
+    inputs = ReceiverInputs(
+        settings=SETTINGS, managed_secret_name="shared", forward_secret_name="shared"
+    )
+    pod = by_kind(build_children(s, inputs))["Deployment"]["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"] if "secret" in v] == ["database", "signing"]
+    _validate(by_kind(build_children(s, inputs))["Deployment"])
+
+
+def test_a_source_without_forward_has_no_forward_config() -> None:
+    config = yaml.safe_load(
+        by_kind(build_children(source(), ReceiverInputs(settings=SETTINGS)))["ConfigMap"]["data"][
+            "receiver.yaml"
+        ]
+    )
+    assert "forward" not in config["sources"][0]
 
 
 def test_endpoints() -> None:

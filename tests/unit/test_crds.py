@@ -272,6 +272,10 @@ def test_printer_columns_point_at_fields_of_their_type(kind: str) -> None:
             field = column["name"].lower() if column["name"] == "Reason" else "status"
             assert column["jsonPath"] == f'.status.conditions[?(@.type=="Ready")].{field}'
             node = _column_node(schema, f".status.conditions[].{field}")
+        elif column["jsonPath"].startswith(".status.conditions[?("):
+            # Another condition's field (e.g. Forwarding's reason).
+            field = column["jsonPath"].rpartition(".")[2]
+            node = _column_node(schema, f".status.conditions[].{field}")
         else:
             node = _column_node(schema, column["jsonPath"])
         if column["type"] == "date" or column["name"] in ("Next Rotation", "Token Expires"):
@@ -291,6 +295,9 @@ def test_default_columns_are_the_documented_ones() -> None:
         "Reason",
         "Endpoint",
         "Replicas",
+        "Forwarding",
+        "Backlog",
+        "Last Delivery",
         "Age",
     ]
     assert visible("ManagedSecret") == [
@@ -417,6 +424,10 @@ SECRET = {"secretRef": {"name": "s"}}
 HTTP = {"http": {"url": "https://api.example.com/items"}}
 CONTAINER = {"container": {"image": "example/sync:1"}}
 RANDOM = {"length": 32}
+FORWARD: JsonDict = {
+    "url": "http://orders.shop.svc:8080/events",
+    "signingSecretRef": {"name": "orders-forward-signing"},
+}
 OAUTH2 = {"tokenUrl": "https://auth.example.com/token", "clientSecretRef": {"name": "c"}}
 
 
@@ -500,6 +511,26 @@ INVALID: dict[str, tuple[JsonDict, bool]] = {
         True,
     ),
     "bad duration": (_managed(type="random", random=RANDOM, rotation={"every": "30d"}), False),
+    "forward back-off upside down": (
+        _source(
+            provider="github",
+            verification=SECRET,
+            forward={**FORWARD, "backoff": {"minSeconds": 60, "maxSeconds": 5}},
+        ),
+        True,
+    ),
+    "forward without a signing secret": (
+        _source(provider="github", verification=SECRET, forward={"url": FORWARD["url"]}),
+        False,
+    ),
+    "forward to a non-http URL": (
+        _source(provider="github", verification=SECRET, forward={**FORWARD, "url": "ftp://x"}),
+        False,
+    ),
+    "forward max age not a duration": (
+        _source(provider="github", verification=SECRET, forward={**FORWARD, "maxAge": "2d"}),
+        False,
+    ),
     "connector with both": (_sync({**HTTP, **CONTAINER}), True),
     "connector with neither": (_sync({}), True),
     "bad cron": (_backup(schedule="every night"), False),
@@ -542,6 +573,19 @@ VALID: dict[str, JsonDict] = {
         type="oauth2",
         oauth2=OAUTH2,
         rotation={"schedule": "0 3 * * 0", "timeZone": "Europe/Berlin"},
+    ),
+    "forward with every setting": _source(
+        provider="github",
+        verification=SECRET,
+        forward={
+            **FORWARD,
+            "timeoutSeconds": 2.5,
+            "maxAttempts": 12,
+            "maxAge": "6h",
+            "backoff": {"minSeconds": 0.5, "maxSeconds": 300},
+            "maxConcurrency": 32,
+            "circuitBreaker": {"failureThreshold": 10, "coolDownSeconds": 60},
+        },
     ),
     "http connector": _sync(HTTP),
     "container connector": _sync(CONTAINER),

@@ -14,7 +14,12 @@ from dfm_operator.api.common import (
 )
 from dfm_operator.api.managedsecret import ManagedSecret, ManagedSecretSpec, ManagedSecretStatus
 from dfm_operator.api.syncschedule import SyncSchedule, SyncScheduleSpec, SyncScheduleStatus
-from dfm_operator.api.webhooksource import WebhookSource, WebhookSourceSpec, WebhookSourceStatus
+from dfm_operator.api.webhooksource import (
+    ForwardStatus,
+    WebhookSource,
+    WebhookSourceSpec,
+    WebhookSourceStatus,
+)
 
 KINDS: tuple[type[CustomResource], ...] = (
     WebhookSource,
@@ -32,6 +37,7 @@ __all__ = [
     "Condition",
     "ConditionStatus",
     "CustomResource",
+    "ForwardStatus",
     "KindNames",
     "LocalObjectRef",
     "ManagedSecret",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
@@ -11,13 +12,16 @@ from dfm_operator.api.common import (
     ApiModel,
     CelRule,
     CustomResource,
+    Duration,
     HttpUrlString,
     KindNames,
     LocalObjectRef,
     SecretKeyRef,
     Status,
+    StatusModel,
     Timestamp,
     cel_rules,
+    parse_duration,
 )
 from dfm_operator.api.names import WEBHOOK_SOURCE_NAME, NameRule
 from dfm_operator.constants import WEBHOOK_SOURCE
@@ -128,20 +132,99 @@ class Store(ApiModel):
     ] = 30
 
 
-class Forward(ApiModel):
-    """Where stored events are delivered next (at least once, signed as Standard Webhooks)."""
+class ForwardBackoff(ApiModel):
+    """The wait before retrying a failed delivery."""
 
-    url: HttpUrlString = Field(description="The target URL.")
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            CelRule(
+                "!has(self.minSeconds) || !has(self.maxSeconds) || "
+                "self.minSeconds <= self.maxSeconds",
+                "minSeconds must not exceed maxSeconds",
+            )
+        )
+    )
+
+    min_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=3600,
+            description="The first retry's wait; later ones wait a random time between this and "
+            "a ceiling that doubles with each failure.",
+        ),
+    ] = 1
+    max_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=86_400,
+            description="The ceiling's cap; a longer Retry-After from the target is cut to it.",
+        ),
+    ] = 600
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min_seconds > self.max_seconds:
+            raise ValueError("minSeconds must not exceed maxSeconds")
+        return self
+
+
+class ForwardCircuitBreaker(ApiModel):
+    """Stops sending to a target that keeps failing, per receiver pod."""
+
+    failure_threshold: Annotated[
+        int,
+        Field(ge=1, le=1000, description="Failed attempts in a row that open the circuit."),
+    ] = 5
+    cool_down_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=3600,
+            description="How long an open circuit sends nothing before one probe; doubled after "
+            "each failed probe, up to 10 minutes (or this, if longer).",
+        ),
+    ] = 30
+
+
+class Forward(ApiModel):
+    """Where stored events are delivered: at least once, signed with Standard Webhooks."""
+
+    url: HttpUrlString = Field(description="The target URL; events are POSTed to it as received.")
+    signing_secret_ref: LocalObjectRef = Field(
+        description="A ManagedSecret (a whsec_ secret: type random, base64, prefix whsec_) whose "
+        "value signs every delivery; during a rotation's grace period the previous value signs "
+        "too. Deliveries are never sent unsigned."
+    )
     timeout_seconds: Annotated[
         float, Field(gt=0, le=300, description="Timeout of one delivery attempt.")
     ] = 5
     max_attempts: Annotated[
-        int, Field(ge=1, le=100, description="Attempts before an event is given up on.")
+        int,
+        Field(ge=1, le=100, description="Attempts before a delivery is dead-lettered."),
     ] = 8
-    signing_secret_ref: LocalObjectRef | None = Field(
-        default=None,
-        description="A ManagedSecret whose value signs forwarded events (default: unsigned).",
+    max_age: Duration = Field(
+        default="24h",
+        description="A delivery not made this long after its event was received is dead-lettered "
+        "(at most spec.store.retentionDays).",
     )
+    backoff: ForwardBackoff = Field(default_factory=ForwardBackoff)
+    max_concurrency: Annotated[
+        int,
+        Field(ge=1, le=1000, description="Requests in flight to the target, per receiver pod."),
+    ] = 8
+    circuit_breaker: ForwardCircuitBreaker = Field(default_factory=ForwardCircuitBreaker)
+
+    @model_validator(mode="after")
+    def _positive_age(self) -> Self:
+        if parse_duration(self.max_age) <= timedelta(0):
+            raise ValueError("maxAge must be longer than 0s")
+        return self
+
+    @property
+    def max_age_seconds(self) -> float:
+        return parse_duration(self.max_age).total_seconds()
 
 
 class ServiceExposure(ApiModel):
@@ -243,7 +326,33 @@ class WebhookSourceSpec(ApiModel):
             lacks = "verification.secretRef or verification.managedSecretRef"
         if lacks is not None:
             raise ValueError(f"provider {self.provider.value} requires {lacks}")
+        if (
+            self.forward is not None
+            and self.forward.max_age_seconds > self.store.retention_days * 86_400
+        ):
+            # A delivery goes with its event at retention: it cannot be retried longer.
+            raise ValueError("forward.maxAge must not exceed store.retentionDays")
         return self
+
+
+class ForwardStatus(StatusModel):
+    """The forward outbox as the event store has it (every receiver's work), refreshed
+    periodically by the operator. Counts are exact when written; they are rewritten when they
+    move by a tenth (any change below 10), times are rounded down to the minute."""
+
+    backlog: Annotated[int, Field(ge=0, description="Deliveries pending (due or waiting).")]
+    dead_letters: Annotated[
+        int, Field(ge=0, description="Dead-lettered deliveries kept (until retention).")
+    ]
+    oldest_pending_time: Timestamp | None = Field(
+        default=None, description="When the event of the oldest pending delivery was received."
+    )
+    last_delivery_time: Timestamp | None = Field(
+        default=None, description="When a delivery last succeeded."
+    )
+    circuit: Literal["Closed", "Open", "HalfOpen"] = Field(
+        description="Open when any receiver's circuit to the target is open (HalfOpen: probing)."
+    )
 
 
 class WebhookSourceStatus(Status):
@@ -255,7 +364,14 @@ class WebhookSourceStatus(Status):
     )
     ready_replicas: Annotated[int | None, Field(ge=0, description="Receiver pods ready.")] = None
     last_event_time: Timestamp | None = Field(
-        default=None, description="When the last event was stored."
+        default=None,
+        description="When the last event was received (stored), rounded down to the minute.",
+    )
+    forward: ForwardStatus | None = Field(
+        default=None,
+        description="Delivery to spec.forward.url, when set: read from the event store every "
+        "30 s; counts are rewritten when they move by a tenth (any change below 10), times are "
+        "rounded down to the minute.",
     )
 
 

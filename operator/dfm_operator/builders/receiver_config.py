@@ -5,12 +5,48 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dfm_operator.api import WebhookSource
-from webhook_server.config import SecretSource, SourceConfig, VerificationConfig
+from webhook_server.config import (
+    BackoffConfig,
+    CircuitBreakerConfig,
+    ForwardConfig,
+    SecretSource,
+    SourceConfig,
+    VerificationConfig,
+)
 
 
-def build_source_config(source: WebhookSource, secrets: Sequence[SecretSource]) -> SourceConfig:
-    """The receiver settings of ``source``; ``secrets`` says where its secret values come from
-    (mounted files in a pod, literals in local mode)."""
+def build_forward_config(
+    source: WebhookSource, signing: Sequence[SecretSource]
+) -> ForwardConfig | None:
+    """The receiver's forward settings; ``signing`` says where the signing secret comes from."""
+    forward = source.spec.forward
+    if forward is None:
+        return None
+    return ForwardConfig(
+        url=forward.url,
+        signing_secrets=list(signing),
+        timeout_seconds=forward.timeout_seconds,
+        max_attempts=forward.max_attempts,
+        max_age_seconds=forward.max_age_seconds,
+        backoff=BackoffConfig(
+            min_seconds=forward.backoff.min_seconds, max_seconds=forward.backoff.max_seconds
+        ),
+        max_concurrency=forward.max_concurrency,
+        circuit_breaker=CircuitBreakerConfig(
+            failure_threshold=forward.circuit_breaker.failure_threshold,
+            cool_down_seconds=forward.circuit_breaker.cool_down_seconds,
+            max_cool_down_seconds=max(600.0, forward.circuit_breaker.cool_down_seconds),
+        ),
+    )
+
+
+def build_source_config(
+    source: WebhookSource,
+    secrets: Sequence[SecretSource],
+    forward_signing: Sequence[SecretSource] = (),
+) -> SourceConfig:
+    """The receiver settings of ``source``; ``secrets`` (verification) and ``forward_signing``
+    say where its secret values come from (mounted files in a pod, literals in local mode)."""
     spec = source.spec
     v = spec.verification
     return SourceConfig(
@@ -35,4 +71,5 @@ def build_source_config(source: WebhookSource, secrets: Sequence[SecretSource]) 
         limits=spec.limits,
         cors=spec.cors,
         retention_days=spec.store.retention_days,
+        forward=build_forward_config(source, forward_signing),
     )

@@ -32,11 +32,13 @@ class ReceiverInputs:
     """What the builder needs beyond the resource itself, resolved by the caller.
 
     ``managed_secret_name``: the Secret a referenced ManagedSecret writes (its ``spec.secretName``).
+    ``forward_secret_name``: the same for ``spec.forward.signingSecretRef``.
     ``service_monitor``: whether to build a ServiceMonitor (enabled and its CRD installed).
     """
 
     settings: OperatorSettings
     managed_secret_name: str | None = None
+    forward_secret_name: str | None = None
     service_monitor: bool = False
 
 
@@ -61,12 +63,20 @@ def signing_secret_name(source: WebhookSource, inputs: ReceiverInputs) -> str | 
     return None
 
 
+def forward_secret_name(source: WebhookSource, inputs: ReceiverInputs) -> str | None:
+    """The Secret that signs forwarded events: the one its ManagedSecret writes."""
+    forward = source.spec.forward
+    if forward is None:
+        return None
+    return inputs.forward_secret_name or forward.signing_secret_ref.name
+
+
 def referenced_secrets(source: WebhookSource, inputs: ReceiverInputs) -> list[str]:
     """Names of the Secrets the receiver mounts (the operator waits for them to exist)."""
     names = [database_secret(source, inputs.settings).name]
-    signing = signing_secret_name(source, inputs)
-    if signing is not None:
-        names.append(signing)
+    for name in (signing_secret_name(source, inputs), forward_secret_name(source, inputs)):
+        if name is not None:
+            names.append(name)
     return sorted(set(names))
 
 
@@ -100,11 +110,14 @@ def build_receiver_config(source: WebhookSource, inputs: ReceiverInputs) -> Rece
         secrets.append(SecretSource(file=f"{c.SECRETS_DIR}/{signing}/{v.secret_ref.key}"))
     elif v.managed_secret_ref is not None and signing is not None:
         secrets.append(SecretSource(dir=f"{c.SECRETS_DIR}/{signing}"))
+    forwarding = forward_secret_name(source, inputs)
+    # A ManagedSecret's directory: current, and during a rotation previous (+ its expiry).
+    forward_signing = [SecretSource(dir=f"{c.SECRETS_DIR}/{forwarding}")] if forwarding else []
     db = database_secret(source, inputs.settings)
     return ReceiverConfig(
         host="0.0.0.0",  # noqa: S104 - in a pod, the Service reaches the container's interface
         port=c.RECEIVER_PORT,
-        sources=[build_source_config(source, secrets)],
+        sources=[build_source_config(source, secrets, forward_signing)],
         database=DatabaseConfig(url_file=f"{c.DATABASE_DIR}/{db.key}"),
     )
 
@@ -140,13 +153,17 @@ def _volumes(
         {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir
         {"name": "database", "mountPath": c.DATABASE_DIR, "readOnly": True},
     ]
-    signing = signing_secret_name(source, inputs)
-    if signing is not None:
+    mounted: set[str] = set()
+    for volume, secret in (
+        ("signing", signing_secret_name(source, inputs)),
+        ("forward-signing", forward_secret_name(source, inputs)),
+    ):
+        if secret is None or secret in mounted:
+            continue
+        mounted.add(secret)
         # Mounted whole, without subPath: kubelet then updates the files in place on rotation.
-        volumes.append({"name": "signing", "secret": {"secretName": signing}})
-        mounts.append(
-            {"name": "signing", "mountPath": f"{c.SECRETS_DIR}/{signing}", "readOnly": True}
-        )
+        volumes.append({"name": volume, "secret": {"secretName": secret}})
+        mounts.append({"name": volume, "mountPath": f"{c.SECRETS_DIR}/{secret}", "readOnly": True})
     return volumes, mounts
 
 
@@ -245,7 +262,11 @@ def build_pdb(source: WebhookSource, inputs: ReceiverInputs) -> dict[str, Any] |
 
 
 def build_network_policy(source: WebhookSource, inputs: ReceiverInputs) -> dict[str, Any]:
-    """Admit traffic to the receiver port only; webhooks come from anywhere (via the ingress)."""
+    """Admit traffic to the receiver port only; webhooks come from anywhere (via the ingress).
+
+    Egress is not restricted (no ``Egress`` policy type): receivers reach PostgreSQL, a JWKS
+    URL and their forward target, wherever those are.
+    """
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

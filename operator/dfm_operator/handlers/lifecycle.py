@@ -47,6 +47,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     ctx = memo.get("ctx")
     if isinstance(ctx, Context):
         await ctx.kube.api.close()
+        await ctx.eventstores.close()
     http = memo.get("http")
     if isinstance(http, aiohttp.ClientSession):
         await http.close()

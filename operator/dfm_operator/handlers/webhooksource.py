@@ -13,6 +13,8 @@ from dfm_operator.kernel import Context, InvalidSpec, Retry
 from dfm_operator.services import webhooksource as service
 
 DRIFT_CHECK_SECONDS = 300.0
+# How often a source's figures (forward backlog, last event) are read from its event store.
+STORE_STATUS_SECONDS = 30.0
 CHILD_LABELS = {c.LABEL_MANAGED_BY: c.MANAGED_BY, c.LABEL_COMPONENT: c.RECEIVER_COMPONENT}
 PLURAL = WebhookSource.names.plural
 
@@ -49,6 +51,20 @@ async def reconcile(memo: kopf.Memo, body: kopf.Body, reason: str, **kwargs: Any
 async def drift_check(memo: kopf.Memo, body: kopf.Body, **kwargs: Any) -> None:
     """Re-assert every child: repairs hand edits that no watch event reports."""
     await _run(memo, body, kwargs["secret_names"])
+
+
+@kopf.timer(
+    c.GROUP,
+    c.VERSION,
+    PLURAL,
+    interval=STORE_STATUS_SECONDS,
+    initial_delay=5,
+)
+async def store_status(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
+    """status.forward, status.lastEventTime and the Forwarding condition, from the event store
+    (receivers cannot write status; see docs/operator.md). Never raises: a failure to read the
+    store is itself the status (Forwarding=Unknown)."""
+    await service.refresh_store_status(memo.ctx, body, emitter(body))
 
 
 @kopf.on.delete(c.GROUP, c.VERSION, PLURAL, optional=True)

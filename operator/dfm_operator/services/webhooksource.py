@@ -7,6 +7,8 @@ at the live Deployment), and report Ready with the receiver's endpoints.
 
 from __future__ import annotations
 
+import base64
+import logging
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,16 +16,25 @@ from typing import Any
 from pydantic import ValidationError
 
 from dfm_operator import constants as c
-from dfm_operator.api import ManagedSecret, WebhookSource, WebhookSourceStatus
+from dfm_operator.api import (
+    ForwardStatus,
+    LocalObjectRef,
+    ManagedSecret,
+    WebhookSource,
+    WebhookSourceStatus,
+)
 from dfm_operator.builders.meta import controlled_by
 from dfm_operator.builders.webhooksource import (
     ReceiverInputs,
     build_children,
+    database_secret,
     endpoints,
     obsolete_children,
     receiver_name,
     referenced_secrets,
 )
+from dfm_operator.conditions import ConditionUpdate
+from dfm_operator.eventstore import StoreUnreachable
 from dfm_operator.kernel import (
     Context,
     EmitFn,
@@ -36,7 +47,16 @@ from dfm_operator.kernel import (
     write_status,
 )
 from dfm_operator.kube import Invalid, KubeError
-from dfm_operator.policies import needs_reapply, receiver_conditions
+from dfm_operator.policies import (
+    FORWARD_WARNINGS,
+    forward_figures,
+    forwarding_condition,
+    needs_reapply,
+    receiver_conditions,
+    to_the_minute,
+)
+
+log = logging.getLogger(__name__)
 
 
 async def reconcile_webhook_source(
@@ -108,6 +128,95 @@ async def reconcile_by_name(
         return
 
 
+async def refresh_store_status(ctx: Context, body: Mapping[str, Any], emit: EmitFn) -> None:
+    """What only the event store knows, into status: ``lastEventTime`` and, with
+    ``spec.forward``, ``status.forward`` and the Forwarding condition.
+
+    Written only when something moved enough to matter (times to the minute, counts by a
+    tenth; see ``policies.forward_figures``), so a busy source costs about one status write a
+    minute, an idle one none. Skipped until the source has a status (its first reconcile), for an
+    invalid spec, or when ``DFM_STORE_STATUS=false``. Never raises.
+    """
+    if not ctx.settings.store_status:
+        return
+    status = body.get("status") or {}
+    if not any(cond.get("type") == c.READY for cond in status.get("conditions") or []):
+        return
+    try:
+        source = WebhookSource.model_validate(plain_body(body))
+    except ValidationError:
+        return
+    async with ctx.lock(object_key(body)):
+        try:
+            await _refresh_store_status(ctx, source, body, emit)
+        except KubeError as exc:
+            log.warning("status of %s from its event store not written: %s", source.key, exc)
+
+
+async def _refresh_store_status(
+    ctx: Context, source: WebhookSource, body: Mapping[str, Any], emit: EmitFn
+) -> None:
+    url = await _database_url(ctx, source)
+    if url is None:
+        return  # Ready says SecretNotFound already
+    now = ctx.clock()
+    try:
+        stats = await ctx.eventstores.source_stats(url, source.key, now)
+        error = None
+    except StoreUnreachable as exc:
+        stats, error = None, str(exc)
+        log.warning("event store of %s not readable: %s", source.key, error)
+    old = body.get("status") or {}
+    fields = WebhookSourceStatus()
+    if stats is not None:
+        fields.last_event_time = to_the_minute(stats.last_event_at)
+    conditions = []
+    drop: tuple[str, ...] = ()
+    if source.spec.forward is None:
+        fields.forward = None
+        drop = (c.FORWARDING,)
+    else:
+        condition = forwarding_condition(stats, now, error)
+        conditions.append(condition)
+        if stats is not None:
+            fields.forward = ForwardStatus.model_validate(
+                forward_figures(stats, old.get("forward"))
+            )
+        _announce_forwarding(old, condition, emit)
+    if error is not None and source.spec.forward is None:
+        return
+    await write_status(
+        ctx, c.WEBHOOK_SOURCE, body, conditions, fields, emit, drop=drop, observe=False
+    )
+
+
+def _announce_forwarding(old_status: Mapping[str, Any], new: ConditionUpdate, emit: EmitFn) -> None:
+    """A Kubernetes Event when the Forwarding reason changes to a warning, or back from one."""
+    previous: Mapping[str, Any] = next(
+        (cond for cond in old_status.get("conditions") or [] if cond.get("type") == c.FORWARDING),
+        {},
+    )
+    if previous.get("reason") == new.reason:
+        return
+    if new.reason in FORWARD_WARNINGS:
+        emit("Warning", new.reason, new.message)
+    elif previous.get("reason") in FORWARD_WARNINGS:
+        emit("Normal", new.reason, new.message)
+
+
+async def _database_url(ctx: Context, source: WebhookSource) -> str | None:
+    """The event store's URL, from the Secret the source's receivers mount (never logged)."""
+    ref = database_secret(source, ctx.settings)
+    secret = await ctx.kube.get("v1", "Secret", source.metadata.namespace, ref.name)
+    raw = ((secret or {}).get("data") or {}).get(ref.key)
+    if not raw:
+        return None
+    try:
+        return base64.b64decode(raw).decode().strip() or None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 def forget(ctx: Context, namespace: str | None, name: str, uid: str) -> None:
     """A deleted source: children go with it (ownerReferences); our metrics and memory forget."""
     ctx.metrics.source_ready(f"{namespace}/{name}", None)
@@ -126,10 +235,12 @@ def secret_refs(spec: Mapping[str, Any]) -> list[str]:
     """The names a source's spec refers to for its Secrets (a ManagedSecret by its own name)."""
     verification = spec.get("verification") or {}
     store = spec.get("store") or {}
+    forward = spec.get("forward") or {}
     refs = [
         (verification.get("secretRef") or {}).get("name"),
         (verification.get("managedSecretRef") or {}).get("name"),
         (store.get("databaseSecretRef") or {}).get("name"),
+        (forward.get("signingSecretRef") or {}).get("name"),
     ]
     return [ref for ref in refs if ref]
 
@@ -199,19 +310,18 @@ async def _gather(
     """What the build needs from the cluster: the ManagedSecret's Secret name, whether the
     ServiceMonitor CRD is there, and which referenced Secrets are missing."""
     ns = source.metadata.namespace
-    managed_name = None
     missing: list[str] = []
     try:
-        ref = source.spec.verification.managed_secret_ref
-        if ref is not None:
-            managed = await ctx.kube.get(c.API_VERSION, c.MANAGED_SECRET, ns, ref.name)
-            if managed is None:
-                missing.append(f"ManagedSecret {ref.name}")
-            else:
-                managed_name = (managed.get("spec") or {}).get("secretName") or ref.name
+        verification_ref = source.spec.verification.managed_secret_ref
+        forward = source.spec.forward
+        managed_name = await _managed_secret_name(ctx, ns, verification_ref, missing)
+        forward_name = await _managed_secret_name(
+            ctx, ns, forward.signing_secret_ref if forward else None, missing
+        )
         inputs = ReceiverInputs(
             settings=ctx.settings,
             managed_secret_name=managed_name,
+            forward_secret_name=forward_name,
             service_monitor=await ctx.service_monitor_enabled(),
         )
         for name in referenced_secrets(source, inputs):
@@ -224,6 +334,19 @@ async def _gather(
     except KubeError as exc:
         raise Retry(str(exc)) from exc
     return _Gathered(inputs, missing)
+
+
+async def _managed_secret_name(
+    ctx: Context, namespace: str, ref: LocalObjectRef | None, missing: list[str]
+) -> str | None:
+    """The Secret a referenced ManagedSecret writes; a missing ManagedSecret is noted."""
+    if ref is None:
+        return None
+    managed = await ctx.kube.get(c.API_VERSION, c.MANAGED_SECRET, namespace, ref.name)
+    if managed is None:
+        missing.append(f"ManagedSecret {ref.name}")
+        return None
+    return str((managed.get("spec") or {}).get("secretName") or ref.name)
 
 
 async def _converge(
