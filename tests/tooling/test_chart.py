@@ -521,6 +521,7 @@ def test_operator_env_is_read_by_its_settings(helm: str, monkeypatch: pytest.Mon
     assert settings.version == "1.2.3"
     assert settings.service_monitor is True
     assert settings.cluster_domain == "cluster.example"
+    assert settings.store_status is True
     assert (settings.default_database_secret.name, settings.default_database_secret.key) == (
         "dfm-events-db",
         "url",
@@ -646,6 +647,9 @@ def test_the_promised_alerts_exist(helm: str) -> None:
         "DfmReceiverDown",
         "DfmReceiverSignatureFailuresHigh",
         "DfmReceiverStoreUnavailable",
+        "DfmForwardBacklogGrowing",
+        "DfmForwardCircuitOpen",
+        "DfmForwardDeadLetters",
         "DfmManagedSecretRotationFailed",
         "DfmOAuthTokenExpiringSoon",
         "DfmOperatorReconcileErrors",
