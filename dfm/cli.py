@@ -59,6 +59,31 @@ def _add_send(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--token", help="a bearer JWT, for sources with auth")
 
 
+def _add_consume(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "consume",
+        help="stand in for a source's forward target: verify and print what dfm local forwards",
+        description=(
+            "Listens where the source's spec.forward.url points (its host and port unless "
+            "--host/--port say otherwise), verifies every forwarded request's Standard Webhooks "
+            "signature with the signing Secret from the same files (current, and previous "
+            "until previous-expires-at) and prints one line per request. Answers --status for "
+            "a valid signature, 401 otherwise. Stops on Ctrl-C."
+        ),
+    )
+    p.add_argument("source_file", metavar="SOURCE_FILE", help="manifest(s) with the WebhookSource")
+    p.add_argument("--name", help="which WebhookSource, when the file holds several that forward")
+    p.add_argument("--host", help="address to listen on (default: the forward URL's host)")
+    p.add_argument("--port", type=int, help="port to listen on (default: the forward URL's port)")
+    p.add_argument(
+        "--status",
+        type=int,
+        default=200,
+        help="answer this status to valid deliveries (e.g. 503, to watch retries and the circuit)",
+    )
+    p.add_argument("--body", action="store_true", help="print each payload too (first 2 KiB)")
+
+
 def _add_receiver(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("receiver", help="run one receiver from a rendered config (in a pod)")
     p.add_argument("--config", required=True, metavar="FILE")
@@ -124,6 +149,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     _add_local(sub)
     _add_send(sub)
+    _add_consume(sub)
     _add_receiver(sub)
     _add_operator(sub)
     _add_render(sub)
@@ -178,6 +204,24 @@ def cmd_send(args: argparse.Namespace) -> int:
     print(f"HTTP {status}")
     print(text)
     return 0 if 200 <= status < 300 else 1
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    from dfm.consume import serve
+
+    if not 100 <= args.status <= 599:
+        raise CliError(f"--status {args.status}: not an HTTP status")
+    asyncio.run(
+        serve(
+            [args.source_file],
+            name=args.name,
+            host=args.host,
+            port=args.port,
+            status=args.status,
+            show_body=args.body,
+        )
+    )
+    return 0
 
 
 def cmd_receiver(args: argparse.Namespace) -> int:
@@ -266,6 +310,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 COMMANDS = {
     "local": cmd_local,
     "send": cmd_send,
+    "consume": cmd_consume,
     "receiver": cmd_receiver,
     "operator": cmd_operator,
     "render": cmd_render,

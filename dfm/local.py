@@ -261,6 +261,10 @@ def banner(config: ReceiverConfig, files: dict[str, Path]) -> str:
         if source.auth is not None and source.provider is not Provider.JWT:
             needs = "  (add --token JWT)"
         lines.append(f"      try: {shlex.join(send)}{needs}")
+        if source.forward is not None:
+            consume = [_program(), "consume", str(files[source.key]), "--name", source.name]
+            lines.append(f"      forwards to {source.forward.url} (signed, Standard Webhooks)")
+            lines.append(f"      consume: {shlex.join(consume)}")
     lines.append(f"  health: {base}/readyz   metrics: {base}/metrics")
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -47,15 +48,16 @@ class LogTail:
     """Everything a process writes to stderr, read as it comes: a test waits for the line that
     says something happened instead of sleeping and hoping it did."""
 
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
+    def __init__(self, proc: subprocess.Popen[str], stream: IO[str] | None = None) -> None:
         self.lines: list[str] = []
         self.changed = threading.Condition()
-        self.reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        stream = stream or proc.stderr
+        assert stream is not None
+        self.reader = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self.reader.start()
 
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
             with self.changed:
                 self.lines.append(line)
                 self.changed.notify_all()
@@ -530,3 +532,45 @@ def test_dfm_operator_refuses_to_start_what_would_only_retry(tmp_path: Path) -> 
             lines = result.stderr.strip().splitlines()
             assert len(lines) == 1, result.stderr
             assert expected in lines[0]
+
+
+def test_dfm_local_forwards_and_dfm_consume_verifies_what_arrives(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The README's forwarding walk-through: make local, dfm consume, dfm send."""
+    consumer_port = free_port()
+    manifest = tmp_path / "forwarding.yaml"
+    example = (EXAMPLES / "local" / "forwarding.yaml").read_text()
+    assert "http://127.0.0.1:9000/events" in example
+    manifest.write_text(example.replace(":9000/", f":{consumer_port}/"))
+    base, local = start_local("-f", str(manifest), "--database-url", database_url)
+    consume = subprocess.Popen(
+        [*DFM, "consume", str(manifest), "--name", "orders"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    said = LogTail(consume)
+    printed = LogTail(consume, consume.stdout)
+    try:
+        said.wait_for(f"POST http://127.0.0.1:{consumer_port}/events")
+        # dfm local's banner says where it forwards and how to consume it.
+        LOGS[local.pid].wait_for(f"forwards to http://127.0.0.1:{consumer_port}/events")
+        LOGS[local.pid].wait_for(f"consume {manifest} --name orders")
+        sent = run_dfm(
+            "send", str(manifest), "--name", "orders", "--url", f"{base}/hooks/default/orders",
+            "--id", "msg_forward_walkthrough",
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        printed.wait_for("webhook-id=msg_forward_walkthrough")
+        line = next(x for x in printed.lines if "msg_forward_walkthrough" in x)
+        assert "signature=valid" in line
+        assert "-> 200" in line
+        assert "attempt=1" in line
+    finally:
+        consume.send_signal(signal.SIGINT)
+        assert consume.wait(30) == 0
+        local.send_signal(signal.SIGINT)
+        local.wait(30)
+        LOGS.pop(local.pid, None)
