@@ -7,7 +7,8 @@
 ``python -m bench.receiver.servers receiver --port P --database-url U --secret S --log F``
     the real receiver (``create_app`` via ``webhook_server.server.run``) with one GitHub source:
     real signature verification, real durable batched store, JSON logs (one access log line a
-    request) written to a file.
+    request) written to a file. With ``--forward-url URL --forward-secret WHSEC`` the source
+    forwards every stored event there (bench/forward), and ``--name`` tells the sources apart.
 """
 
 from __future__ import annotations
@@ -76,11 +77,21 @@ def run_baseline(port: int, path: str) -> None:
 
 
 def run_receiver(
-    port: int, path: str, database_url: str, secret: str, log_file: str, log_level: str = "INFO"
+    port: int,
+    path: str,
+    database_url: str,
+    secret: str,
+    log_file: str,
+    log_level: str = "INFO",
+    *,
+    name: str = SOURCE_NAME,
+    forward_url: str = "",
+    forward_secret: str = "",
 ) -> None:
     from webhook_server import logs, server
     from webhook_server.config import (
         DatabaseConfig,
+        ForwardConfig,
         LimitsConfig,
         Provider,
         ReceiverConfig,
@@ -91,14 +102,20 @@ def run_receiver(
 
     # structlog's WriteLogger flushes every line: one write(2) a request, as on stdout in a pod.
     logs.configure(log_level, stream=open(log_file, "a"))  # noqa: SIM115 - lives with the process
+    forward = None
+    if forward_url:
+        forward = ForwardConfig(
+            url=forward_url, signing_secrets=[SecretSource(value=forward_secret)]
+        )
     source = SourceConfig(
         namespace=SOURCE_NAMESPACE,
-        name=SOURCE_NAME,
+        name=name,
         provider=Provider.GITHUB,
         path=path,
         verification=VerificationConfig(secrets=[SecretSource(value=secret)]),
         # The rate limiter is not what is measured: let every request through.
         limits=LimitsConfig(requests_per_second=1e9, burst=1_000_000_000),
+        forward=forward,
     )
     config = ReceiverConfig(
         host=HOST,
@@ -119,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--secret", default="")
     parser.add_argument("--log", default="")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--name", default=SOURCE_NAME, help="the source's name")
+    parser.add_argument("--forward-url", default="", help="forward every event there")
+    parser.add_argument("--forward-secret", default="", help="the whsec_ signing secret")
     parser.add_argument("--gc-stats", default="", help="write GC pause statistics here at exit")
     parser.add_argument(
         "--gc-freeze",
@@ -136,7 +156,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_baseline(args.port, args.path)
         else:
             run_receiver(
-                args.port, args.path, args.database_url, args.secret, args.log, args.log_level
+                args.port,
+                args.path,
+                args.database_url,
+                args.secret,
+                args.log,
+                args.log_level,
+                name=args.name,
+                forward_url=args.forward_url,
+                forward_secret=args.forward_secret,
             )
     return 0
 

@@ -30,12 +30,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-import aiohttp
 import asyncpg
 
-from webhook_server.bodies import read_limited
 from webhook_server.config import ForwardConfig, ForwardingConfig, Provider, SourceConfig
 from webhook_server.forward import policy
+from webhook_server.forward.http import AnswerError, Pool
 from webhook_server.forward.request import build_headers, signing_keys
 from webhook_server.logs import AccessLog, get_logger
 from webhook_server.metrics import CIRCUIT_VALUES, ReceiverMetrics
@@ -49,9 +48,6 @@ log = get_logger("dfm.forward")
 
 # A delivery is sent only if its lease outlives the attempt by this much.
 LEASE_MARGIN_SECONDS = 1.0
-# A target's answer is read up to this many bytes (then dropped); a longer one closes the
-# connection instead of being read whole.
-MAX_ANSWER_BYTES = 64 * 1024
 # How long the recorder waits before retrying after the database failed it.
 RECORD_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 _DB_ERRORS = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
@@ -88,6 +84,7 @@ class Target:
             clock=clock,
         )
         self.secrets = SourceSecrets(self.forward.signing_secrets, Provider.STANDARD)
+        self.http = Pool(self.forward.url, max_idle=self.forward.max_concurrency)
         self.queue: deque[Claimed] = deque()
         self.in_flight = 0
         self.wake = asyncio.Event()
@@ -201,10 +198,12 @@ class Forwarder:
         self._idle = asyncio.Event()
         self._idle.set()
         self._in_flight = 0
-        self._session: aiohttp.ClientSession | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._loops: list[asyncio.Task[None]] = []
         self._recorder: asyncio.Task[None] | None = None
+        # Set while the recorder is not in the middle of a write (shutdown waits for it).
+        self._recorder_idle = asyncio.Event()
+        self._recorder_idle.set()
         self._running = False
         self._closing = False
 
@@ -213,15 +212,6 @@ class Forwarder:
     async def start(self) -> None:
         if not self.targets:
             return
-        self._session = aiohttp.ClientSession(
-            # Concurrency is bounded per target by its workers, not by the connector.
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=30),
-            auto_decompress=False,
-            # No proxy from the environment: the target is where spec.forward.url says.
-            trust_env=False,
-            headers={"Accept": "*/*"},
-            skip_auto_headers=("Accept-Encoding",),
-        )
         for target in self.targets.values():
             for number in range(target.forward.max_concurrency):
                 self._workers.append(
@@ -258,6 +248,11 @@ class Forwarder:
         for target in self.targets.values():
             target.queue.clear()
         if self._recorder is not None:
+            # A write in progress finishes (its outcomes are in no other list); the rest is
+            # written below.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.store.statement_timeout_seconds):
+                    await self._recorder_idle.wait()
             self._recorder.cancel()
             await asyncio.gather(self._recorder, return_exceptions=True)
         pool = self.store.pool
@@ -271,8 +266,8 @@ class Forwarder:
                         await table.forget_replica(conn, self.replica)
                         if released:
                             log.info("forward leases given back", deliveries=released)
-        if self._session is not None:
-            await self._session.close()
+        for target in self.targets.values():
+            target.http.close()
         self._running = False
 
     # -- the writer's side (webhook_server.store.Outbox) ---------------------------------------
@@ -462,29 +457,14 @@ class Forwarder:
     async def _send(
         self, target: Target, item: Claimed, headers: dict[str, str]
     ) -> tuple[int | None, str | None, policy.Outcome]:
-        assert self._session is not None
         try:
-            async with self._session.post(
-                target.forward.url,
-                data=item.payload,
-                headers=headers,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=target.forward.timeout_seconds),
-            ) as response:
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
-                if (
-                    await read_limited(response.content, response.content_length, MAX_ANSWER_BYTES)
-                    is None
-                ):
-                    response.close()
+            async with asyncio.timeout(target.forward.timeout_seconds):
+                answer = await target.http.post(item.payload, headers)
         except TimeoutError:
             return None, None, policy.Outcome.TIMEOUT
-        except (aiohttp.ClientError, OSError, ValueError):
-            # ValueError: aiohttp refusing a URL it cannot connect to (the config checks the
-            # scheme; a host it cannot parse still gets here).
+        except (OSError, AnswerError):  # refused, reset, DNS, TLS, not HTTP
             return None, None, policy.Outcome.CONNECTION_ERROR
-        return status, retry_after, policy.classify(status)
+        return answer.status, answer.retry_after, policy.classify(answer.status)
 
     def _defer(self, target: Target, items: Sequence[Claimed], seconds: float) -> None:
         """Put deliveries back without an attempt, due in ``seconds``."""
@@ -579,6 +559,7 @@ class Forwarder:
             for target in circuits:
                 target.circuit_changed = False
             pool = self.store.pool
+            self._recorder_idle.clear()
             try:
                 if pool is None:
                     raise ConnectionError("store not ready")
@@ -600,8 +581,11 @@ class Forwarder:
                 if retry == 0:
                     log.warning("forward outcomes not recorded yet", error=type(exc).__name__)
                 retry += 1
+                self._recorder_idle.set()
                 await asyncio.sleep(delay)
                 self._results_ready.set()
+            finally:
+                self._recorder_idle.set()
 
     async def _stats_loop(self) -> None:
         """Refresh the backlog gauges and this process's circuit rows; dead-letter what is past

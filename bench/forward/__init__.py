@@ -1,0 +1,1 @@
+"""bench/forward: provider -> receiver -> consumer; ingest with forwarding on vs off."""
