@@ -8,8 +8,8 @@ propagator replaces :func:`child_traceparent` and the spans it records take thes
 
 from __future__ import annotations
 
+import random
 import re
-import secrets
 
 TRACEPARENT = "traceparent"
 # version 00: "00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>"; all-zero ids are invalid.
@@ -38,8 +38,14 @@ def child_traceparent(incoming: str | None) -> str:
     """The ``traceparent`` of a request made on behalf of an event that came with ``incoming``.
 
     Same trace id and flags, a fresh span id; a new sampled trace when ``incoming`` is absent or
-    invalid.
+    invalid. Ids are random but not secret (W3C asks for uniqueness, not unpredictability), so
+    they come from ``random``, not from a system call per id.
     """
     parsed = parse(incoming)
-    trace_id, flags = parsed if parsed is not None else (secrets.token_hex(16), SAMPLED)
-    return f"00-{trace_id}-{secrets.token_hex(8)}-{flags}"
+    trace_id, flags = parsed if parsed is not None else (_hex(128), SAMPLED)
+    return f"00-{trace_id}-{_hex(64)}-{flags}"
+
+
+def _hex(bits: int) -> str:
+    """``bits`` random bits as lower-case hex, never all zeros (an invalid id)."""
+    return f"{random.getrandbits(bits) or 1:0{bits // 4}x}"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.receiver import wrk
+from bench.receiver import profile, wrk
 from bench.receiver.run import (
     REPO,
     CpuMeter,
@@ -94,6 +94,8 @@ class Bench:
     consumer: subprocess.Popen[bytes]
     count_file: Path
     rounds: list[Round] = field(default_factory=list)
+    py_spy: str | None = None
+    profiles: list[tuple[str, profile.Summary | None]] = field(default_factory=list)
 
 
 def start_receiver(
@@ -211,10 +213,11 @@ async def delivered_ids(url: str, acked: list[str]) -> tuple[int, int]:
 
 def one_round(bench: Bench, number: int) -> None:
     opts, load, url = bench.opts, bench.load, bench.postgres.url
-    bench.off.measure(load)
+    sampler = bench.py_spy if number == 1 else None  # py-spy slows what it samples: once
+    bench.profiles.append((bench.off.name, bench.off.measure(load, sampler)))
     started = datetime.now(UTC)
     consumer_before, wall = cpu_seconds(bench.consumer.pid), time.perf_counter()
-    bench.on.measure(load)
+    bench.profiles.append((bench.on.name, bench.on.measure(load, sampler)))
     ended = datetime.now(UTC)
     consumer_cpu = (
         100 * (cpu_seconds(bench.consumer.pid) - consumer_before) / (time.perf_counter() - wall)
@@ -322,6 +325,10 @@ def report(bench: Bench, generator: str, load_before: str, delivered: int, found
         f"delivered, acknowledged but not delivered: {missing}  {verdict(missing == 0)}; the "
         f"consumer answered {delivered + duplicates:,} POSTs ({duplicates} more than deliveries)"
     )
+    for name, summary in bench.profiles:
+        if summary is not None:
+            print(f"\n{name}, round 1 (sampled, so slower than the other rounds):")
+            print(summary.render(top=16))
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -330,6 +337,9 @@ def _terminate(signum: int, frame: object) -> None:
 
 def run(opts: Options, paced_fraction: float) -> int:
     signal.signal(signal.SIGTERM, _terminate)
+    py_spy = profile.find(opts.py_spy) if opts.profile else None
+    if opts.profile and py_spy is None:
+        raise SystemExit("--profile: py-spy not found (pip install --target /tmp/pyspy py-spy)")
     use_wrk = opts.loadgen == "wrk" or (opts.loadgen == "auto" and wrk.available() is not None)
     workdir = Path(tempfile.mkdtemp(prefix="dfm-bench-forward-"))
     postgres = EmbeddedPostgres(workdir / "pg" / "data")
@@ -359,7 +369,7 @@ def run(opts: Options, paced_fraction: float) -> int:
             opts, workdir, postgres, load,
             Target("receiver, forwarding off", "off", off, postgres_pid, collect=False),
             Target("receiver, forwarding on", "on", on, postgres_pid, collect=True),
-            consumer, count_file,
+            consumer, count_file, py_spy=py_spy,
         )  # fmt: skip
         bench.off.warm(load)
         bench.on.warm(load)
@@ -400,14 +410,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--paced-fraction", type=float, default=PACED_FRACTION)
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--body-bytes", type=int, default=1024)
+    parser.add_argument("--profile", action="store_true", help="py-spy both receivers in round 1")
+    parser.add_argument("--py-spy", default=None, help="path of py-spy (default: from PATH)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     args = parser.parse_args(argv)
     opts = Options(
         duration=args.duration, rounds=args.rounds, warmup=args.warmup,
         connections=args.connections, threads=1, paced_duration=args.paced_duration,
         paced_fraction=args.paced_fraction, loadgen=args.loadgen, body_bytes=args.body_bytes,
-        receiver_log_level="INFO", receiver_log=None, gc_freeze=False, profile=False,
-        py_spy=None, keep=args.keep,
+        receiver_log_level="INFO", receiver_log=None, gc_freeze=False, profile=args.profile,
+        py_spy=args.py_spy, keep=args.keep,
     )  # fmt: skip
     return run(opts, args.paced_fraction)
 

@@ -96,6 +96,16 @@ _INCLUSIVE = (
     "RequestHandler.finish_response",
     "_SelectorSocketTransport._read_ready",
     "EpollSelector.select",
+    # forwarding (bench/forward)
+    "Forwarder._worker",
+    "Forwarder._process",
+    "Forwarder._send",
+    "Pool.post",
+    "build_headers",
+    "Forwarder._record_loop",
+    "Forwarder._poll_loop",
+    "Forwarder.handoff",
+    "AccessLog.write",
 )
 
 

@@ -443,16 +443,19 @@ class Forwarder:
             )
         )
         self._results_ready.set()
-        self.access_log.write(
-            event="forward",
-            source=target.key,
-            webhook_id=item.webhook_id,
-            attempt=attempt,
-            outcome=outcome.value,
-            status=status,
-            state=decision.state.value,
-            latency_ms=round(elapsed * 1000, 2),
-        )
+        if outcome is not policy.Outcome.DELIVERED:
+            # Failed attempts only: a delivery is in the table (delivered_at, attempts) and the
+            # metrics; a line per success would cost as much as the request's own log line.
+            self.access_log.write(
+                event="forward",
+                source=target.key,
+                webhook_id=item.webhook_id,
+                attempt=attempt,
+                outcome=outcome.value,
+                status=status,
+                state=decision.state.value,
+                latency_ms=round(elapsed * 1000, 2),
+            )
 
     async def _send(
         self, target: Target, item: Claimed, headers: dict[str, str]

@@ -14,7 +14,6 @@ Every provider module exposes two pure functions:
 from __future__ import annotations
 
 import enum
-import hashlib
 import hmac
 import json
 from collections.abc import Mapping, Sequence
@@ -96,7 +95,8 @@ def constant_time_any(expected: Sequence[bytes], given: Sequence[bytes]) -> bool
 
 
 def hmac_digest(secret: bytes, message: bytes, algorithm: str = "sha256") -> bytes:
-    return hmac.new(secret, message, getattr(hashlib, algorithm)).digest()
+    # hmac.digest with a name is OpenSSL's one-shot HMAC: a fraction of hmac.new's cost.
+    return hmac.digest(secret, message, algorithm)
 
 
 # Unix time in seconds has 10 digits until 2286, in milliseconds 13. Anything longer is malformed
