@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from dfm_operator import constants as c
+from dfm_operator.api.common import parse_rfc3339
 from dfm_operator.conditions import ConditionUpdate
 from webhook_server.store.stats import SourceStats
 
@@ -147,9 +148,16 @@ def forwarding_condition(
     return ConditionUpdate(c.FORWARDING, True, c.REASON_IDLE, "nothing to deliver")
 
 
-def to_the_minute(moment: datetime | None) -> datetime | None:
-    """Times in status move at most once a minute: writes for a busy source stay rare."""
-    return None if moment is None else moment.replace(second=0, microsecond=0)
+def settled_time(written: str | None, now: datetime | None) -> datetime | None:
+    """``now``, unless the time in status (``written``) is in the same minute: times are exact
+    when written, and rewritten at most once a minute, so a busy source's status stays quiet."""
+    if now is None:
+        return None
+    old = parse_rfc3339(written)
+    minute = now.replace(second=0, microsecond=0)
+    if old is not None and old.replace(second=0, microsecond=0) == minute:
+        return old
+    return now
 
 
 def settled_count(written: int | None, now: int) -> int:
@@ -175,7 +183,9 @@ def forward_figures(stats: SourceStats, written: Mapping[str, Any] | None) -> di
     return {
         "backlog": settled_count(written.get("backlog"), stats.pending),
         "deadLetters": settled_count(written.get("deadLetters"), stats.dead),
-        "oldestPendingTime": to_the_minute(stats.oldest_pending_at),
-        "lastDeliveryTime": to_the_minute(stats.last_delivered_at),
+        "oldestPendingTime": settled_time(
+            written.get("oldestPendingTime"), stats.oldest_pending_at
+        ),
+        "lastDeliveryTime": settled_time(written.get("lastDeliveryTime"), stats.last_delivered_at),
         "circuit": circuit,
     }

@@ -337,8 +337,8 @@ class WebhookSourceSpec(ApiModel):
 
 class ForwardStatus(StatusModel):
     """The forward outbox as the event store has it (every receiver's work), refreshed
-    periodically by the operator. Counts are exact when written; they are rewritten when they
-    move by a tenth (any change below 10), times are rounded down to the minute."""
+    periodically by the operator. Figures are exact when written; counts are rewritten when they
+    move by a tenth (any change below 10), times when they move into another minute."""
 
     backlog: Annotated[int, Field(ge=0, description="Deliveries pending (due or waiting).")]
     dead_letters: Annotated[
@@ -365,13 +365,13 @@ class WebhookSourceStatus(Status):
     ready_replicas: Annotated[int | None, Field(ge=0, description="Receiver pods ready.")] = None
     last_event_time: Timestamp | None = Field(
         default=None,
-        description="When the last event was received (stored), rounded down to the minute.",
+        description="When the last event was received (stored); rewritten at most once a minute.",
     )
     forward: ForwardStatus | None = Field(
         default=None,
         description="Delivery to spec.forward.url, when set: read from the event store every "
-        "30 s; counts are rewritten when they move by a tenth (any change below 10), times are "
-        "rounded down to the minute.",
+        "30 s; figures are exact when written, counts are rewritten when they move by a tenth "
+        "(any change below 10), times when they move into another minute.",
     )
 
 

@@ -53,7 +53,7 @@ from dfm_operator.policies import (
     forwarding_condition,
     needs_reapply,
     receiver_conditions,
-    to_the_minute,
+    settled_time,
 )
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,8 @@ async def refresh_store_status(ctx: Context, body: Mapping[str, Any], emit: Emit
     """What only the event store knows, into status: ``lastEventTime`` and, with
     ``spec.forward``, ``status.forward`` and the Forwarding condition.
 
-    Written only when something moved enough to matter (times to the minute, counts by a
-    tenth; see ``policies.forward_figures``), so a busy source costs about one status write a
+    Written only when something moved enough to matter (a time into another minute, a count by
+    a tenth; see ``policies.forward_figures``), so a busy source costs about one status write a
     minute, an idle one none. Skipped until the source has a status (its first reconcile), for an
     invalid spec, or when ``DFM_STORE_STATUS=false``. Never raises.
     """
@@ -169,7 +169,7 @@ async def _refresh_store_status(
     old = body.get("status") or {}
     fields = WebhookSourceStatus()
     if stats is not None:
-        fields.last_event_time = to_the_minute(stats.last_event_at)
+        fields.last_event_time = settled_time(old.get("lastEventTime"), stats.last_event_at)
     conditions = []
     drop: tuple[str, ...] = ()
     if source.spec.forward is None:

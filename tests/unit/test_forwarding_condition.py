@@ -13,7 +13,7 @@ from dfm_operator.policies import (
     forward_figures,
     forwarding_condition,
     settled_count,
-    to_the_minute,
+    settled_time,
 )
 from webhook_server.store.stats import SourceStats
 
@@ -107,12 +107,17 @@ def test_figures_are_settled_against_what_status_holds() -> None:
     assert status == {
         "backlog": 100,
         "deadLetters": 3,
-        "oldestPendingTime": "2026-12-04T12:30:00Z",
-        "lastDeliveryTime": "2026-12-04T12:30:00Z",
+        "oldestPendingTime": "2026-12-04T12:30:44Z",
+        "lastDeliveryTime": "2026-12-04T12:30:43Z",
         "circuit": "HalfOpen",
     }
+    # Within the same minute the written time stays; into the next one it is rewritten, exact.
+    written = {"lastDeliveryTime": "2026-12-04T12:30:05Z"}
+    assert settled_time(written["lastDeliveryTime"], NOW) == NOW.replace(second=5, microsecond=0)
+    later = NOW + timedelta(seconds=20)
+    assert settled_time(written["lastDeliveryTime"], later) == later
+    assert settled_time(None, None) is None
     assert forward_figures(replace(HEALTHY, circuits=("open", "half_open")), None)["circuit"] == (
         "Open"
     )
     assert forward_figures(replace(HEALTHY, circuits=()), None)["circuit"] == "Closed"
-    assert to_the_minute(NOW) == datetime(2026, 12, 4, 12, 30, tzinfo=UTC)
