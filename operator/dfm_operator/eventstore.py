@@ -64,6 +64,8 @@ class EventStores:
                 timeout=CONNECT_TIMEOUT_SECONDS,
                 command_timeout=STATEMENT_TIMEOUT_SECONDS,
                 server_settings={"application_name": APPLICATION_NAME, "timezone": "UTC"},
+                # Works behind PgBouncer in transaction mode too (no named prepared statements).
+                statement_cache_size=0,
             )
             assert pool is not None
             self._pools[key] = pool
