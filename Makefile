@@ -30,6 +30,7 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(PY) -m bench.receiver
+	$(PY) -m bench.forward
 	$(PY) -m bench.soak
 	$(PY) -m bench.operator
 

@@ -30,6 +30,7 @@ import asyncpg
 
 from bench.receiver import profile, wrk
 from bench.receiver.run import (
+    OTHER_CPU_WARNING,
     REPO,
     CpuMeter,
     CpuShare,
@@ -316,6 +317,12 @@ def report(bench: Bench, generator: str, load_before: str, delivered: int, found
             f"ms, {r.paced_delivery.delivered:,}/{r.paced_delivery.received:,} delivered; "
             f"ingest p99 {r.paced.result.p99_ms:.1f} ms, {r.paced.result.other} non-200"
             + ("; PostgreSQL: " + "; ".join(pg) if pg else "")
+        )
+    busiest = max(m.cpu.other for r in rounds for m in (r.off, r.on, r.paced))
+    if busiest > OTHER_CPU_WARNING:
+        print(
+            f"warning: other processes used up to {busiest:.0f}% of a CPU during the "
+            "measurements: the machine was shared, the figures understate the receivers"
         )
     acked = len(set(bench.on.acked))
     missing = acked - found
