@@ -87,6 +87,8 @@ class Target:
         self.http = Pool(self.forward.url, max_idle=self.forward.max_concurrency)
         self.queue: deque[Claimed] = deque()
         self.in_flight = 0
+        # What is being sent right now (its lease is given back should shutdown cut it short).
+        self.sending: set[tuple[str, str, str, datetime]] = set()
         self.wake = asyncio.Event()
         # The last claim filled its room: more may be due.
         self.more_due = False
@@ -241,10 +243,12 @@ class Forwarder:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.shutdown_grace_seconds):
                 await self._idle.wait()
+        cut_short = [key for t in self.targets.values() for key in t.sending]
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
-        unsent = [item.key for t in self.targets.values() for item in t.queue]
+        # Queued, and cut short past the grace period (the target may have it: at least once).
+        unsent = [item.key for t in self.targets.values() for item in t.queue] + cut_short
         for target in self.targets.values():
             target.queue.clear()
         if self._recorder is not None:
@@ -340,6 +344,7 @@ class Forwarder:
                 continue
             item = target.queue.popleft()
             target.in_flight += 1
+            target.sending.add(item.key)
             self._in_flight += 1
             self._idle.clear()
             try:
@@ -349,6 +354,7 @@ class Forwarder:
                           error=type(exc).__name__)  # fmt: skip
             finally:
                 target.in_flight -= 1
+                target.sending.discard(item.key)
                 self._in_flight -= 1
                 if not self._in_flight:
                     self._idle.set()
