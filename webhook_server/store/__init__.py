@@ -35,7 +35,7 @@ from webhook_server.store.outbox import Lease
 log = get_logger("dfm.store")
 
 MAINTENANCE_LOCK_ID = 0x64666D02
-# Held (for one transaction) by whoever creates partitions: the maintenance run, or a receiver
+# Held (for each partition's transaction) by whoever creates partitions: the maintenance run, or a receiver
 # meeting a missing one. Concurrent CREATE TABLE IF NOT EXISTS of the same partition otherwise
 # fails in all but one of them with a unique violation on the catalog.
 PARTITION_LOCK_ID = 0x64666D03
@@ -556,7 +556,9 @@ class Store:
         for name in partitions.partitions_to_drop(existing, now, int(longest)):
             day = partitions.partition_day(name)
             assert day is not None
-            # The day's deliveries go with its events (dead letters included).
+            # The day's deliveries go with its events (dead letters included). One statement
+            # (one transaction) each, so that no lock on one table is held while waiting for
+            # the other: that would deadlock with queries that read both.
             await conn.execute(f"DROP TABLE IF EXISTS {partitions.deliveries_partition_name(day)}")
             await conn.execute(f"DROP TABLE IF EXISTS {name}")
             log.info("partition dropped", partition=name)
@@ -616,16 +618,22 @@ def _why_unusable(exc: Exception, config: DatabaseConfig) -> dict[str, str]:
 
 
 async def _create_partitions(conn: Any, days: set[date]) -> None:
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_ID)
-        # Names and bounds come from dates we computed, never from input, so formatting is safe.
-        for day in sorted(days):
-            low, high = partitions.bounds(day)
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {partitions.partition_name(day)} "
-                f"PARTITION OF webhook_events FOR VALUES FROM ('{low}') TO ('{high}')"
-            )
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {partitions.deliveries_partition_name(day)} "
-                f"PARTITION OF webhook_deliveries FOR VALUES FROM ('{low}') TO ('{high}')"
-            )
+    """Create the events' and the deliveries' partitions of ``days`` (if missing).
+
+    One transaction per partition: creating a partition locks its parent exclusively, and a
+    transaction holding ``webhook_events`` while it waits for ``webhook_deliveries`` deadlocks
+    with a query that reads the two in the other order (a claim).
+    """
+    # Names and bounds come from dates we computed, never from input, so formatting is safe.
+    for day in sorted(days):
+        low, high = partitions.bounds(day)
+        for name, parent in (
+            (partitions.partition_name(day), "webhook_events"),
+            (partitions.deliveries_partition_name(day), "webhook_deliveries"),
+        ):
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_ID)
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {name} "
+                    f"PARTITION OF {parent} FOR VALUES FROM ('{low}') TO ('{high}')"
+                )
