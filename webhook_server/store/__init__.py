@@ -35,9 +35,9 @@ from webhook_server.store.outbox import Lease
 log = get_logger("dfm.store")
 
 MAINTENANCE_LOCK_ID = 0x64666D02
-# Held (for each partition's transaction) by whoever creates partitions: the maintenance run, or a receiver
-# meeting a missing one. Concurrent CREATE TABLE IF NOT EXISTS of the same partition otherwise
-# fails in all but one of them with a unique violation on the catalog.
+# Held (in the transaction that creates one partition) by whoever creates partitions: the
+# maintenance run, or a receiver meeting a missing one. Concurrent CREATE TABLE IF NOT EXISTS of
+# the same partition otherwise fails in all but one of them with a unique violation on the catalog.
 PARTITION_LOCK_ID = 0x64666D03
 # Errors that mean "the database is not there right now": answered 503, retried by the provider.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
