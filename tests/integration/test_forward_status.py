@@ -202,6 +202,15 @@ async def test_forward_state_reaches_status_events_and_kubectl(
         await refresh_store_status(ctx, obj, emit)
         assert live(k8s)["metadata"]["resourceVersion"] == version
 
+        # A timer holding an older copy of the object must not undo what a reconciliation
+        # wrote meanwhile (it writes from the object as it is now).
+        stale = live(k8s)
+        await k8s.mark_deployment_available(NS, "orders-receiver")
+        await reconcile_webhook_source(ctx, live(k8s), emit)
+        assert condition(live(k8s), "Ready")["status"] == "True"
+        await refresh_store_status(ctx, stale, emit)
+        assert condition(live(k8s), "Ready")["status"] == "True"
+
         # The consumer is back: after the cool-down one probe, then the backlog drains.
         target.status = 200
         clock.now += 31

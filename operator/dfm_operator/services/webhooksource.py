@@ -11,6 +11,7 @@ import base64
 import logging
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -55,6 +56,7 @@ from dfm_operator.policies import (
     receiver_conditions,
     settled_time,
 )
+from webhook_server.store.stats import SourceStats
 
 log = logging.getLogger(__name__)
 
@@ -136,36 +138,54 @@ async def refresh_store_status(ctx: Context, body: Mapping[str, Any], emit: Emit
     a tenth; see ``policies.forward_figures``), so a busy source costs about one status write a
     minute, an idle one none. Skipped until the source has a status (its first reconcile), for an
     invalid spec, or when ``DFM_STORE_STATUS=false``. Never raises.
+
+    The store is read outside the source's lock (a slow database must not hold up its
+    reconciliation); the status is then written from the object as it is now (a GET under the
+    lock), so a status a reconciliation wrote meanwhile is not overwritten with an older one.
     """
-    if not ctx.settings.store_status:
-        return
-    status = body.get("status") or {}
-    if not any(cond.get("type") == c.READY for cond in status.get("conditions") or []):
+    if not ctx.settings.store_status or not _has_status(body):
         return
     try:
         source = WebhookSource.model_validate(plain_body(body))
-    except ValidationError:
+        url = await _database_url(ctx, source)
+    except (ValidationError, KubeError):
         return
-    async with ctx.lock(object_key(body)):
-        try:
-            await _refresh_store_status(ctx, source, body, emit)
-        except KubeError as exc:
-            log.warning("status of %s from its event store not written: %s", source.key, exc)
-
-
-async def _refresh_store_status(
-    ctx: Context, source: WebhookSource, body: Mapping[str, Any], emit: EmitFn
-) -> None:
-    url = await _database_url(ctx, source)
     if url is None:
         return  # Ready says SecretNotFound already
     now = ctx.clock()
     try:
-        stats = await ctx.eventstores.source_stats(url, source.key, now)
-        error = None
+        stats, error = await ctx.eventstores.source_stats(url, source.key, now), None
     except StoreUnreachable as exc:
         stats, error = None, str(exc)
-        log.warning("event store of %s not readable: %s", source.key, error)
+    async with ctx.lock(object_key(body)):
+        try:
+            live = await ctx.kube.get(
+                c.API_VERSION, c.WEBHOOK_SOURCE, source.metadata.namespace, source.metadata.name
+            )
+            if live is None or not _has_status(live):
+                return
+            current = WebhookSource.model_validate(plain_body(live))
+            await _write_store_status(ctx, current, live, stats, error, now, emit)
+        except ValidationError:
+            return
+        except KubeError as exc:
+            log.warning("status of %s from its event store not written: %s", source.key, exc)
+
+
+def _has_status(body: Mapping[str, Any]) -> bool:
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return any(cond.get("type") == c.READY for cond in conditions)
+
+
+async def _write_store_status(
+    ctx: Context,
+    source: WebhookSource,
+    body: Mapping[str, Any],
+    stats: SourceStats | None,
+    error: str | None,
+    now: datetime,
+    emit: EmitFn,
+) -> None:
     old = body.get("status") or {}
     fields = WebhookSourceStatus()
     if stats is not None:
@@ -173,6 +193,9 @@ async def _refresh_store_status(
     conditions = []
     drop: tuple[str, ...] = ()
     if source.spec.forward is None:
+        if error is not None:
+            log.debug("event store of %s not readable: %s", source.key, error)
+            return
         fields.forward = None
         drop = (c.FORWARDING,)
     else:
@@ -182,26 +205,27 @@ async def _refresh_store_status(
             fields.forward = ForwardStatus.model_validate(
                 forward_figures(stats, old.get("forward"))
             )
-        _announce_forwarding(old, condition, emit)
-    if error is not None and source.spec.forward is None:
-        return
+        if _announce_forwarding(old, condition, emit) and error is not None:
+            log.warning("event store of %s not readable: %s", source.key, error)
     await write_status(
         ctx, c.WEBHOOK_SOURCE, body, conditions, fields, emit, drop=drop, observe=False
     )
 
 
-def _announce_forwarding(old_status: Mapping[str, Any], new: ConditionUpdate, emit: EmitFn) -> None:
-    """A Kubernetes Event when the Forwarding reason changes to a warning, or back from one."""
+def _announce_forwarding(old_status: Mapping[str, Any], new: ConditionUpdate, emit: EmitFn) -> bool:
+    """A Kubernetes Event when the Forwarding reason changes to a warning, or back from one;
+    returns whether the reason changed."""
     previous: Mapping[str, Any] = next(
         (cond for cond in old_status.get("conditions") or [] if cond.get("type") == c.FORWARDING),
         {},
     )
     if previous.get("reason") == new.reason:
-        return
+        return False
     if new.reason in FORWARD_WARNINGS:
         emit("Warning", new.reason, new.message)
     elif previous.get("reason") in FORWARD_WARNINGS:
         emit("Normal", new.reason, new.message)
+    return True
 
 
 async def _database_url(ctx: Context, source: WebhookSource) -> str | None:
