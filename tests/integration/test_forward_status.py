@@ -208,7 +208,13 @@ async def test_forward_state_reaches_status_events_and_kubectl(
         await k8s.mark_deployment_available(NS, "orders-receiver")
         await reconcile_webhook_source(ctx, live(k8s), emit)
         assert condition(live(k8s), "Ready")["status"] == "True"
-        await refresh_store_status(ctx, stale, emit)
+        body = b'{"n": 5}'
+        headers = SIGNERS[Provider.GITHUB](
+            body, GITHUB_SECRET.encode(), VerificationConfig(), time.time(), "d-5"
+        )
+        assert (await client.post(source.route, data=body, headers=headers)).status == 200
+        await refresh_store_status(ctx, stale, emit)  # the backlog moved: a write
+        assert live(k8s)["status"]["forward"]["backlog"] == 6
         assert condition(live(k8s), "Ready")["status"] == "True"
 
         # The consumer is back: after the cool-down one probe, then the backlog drains.
@@ -218,7 +224,7 @@ async def test_forward_state_reaches_status_events_and_kubectl(
         try:
             await until(
                 lambda: _fetch(
-                    db, "SELECT count(*) = 5 FROM webhook_deliveries WHERE state = 'delivered'"
+                    db, "SELECT count(*) = 6 FROM webhook_deliveries WHERE state = 'delivered'"
                 ),
                 "the backlog to drain",
             )
