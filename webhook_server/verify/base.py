@@ -185,15 +185,20 @@ def batch_type(kinds: set[str]) -> str:
     return joined if kinds and plain and len(joined) <= MAX_TYPE_CHARS else BATCH
 
 
-def describe_batch(events: Any, kind_field: str, body: bytes) -> Verified:
-    """A batch body: stored once under its hash, with its size and kinds."""
-    event_id = "sha256:" + hashlib.sha256(body).hexdigest()
+def describe_batch(events: Any, kind_field: str, event_id: str) -> Verified:
+    """A batch: stored once under ``event_id`` (a hash of what was signed), with its size and
+    kinds; a body that is not a list is stored uncounted."""
     if not isinstance(events, list):
         return Verified(event_id=event_id)
     kinds = {
         e[kind_field] for e in events if isinstance(e, dict) and isinstance(e.get(kind_field), str)
     }
     return Verified(event_id=event_id, event_type=batch_type(kinds), event_count=len(events))
+
+
+def body_digest(body: bytes) -> str:
+    """The id of an event known by its bytes alone: ``sha256:`` and the body's hex SHA-256."""
+    return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
 # -- samples (for ``dfm send``) ------------------------------------------------------------------

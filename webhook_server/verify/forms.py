@@ -7,6 +7,8 @@ the parameters are decoded only to rebuild that string.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
@@ -83,3 +85,11 @@ def port_variants(url: str) -> list[str]:
     else:
         return [url]
     return [url, urlunsplit(parts._replace(netloc=other))]
+
+
+def params_digest(params: list[tuple[str, str]]) -> str:
+    """``sha256:`` and a hash of the parameters, sorted: what the signature covers, so a replay
+    that re-encodes the form (``%20`` for ``+``, another order) still gets the same id, where a
+    hash of the bytes would not."""
+    canonical = json.dumps(sorted(params), separators=(",", ":")).encode()
+    return "sha256:" + hashlib.sha256(canonical).hexdigest()

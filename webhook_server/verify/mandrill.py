@@ -6,10 +6,10 @@ Ingress URL the operator derives) plus the request's query string as sent; Mandr
 even a trailing slash breaks the signature, so no variant is tried.
 
 The body is a form with one field, ``mandrill_events``: a JSON array of events. Like SendGrid's,
-the batch is stored once under the hash of its body, with ``event_count`` and its kinds as the
-event type. Mandrill signs no timestamp; a replayed request is the same body, so it is a
-duplicate, never a second event. Mandrill checks a new webhook URL with a ``HEAD`` request, which
-a mandrill source answers 200.
+the batch is stored once under a hash of its (sorted) parameters, with ``event_count`` and its
+kinds as the event type. Mandrill signs no timestamp; a replayed request carries the same
+parameters, so it is a duplicate, never a second event. Mandrill checks a new webhook URL with a
+``HEAD`` request, which a mandrill source answers 200.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from webhook_server.verify.forms import (
     FORM_CONTENT_TYPE,
     first_values,
     form_params,
+    params_digest,
     signed_url,
     url_with_params,
 )
@@ -70,7 +71,7 @@ def verify(
         events = json.loads(first_values(params).get(EVENTS_FIELD, ""))
     except JSON_ERRORS:
         events = None
-    return describe_batch(events, "event", body)
+    return describe_batch(events, "event", params_digest(params))
 
 
 def sign(
@@ -109,7 +110,5 @@ def sample(now: float, event_id: str | None) -> tuple[bytes, str]:
             },
         }
     ]
-    body = urlencode({EVENTS_FIELD: json.dumps(events, separators=(",", ":"))}).encode()
-    batch = describe_batch(events, "event", body)
-    assert batch.event_id is not None
-    return body, batch.event_id
+    params = [(EVENTS_FIELD, json.dumps(events, separators=(",", ":")))]
+    return urlencode(params).encode(), params_digest(params)

@@ -196,7 +196,8 @@ PROVIDERS: dict[Provider, ProviderSpec] = {
         sample=twilio.sample,
         checks="`X-Twilio-Signature`: HMAC-SHA1 (auth token) over the public URL with its query "
         "string plus the sorted form parameters; JSON bodies through the URL's `bodySHA256`",
-        event_id="`MessageSid:MessageStatus` (or `CallSid:CallStatus`, …), else the body's hash",
+        event_id="`MessageSid:MessageStatus` (or `CallSid:CallStatus`, …), else a hash of the "
+        "signed parameters",
         event_type="`message.<status>`, `call.<status>`, …",
         needs=(Need.SECRET, Need.PUBLIC_URL),
         fields=frozenset({"publicUrl"}),
@@ -225,10 +226,12 @@ A URL that does not match what Twilio was given (another host, `http` for `https
 path) fails every request as `bad_signature`.
 
 The event id is the signed `MessageSid:MessageStatus` (`SmsSid:SmsStatus`, `CallSid:CallStatus`,
-`RecordingSid:RecordingStatus`), so each status change of a message is its own event and
-Twilio's retries are duplicates; the type is `message.delivered`, `call.completed`, … . Twilio
-signs no timestamp, so nothing can refuse a replay; but a replay is the same body, hence the same
-id, and is never stored twice. `I-Twilio-Idempotency-Token` is not signed and not used.
+`RecordingSid:RecordingStatus`; without those, `sha256:` and a hash of all the signed
+parameters, sorted), so each status change of a message is its own event and Twilio's retries
+are duplicates; the type is `message.delivered`, `call.completed`, … . Twilio signs no
+timestamp, so nothing can refuse a replay; but a replay carries the same signed parameters (how
+ever it re-encodes the form), hence the same id, and is never stored twice.
+`I-Twilio-Idempotency-Token` is not signed and not used.
 """,
     ),
     Provider.TELNYX: ProviderSpec(
@@ -340,7 +343,7 @@ with the same token is a redelivery and is answered `duplicate`. The event id is
         sample=mandrill.sample,
         checks="`X-Mandrill-Signature`: HMAC-SHA1 (webhook key) over the webhook URL plus the "
         "sorted form parameters; one batch (`mandrill_events`) per request",
-        event_id="`sha256:` + the body's hash (the batch)",
+        event_id="`sha256:` + a hash of the signed parameters (the batch)",
         event_type="the batch's kinds, e.g. `open,send`",
         needs=(Need.SECRET, Need.PUBLIC_URL),
         fields=frozenset({"publicUrl"}),
@@ -357,9 +360,10 @@ slash must match). A mandrill source answers `HEAD` on its path with 200: Mandri
 webhook URL that way.
 
 The body is a form whose `mandrill_events` field is a JSON array of events: like SendGrid's, the
-batch is stored once, with the id `sha256:<body hash>`, `event_count` and its kinds as the type
-(`open,send`). Mandrill signs no timestamp, so a replay cannot be refused; it is the same body,
-hence a duplicate, never a second event.
+batch is stored once, as it came, with the id `sha256:` and a hash of the signed parameters
+(sorted; not of the bytes, which a replay could re-encode), `event_count` and its kinds as the
+type (`open,send`). Mandrill signs no timestamp, so a replay cannot be refused; it carries the
+same parameters, hence the same id: a duplicate, never a second event.
 """,
     ),
     Provider.TOKEN: ProviderSpec(

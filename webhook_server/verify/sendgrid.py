@@ -13,7 +13,6 @@ lists the kinds it holds, sorted and comma-separated (``delivered,open``). Each 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -29,6 +28,7 @@ from webhook_server.verify.base import (
     Reason,
     Rejected,
     Result,
+    body_digest,
     describe_batch,
     header_bytes,
     is_timestamp,
@@ -85,7 +85,7 @@ def verify(
         events = json.loads(body)
     except JSON_ERRORS:
         events = None
-    return describe_batch(events, "event", body)
+    return describe_batch(events, "event", body_digest(body))
 
 
 def sign(
@@ -127,4 +127,4 @@ def sample(now: float, event_id: str | None) -> tuple[bytes, str]:
         for kind in ("delivered", "open")
     ]
     body = json.dumps(events, separators=(",", ":")).encode() + b"\r\n"
-    return body, "sha256:" + hashlib.sha256(body).hexdigest()
+    return body, body_digest(body)

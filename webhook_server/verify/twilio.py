@@ -11,8 +11,9 @@ Requests with ``X-Twilio-Webhooks-Signature-Settings: ...,algorithm=HMAC_SHA256`
 are checked with HMAC-SHA256 instead.
 
 Twilio signs no timestamp, so a captured request can be replayed: it is the same body, so it is
-stored once (its event id comes from the signed parameters or, without them, from the body's
-hash). ``I-Twilio-Idempotency-Token`` is not signed and is not used.
+stored once: its event id comes from the signed parameters (``MessageSid:MessageStatus``, or a
+hash of them all), never from the bytes, which a replay could re-encode. ``I-Twilio-Idempotency-
+Token`` is not signed and is not used.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from webhook_server.verify.forms import (
     FORM_CONTENT_TYPE,
     first_values,
     form_params,
+    params_digest,
     port_variants,
     query_value,
     signed_url,
@@ -74,7 +76,9 @@ def _describe_form(params: list[tuple[str, str]]) -> Verified:
         sid, status = values.get(sid_field), values.get(status_field)
         if sid and status:
             return Verified(event_id=f"{sid}:{status}", event_type=f"{kind}.{status}")
-    return Verified()
+    # Nothing names the event: the signed parameters do (a hash of them, not of the bytes, which a
+    # replay could re-encode).
+    return Verified(event_id=params_digest(params))
 
 
 def verify(
