@@ -140,3 +140,43 @@ def _source_with_fresh_key(provider: Provider, tmp_path: Path) -> tuple[SourceCo
 def test_the_examples_are_valid_yaml_streams() -> None:
     for file in EXAMPLES.glob("*.yaml"):
         assert list(yaml.safe_load_all(file.read_text()))
+
+
+@pytest.mark.parametrize(
+    ("exposure", "verification", "expected"),
+    [
+        (
+            {"ingress": {"host": "hooks.example.com", "tlsSecretName": "tls"}},
+            {},
+            "https://hooks.example.com/hooks/sms/tw",
+        ),
+        ({"ingress": {"host": "hooks.example.com"}}, {}, "http://hooks.example.com/hooks/sms/tw"),
+        (
+            {"ingress": {"host": "hooks.example.com", "tlsSecretName": "tls"}},
+            {"publicUrl": "https://lb.example.net:8443/twilio"},
+            "https://lb.example.net:8443/twilio",
+        ),
+    ],
+)
+def test_the_operator_tells_the_receiver_the_url_twilio_calls(
+    exposure: dict[str, Any], verification: dict[str, Any], expected: str
+) -> None:
+    from dfm_operator.api import WebhookSource
+    from dfm_operator.builders.webhooksource import ReceiverInputs, build_receiver_config
+    from dfm_operator.settings import OperatorSettings
+
+    source = WebhookSource.model_validate(
+        {
+            "apiVersion": "dfm.dev/v1alpha1",
+            "kind": "WebhookSource",
+            "metadata": {"name": "tw", "namespace": "sms"},
+            "spec": {
+                "provider": "twilio",
+                "verification": {"secretRef": {"name": "twilio"}, **verification},
+                "exposure": exposure,
+            },
+        }
+    )
+    config = build_receiver_config(source, ReceiverInputs(settings=OperatorSettings()))
+    assert config.sources[0].verification.public_url == expected
+    assert f"publicUrl: {expected}" in config.dump_yaml()
