@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import aiohttp
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from dfm.local import source_configs
 from dfm.manifests import ManifestError
@@ -41,7 +43,12 @@ def signing_secret(source: SourceConfig, private_key: str | None) -> bytes:
                 "pass --private-key with a key whose public half is in "
                 "spec.verification.publicKey"
             )
-        return Path(private_key).read_bytes()
+        key = Path(private_key).read_bytes()
+        try:
+            serialization.load_pem_private_key(key, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise ManifestError(f"--private-key {private_key}: not a PEM private key") from exc
+        return key
     if signing is Signing.BEARER_TOKEN:
         return b""
     values = [s.value for s in source.verification.secrets if s.value is not None]
@@ -70,9 +77,10 @@ def build_request(
             body = spec.sign_body(body, secret, source.verification, now)
         headers = spec.sign(body, secret, source.verification, now, event_id)
     except ValueError as exc:
-        if private_key is None:
-            raise ManifestError(f"{source.key}: cannot sign this body: {exc}") from exc
-        raise ManifestError(f"--private-key {private_key}: {exc}") from exc
+        # The key parsed (signing_secret checked it): a key of the wrong kind, or a body the
+        # provider's scheme cannot carry.
+        where = f"--private-key {private_key}" if private_key else source.key
+        raise ManifestError(f"{where}: {exc}") from exc
     headers.setdefault("Content-Type", "application/json")
     if source.auth is not None or source.provider is Provider.JWT:
         if not token:

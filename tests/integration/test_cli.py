@@ -362,6 +362,7 @@ def test_send_to_a_closed_port_fails_with_one_line(tmp_path: Path) -> None:
 
 GITHUB = str(EXAMPLES / "github.yaml")
 HIGHLEVEL = str(EXAMPLES / "highlevel.yaml")
+SENDGRID_KEY = str(EXAMPLES / "keys" / "sendgrid.pem")
 
 
 @pytest.mark.parametrize(
@@ -371,6 +372,11 @@ HIGHLEVEL = str(EXAMPLES / "highlevel.yaml")
         (["send", GITHUB, "--url", "http://127.0.0.1:99999/x"], "http://127.0.0.1:99999/x"),
         (["send", GITHUB, "--event", "/nonexistent/event.json"], "/nonexistent/event.json"),
         (["send", HIGHLEVEL, "--private-key", GITHUB], "not a PEM private key"),
+        (
+            ["send", str(EXAMPLES / "telnyx.yaml"), "--private-key", SENDGRID_KEY],
+            "Telnyx signing needs an Ed25519 private key",
+        ),
+        (["send", str(EXAMPLES / "telnyx.yaml")], "pass --private-key"),
         (["receiver", "--config", GITHUB.replace("github", "nope")], "No such file"),
         (["receiver", "--config", "README.md"], "invalid receiver config"),
         (["receiver", "--config", GITHUB, "--log-level", "bogus"], "not a log level"),

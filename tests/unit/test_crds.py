@@ -487,6 +487,10 @@ INVALID: dict[str, tuple[JsonDict, bool]] = {
         True,
     ),
     "telnyx without a public key": (_source(provider="telnyx"), True),
+    "telnyx with a secret it would ignore": (
+        _source(provider="telnyx", verification={**SECRET, "publicKey": "AAAA"}),
+        True,
+    ),
     "sendgrid without a public key": (_source(provider="sendgrid"), True),
     "token in a header without the header": (
         _source(provider="token", verification={**SECRET, "tokenScheme": "header"}),

@@ -454,6 +454,11 @@ def provider_refuses(provider: Provider, facts: SourceFacts) -> str | None:
     for name in sorted(facts.fields - spec.fields):
         users = ", ".join(p.value for p in providers_reading(name))
         return f"verification.{name} is not used by provider {provider.value} (only by {users})"
+    if facts.secret and Need.SECRET not in spec.needs:
+        return (
+            f"provider {provider.value} takes no verification secret (secretRef, "
+            "managedSecretRef): it would be ignored"
+        )
     if facts.auth and reads_authorization(provider, facts.token_scheme):
         return (
             f"auth cannot be combined with provider {provider.value}"

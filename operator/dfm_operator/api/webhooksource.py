@@ -247,6 +247,14 @@ def _provider_cel_rules() -> list[CelRule]:
             f"this provider requires {NEED_WORDS[Need.SECRET]}",
         )
     )
+    secretless = [p.value for p in SECRETLESS_PROVIDERS]
+    rules.append(
+        CelRule(
+            f"!(self.provider in {secretless}) || !has(self.verification) || "
+            "!(has(self.verification.secretRef) || has(self.verification.managedSecretRef))",
+            f"providers {', '.join(secretless)} take no verification secret: it would be ignored",
+        )
+    )
     for name in VERIFICATION_OPTIONAL_FIELDS:
         users = [p.value for p in providers_reading(name)]
         rules.append(
