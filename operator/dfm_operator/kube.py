@@ -259,6 +259,36 @@ class Kube:
             raise
         return True
 
+    # kopf's peering objects: only dfm_operator.peering's start-up check. They are not in KINDS:
+    # kopf's own rules (rbac.KOPF_RULES) cover the reads, and `create` is only ever needed
+    # outside the Helm chart, which creates the object itself.
+    async def peering_exists(self, plural: str, namespace: str | None, name: str) -> bool:
+        base = "/apis/kopf.dev/v1"
+        path = (
+            f"{base}/namespaces/{namespace}/{plural}/{name}"
+            if namespace
+            else f"{base}/{plural}/{name}"
+        )
+        try:
+            await self._call("GET", path, what=f"get {plural} {namespace or ''}/{name}")
+        except NotFound:
+            return False
+        return True
+
+    async def create_peering(
+        self, kind: str, plural: str, namespace: str | None, name: str
+    ) -> None:
+        base = "/apis/kopf.dev/v1"
+        path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
+        meta = {"name": name, **({"namespace": namespace} if namespace else {})}
+        with contextlib.suppress(Conflict):
+            await self._call(
+                "POST",
+                path,
+                body={"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": meta},
+                what=f"create {kind} {namespace or ''}/{name}",
+            )
+
 
 async def load_client() -> client.ApiClient:
     """In-cluster config in a pod, else $KUBECONFIG / ~/.kube/config."""

@@ -34,6 +34,8 @@ from dfm_operator.crds import (
     dump_crd,
     structural,
 )
+from dfm_operator.peering import CRDS_FILENAME as PEERING_CRDS_FILENAME
+from dfm_operator.peering import peering_crds_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "crds"
@@ -147,8 +149,16 @@ def test_committed_crd_matches_the_models(kind: str) -> None:
 
 
 def test_no_stray_files_in_crds_dir() -> None:
-    expected = {crd_filename(crd) for crd in CRDS.values()}
+    expected = {crd_filename(crd) for crd in CRDS.values()} | {PEERING_CRDS_FILENAME}
     assert {p.name for p in CRD_DIR.glob("*.yaml")} == expected
+
+
+def test_kopf_peering_crds_are_in_crds_dir_and_the_chart() -> None:
+    # `kubectl apply -f crds/` then `dfm operator` (the README) needs kopf's peering CRDs too.
+    for path in (CRD_DIR, ROOT / "charts" / "df-middleware" / "crds"):
+        assert (path / PEERING_CRDS_FILENAME).read_text() == peering_crds_yaml(), (
+            f"{path / PEERING_CRDS_FILENAME} is out of date: run `make generate`"
+        )
 
 
 def test_crds_are_deterministic() -> None:
