@@ -17,7 +17,7 @@ import yaml
 from dfm_operator import crd_docs
 from dfm_operator.crds import all_crds, crd_filename, dump_crd
 from dfm_operator.peering import CRDS_FILENAME as PEERING_CRDS_FILENAME
-from dfm_operator.peering import peering_crds_yaml
+from dfm_operator.peering import peering_crd_files, peering_crds_yaml
 
 CHART_TEMPLATE = Path("templates") / "crds.yaml"
 """Where, inside the chart, the CRD template is written."""
@@ -82,7 +82,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=Path,
         help=(
             "write one <plural>.dfm.dev.yaml file per CRD, and kopf's peering CRDs "
-            "(kopf-peerings.yaml), into DIR (created if missing)"
+            "(<plural>.kopf.dev.yaml), into DIR (created if missing)"
         ),
     )
     p.add_argument(
@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         for crd in crds:
             _write(output_dir / crd_filename(crd), dump_crd(crd))
         # kopf's peering CRDs, so that `kubectl apply -f crds/` is all `dfm operator` needs.
-        _write(output_dir / PEERING_CRDS_FILENAME, peering_crds_yaml())
+        for name, text in peering_crd_files().items():
+            _write(output_dir / name, text)
     if chart is not None:
         if not (chart / "Chart.yaml").is_file():
             raise OSError(f"{chart}: not a Helm chart (no Chart.yaml)")

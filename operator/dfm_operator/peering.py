@@ -81,9 +81,17 @@ def peering_crds() -> list[dict[str, Any]]:
 
 
 def peering_crds_yaml() -> str:
-    """crds/kopf-peerings.yaml and the chart's crds/kopf-peerings.yaml, byte for byte."""
+    """The chart's crds/kopf-peerings.yaml: both CRDs in one file."""
     docs = [yaml.safe_dump(crd, sort_keys=False, width=100) for crd in peering_crds()]
     return _HEADER + "---\n".join(docs)
+
+
+def peering_crd_files() -> dict[str, str]:
+    """crds/: one ``<plural>.kopf.dev.yaml`` file per CRD, like the dfm.dev ones."""
+    return {
+        f"{crd['metadata']['name']}.yaml": _HEADER + yaml.safe_dump(crd, sort_keys=False, width=100)
+        for crd in peering_crds()
+    }
 
 
 class PeeringNotReady(Exception):
@@ -102,7 +110,8 @@ async def ensure_peering(kube: Kube, namespaces: Sequence[str]) -> list[str]:
             f"`kubectl apply -f crds/` installs it, {standalone}"
         )
     created = []
-    for namespace in namespaces or [None]:
+    where_to: list[str | None] = list(namespaces) or [None]
+    for namespace in where_to:
         where = f"{namespace}/{PEERING_NAME}" if namespace else PEERING_NAME
         try:
             if await kube.peering_exists(plural, namespace, PEERING_NAME):

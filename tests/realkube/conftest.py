@@ -139,7 +139,9 @@ def run(
 
 # The README's flow starts from an API server without CRDs (and leaves none behind); the chart,
 # installed once for the rest of the session, owns them afterwards.
+# The RBAC audit reads what the operator did in all the others: it runs last.
 FIRST = ("test_control_plane.py", "test_readme_flow.py")
+LAST = "test_rbac_audit.py"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -147,6 +149,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         path = Path(str(item.path))
         if not path.is_relative_to(HERE):
             return 0
+        if path.name == LAST:
+            return len(FIRST) + 2
         return FIRST.index(path.name) + 1 if path.name in FIRST else len(FIRST) + 1
 
     items.sort(key=rank)
@@ -194,3 +198,9 @@ def database(postgres_server: str) -> Iterator[str]:
     base, _, _ = postgres_server.rpartition("/")
     yield f"{base}/{name}"
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def rbac_record() -> dict[str, set[tuple[str, str, str]]]:
+    """ServiceAccount -> what its release granted, for the RBAC audit at the end."""
+    return {}

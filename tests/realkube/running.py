@@ -216,7 +216,9 @@ def forbidden(events: list[JsonDict]) -> list[str]:
     """The requests the API server refused for want of a grant, as 'verb resource in ns'."""
     out = []
     for event in events:
-        if event.get("responseStatus", {}).get("code") == 403:
+        # RBAC's refusals only (not, say, a write into a namespace being deleted).
+        decision = (event.get("annotations") or {}).get("authorization.k8s.io/decision")
+        if event.get("responseStatus", {}).get("code") == 403 and decision == "forbid":
             ref = event.get("objectRef", {})
             resource = ref.get("resource", event.get("requestURI"))
             if ref.get("subresource"):
@@ -257,3 +259,76 @@ def pruned_status_fields(events: list[JsonDict]) -> list[str]:
         if sent is not None:
             compare(sent, stored, f"{ref['resource']}/{ref.get('name')}: status")
     return missing
+
+
+# --- RBAC: what the chart grants against what the operator did -----------------------------------
+
+Grant = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
+
+# Grants no request of the operator shows in an audit log, and why they are needed all the same.
+NOT_IN_THE_AUDIT_LOG: dict[Grant, str] = {
+    ("dfm.dev", f"{plural}/finalizers", "update"): (
+        "checked inside the server by OwnerReferencesPermissionEnforcement (enabled here) for "
+        "every child applied with blockOwnerDeletion: without it those applies fail"
+    )
+    for plural in ("webhooksources", "managedsecrets")
+}
+# Grants these tests do not exercise, and why they are needed all the same.
+NOT_EXERCISED: dict[Grant, str] = {
+    **{
+        ("monitoring.coreos.com", "servicemonitors", verb): (
+            "only with metrics.serviceMonitor.enabled and the Prometheus Operator's CRD"
+        )
+        for verb in ("create", "delete", "get", "patch")
+    },
+    **{
+        ("", "namespaces", verb): "kopf lists namespaces only to resolve patterns given to -n"
+        for verb in ("list", "watch")
+    },
+    ("apps", "deployments", "get"): (
+        "reconcile_webhook_source(apply=False) reads the Deployment when no event brought it; "
+        "no handler calls it that way today"
+    ),
+}
+
+
+def granted_by(admin: Api, release: Release, namespaces: list[str] | None = None) -> set[Grant]:
+    """The (group, resource, verb) triples bound to the release's ServiceAccount: its
+    ClusterRole, and its Role in each of ``namespaces``."""
+    rbac = "/apis/rbac.authorization.k8s.io/v1"
+    name = release.deployment["metadata"]["name"]
+    roles = [admin.get(f"{rbac}/clusterroles/{name}")]
+    roles += [admin.get(f"{rbac}/namespaces/{ns}/roles/{name}") for ns in namespaces or []]
+    return {
+        (group, resource, verb)
+        for role in roles
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def used_grants(events: list[JsonDict]) -> set[Grant]:
+    """What the audited requests needed; a server-side apply that created its object (201) also
+    needed `create`."""
+    out: set[Grant] = set()
+    for event in events:
+        ref = event.get("objectRef") or {}
+        if "resource" not in ref or event.get("responseStatus", {}).get("code", 0) >= 400:
+            continue
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        out.add((ref.get("apiGroup", ""), resource, event["verb"]))
+        if event["verb"] == "patch" and event["responseStatus"]["code"] == 201:
+            out.add((ref.get("apiGroup", ""), resource, "create"))
+    return out
+
+
+def unexplained_grants(granted: set[Grant], events: list[JsonDict]) -> dict[Grant, str]:
+    """Granted, never needed by the operator's requests, and not explained above: excessive."""
+    explained = {**NOT_IN_THE_AUDIT_LOG, **NOT_EXERCISED}
+    return {
+        grant: "granted, never used"
+        for grant in sorted(granted - used_grants(events))
+        if grant not in explained
+    }

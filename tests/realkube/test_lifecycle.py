@@ -87,9 +87,10 @@ def test_ownership_conflicts_drift_repair_and_garbage_collection(
     admin.delete(service)
     wait_for("the Service re-created", lambda: (admin.find(service) or {}).get("spec"))
 
-    # The pods the real controllers made are owned through their ReplicaSet.
+    # The pods the real controllers made (Pending: no kubelet here) are the ReplicaSets'.
     pods_path = f"/api/v1/namespaces/{ns}/pods"
-    wait_for("two pods", lambda: len(admin.get(pods_path)["items"]) == 2)
+    pods = wait_for("pods", lambda: admin.get(pods_path)["items"])
+    assert {p["metadata"]["ownerReferences"][0]["kind"] for p in pods} == {"ReplicaSet"}
 
     # Deleting the source takes every child with it: Kubernetes' garbage collector does it.
     admin.delete(source_path)
@@ -98,6 +99,39 @@ def test_ownership_conflicts_drift_repair_and_garbage_collection(
     replicasets = f"/apis/apps/v1/namespaces/{ns}/replicasets"
     wait_for("ReplicaSets collected", lambda: admin.get(replicasets)["items"] == [], timeout=60)
     wait_for("pods collected", lambda: admin.get(pods_path)["items"] == [], timeout=60)
+
+
+def test_children_the_spec_drops_are_deleted_by_the_operator(
+    admin: Api, operator: OperatorProcess, namespace: str
+) -> None:
+    ns = namespace
+    for name, data in (("dfm-events-db", {"url": "postgresql://db.invalid/e"}), ("gh", {"s": "x"})):
+        admin.create(
+            path_of("secrets", ns, group="v1"),
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data},
+        )
+    source_path = path_of("webhooksources", ns, "github")
+    admin.create(
+        path_of("webhooksources", ns),
+        {
+            "apiVersion": DFM,
+            "kind": "WebhookSource",
+            "metadata": {"name": "github"},
+            "spec": {
+                "provider": "github",
+                "verification": {"secretRef": {"name": "gh", "key": "s"}},
+                "replicas": 2,
+                "exposure": {"ingress": {"host": "hooks.example.com"}},
+            },
+        },
+    )
+    optional = children(ns)[4:]  # the PodDisruptionBudget and the Ingress
+    for path in optional:
+        wait_for(path, lambda path=path: admin.find(path))
+    admin.merge_patch(source_path, {"spec": {"replicas": 1, "exposure": None}})
+    for path in optional:
+        wait_for(f"{path} deleted", lambda path=path: admin.find(path) is None)
+    assert admin.find(children(ns)[2]) is not None, "what is still asked for stays"
 
 
 def test_schedules_report_not_supported_yet_through_the_real_schema(

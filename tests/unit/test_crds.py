@@ -35,7 +35,7 @@ from dfm_operator.crds import (
     structural,
 )
 from dfm_operator.peering import CRDS_FILENAME as PEERING_CRDS_FILENAME
-from dfm_operator.peering import peering_crds_yaml
+from dfm_operator.peering import peering_crd_files, peering_crds_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "crds"
@@ -149,16 +149,16 @@ def test_committed_crd_matches_the_models(kind: str) -> None:
 
 
 def test_no_stray_files_in_crds_dir() -> None:
-    expected = {crd_filename(crd) for crd in CRDS.values()} | {PEERING_CRDS_FILENAME}
+    expected = {crd_filename(crd) for crd in CRDS.values()} | set(peering_crd_files())
     assert {p.name for p in CRD_DIR.glob("*.yaml")} == expected
 
 
 def test_kopf_peering_crds_are_in_crds_dir_and_the_chart() -> None:
     # `kubectl apply -f crds/` then `dfm operator` (the README) needs kopf's peering CRDs too.
-    for path in (CRD_DIR, ROOT / "charts" / "df-middleware" / "crds"):
-        assert (path / PEERING_CRDS_FILENAME).read_text() == peering_crds_yaml(), (
-            f"{path / PEERING_CRDS_FILENAME} is out of date: run `make generate`"
-        )
+    for name, text in peering_crd_files().items():
+        assert (CRD_DIR / name).read_text() == text, f"crds/{name}: run `make generate`"
+    chart = ROOT / "charts" / "df-middleware" / "crds" / PEERING_CRDS_FILENAME
+    assert chart.read_text() == peering_crds_yaml(), f"{chart}: run `make generate`"
 
 
 def test_crds_are_deterministic() -> None:
