@@ -365,6 +365,10 @@ class ControlPlane:
         )
         return str(review["status"]["token"])
 
+    def service_account_kubeconfig(self, path: Path, namespace: str, name: str) -> Path:
+        """A kubeconfig that acts as the ServiceAccount (a fresh token of it)."""
+        return self.write_kubeconfig(path, self.service_account_token(namespace, name), namespace)
+
     def write_kubeconfig(self, path: Path, token: str, namespace: str = "default") -> Path:
         path.write_text(kubeconfig(self.server, self.ca_file, token, namespace))
         path.chmod(0o600)

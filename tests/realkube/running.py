@@ -123,8 +123,9 @@ def run_operator(
     """`dfm operator` with the args and env of the chart's Deployment, as the chart's
     ServiceAccount (a token from the TokenRequest API, as kubelet would mount it). Only the ports
     are changed: in a pod they are the pod's own, here they must be free on this machine."""
-    token = plane.service_account_token(release.namespace, release.service_account)
-    kubeconfig = plane.write_kubeconfig(workdir / f"{release.name}-sa.kubeconfig", token)
+    kubeconfig = plane.service_account_kubeconfig(
+        workdir / f"{release.name}-sa.kubeconfig", release.namespace, release.service_account
+    )
     container = release.container
     metrics_port, health_port = free_port(), free_port()
     args = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from tests.realkube.running import (
     install_chart,
     path_of,
     pruned_status_fields,
+    requests_by,
     run_operator,
     wait_ready,
 )
@@ -244,3 +246,60 @@ def test_the_namespaced_chart_operator_works_with_its_role_only(
         )
     finally:
         admin.delete(f"/api/v1/namespaces/{elsewhere}")
+
+
+def test_a_grant_missing_from_the_chart_would_fail_these_tests(
+    control_plane: ControlPlane, admin: Api, chart: Release, namespace: str, tmp_path: Path
+) -> None:
+    """The control for the RBAC checks: the chart's ClusterRole without `patch` on
+    webhooksources/status, and the refused request is what the audit log shows."""
+    name = f"dfm-without-status-{namespace[-5:]}"
+    rbac = "/apis/rbac.authorization.k8s.io/v1"
+    rules = admin.get(f"{rbac}/clusterroles/{chart.deployment['metadata']['name']}")["rules"]
+    for rule in rules:
+        rule["resources"] = [r for r in rule["resources"] if r != "webhooksources/status"]
+    rules = [rule for rule in rules if rule["resources"]]
+    meta = {"name": name}
+    admin.create(
+        f"/api/v1/namespaces/{chart.namespace}/serviceaccounts",
+        {"metadata": {"name": name, "namespace": chart.namespace}},
+    )
+    admin.create(f"{rbac}/clusterroles", {"metadata": meta, "rules": rules})
+    admin.create(
+        f"{rbac}/clusterrolebindings",
+        {
+            "metadata": meta,
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": name,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": chart.namespace}],
+        },
+    )
+    deployment = copy.deepcopy(chart.deployment)
+    deployment["spec"]["template"]["spec"]["serviceAccountName"] = name
+    crippled = Release(name=name, namespace=chart.namespace, deployment=deployment)
+    refused = f"patch dfm.dev/webhooksources/status in {namespace}"
+    try:
+        with run_operator(control_plane, crippled, tmp_path):
+            admin.create(
+                path_of("webhooksources", namespace),
+                {
+                    "apiVersion": DFM,
+                    "kind": "WebhookSource",
+                    "metadata": {"name": "highlevel"},
+                    # No signing Secret to wait for; the database Secret is missing: the
+                    # operator goes straight to writing Ready=False SecretNotFound.
+                    "spec": {"provider": "highlevel"},
+                },
+            )
+            wait_for(
+                "the refused status write in the audit log",
+                lambda: refused in forbidden(requests_by(control_plane, crippled.username)),
+                timeout=60,
+            )
+    finally:
+        admin.delete(f"{rbac}/clusterrolebindings/{name}")
+        admin.delete(f"{rbac}/clusterroles/{name}")
+        admin.delete(f"/api/v1/namespaces/{chart.namespace}/serviceaccounts/{name}")

@@ -11,6 +11,7 @@ from tests.realkube.running import (
     Grant,
     Release,
     granted_by,
+    pruned_status_fields,
     requests_by,
     unexplained_grants,
     used_grants,
@@ -42,3 +43,34 @@ def test_every_grant_of_the_namespaced_chart_was_needed(
     assert unexplained_grants(granted, events) == {}
     assert ("kopf.dev", "kopfpeerings", "patch") in used_grants(own)
     assert not any(resource == "clusterkopfpeerings" for _, resource, _ in granted)
+
+
+def test_every_kind_had_its_status_checked_against_the_schema(
+    control_plane: ControlPlane, chart: Release
+) -> None:
+    """The operator fixture compared each status write with what the server stored: make sure
+    that comparison had writes of all four kinds to look at (as request and response)."""
+    written = {
+        event["objectRef"]["resource"]
+        for event in requests_by(control_plane, chart.username)
+        if event.get("objectRef", {}).get("subresource") == "status"
+        and event.get("requestObject", {}).get("status")
+        and event.get("responseObject", {}).get("status")
+    }
+    assert written == {"webhooksources", "managedsecrets", "syncschedules", "backupschedules"}
+
+
+def test_the_status_comparison_sees_a_pruned_field() -> None:
+    # The control for that comparison: a key the server dropped is reported, a deletion is not.
+    event = {
+        "objectRef": {"apiGroup": "dfm.dev", "resource": "webhooksources", "name": "s",
+                      "subresource": "status"},
+        "responseStatus": {"code": 200},
+        "requestObject": {"status": {"readyReplica": 1, "endpoint": "http://x", "gone": None,
+                                     "conditions": [{"type": "Ready", "reasn": "typo"}]}},
+        "responseObject": {"status": {"endpoint": "http://x", "conditions": [{"type": "Ready"}]}},
+    }  # fmt: skip
+    assert pruned_status_fields([event]) == [
+        "webhooksources/s: status.readyReplica",
+        "webhooksources/s: status.conditions[0].reasn",
+    ]
