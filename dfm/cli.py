@@ -145,7 +145,9 @@ def cmd_local(args: argparse.Namespace) -> int:
         datadir = local.default_data_dir() / "postgres"
         datadir.parent.mkdir(parents=True, exist_ok=True)
         embedded = EmbeddedPostgres(datadir)
-        print(f"dfm local: starting embedded PostgreSQL, data in {datadir}", file=sys.stderr)
+        print(
+            f"dfm local: starting embedded PostgreSQL, data in {embedded.pgdata}", file=sys.stderr
+        )
         try:
             embedded.start()
         except EmbeddedPostgresError as exc:
@@ -210,7 +212,7 @@ def _check_operator_start(args: argparse.Namespace) -> None:
     kubeconfig (outside a cluster), a port already taken, a liveness URL that is not one."""
     from urllib.parse import urlsplit
 
-    from kubernetes_asyncio import config as kube_config
+    from dfm_operator.kube import KubeconfigError, check_kubeconfig
 
     if not os.environ.get("KUBERNETES_SERVICE_HOST"):
         path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
@@ -218,10 +220,9 @@ def _check_operator_start(args: argparse.Namespace) -> None:
             raise CliError(f"no kubeconfig at {path}; set KUBECONFIG, or run in a cluster")
         try:
             if os.pathsep not in path:  # a merged list is left to the client
-                asyncio.run(kube_config.load_kube_config(config_file=path))
-        except (kube_config.ConfigException, OSError, yaml.YAMLError, TypeError) as exc:
-            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            detail = detail.splitlines()[0] if detail else "empty"
+                check_kubeconfig(path)
+        except KubeconfigError as exc:
+            detail = str(exc)
             raise CliError(
                 f"no usable kubeconfig at {path} ({detail}); set KUBECONFIG, or run in a cluster"
             ) from exc

@@ -26,6 +26,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from webhook_server.auth import JwtAuthenticator
+from webhook_server.bodies import read_limited
 from webhook_server.config import ReceiverConfig, SourceConfig
 from webhook_server.logs import AccessLog, get_logger
 from webhook_server.metrics import ReceiverMetrics
@@ -42,7 +43,6 @@ ACCESS_LOG_FLUSH_SECONDS = 1.0
 # Request ids: a random per-process prefix and a counter (unique, and cheaper than uuid4).
 _REQUEST_PREFIX = secrets.token_hex(6)
 _REQUEST_COUNTER = itertools.count(1)
-READ_CHUNK = 64 * 1024
 # The JWKS is not refetched sooner than this, so an earlier retry would meet the same outage.
 AUTH_RETRY_AFTER = str(math.ceil(JwtAuthenticator.REFETCH_MIN_INTERVAL_SECONDS))
 
@@ -233,16 +233,10 @@ def _apply_cors(request: web.Request, runtime: SourceRuntime, response: web.Stre
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
+    body = await read_limited(request.content, request.content_length, limit)
+    if body is None:
         raise Problem(413, "request body too large", outcome="too_large")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(READ_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise Problem(413, "request body too large", outcome="too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return body
 
 
 def _reject(runtime: SourceRuntime, metrics: ReceiverMetrics, rejected: Rejected) -> Problem:

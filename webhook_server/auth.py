@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.types import Options
 
+from webhook_server.bodies import read_limited
 from webhook_server.config import AuthConfig
 from webhook_server.verify.base import Reason, Rejected
 
@@ -443,8 +444,10 @@ class JwtAuthenticator:
                     headers={"Accept": "application/json"},
                 ) as response:
                     response.raise_for_status()
-                    body = await response.content.read(MAX_JWKS_BYTES + 1)
-            if len(body) > MAX_JWKS_BYTES:
+                    body = await read_limited(
+                        response.content, response.content_length, MAX_JWKS_BYTES
+                    )
+            if body is None:
                 raise ValueError("JWKS document too large")
             keys = parse_jwks(json.loads(body))
         except Exception as exc:  # any failure: keep the cached keys (a closed session, too)

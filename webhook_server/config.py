@@ -38,6 +38,35 @@ class Provider(enum.StrEnum):
     JWT = "jwt"
 
 
+# Providers that verify without a shared secret: jwt checks a bearer token, highlevel a
+# signature made with HighLevel's published keys.
+SECRETLESS_PROVIDERS = (Provider.JWT, Provider.HIGHLEVEL)
+# What a provider can require and a source lack (see provider_lacks).
+NEEDS_AUTH = "auth"
+NEEDS_HEADER = "verification.header"
+NEEDS_SECRET = "a verification secret"
+
+
+def provider_lacks(provider: Provider, *, auth: bool, header: bool, secret: bool) -> str | None:
+    """What ``provider`` requires that a source does not have (NEEDS_*), else None.
+
+    The rule of the data plane, which the operator's WebhookSource applies too (with its own
+    words for the secret: a secretRef or a managedSecretRef).
+    """
+    if provider is Provider.JWT and not auth:
+        return NEEDS_AUTH
+    if provider is Provider.HMAC and not header:
+        return NEEDS_HEADER
+    if provider not in SECRETLESS_PROVIDERS and not secret:
+        return NEEDS_SECRET
+    return None
+
+
+def default_route(namespace: str, name: str) -> str:
+    """The endpoint's path when a source sets none."""
+    return f"/hooks/{namespace}/{name}"
+
+
 class HmacAlgorithm(enum.StrEnum):
     SHA1 = "sha1"
     SHA256 = "sha256"
@@ -172,19 +201,20 @@ class SourceConfig(Model):
 
     @property
     def route(self) -> str:
-        return self.path or f"/hooks/{self.namespace}/{self.name}"
+        return self.path or default_route(self.namespace, self.name)
 
     @model_validator(mode="after")
     def _provider_rules(self) -> Self:
         if self.path is not None and not self.path.startswith("/"):
             raise ValueError("path must start with '/'")
-        if self.provider is Provider.JWT and self.auth is None:
-            raise ValueError("provider jwt requires auth")
-        if self.provider is Provider.HMAC and not self.verification.header:
-            raise ValueError("provider hmac requires verification.header")
-        needs_secret = self.provider not in (Provider.JWT, Provider.HIGHLEVEL)
-        if needs_secret and not self.verification.secrets:
-            raise ValueError(f"provider {self.provider.value} requires a verification secret")
+        lacks = provider_lacks(
+            self.provider,
+            auth=self.auth is not None,
+            header=bool(self.verification.header),
+            secret=bool(self.verification.secrets),
+        )
+        if lacks is not None:
+            raise ValueError(f"provider {self.provider.value} requires {lacks}")
         return self
 
 

@@ -1,6 +1,6 @@
 """One benchmark scenario: an operator subprocess, N WebhookSources, until all are Ready.
 
-1. a fresh :func:`tests.kube.emulator.emulated_cluster` on 127.0.0.1 in this process (on this
+1. a fresh :func:`kube_emulator.emulated_cluster` on 127.0.0.1 in this process (on this
    event loop), with the committed CRDs from ``crds/`` and the ``dfm-events-db`` Secret;
 2. the operator in a subprocess (``KUBECONFIG`` points at the emulator), output to a log file;
 3. once it watches what it needs (kopf has run the startup handlers by then), N signing Secrets
@@ -37,8 +37,8 @@ from typing import IO, Any
 import kmock
 import yaml
 
-import tests.kube.emulator
-from tests.kube.emulator import (
+import kube_emulator.apply
+from kube_emulator import (
     APPLY_PATCH,
     DEPLOYMENTS,
     WEBHOOKSOURCES,
@@ -241,7 +241,7 @@ def fast_apply_parsing() -> Iterator[None]:
     at 1,000 sources, on the same two cores as the operator. A real API server does that in Go
     in microseconds, so the bench swaps the parser (in this process only, restored after).
     """
-    module: Any = tests.kube.emulator
+    module: Any = kube_emulator.apply
     original = module.yaml
     module.yaml = types.SimpleNamespace(
         safe_load=_fast_safe_load, safe_dump=yaml.safe_dump, YAMLError=yaml.YAMLError

@@ -122,7 +122,7 @@ def _reconcile_limit(limit: int) -> None:
     import asyncio
     import importlib
 
-    handlers: Any = importlib.import_module("dfm_operator.handlers.webhooksource")
+    handlers: Any = importlib.import_module("dfm_operator.services.webhooksource")
     original = handlers.reconcile_webhook_source
     semaphores: dict[int, asyncio.Semaphore] = {}  # per event loop (created lazily in it)
 

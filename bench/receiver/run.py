@@ -487,6 +487,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def run(opts: Options) -> int:
+    """Start PostgreSQL, the baseline and the receiver; measure; report; clean up."""
     signal.signal(signal.SIGTERM, _terminate)
     use_wrk = opts.loadgen == "wrk" or (opts.loadgen == "auto" and wrk.available() is not None)
     if opts.loadgen == "wrk" and wrk.available() is None:
@@ -506,165 +507,11 @@ def run(opts: Options) -> int:
     try:
         say(f"bench: work dir {workdir}; starting PostgreSQL")
         postgres.start()
-        postgres_pid = int((postgres.datadir / "postmaster.pid").read_text().split()[0])
+        postgres_pid = int((postgres.pgdata / "postmaster.pid").read_text().split()[0])
         asyncio.run(log_postgres_maintenance(postgres.url))
-
-        say("bench: starting the baseline (no-op aiohttp) and the receiver (durable store)")
-        log_file = Path(opts.receiver_log) if opts.receiver_log else workdir / "receiver.log"
-        gc_file = workdir / "receiver.gc.json"
-        baseline = start_server("baseline", workdir)
-        servers.append(baseline)
-        receiver = start_server(
-            "receiver",
-            workdir,
-            [
-                "--database-url",
-                postgres.url,
-                "--secret",
-                secret,
-                "--log",
-                str(log_file),
-                "--log-level",
-                opts.receiver_log_level,
-                "--gc-stats",
-                str(gc_file),
-                *(["--gc-freeze"] if opts.gc_freeze else []),
-            ],
-        )
-        servers.append(receiver)
-        baseline.wait_ready()
-        receiver.wait_ready()
-        base = Target("baseline (no-op)", "baseline", baseline, None, collect=False)
-        recv = Target("receiver (durable)", "receiver", receiver, postgres_pid, collect=True)
-
-        # Interleaved rounds: a slow spell of a shared machine hits both targets alike.
-        bench_start = datetime.now(UTC)
-        base.warm(load)
-        recv.warm(load)
-        profiles: list[tuple[str, profile.Summary | None]] = []
-        paced_rounds: list[Measured] = []
-        paced_windows: list[tuple[datetime, datetime]] = []
-        for number in range(opts.rounds):
-            sampler = py_spy if number == 0 else None  # py-spy slows what it samples: once
-            profiles.append((base.name, base.measure(load, sampler)))
-            profiles.append((recv.name, recv.measure(load, sampler)))
-            # The paced run follows the closed-loop one it is a fraction of, so both see the
-            # machine in the same state.
-            rate = recv.rounds[-1].result.rate * opts.paced_fraction
-            say(f"  receiver: round {number + 1}, open loop at {rate:,.0f}/s")
-            shares: list[CpuShare] = []
-            paced_start = datetime.now(UTC)
-            with CpuMeter(receiver.pid, postgres_pid).measure(shares):
-                paced_result, paced_acked = load.paced(receiver, rate, opts.paced_duration)
-            paced_windows.append((paced_start, datetime.now(UTC)))
-            recv.acked += paced_acked
-            paced_rounds.append(
-                Measured(
-                    name=f"receiver @{opts.paced_fraction:.0%} max",
-                    result=paced_result,
-                    cpu=shares[0],
-                    rss_idle=recv.rss_idle,
-                    rss_peak=memory_mib(receiver.pid, "VmHWM"),
-                )
-            )
-        batches, mean_batch = batch_stats(receiver)
-        baseline.stop()
-        code = receiver.stop()
-        say(f"  receiver stopped (exit {code}); counting stored events")
-        rows, found = asyncio.run(count_stored(postgres.url, recv.acked))
-        log_lines = sum(1 for _ in log_file.open("rb")) if log_file.is_file() else 0
-
-        base_m, recv_m = base.median(), recv.median()
-        paced_m = sorted(paced_rounds, key=lambda m: m.result.p99_ms)[(opts.rounds - 1) // 2]
-        # Paired by round (the two ran back to back), so a slow spell of the machine cancels out.
-        ratios = sorted(
-            r.result.rate / b.result.rate if b.result.rate else 0.0
-            for b, r in zip(base.rounds, recv.rounds, strict=True)
-        )
-        ratio = ratios[(len(ratios) - 1) // 2]
-        print()
-        print(
-            f"load: {generator}, closed loop, {opts.connections} connections; "
-            f"{opts.rounds} interleaved round{'s' if opts.rounds > 1 else ''} of "
-            f"{opts.duration:g} s per target after "
-            f"{opts.warmup:g} s warm-up, median round shown; {len(body)}-byte GitHub body, "
-            f"HMAC-SHA256 signed, unique {DELIVERY_HEADER} each"
-        )
-        print(
-            f"host: {os.cpu_count()} CPUs shared by server, PostgreSQL (fsync=on) and load "
-            f"generator; loopback TCP; Python {sys.version.split()[0]}; "
-            f"load average before {load_before}, after {loadavg()}"
-        )
-        print()
-        print(table([base_m, recv_m, paced_m]))
-        print()
-        print(
-            f"events/s ratio receiver/baseline: {ratio:.2f}   (target >= {RATIO_TARGET})  "
-            f"{verdict(ratio >= RATIO_TARGET)}   (median of the per-round ratios)"
-        )
-        p99_ok = paced_m.result.p99_ms <= P99_TARGET_MS and paced_m.result.other == 0
-        print(
-            f"p99 at {opts.paced_fraction:.0%} of max: {paced_m.result.p99_ms:.2f} ms   "
-            f"(target <= {P99_TARGET_MS:g} ms)  {verdict(p99_ok)}"
-            + ("" if opts.paced_fraction == PACED_FRACTION else "   (the target is set at 80%)")
-        )
-        print(
-            f"  (open loop, python generator, latency counted from each request's due time; "
-            f"{opts.paced_duration:g} s right after each receiver round, at "
-            f"{opts.paced_fraction:.0%} of that round's events/s)"
-        )
-        print("per round:")
-        for number, (b, r, p) in enumerate(
-            zip(base.rounds, recv.rounds, paced_rounds, strict=True), start=1
-        ):
-            x = r.result.rate / b.result.rate if b.result.rate else 0.0
-            pg = postgres_events(postgres.logfile, *paced_windows[number - 1])
-            print(
-                f"  {number}: {r.result.rate:,.0f} / {b.result.rate:,.0f} events/s = {x:.2f}; "
-                f"paced {p.result.offered_rate:,.0f}/s: p99 {p.result.p99_ms:.1f} ms, "
-                f"{p.result.other} non-200, generator late <= {p.result.max_send_lag_ms:.0f} ms; "
-                f"other CPU % {b.cpu.other:.0f}/{r.cpu.other:.0f}/{p.cpu.other:.0f}"
-            )
-            print(
-                "     p99 ms by second: "
-                + " ".join(f"{v:.0f}" for v in p.result.p99_by_second_ms)
-                + ("; PostgreSQL: " + "; ".join(pg) if pg else "")
-            )
-        busiest = max(m.cpu.other for m in [*base.rounds, *recv.rounds, *paced_rounds])
-        if busiest > OTHER_CPU_WARNING:
-            print(
-                f"warning: other processes used up to {busiest:.0f}% of a CPU during the "
-                "measurements: the machine was shared, the figures understate both servers"
-            )
-        missing = len(set(recv.acked)) - found
-        extra = rows - found
-        print(
-            f"durability: {len(recv.acked):,} answers 200 counted, {rows:,} rows in "
-            f"webhook_events, acknowledged but not stored: {missing}  {verdict(missing == 0)}"
-        )
-        if extra and use_wrk:
-            print(
-                f"  +{extra} stored rows without a counted 200: requests in flight when wrk "
-                f"stopped (wrk drops them unanswered; at most {opts.connections} per wrk run)"
-            )
-        elif extra:
-            print(f"  +{extra} stored rows without a counted 200 (timeouts or errors)")
-        warm_other = base.warmup_other + recv.warmup_other
-        if warm_other:
-            print(f"warning: {warm_other} non-200 answers during the warm-ups")
-        closed_maintenance = postgres_events(postgres.logfile, bench_start, datetime.now(UTC))
-        print(
-            f"receiver: {log_lines:,} JSON log lines to {opts.receiver_log or 'a file'} "
-            f"(level {opts.receiver_log_level}); "
-            + ("gc.freeze() EXPERIMENT on; " if opts.gc_freeze else "")
-            + f"{batches:,} store batches, mean {mean_batch:.1f} events; "
-            f"GC {gc_summary(gc_file)}; PostgreSQL autovacuum/analyze/checkpoints during the "
-            f"bench: {len(closed_maintenance)}"
-        )
-        for name, summary in profiles:
-            if summary is not None:
-                print(f"\n{name}, round 1 (sampled, so slower than the other rounds):")
-                print(summary.render())
+        started = _start_servers(opts, workdir, postgres, secret, postgres_pid, servers)
+        measured = _measure(opts, load, py_spy, started, postgres)
+        _report(opts, measured, generator, load_before, len(body), use_wrk, postgres)
         if opts.keep:
             print(f"kept: {workdir}")
         return 0
@@ -674,6 +521,249 @@ def run(opts: Options) -> int:
         postgres.destroy()
         if not opts.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass
+class _Started:
+    baseline: Server
+    receiver: Server
+    base: Target
+    recv: Target
+    postgres_pid: int
+    log_file: Path
+    gc_file: Path
+
+
+def _start_servers(
+    opts: Options,
+    workdir: Path,
+    postgres: EmbeddedPostgres,
+    secret: str,
+    postgres_pid: int,
+    servers: list[Server],
+) -> _Started:
+    """The baseline and the receiver, ready; ``servers`` lists them for the caller's cleanup."""
+    say("bench: starting the baseline (no-op aiohttp) and the receiver (durable store)")
+    log_file = Path(opts.receiver_log) if opts.receiver_log else workdir / "receiver.log"
+    gc_file = workdir / "receiver.gc.json"
+    baseline = start_server("baseline", workdir)
+    servers.append(baseline)
+    receiver = start_server(
+        "receiver",
+        workdir,
+        [
+            "--database-url",
+            postgres.url,
+            "--secret",
+            secret,
+            "--log",
+            str(log_file),
+            "--log-level",
+            opts.receiver_log_level,
+            "--gc-stats",
+            str(gc_file),
+            *(["--gc-freeze"] if opts.gc_freeze else []),
+        ],
+    )
+    servers.append(receiver)
+    baseline.wait_ready()
+    receiver.wait_ready()
+    base = Target("baseline (no-op)", "baseline", baseline, None, collect=False)
+    recv = Target("receiver (durable)", "receiver", receiver, postgres_pid, collect=True)
+    return _Started(baseline, receiver, base, recv, postgres_pid, log_file, gc_file)
+
+
+@dataclass
+class _Measured:
+    started: _Started
+    bench_start: datetime
+    profiles: list[tuple[str, profile.Summary | None]]
+    paced_rounds: list[Measured]
+    paced_windows: list[tuple[datetime, datetime]]
+    batches: int
+    mean_batch: float
+    rows: int
+    found: int
+    log_lines: int
+
+
+def _measure(
+    opts: Options,
+    load: Load,
+    py_spy: str | None,
+    started: _Started,
+    postgres: EmbeddedPostgres,
+) -> _Measured:
+    """Interleaved rounds (closed loop for each target, then the receiver paced), then stop the
+    servers and count what the receiver stored."""
+    base, recv, receiver, baseline = started.base, started.recv, started.receiver, started.baseline
+    postgres_pid, log_file = started.postgres_pid, started.log_file
+    # Interleaved rounds: a slow spell of a shared machine hits both targets alike.
+    bench_start = datetime.now(UTC)
+    base.warm(load)
+    recv.warm(load)
+    profiles: list[tuple[str, profile.Summary | None]] = []
+    paced_rounds: list[Measured] = []
+    paced_windows: list[tuple[datetime, datetime]] = []
+    for number in range(opts.rounds):
+        sampler = py_spy if number == 0 else None  # py-spy slows what it samples: once
+        profiles.append((base.name, base.measure(load, sampler)))
+        profiles.append((recv.name, recv.measure(load, sampler)))
+        # The paced run follows the closed-loop one it is a fraction of, so both see the
+        # machine in the same state.
+        rate = recv.rounds[-1].result.rate * opts.paced_fraction
+        say(f"  receiver: round {number + 1}, open loop at {rate:,.0f}/s")
+        shares: list[CpuShare] = []
+        paced_start = datetime.now(UTC)
+        with CpuMeter(receiver.pid, postgres_pid).measure(shares):
+            paced_result, paced_acked = load.paced(receiver, rate, opts.paced_duration)
+        paced_windows.append((paced_start, datetime.now(UTC)))
+        recv.acked += paced_acked
+        paced_rounds.append(
+            Measured(
+                name=f"receiver @{opts.paced_fraction:.0%} max",
+                result=paced_result,
+                cpu=shares[0],
+                rss_idle=recv.rss_idle,
+                rss_peak=memory_mib(receiver.pid, "VmHWM"),
+            )
+        )
+    batches, mean_batch = batch_stats(receiver)
+    baseline.stop()
+    code = receiver.stop()
+    say(f"  receiver stopped (exit {code}); counting stored events")
+    rows, found = asyncio.run(count_stored(postgres.url, recv.acked))
+    log_lines = sum(1 for _ in log_file.open("rb")) if log_file.is_file() else 0
+    return _Measured(
+        started, bench_start, profiles, paced_rounds, paced_windows, batches, mean_batch, rows,
+        found, log_lines,
+    )  # fmt: skip
+
+
+def _report(
+    opts: Options,
+    measured: _Measured,
+    generator: str,
+    load_before: str,
+    body_bytes: int,
+    use_wrk: bool,
+    postgres: EmbeddedPostgres,
+) -> None:
+    """The table, the ratio and p99 verdicts, per-round detail, durability and warnings."""
+    base, recv = measured.started.base, measured.started.recv
+    paced_rounds, paced_windows = measured.paced_rounds, measured.paced_windows
+    base_m, recv_m = base.median(), recv.median()
+    paced_m = sorted(paced_rounds, key=lambda m: m.result.p99_ms)[(opts.rounds - 1) // 2]
+    # Paired by round (the two ran back to back), so a slow spell of the machine cancels out.
+    ratios = sorted(
+        r.result.rate / b.result.rate if b.result.rate else 0.0
+        for b, r in zip(base.rounds, recv.rounds, strict=True)
+    )
+    ratio = ratios[(len(ratios) - 1) // 2]
+    print()
+    print(
+        f"load: {generator}, closed loop, {opts.connections} connections; "
+        f"{opts.rounds} interleaved round{'s' if opts.rounds > 1 else ''} of "
+        f"{opts.duration:g} s per target after "
+        f"{opts.warmup:g} s warm-up, median round shown; {body_bytes}-byte GitHub body, "
+        f"HMAC-SHA256 signed, unique {DELIVERY_HEADER} each"
+    )
+    print(
+        f"host: {os.cpu_count()} CPUs shared by server, PostgreSQL (fsync=on) and load "
+        f"generator; loopback TCP; Python {sys.version.split()[0]}; "
+        f"load average before {load_before}, after {loadavg()}"
+    )
+    print()
+    print(table([base_m, recv_m, paced_m]))
+    print()
+    print(
+        f"events/s ratio receiver/baseline: {ratio:.2f}   (target >= {RATIO_TARGET})  "
+        f"{verdict(ratio >= RATIO_TARGET)}   (median of the per-round ratios)"
+    )
+    p99_ok = paced_m.result.p99_ms <= P99_TARGET_MS and paced_m.result.other == 0
+    print(
+        f"p99 at {opts.paced_fraction:.0%} of max: {paced_m.result.p99_ms:.2f} ms   "
+        f"(target <= {P99_TARGET_MS:g} ms)  {verdict(p99_ok)}"
+        + ("" if opts.paced_fraction == PACED_FRACTION else "   (the target is set at 80%)")
+    )
+    print(
+        f"  (open loop, python generator, latency counted from each request's due time; "
+        f"{opts.paced_duration:g} s right after each receiver round, at "
+        f"{opts.paced_fraction:.0%} of that round's events/s)"
+    )
+    _print_rounds(base, recv, paced_rounds, paced_windows, postgres)
+    _print_durability(opts, measured, use_wrk, postgres)
+
+
+def _print_rounds(
+    base: Target,
+    recv: Target,
+    paced_rounds: list[Measured],
+    paced_windows: list[tuple[datetime, datetime]],
+    postgres: EmbeddedPostgres,
+) -> None:
+    print("per round:")
+    for number, (b, r, p) in enumerate(
+        zip(base.rounds, recv.rounds, paced_rounds, strict=True), start=1
+    ):
+        x = r.result.rate / b.result.rate if b.result.rate else 0.0
+        pg = postgres_events(postgres.logfile, *paced_windows[number - 1])
+        print(
+            f"  {number}: {r.result.rate:,.0f} / {b.result.rate:,.0f} events/s = {x:.2f}; "
+            f"paced {p.result.offered_rate:,.0f}/s: p99 {p.result.p99_ms:.1f} ms, "
+            f"{p.result.other} non-200, generator late <= {p.result.max_send_lag_ms:.0f} ms; "
+            f"other CPU % {b.cpu.other:.0f}/{r.cpu.other:.0f}/{p.cpu.other:.0f}"
+        )
+        print(
+            "     p99 ms by second: "
+            + " ".join(f"{v:.0f}" for v in p.result.p99_by_second_ms)
+            + ("; PostgreSQL: " + "; ".join(pg) if pg else "")
+        )
+    busiest = max(m.cpu.other for m in [*base.rounds, *recv.rounds, *paced_rounds])
+    if busiest > OTHER_CPU_WARNING:
+        print(
+            f"warning: other processes used up to {busiest:.0f}% of a CPU during the "
+            "measurements: the machine was shared, the figures understate both servers"
+        )
+
+
+def _print_durability(
+    opts: Options, measured: _Measured, use_wrk: bool, postgres: EmbeddedPostgres
+) -> None:
+    started = measured.started
+    base, recv, gc_file = started.base, started.recv, started.gc_file
+    rows, found, log_lines = measured.rows, measured.found, measured.log_lines
+    batches, mean_batch = measured.batches, measured.mean_batch
+    bench_start, profiles = measured.bench_start, measured.profiles
+    missing = len(set(recv.acked)) - found
+    extra = rows - found
+    print(
+        f"durability: {len(recv.acked):,} answers 200 counted, {rows:,} rows in "
+        f"webhook_events, acknowledged but not stored: {missing}  {verdict(missing == 0)}"
+    )
+    if extra and use_wrk:
+        print(
+            f"  +{extra} stored rows without a counted 200: requests in flight when wrk "
+            f"stopped (wrk drops them unanswered; at most {opts.connections} per wrk run)"
+        )
+    elif extra:
+        print(f"  +{extra} stored rows without a counted 200 (timeouts or errors)")
+    warm_other = base.warmup_other + recv.warmup_other
+    if warm_other:
+        print(f"warning: {warm_other} non-200 answers during the warm-ups")
+    closed_maintenance = postgres_events(postgres.logfile, bench_start, datetime.now(UTC))
+    print(
+        f"receiver: {log_lines:,} JSON log lines to {opts.receiver_log or 'a file'} "
+        f"(level {opts.receiver_log_level}); "
+        + ("gc.freeze() EXPERIMENT on; " if opts.gc_freeze else "")
+        + f"{batches:,} store batches, mean {mean_batch:.1f} events; "
+        f"GC {gc_summary(gc_file)}; PostgreSQL autovacuum/analyze/checkpoints during the "
+        f"bench: {len(closed_maintenance)}"
+    )
+    for name, summary in profiles:
+        if summary is not None:
+            print(f"\n{name}, round 1 (sampled, so slower than the other rounds):")
+            print(summary.render())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

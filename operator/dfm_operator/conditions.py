@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from dfm_operator.api.common import rfc3339
 
 
 @dataclass(frozen=True)
@@ -21,10 +23,6 @@ class ConditionUpdate:
     status: bool
     reason: str
     message: str = ""
-
-
-def timestamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def merge_conditions(
@@ -44,7 +42,7 @@ def merge_conditions(
             "status": status,
             "reason": update.reason,
             "message": update.message,
-            "lastTransitionTime": since or timestamp(now),
+            "lastTransitionTime": since or rfc3339(now),
             "observedGeneration": generation,
         }
     return sorted(by_type.values(), key=lambda c: str(c.get("type")))

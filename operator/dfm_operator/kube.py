@@ -17,6 +17,8 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from dfm_operator import constants as c
+from dfm_operator.api import KINDS as KINDS_SERVED
+from dfm_operator.api import ManagedSecret, WebhookSource
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,18 @@ KINDS: tuple[Kind, ...] = (
     Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", _APPLIED | _WATCHED),
     Kind("networking.k8s.io/v1", "Ingress", "ingresses", _APPLIED | _WATCHED | _PRUNED),
     Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors", _APPLIED | _PRUNED),
-    Kind(c.API_VERSION, c.WEBHOOK_SOURCE, "webhooksources", _OWNED_CR, frozenset({"patch"}), True),
-    Kind(c.API_VERSION, c.MANAGED_SECRET, "managedsecrets", _OWNED_CR, frozenset({"patch"}), True),
-    # Nothing reads these but kopf's watch: no `get`.
-    Kind(c.API_VERSION, c.SYNC_SCHEDULE, "syncschedules", _WATCHED_CR, frozenset({"patch"})),
-    Kind(c.API_VERSION, c.BACKUP_SCHEDULE, "backupschedules", _WATCHED_CR, frozenset({"patch"})),
+    *(
+        Kind(
+            c.API_VERSION,
+            model.names.kind,
+            model.names.plural,
+            # Nothing but kopf's watch reads SyncSchedules and BackupSchedules: no `get`.
+            _OWNED_CR if model in (WebhookSource, ManagedSecret) else _WATCHED_CR,
+            frozenset({"patch"}),
+            owns_children=model in (WebhookSource, ManagedSecret),
+        )
+        for model in KINDS_SERVED
+    ),
     Kind(
         "apiextensions.k8s.io/v1",
         "CustomResourceDefinition",
@@ -303,6 +312,23 @@ async def load_client() -> client.ApiClient:
         # Read $KUBECONFIG now: the client's own default was fixed when it was imported.
         await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     return client.ApiClient()
+
+
+class KubeconfigError(Exception):
+    """A kubeconfig the client cannot use; the message is one line, never the file's content."""
+
+
+def check_kubeconfig(path: str) -> None:
+    """Load the kubeconfig at ``path`` once, as the operator will: raises KubeconfigError."""
+    import asyncio
+
+    import yaml
+
+    try:
+        asyncio.run(config.load_kube_config(config_file=path))
+    except (config.ConfigException, OSError, yaml.YAMLError, TypeError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise KubeconfigError(detail.splitlines()[0] if detail else "empty") from exc
 
 
 @contextlib.asynccontextmanager

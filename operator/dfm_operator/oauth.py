@@ -16,14 +16,15 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote_plus, urlencode
 
 import aiohttp
 
 from dfm_operator.api.managedsecret import ClientAuth
+from webhook_server.bodies import read_limited
+from webhook_server.outbound import exponential_backoff, parse_retry_after
 
 MAX_RESPONSE_BYTES = 1024 * 1024
 """A token response is a few kilobytes; anything past this is not one."""
@@ -154,8 +155,7 @@ def backoff_seconds(consecutive_failures: int, *, base: float = 10.0, cap: float
 
     Fewer than one failure counts as one, so a caller never retries in a tight loop.
     """
-    exponent = min(max(consecutive_failures, 1) - 1, 64)
-    return float(min(base * 2.0**exponent, cap))
+    return exponential_backoff(consecutive_failures, base=base, cap=cap)
 
 
 def basic_authorization(client_id: str, client_secret: str) -> str:
@@ -219,7 +219,7 @@ async def request_token(
         ) as response:
             status = response.status
             retry_after = parse_retry_after(response.headers.get("Retry-After"), now)
-            body = await _read_limited(response)
+            body = await read_limited(response.content, response.content_length, MAX_RESPONSE_BYTES)
     except TimeoutError:
         raise TokenEndpointUnavailable(
             CODE_TIMEOUT, f"token endpoint did not answer within {timeout_seconds:g}s"
@@ -336,23 +336,6 @@ def error_for_response(
     )
 
 
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Retry-After as seconds from now: delay-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    reference = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - reference).total_seconds(), 0.0)
-
-
 def _known_code(value: object) -> str | None:
     """The provider's error code if it is a registered one, CODE_UNRECOGNISED if it is another."""
     if value is None or value == "":
@@ -372,20 +355,6 @@ def _expires_in(value: object) -> float | None:
         raise ValueError("expires_in is out of range")
     # A larger value would overflow datetime; a token valid a century has no expiry worth noting.
     return float(min(value, MAX_EXPIRES_IN_SECONDS))
-
-
-async def _read_limited(response: aiohttp.ClientResponse) -> bytes | None:
-    """The body, or None when it is larger than MAX_RESPONSE_BYTES."""
-    if response.content_length is not None and response.content_length > MAX_RESPONSE_BYTES:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

@@ -14,11 +14,12 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
+from dfm_operator.api.common import parse_rfc3339, rfc3339
 from dfm_operator.api.managedsecret import RandomEncoding, RandomSecret, Rotation
+from webhook_server.secrets import CURRENT, PREVIOUS, PREVIOUS_EXPIRES_AT
 
-CURRENT = "current"
-PREVIOUS = "previous"
-PREVIOUS_EXPIRES_AT = "previous-expires-at"
+# The keys a receiver reads from a mounted ManagedSecret (CURRENT, PREVIOUS, PREVIOUS_EXPIRES_AT)
+# are the data plane's: webhook_server.secrets. The oauth2 keys are for the Secret's consumers.
 ACCESS_TOKEN = "access_token"
 TOKEN_TYPE = "token_type"
 EXPIRES_AT = "expires_at"
@@ -66,33 +67,19 @@ class SecretState:
 
     @property
     def last_rotation(self) -> datetime | None:
-        return parse_time(self.annotations.get(ANNOTATION_LAST_ROTATION))
+        return parse_rfc3339(self.annotations.get(ANNOTATION_LAST_ROTATION))
 
     @property
     def previous_expires_at(self) -> datetime | None:
-        return parse_time(self.data.get(PREVIOUS_EXPIRES_AT))
+        return parse_rfc3339(self.data.get(PREVIOUS_EXPIRES_AT))
 
     @property
     def token_expires_at(self) -> datetime | None:
-        return parse_time(self.data.get(EXPIRES_AT))
+        return parse_rfc3339(self.data.get(EXPIRES_AT))
 
     @property
     def scheduled_slot(self) -> datetime | None:
-        return parse_time(self.annotations.get(ANNOTATION_SCHEDULED_SLOT))
-
-
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        return parse_rfc3339(self.annotations.get(ANNOTATION_SCHEDULED_SLOT))
 
 
 def next_rotation(

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from dfm.embedded_pg import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -30,9 +33,7 @@ def wait_ready(url: str, proc: subprocess.Popen[str], seconds: float = 60) -> No
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(
-                f"dfm local exited early: {proc.stderr.read() if proc.stderr else ''}"
-            )
+            raise AssertionError(f"dfm local exited early: {LOGS[proc.pid].text()}")
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback only
                 if resp.status == 200:
@@ -40,6 +41,51 @@ def wait_ready(url: str, proc: subprocess.Popen[str], seconds: float = 60) -> No
         except OSError:
             time.sleep(0.2)
     raise AssertionError("dfm local did not become ready")
+
+
+class LogTail:
+    """Everything a process writes to stderr, read as it comes: a test waits for the line that
+    says something happened instead of sleeping and hoping it did."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self.reader.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            with self.changed:
+                self.lines.append(line)
+                self.changed.notify_all()
+        with self.changed:
+            self.lines.append("")  # end of output
+            self.changed.notify_all()
+
+    def wait_for(self, text: str, *, after: int = 0, seconds: float = 30) -> int:
+        """Until a line (from line ``after`` on) contains ``text``; returns the count so far."""
+        with self.changed:
+            found = self.changed.wait_for(
+                lambda: (
+                    any(text in line for line in self.lines[after:]) or (self.lines[-1:] == [""])
+                ),
+                timeout=seconds,
+            )
+            said = found and any(text in line for line in self.lines[after:])
+            assert said, f"dfm local never said {text!r}: {''.join(self.lines)[-2000:]}"
+            return len(self.lines)
+
+    def mark(self) -> int:
+        with self.changed:
+            return len(self.lines)
+
+    def text(self) -> str:
+        self.reader.join(30)
+        return "".join(self.lines)
+
+
+LOGS: dict[int, LogTail] = {}
 
 
 def start_local(*args: str, env: dict[str, str] | None = None) -> tuple[str, subprocess.Popen[str]]:
@@ -53,6 +99,7 @@ def start_local(*args: str, env: dict[str, str] | None = None) -> tuple[str, sub
         stderr=subprocess.PIPE,
         text=True,
     )
+    LOGS[proc.pid] = LogTail(proc)
     base = f"http://127.0.0.1:{port}"
     wait_ready(base + "/readyz", proc)
     return base, proc
@@ -70,10 +117,10 @@ def local_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             proc.wait(30)
-        # The embedded server was stopped by dfm local; make sure nothing is left behind.
-        pg = tmp_path / "dfm-data" / "postgres"
-        if (pg / "postmaster.pid").exists():
-            subprocess.run(["pkill", "-f", str(pg)], check=False)
+        LOGS.pop(proc.pid, None)
+        # dfm local stopped its embedded server; remove its cluster (as root it lives under
+        # /var/lib/dfm, not in tmp_path), stopping whatever would have been left running.
+        EmbeddedPostgres(tmp_path / "dfm-data" / "postgres").destroy()
 
 
 @pytest.mark.parametrize(
@@ -116,7 +163,7 @@ def test_dfm_local_prints_endpoints_and_send_lines_then_stops_cleanly(
     base, proc = local_server
     proc.send_signal(signal.SIGINT)
     assert proc.wait(30) == 0
-    err = proc.stderr.read() if proc.stderr else ""
+    err = LOGS.pop(proc.pid).text()
     assert "embedded PostgreSQL" in err
     assert f"POST {base}/hooks/default/github" in err
     assert "send examples/github.yaml --name github" in err or "send " in err
@@ -278,19 +325,11 @@ def _post_signed(url: str, secret: str, msg_id: str) -> int:
         return int(exc.code)
 
 
-def wait_accepted(url: str, secret: str, what: str, seconds: float) -> None:
-    """Until a delivery signed with ``secret`` (a fresh id each try) is answered 200."""
-    deadline = time.monotonic() + seconds
-    while _post_signed(url, secret, f"try-{time.monotonic()}") != 200:
-        assert time.monotonic() < deadline, f"{what} was not applied"
-        time.sleep(0.2)
-
-
 def stop_local(proc: subprocess.Popen[str]) -> str:
     """Ctrl-C a `dfm local`; what it wrote to stderr."""
     proc.send_signal(signal.SIGINT)
     proc.wait(30)
-    return proc.stderr.read() if proc.stderr else ""
+    return LOGS.pop(proc.pid).text()
 
 
 MANIFEST = """\
@@ -322,29 +361,36 @@ def test_dfm_local_applies_secret_and_source_edits_live(tmp_path: Path, database
     base, proc = start_local("-f", str(tmp_path), "--database-url", database_url)
     try:
         url = base + "/hooks/clerk"
-        assert _post_signed(url, SECRET_A, "m1") == 200
+        status = _post_signed(url, SECRET_A, "m1")
+        assert status == 200, "".join(LOGS[proc.pid].lines)[-3000:]
         assert _post_signed(url, SECRET_B, "m2") == 401
 
-        expires = (datetime.now(UTC) + timedelta(seconds=4)).isoformat().replace("+00:00", "Z")
+        log = LOGS[proc.pid]
+        expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
         rotated = (
             f'  current: {SECRET_B}\n  previous: {SECRET_A}\n  previous-expires-at: "{expires}"'
         )
+        seen = log.mark()
         manifest.write_text(MANIFEST.format(secret=rotated, path="/hooks/clerk"))
-        wait_accepted(url, SECRET_B, "the Secret edit", seconds=10)
+        seen = log.wait_for("secrets reloaded for default/clerk", after=seen)
+        assert _post_signed(url, SECRET_B, "m3") == 200
         assert _post_signed(url, SECRET_A, "m4") == 200  # previous, within its grace
-        time.sleep(
-            max(
-                0.0,
-                datetime.fromisoformat(expires.replace("Z", "+00:00")).timestamp() - time.time(),
-            )
-            + 0.5
+        # Once previous-expires-at has passed, only current is accepted. (That the moment
+        # passing, without an edit, is enough: test_receiver_rotation.py, on a fake clock.)
+        expired = (datetime.now(UTC) - timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
+        manifest.write_text(
+            MANIFEST.format(secret=rotated.replace(expires, expired), path="/hooks/clerk")
         )
+        log.wait_for("secrets reloaded for default/clerk", after=seen)
         assert _post_signed(url, SECRET_A, "m5") == 401
         assert _post_signed(url, SECRET_B, "m6") == 200
 
         # A source edit (a new path) restarts the app on the same port.
+        seen = log.mark()
         manifest.write_text(MANIFEST.format(secret=f"  current: {SECRET_B}", path="/hooks/new"))
-        wait_accepted(base + "/hooks/new", SECRET_B, "the source edit", seconds=15)
+        log.wait_for("sources changed, restarting", after=seen)
+        wait_ready(base + "/readyz", proc)
+        assert _post_signed(base + "/hooks/new", SECRET_B, "m7") == 200
     finally:
         err = stop_local(proc)
     assert "secrets reloaded for default/clerk" in err
@@ -361,19 +407,25 @@ def test_dfm_local_survives_broken_edits_and_a_file_deleted_and_written_again(
     manifest.write_text(MANIFEST.format(secret=f"  current: {SECRET_A}", path="/hooks/clerk"))
     base, proc = start_local("-f", str(manifest), "--database-url", database_url)
     try:
-        for broken in (
-            b"# caf\xe9\n",
-            b"apiVersion: v1\nkind: Secret\nmetadata: {name: x}\ndata: [a]\n",
+        log = LOGS[proc.pid]
+        for broken, said in (
+            (b"# caf\xe9\n", "not UTF-8 text"),
+            (b"apiVersion: v1\nkind: Secret\nmetadata: {name: x}\ndata: [a]\n", "not a mapping"),
         ):
+            seen = log.mark()
             manifest.write_bytes(broken)
-            time.sleep(1)
+            log.wait_for(said, after=seen)
             assert proc.poll() is None, "a broken edit stopped dfm local"
             assert _post_signed(base + "/hooks/clerk", SECRET_A, f"b-{time.monotonic()}") == 200
 
+        seen = log.mark()
         manifest.unlink()
-        time.sleep(1)
+        log.wait_for("dfm local: error", after=seen)  # nothing to serve: the last good kept
+        seen = log.mark()
         manifest.write_text(MANIFEST.format(secret=f"  current: {SECRET_A}", path="/hooks/again"))
-        wait_accepted(base + "/hooks/again", SECRET_A, "the file written again", seconds=15)
+        log.wait_for("sources changed, restarting", after=seen)
+        wait_ready(base + "/readyz", proc)
+        assert _post_signed(base + "/hooks/again", SECRET_A, "again") == 200
     finally:
         err = stop_local(proc)
     assert "not UTF-8 text" in err

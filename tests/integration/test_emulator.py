@@ -1,4 +1,4 @@
-"""The emulated Kubernetes API (tests/kube/emulator.py): HTTP semantics, then a real kopf run."""
+"""The emulated Kubernetes API (the kube_emulator package): HTTP semantics, then a real kopf run."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import kopf
 import pytest
 import yaml
 
-from tests.kube.conftest_helpers import k8s, kopf_running, kubeconfig, login_to
-from tests.kube.emulator import (
+from kube_emulator import (
     APPLY_PATCH,
     CRDS,
     DEPLOYMENTS,
@@ -27,6 +26,7 @@ from tests.kube.emulator import (
     DfmKubernetesEmulator,
     emulated_cluster,
 )
+from tests.kube.conftest_helpers import k8s, kopf_running, kubeconfig, login_to
 
 __all__ = ["k8s", "kubeconfig"]  # fixtures used by the tests below
 

@@ -17,11 +17,12 @@ import pytest
 import yaml
 from kopf.testing import KopfRunner
 
+from dfm_operator.kernel import Context, OperatorMetrics
 from dfm_operator.kube import connect
-from dfm_operator.reconcile import Context, OperatorMetrics, reconcile_webhook_source
+from dfm_operator.services.webhooksource import reconcile_webhook_source
 from dfm_operator.settings import OperatorSettings
+from kube_emulator import DEPLOYMENTS, WEBHOOKSOURCES, DfmKubernetesEmulator
 from tests.kube.conftest_helpers import k8s, kopf_running, kubeconfig
-from tests.kube.emulator import DEPLOYMENTS, WEBHOOKSOURCES, DfmKubernetesEmulator
 
 __all__ = ["k8s", "kubeconfig"]  # pytest fixtures, imported for this module
 

@@ -62,7 +62,9 @@ async def test_database_down_means_503_then_recovery(
         await client.post(source.route, data=b"{}", headers=signed(b"{}", "before"))
     ).status == 200
 
+    # stop() returns only once the server is gone (it raises otherwise): the 503 below is certain.
     await asyncio.to_thread(own_postgres.stop, "immediate")
+    assert not await asyncio.to_thread(own_postgres.running)
     down = await client.post(source.route, data=b'{"n":1}', headers=signed(b'{"n":1}', "during"))
     assert down.status == 503
     assert down.content_type == "application/problem+json"

@@ -22,7 +22,7 @@ import kopf
 import pytest
 from kopf.testing import KopfRunner
 
-from tests.kube.emulator import DfmKubernetesEmulator, emulated_cluster
+from kube_emulator import DfmKubernetesEmulator, emulated_cluster
 
 # In-cluster detection (the official client tries it first) must never find a real cluster.
 _IN_CLUSTER_ENV = ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")

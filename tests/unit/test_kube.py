@@ -8,9 +8,10 @@ from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from dfm_operator.api import WebhookSourceStatus
 from dfm_operator.conditions import ConditionUpdate
+from dfm_operator.kernel import Context, OperatorMetrics, write_status
 from dfm_operator.kube import Invalid, NotFound, _error
-from dfm_operator.reconcile import Context, OperatorMetrics, write_status
 from dfm_operator.settings import OperatorSettings
 
 
@@ -64,10 +65,10 @@ async def test_ready_is_announced_once_even_when_handed_a_stale_body() -> None:
         events.append(event)
 
     for _ in range(2):
-        assert await write_status(ctx, "WebhookSource", stale, ready, {}, emit)
+        assert await write_status(ctx, "WebhookSource", stale, ready, WebhookSourceStatus(), emit)
     assert [e[:2] for e in events] == [("Normal", "Ready")]
 
     # A new generation that becomes Ready again is news.
     newer = {"metadata": {**stale["metadata"], "generation": 2}}
-    await write_status(ctx, "WebhookSource", newer, ready, {}, emit)
+    await write_status(ctx, "WebhookSource", newer, ready, WebhookSourceStatus(), emit)
     assert len(events) == 2

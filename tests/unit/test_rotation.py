@@ -13,12 +13,11 @@ from croniter import CroniterBadDateError
 from kopf._cogs.aiokits.aioenums import FlagSetter
 from pydantic import ValidationError
 
-from dfm_operator import oauth, reconcile_managed
+from dfm_operator import oauth
 from dfm_operator.api.managedsecret import ManagedSecret, RandomSecret, Rotation
 from dfm_operator.builders.managedsecret import owned_by
 from dfm_operator.handlers import managedsecret as managedsecret_handlers
-from dfm_operator.reconcile import Context, InvalidSpec, OperatorMetrics
-from dfm_operator.reconcile_managed import reconcile_managed_secret
+from dfm_operator.kernel import Context, InvalidSpec, OperatorMetrics
 from dfm_operator.rotation import (
     ANNOTATION_LAST_ROTATION,
     ANNOTATION_ROTATE_NOW,
@@ -39,6 +38,8 @@ from dfm_operator.rotation import (
     rotated_data,
     scheduled_slot,
 )
+from dfm_operator.services import managedsecret as reconcile_managed
+from dfm_operator.services.managedsecret import reconcile_managed_secret
 from dfm_operator.settings import OperatorSettings
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

@@ -182,8 +182,8 @@ class Store:
     # -- health --------------------------------------------------------------------------------
 
     async def check(self, seconds: float = 2.0) -> bool:
-        """Is the database reachable right now?"""
-        if self._pool is None:
+        """Is the store ready (migrated, partitions made) and the database reachable right now?"""
+        if self._pool is None or not self._ready.is_set():
             return False
         try:
             async with asyncio.timeout(seconds):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
@@ -16,6 +15,7 @@ from dfm_operator.api.common import (
     Quantity,
     SecretKeyRef,
     Status,
+    Timestamp,
     TimeZone,
 )
 from dfm_operator.constants import BACKUP_SCHEDULE
@@ -61,10 +61,10 @@ class BackupScheduleSpec(ApiModel):
 class BackupScheduleStatus(Status):
     """The last backup's outcome."""
 
-    last_backup_time: datetime | None = Field(
+    last_backup_time: Timestamp | None = Field(
         default=None, description="When a backup was last attempted."
     )
-    last_successful_backup: datetime | None = Field(
+    last_successful_backup: Timestamp | None = Field(
         default=None, description="When a backup last succeeded (written and verified)."
     )
     last_backup_size_bytes: Annotated[

@@ -5,12 +5,12 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
 from dfm_operator.constants import DEFAULT_NAMESPACE, DEFAULT_SECRET_KEY
@@ -158,14 +158,30 @@ class ConditionStatus(enum.StrEnum):
     UNKNOWN = "Unknown"
 
 
+def rfc3339(moment: datetime) -> str:
+    """The API's form of a time: UTC, whole seconds, ``Z`` (``2024-05-01T12:00:00Z``)."""
+    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def parse_rfc3339(text: str | None) -> datetime | None:
+    """A time written by :func:`rfc3339` (or any ISO 8601 time; naive means UTC), else None."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+Timestamp = Annotated[datetime, PlainSerializer(rfc3339, return_type=str, when_used="json")]
+"""A time in status, written as :func:`rfc3339`."""
+
+
 class StatusModel(ApiModel):
-    """Base of what the operator writes under ``status``.
-
-    Unknown fields are ignored rather than refused: status is not user input, and a field that
-    the API server would prune anyway (or an emulated one keeps) must not stop a reconcile.
-    """
-
-    model_config = ConfigDict(extra="ignore")
+    """Base of what the operator writes under ``status``: every status is built through these
+    models, and a field they do not declare is refused (the CRD's structural schema would
+    silently prune it on a real API server)."""
 
 
 class Condition(StatusModel):
@@ -194,7 +210,7 @@ class Condition(StatusModel):
     message: Annotated[
         str, Field(max_length=32768, description="Details for a person; may be empty.")
     ] = ""
-    last_transition_time: datetime = Field(
+    last_transition_time: Timestamp = Field(
         description="When the status last changed (not when the condition was last written)."
     )
     observed_generation: Annotated[

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
@@ -20,6 +20,7 @@ from dfm_operator.api.common import (
     LocalObjectRef,
     SecretKeyRef,
     Status,
+    Timestamp,
     TimeZone,
     cel_rules,
     parse_duration,
@@ -195,16 +196,16 @@ class ManagedSecretStatus(Status):
     current_version: Annotated[
         int | None, Field(ge=0, description="Increases by one with every new value.")
     ] = None
-    last_rotation_time: datetime | None = Field(
+    last_rotation_time: Timestamp | None = Field(
         default=None, description="When the current value was written."
     )
-    next_rotation_time: datetime | None = Field(
+    next_rotation_time: Timestamp | None = Field(
         default=None, description="When the value will next be replaced or refreshed."
     )
-    previous_expires_at: datetime | None = Field(
+    previous_expires_at: Timestamp | None = Field(
         default=None, description="When the previous value stops being accepted."
     )
-    token_expires_at: datetime | None = Field(
+    token_expires_at: Timestamp | None = Field(
         default=None, description="oauth2: when the current access token expires."
     )
     consecutive_failures: Annotated[

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
@@ -17,6 +16,7 @@ from dfm_operator.api.common import (
     KindNames,
     LocalObjectRef,
     Status,
+    Timestamp,
     TimeZone,
     cel_rules,
 )
@@ -159,10 +159,10 @@ class SyncScheduleSpec(ApiModel):
 class SyncScheduleStatus(Status):
     """How the runs went."""
 
-    last_schedule_time: datetime | None = Field(
+    last_schedule_time: Timestamp | None = Field(
         default=None, description="When a run was last started."
     )
-    last_successful_time: datetime | None = Field(
+    last_successful_time: Timestamp | None = Field(
         default=None, description="When a run last finished successfully."
     )
     items_synced: Annotated[

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
@@ -17,23 +16,23 @@ from dfm_operator.api.common import (
     LocalObjectRef,
     SecretKeyRef,
     Status,
+    Timestamp,
     cel_rules,
 )
 from dfm_operator.api.names import WEBHOOK_SOURCE_NAME, NameRule
 from dfm_operator.constants import WEBHOOK_SOURCE
 from webhook_server.config import (
+    NEEDS_SECRET,
+    SECRETLESS_PROVIDERS,
     AuthConfig,
     CorsConfig,
     HmacAlgorithm,
     LimitsConfig,
     Provider,
     SignatureEncoding,
+    default_route,
+    provider_lacks,
 )
-
-# Providers that verify without a shared secret: jwt checks a bearer token, highlevel a
-# signature made with HighLevel's published keys.
-SECRETLESS_PROVIDERS = (Provider.JWT, Provider.HIGHLEVEL)
-
 
 # The receiver's config refuses the same (webhook_server.config.VerificationConfig).
 TIMESTAMP_UNSIGNED = (
@@ -230,15 +229,16 @@ class WebhookSourceSpec(ApiModel):
     @model_validator(mode="after")
     def _provider_rules(self) -> Self:
         secret = self.verification.secret_ref or self.verification.managed_secret_ref
-        if self.provider is Provider.JWT and self.auth is None:
-            raise ValueError("provider jwt requires auth")
-        if self.provider is Provider.HMAC and not self.verification.header:
-            raise ValueError("provider hmac requires verification.header")
-        if self.provider not in SECRETLESS_PROVIDERS and secret is None:
-            raise ValueError(
-                f"provider {self.provider.value} requires verification.secretRef or "
-                "verification.managedSecretRef"
-            )
+        lacks = provider_lacks(
+            self.provider,
+            auth=self.auth is not None,
+            header=bool(self.verification.header),
+            secret=secret is not None,
+        )
+        if lacks == NEEDS_SECRET:
+            lacks = "verification.secretRef or verification.managedSecretRef"
+        if lacks is not None:
+            raise ValueError(f"provider {self.provider.value} requires {lacks}")
         return self
 
 
@@ -250,7 +250,7 @@ class WebhookSourceStatus(Status):
         default=None, description="The public URL, when exposed through an Ingress."
     )
     ready_replicas: Annotated[int | None, Field(ge=0, description="Receiver pods ready.")] = None
-    last_event_time: datetime | None = Field(
+    last_event_time: Timestamp | None = Field(
         default=None, description="When the last event was stored."
     )
 
@@ -274,4 +274,4 @@ class WebhookSource(CustomResource):
 
     @property
     def route(self) -> str:
-        return self.spec.path or f"/hooks/{self.metadata.namespace}/{self.metadata.name}"
+        return self.spec.path or default_route(self.metadata.namespace, self.metadata.name)

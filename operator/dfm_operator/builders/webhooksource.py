@@ -16,6 +16,7 @@ from dfm_operator.builders.meta import (
     selector_labels,
     standard_labels,
 )
+from dfm_operator.builders.pods import restricted_container_security, restricted_pod_security
 from dfm_operator.builders.receiver_config import build_source_config
 from dfm_operator.settings import OperatorSettings
 from webhook_server.config import DatabaseConfig, ReceiverConfig, SecretSource
@@ -174,24 +175,13 @@ def build_deployment(
         "readinessProbe": _probe("/readyz", 5, 2),
         "startupProbe": _probe("/livez", 2, 30),
         "resources": source.spec.resources or DEFAULT_RESOURCES,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": restricted_container_security(),
         "volumeMounts": mounts,
     }
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 30,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": c.RECEIVER_UID,
-            "runAsGroup": c.RECEIVER_UID,
-            "fsGroup": c.RECEIVER_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_pod_security(),
         "containers": [container],
         "volumes": volumes,
     }

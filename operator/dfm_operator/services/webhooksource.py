@@ -1,0 +1,276 @@
+"""WebhookSource: read what is needed, build, apply, report.
+
+``reconcile_webhook_source`` is the one entry; it runs in steps, each small: parse the spec,
+gather what the build needs (which referenced Secrets exist), apply the children (or only look
+at the live Deployment), and report Ready with the receiver's endpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from dfm_operator import constants as c
+from dfm_operator.api import ManagedSecret, WebhookSource, WebhookSourceStatus
+from dfm_operator.builders.meta import controlled_by
+from dfm_operator.builders.webhooksource import (
+    ReceiverInputs,
+    build_children,
+    endpoints,
+    obsolete_children,
+    receiver_name,
+    referenced_secrets,
+)
+from dfm_operator.kernel import (
+    Context,
+    EmitFn,
+    InvalidSpec,
+    Retry,
+    measured,
+    object_key,
+    plain_body,
+    validation_message,
+    write_status,
+)
+from dfm_operator.kube import Invalid, KubeError
+from dfm_operator.policies import needs_reapply, receiver_conditions
+
+
+async def reconcile_webhook_source(
+    ctx: Context,
+    body: Mapping[str, Any],
+    emit: EmitFn,
+    *,
+    apply: bool = True,
+    known_secrets: Container[tuple[str, str]] | None = None,
+    deployment: dict[str, Any] | None = None,
+    prune: bool = False,
+) -> bool:
+    """Converge one WebhookSource; returns whether it is Ready.
+
+    ``prune`` also deletes optional children the spec no longer asks for (a removed Ingress):
+    it costs a GET per absent kind, so it runs on spec changes and at start-up, not on drift.
+
+    ``known_secrets`` answers "does this Secret exist?" from a watch (kopf index) instead of a
+    GET each; ``deployment`` is the live Deployment when the caller already has it (its event).
+
+    ``apply=False`` refreshes status from the live Deployment without re-applying children
+    (used for the Deployment's own status changes, which would otherwise loop).
+    Raises InvalidSpec (permanent) or Retry (transient).
+    """
+    key = object_key(body)
+    async with measured(ctx, c.WEBHOOK_SOURCE) as result:
+        try:
+            async with ctx.lock(key):
+                ready = await _reconcile(
+                    ctx,
+                    body,
+                    emit,
+                    apply=apply,
+                    known_secrets=known_secrets,
+                    live=deployment,
+                    prune=prune,
+                )
+        except InvalidSpec:
+            ctx.metrics.source_ready(key, False)
+            raise
+        result[0] = "ready" if ready else "not_ready"
+        ctx.metrics.source_ready(key, ready)
+        return ready
+
+
+async def reconcile_by_name(
+    ctx: Context,
+    namespace: str,
+    name: str,
+    emit_for: Callable[[dict[str, Any]], EmitFn],
+    known_secrets: Container[tuple[str, str]] | None,
+    *,
+    apply: bool,
+    deployment: dict[str, Any] | None = None,
+) -> None:
+    """Reconcile a source a child's or a Secret's event points at, if it still exists.
+
+    Its failures are reported in its status; the source's own handlers retry them.
+    """
+    body = await ctx.kube.get(c.API_VERSION, c.WEBHOOK_SOURCE, namespace, name)
+    if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+        return
+    try:
+        await reconcile_webhook_source(
+            ctx, body, emit_for(body), apply=apply, known_secrets=known_secrets,
+            deployment=deployment,
+        )  # fmt: skip
+    except (InvalidSpec, Retry):
+        return
+
+
+def forget(ctx: Context, namespace: str | None, name: str, uid: str) -> None:
+    """A deleted source: children go with it (ownerReferences); our metrics and memory forget."""
+    ctx.metrics.source_ready(f"{namespace}/{name}", None)
+    ctx.announced.pop(uid, None)
+
+
+def owner_of(child: Mapping[str, Any]) -> str | None:
+    """The WebhookSource that owns a child object, by its ownerReference."""
+    for ref in (child.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == c.WEBHOOK_SOURCE and ref.get("apiVersion") == c.API_VERSION:
+            return str(ref.get("name"))
+    return None
+
+
+def secret_refs(spec: Mapping[str, Any]) -> list[str]:
+    """The names a source's spec refers to for its Secrets (a ManagedSecret by its own name)."""
+    verification = spec.get("verification") or {}
+    store = spec.get("store") or {}
+    refs = [
+        (verification.get("secretRef") or {}).get("name"),
+        (verification.get("managedSecretRef") or {}).get("name"),
+        (store.get("databaseSecretRef") or {}).get("name"),
+    ]
+    return [ref for ref in refs if ref]
+
+
+def names_of_secret(name: str, owner_references: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The names sources may use for a Secret: its own, and its ManagedSecret's (a ManagedSecret
+    may write a Secret of another name; sources refer to the ManagedSecret)."""
+    return {name} | {
+        str(ref.get("name"))
+        for ref in owner_references
+        if ref.get("kind") == ManagedSecret.names.kind and ref.get("name")
+    }
+
+
+@dataclass(frozen=True)
+class _Gathered:
+    inputs: ReceiverInputs
+    missing: list[str]
+
+
+async def _reconcile(
+    ctx: Context,
+    body: Mapping[str, Any],
+    emit: EmitFn,
+    *,
+    apply: bool,
+    known_secrets: Container[tuple[str, str]] | None,
+    live: dict[str, Any] | None,
+    prune: bool = False,
+) -> bool:
+    source = await _parse(ctx, body, emit)
+    gathered = await _gather(ctx, source, known_secrets)
+    internal, external = endpoints(source, ctx.settings)
+    status = WebhookSourceStatus(endpoint=internal, external_endpoint=external)
+    if gathered.missing:
+        conditions = receiver_conditions(missing_secrets=gathered.missing)
+        await write_status(ctx, c.WEBHOOK_SOURCE, body, conditions, status, emit)
+        return False
+    children = build_children(source, gathered.inputs)
+    try:
+        deployment = await _converge(ctx, source, body, children, apply, live, prune)
+    except Invalid as exc:
+        conditions = receiver_conditions(apply_error=str(exc))
+        await write_status(ctx, c.WEBHOOK_SOURCE, body, conditions, status, emit)
+        raise InvalidSpec(str(exc)) from exc
+    conditions = receiver_conditions(deployment=deployment, replicas=source.spec.replicas)
+    status.ready_replicas = ((deployment or {}).get("status") or {}).get("readyReplicas") or 0
+    try:
+        return await write_status(ctx, c.WEBHOOK_SOURCE, body, conditions, status, emit)
+    except KubeError as exc:
+        raise Retry(str(exc)) from exc
+
+
+async def _parse(ctx: Context, body: Mapping[str, Any], emit: EmitFn) -> WebhookSource:
+    try:
+        return WebhookSource.model_validate(plain_body(body))
+    except ValidationError as exc:
+        message = validation_message(exc)
+        conditions = receiver_conditions(invalid=message)
+        await write_status(ctx, c.WEBHOOK_SOURCE, body, conditions, WebhookSourceStatus(), emit)
+        raise InvalidSpec(message) from exc
+
+
+async def _gather(
+    ctx: Context, source: WebhookSource, known_secrets: Container[tuple[str, str]] | None
+) -> _Gathered:
+    """What the build needs from the cluster: the ManagedSecret's Secret name, whether the
+    ServiceMonitor CRD is there, and which referenced Secrets are missing."""
+    ns = source.metadata.namespace
+    managed_name = None
+    missing: list[str] = []
+    try:
+        ref = source.spec.verification.managed_secret_ref
+        if ref is not None:
+            managed = await ctx.kube.get(c.API_VERSION, c.MANAGED_SECRET, ns, ref.name)
+            if managed is None:
+                missing.append(f"ManagedSecret {ref.name}")
+            else:
+                managed_name = (managed.get("spec") or {}).get("secretName") or ref.name
+        inputs = ReceiverInputs(
+            settings=ctx.settings,
+            managed_secret_name=managed_name,
+            service_monitor=await ctx.service_monitor_enabled(),
+        )
+        for name in referenced_secrets(source, inputs):
+            if known_secrets is not None:
+                exists = (ns, name) in known_secrets
+            else:
+                exists = await ctx.kube.get("v1", "Secret", ns, name) is not None
+            if not exists:
+                missing.append(name)
+    except KubeError as exc:
+        raise Retry(str(exc)) from exc
+    return _Gathered(inputs, missing)
+
+
+async def _converge(
+    ctx: Context,
+    source: WebhookSource,
+    body: Mapping[str, Any],
+    children: list[dict[str, Any]],
+    apply: bool,
+    live: dict[str, Any] | None,
+    prune: bool,
+) -> dict[str, Any] | None:
+    """Apply the children (or, for a status refresh, only when the Deployment drifted); returns
+    the Deployment as the API server has it. Raises Invalid (refused) or Retry."""
+    ns = source.metadata.namespace
+    try:
+        deployment = live
+        if not apply:
+            deployment = live or await ctx.kube.get(
+                "apps/v1", "Deployment", ns, receiver_name(source)
+            )
+            desired = next(ch for ch in children if ch["kind"] == "Deployment")
+            # Drifted (or a spec change seen first through a Deployment event): everything is
+            # applied, in order, so pods never roll to a config hash their ConfigMap lacks.
+            apply = deployment is None or needs_reapply(deployment, desired)
+        if apply:
+            applied = {}
+            for child in children:  # the ConfigMap before the Deployment that mounts it
+                applied[child["kind"]] = await ctx.kube.apply(child)
+            deployment = applied.get("Deployment")
+            if prune and (body.get("status") or {}).get("observedGeneration"):  # not new
+                await _prune(ctx, source, children)
+        return deployment
+    except Invalid:
+        raise
+    except KubeError as exc:
+        if exc.status == 404:
+            # E.g. the ServiceMonitor CRD was removed since it was looked up: the retry must not
+            # build a ServiceMonitor again (it would fail the same way, forever).
+            ctx.forget_crds()
+        raise Retry(str(exc)) from exc
+
+
+async def _prune(ctx: Context, source: WebhookSource, children: list[dict[str, Any]]) -> None:
+    """Delete the optional children the spec no longer asks for (only ours, by controller uid)."""
+    for api_version, kind, name in obsolete_children(source, children):
+        if kind == "ServiceMonitor" and not await ctx.service_monitor_crd_installed():
+            continue
+        live = await ctx.kube.get(api_version, kind, source.metadata.namespace, name)
+        if live is not None and controlled_by(live, source.metadata.uid):
+            await ctx.kube.delete(api_version, kind, source.metadata.namespace, name)
