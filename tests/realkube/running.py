@@ -119,6 +119,7 @@ def run_operator(
     workdir: Path,
     *,
     extra_env: dict[str, str] | None = None,
+    expect_exit: int = 0,
 ) -> Iterator[OperatorProcess]:
     """`dfm operator` with the args and env of the chart's Deployment, as the chart's
     ServiceAccount (a token from the TokenRequest API, as kubelet would mount it). Only the ports
@@ -161,7 +162,7 @@ def run_operator(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
-    assert proc.returncode == 0, (
+    assert proc.returncode == expect_exit, (
         f"dfm operator exited {proc.returncode}:\n{running.output()[-3000:]}"
     )
 

@@ -303,3 +303,25 @@ def test_a_grant_missing_from_the_chart_would_fail_these_tests(
         admin.delete(f"{rbac}/clusterrolebindings/{name}")
         admin.delete(f"{rbac}/clusterroles/{name}")
         admin.delete(f"/api/v1/namespaces/{chart.namespace}/serviceaccounts/{name}")
+
+
+def test_without_its_peering_object_the_chart_operator_says_so_and_exits(
+    control_plane: ControlPlane, admin: Api, chart: Release, tmp_path: Path
+) -> None:
+    """The chart creates the ClusterKopfPeering and grants no `create`: should it be deleted,
+    the operator says what is missing in one line instead of waiting silently forever."""
+    path = "/apis/kopf.dev/v1/clusterkopfpeerings/df-middleware"
+    peering = admin.get(path)
+    admin.delete(path)
+    try:
+        with run_operator(control_plane, chart, tmp_path, expect_exit=2) as op:
+            op.proc.wait(60)
+        said = op.output()
+        assert "no ClusterKopfPeering df-middleware, and this account may not create it" in said
+        assert "--standalone" in said
+    finally:
+        meta = {k: peering["metadata"][k] for k in ("name", "labels", "annotations")}
+        admin.create(
+            "/apis/kopf.dev/v1/clusterkopfpeerings",
+            {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": meta},
+        )
