@@ -31,6 +31,7 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(PY) -m bench.receiver
+	$(PY) -m bench.soak
 	$(PY) -m bench.operator
 
 # Regenerate everything derived from the API models (tests fail when these drift).

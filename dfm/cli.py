@@ -181,7 +181,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_receiver(args: argparse.Namespace) -> int:
-    from webhook_server import app, logs
+    from webhook_server import logs, server
     from webhook_server.config import ReceiverConfig
 
     try:
@@ -192,7 +192,7 @@ def cmd_receiver(args: argparse.Namespace) -> int:
         config = ReceiverConfig.load(args.config)
     except (OSError, ValidationError, yaml.YAMLError) as exc:
         raise CliError(f"{args.config}: invalid receiver config: {_first_error(exc)}") from exc
-    app.run(config)
+    server.run(config)
     return 0
 
 

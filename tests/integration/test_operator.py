@@ -200,14 +200,29 @@ async def test_missing_secret_is_reported_and_heals_when_it_appears(
     assert k8s.get_object(DEPLOYMENTS, NS, "late-receiver") is not None
 
 
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        # Passes the structural schema (the emulator evaluates no CEL), fails the model's rule.
+        ({"provider": "hmac"}, "hmac requires verification.header"),
+        # A key the receiver could never use: it used to crash-loop on it (issue 9).
+        (
+            {"provider": "jwt", "auth": {"publicKey": "-----BEGIN PUBLIC KEY-----\nAAAA"}},
+            "auth.publicKey is not a PEM public key",
+        ),
+        (
+            {"provider": "highlevel", "verification": {"publicKey": "not a key"}},
+            "publicKey holds no PEM block",
+        ),
+    ],
+)
 async def test_invalid_spec_is_reported_with_an_event(
-    cluster: DfmKubernetesEmulator, operator: KopfRunner
+    cluster: DfmKubernetesEmulator, operator: KopfRunner, spec: dict[str, Any], message: str
 ) -> None:
     k8s = cluster
-    # Passes the structural schema (the emulator evaluates no CEL), fails the model's rule.
-    await k8s.create(WEBHOOKSOURCES, source("broken", provider="hmac"), NS)
+    await k8s.create(WEBHOOKSOURCES, source("broken", **spec), NS)
     obj = await wait_ready(k8s, "broken", "False", "InvalidSpec")
-    assert "hmac requires verification.header" in ready(obj)["message"]
+    assert message in ready(obj)["message"]
     events = await k8s.wait_for(
         lambda: k8s.events(NS, name="broken", reason="InvalidSpec"), what="an InvalidSpec event"
     )

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import ValidationError
 
 from dfm_operator.api import (
@@ -212,9 +214,16 @@ def test_webhook_source_rules(spec: dict[str, Any], message: str) -> None:
         WebhookSource.model_validate(_manifest("WebhookSource", spec))
 
 
+def _ec_public_pem() -> str:
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
 def test_secretless_providers_need_no_secret() -> None:
     WebhookSource.model_validate(_manifest("WebhookSource", {"provider": "highlevel"}))
-    jwt = {"provider": "jwt", "auth": {"publicKey": "-----BEGIN PUBLIC KEY-----"}}
+    jwt = {"provider": "jwt", "auth": {"publicKey": _ec_public_pem()}}
     assert (
         WebhookSource.model_validate(_manifest("WebhookSource", jwt)).spec.provider is Provider.JWT
     )
