@@ -354,15 +354,28 @@ class ControlPlane:
         return Api(self.server, self.ca_file, token)
 
     def service_account_token(self, namespace: str, name: str, seconds: int = 3600) -> str:
-        """A token of the ServiceAccount, as kubelet would mount it (the TokenRequest API)."""
-        review = self.admin().create(
-            f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
-            {
-                "apiVersion": "authentication.k8s.io/v1",
-                "kind": "TokenRequest",
-                "spec": {"expirationSeconds": seconds},
-            },
-        )
+        """A token of the ServiceAccount, as kubelet would mount it (the TokenRequest API).
+
+        A namespace's `default` ServiceAccount is created by the serviceaccount controller a
+        moment after the namespace: until it exists, the request is answered 404."""
+        admin = self.admin()
+
+        def request() -> JsonDict | None:
+            try:
+                return admin.create(
+                    f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+                    {
+                        "apiVersion": "authentication.k8s.io/v1",
+                        "kind": "TokenRequest",
+                        "spec": {"expirationSeconds": seconds},
+                    },
+                )
+            except ApiError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+        review = wait_for(f"ServiceAccount {namespace}/{name}", request)
         return str(review["status"]["token"])
 
     def service_account_kubeconfig(self, path: Path, namespace: str, name: str) -> Path:

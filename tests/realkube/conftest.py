@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,7 +41,46 @@ from tests.realkube.running import (
 from tests.realkube.tools import Tools, fetch_tools
 
 HERE = Path(__file__).resolve().parent
-_BUILD: dict[str, Path | str] = {}
+BUILD_LOG = Path(tempfile.gettempdir()) / "dfm-build-kube.log"
+
+
+class _Build:
+    """The binaries' build, run in a thread from collection on: it overlaps with every test
+    outside this package (they run first, see the ordering below), so a first build's tens of
+    minutes are mostly spent while the rest of the suite runs. Never inside a test's timeout."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.bin: Path | None = None
+        self.error: str | None = None
+        self.seconds = 0.0
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="build-kube", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        try:
+            self.bin = build_binaries(BUILD_LOG)
+        except ControlPlaneError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # a broken script must fail the tests, not hang them
+            self.error = f"scripts/build-kube.sh could not run: {exc}"
+        self.seconds = time.monotonic() - started
+
+    def result(self) -> Path:
+        self.start()
+        assert self.thread is not None
+        self.thread.join()
+        if self.error is not None:
+            pytest.fail(self.error, pytrace=False)
+        assert self.bin is not None
+        return self.bin
+
+
+_BUILD = _Build()
 
 
 def _collected_here(session: pytest.Session) -> bool:
@@ -48,37 +88,39 @@ def _collected_here(session: pytest.Session) -> bool:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build the binaries before the first test runs: the first build takes tens of minutes,
-    which no test timeout should have to cover."""
+    """Start building (or finding) the binaries as soon as it is known they are needed."""
     if not _collected_here(session) or session.config.option.collectonly:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    log = Path(tempfile.gettempdir()) / "dfm-build-kube.log"
-    started = time.monotonic()
     if reporter is not None:
         reporter.write_line(
-            "realkube: building or reusing etcd, kube-apiserver, kube-controller-manager "
-            f"(scripts/build-kube.sh; log: {log})"
+            "realkube: building or reusing etcd, kube-apiserver, kube-controller-manager in the "
+            f"background (scripts/build-kube.sh; log: {BUILD_LOG})"
         )
-    try:
-        _BUILD["bin"] = build_binaries(log)
-    except ControlPlaneError as exc:
-        _BUILD["error"] = str(exc)
-    if reporter is not None:
-        outcome = "failed" if "error" in _BUILD else f"ready in {_BUILD['bin']}"
-        reporter.write_line(f"realkube: binaries {outcome} ({time.monotonic() - started:.0f}s)")
+    _BUILD.start()
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """Wait for the build before the first test of this package, outside pytest-timeout's timer
+    (its own wrapper of this hook starts inside this one): the build may still have minutes to go
+    when the rest of the suite is done."""
+    if Path(str(item.path)).is_relative_to(HERE) and _BUILD.thread is not None:
+        _BUILD.thread.join()
+    yield
 
 
 @pytest.fixture(scope="session")
-def kube_bin() -> Path:
-    if "bin" not in _BUILD and "error" not in _BUILD:  # collected through another route
-        try:
-            _BUILD["bin"] = build_binaries(Path(tempfile.gettempdir()) / "dfm-build-kube.log")
-        except ControlPlaneError as exc:
-            _BUILD["error"] = str(exc)
-    if "error" in _BUILD:
-        pytest.fail(str(_BUILD["error"]), pytrace=False)
-    return Path(_BUILD["bin"])
+def kube_bin(request: pytest.FixtureRequest) -> Path:
+    waited = time.monotonic()
+    bin_dir = _BUILD.result()
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(
+            f"\nrealkube: binaries ready in {bin_dir} (build {_BUILD.seconds:.0f}s, "
+            f"waited {time.monotonic() - waited:.0f}s for it)"
+        )
+    return bin_dir
 
 
 @pytest.fixture(scope="session")
