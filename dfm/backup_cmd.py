@@ -138,7 +138,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     restore.add_argument(
         "--force",
         action="store_true",
-        help="restore into a database that is not empty, replacing the objects the backup holds",
+        help="restore into a database that is not empty: restored beside it, then swapped; "
+        "the current contents are kept as <database>_before_restore_<time>",
     )
     restore.add_argument(
         "--workdir", type=Path, metavar="DIR", help="where an S3 backup is downloaded"
@@ -294,6 +295,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         f"dfm backup: restored {done.name} into database {done.database}: "
         f"{done.tables} tables, {done.rows} rows, checksums match"
     )
+    if done.previous:
+        print(f"dfm backup: its previous contents are kept in database {done.previous}")
     return 0
 
 

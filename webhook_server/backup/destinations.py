@@ -249,6 +249,8 @@ class S3Destination:
     location: S3Location
     client: Any  # S3Client; Any so that boto3 stays an import of this class's users only
     workdir: Path
+    multipart_threshold: int = MULTIPART_THRESHOLD
+    multipart_chunk: int = MULTIPART_CHUNK
     _s3_errors: tuple[type[Exception], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
@@ -277,7 +279,7 @@ class S3Destination:
 
         dump_key = self.location.key(manifest.dump_file)
         transfer = TransferConfig(
-            multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK
+            multipart_threshold=self.multipart_threshold, multipart_chunksize=self.multipart_chunk
         )
         with self._call("upload", f"uploading {manifest.dump_file}"):
             self.client.upload_file(
@@ -309,7 +311,7 @@ class S3Destination:
     def _keys(self) -> list[tuple[str, datetime]]:
         prefix = self.location.key("")
         keys = []
-        with self._call("fetch", "listing backups"):
+        with self._call("destination", "listing backups"):
             for page in self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.location.bucket, Prefix=prefix
             ):

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import asyncpg
 
 from webhook_server.backup import BackupError
-from webhook_server.backup.dump import connect, file_sha256, read_contents
+from webhook_server.backup.dump import connect, file_sha256, quote_ident, read_contents
 from webhook_server.backup.manifest import Manifest
-from webhook_server.backup.tools import database_of, split_password
-from webhook_server.backup.verify import differences, pg_restore_for, run_tool
+from webhook_server.backup.tools import PgTool, database_of, split_password, with_database
+from webhook_server.backup.verify import differences, drop_database, pg_restore_for, run_tool
 
 # What makes a database "not empty": any table, view, sequence outside the system schemas.
 _USER_RELATIONS = """
@@ -28,6 +32,8 @@ class Restored:
     database: str
     tables: int
     rows: int
+    # --force: where the database's previous contents are now.
+    previous: str | None = None
 
 
 async def check_dump(path: Path, manifest: Manifest) -> None:
@@ -54,7 +60,13 @@ async def check_dump(path: Path, manifest: Manifest) -> None:
 async def restore(
     path: Path, manifest: Manifest, url: str, *, force: bool = False, bin_dir: str | None = None
 ) -> Restored:
-    """Restore ``path`` into the database at ``url`` (which must exist)."""
+    """Restore ``path`` into the database at ``url`` (which must exist).
+
+    An empty target is restored into directly, in one transaction. A non-empty one only with
+    ``force``: the backup is restored into a new database beside it and checked, then the two
+    swap names, so the old contents are kept (as ``<name>_before_restore_<time>``), never
+    dropped, and a failed restore changes nothing.
+    """
     await check_dump(path, manifest)
     tool = pg_restore_for(manifest, bin_dir)
     database = database_of(url)
@@ -67,13 +79,69 @@ async def restore(
         raise BackupError(
             "restore",
             f"database {database} is not empty ({existing} tables, views or sequences); "
-            "restore into an empty database, or pass --force to replace the objects the "
-            "backup holds",
+            "restore into an empty database, or pass --force to restore beside it and swap "
+            "(the current contents are kept under another name)",
         )
+    if not existing:
+        await _restore_into(tool, path, manifest, url)
+        return Restored(manifest.name, database, len(manifest.tables), manifest.rows)
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    fresh, kept = f"{database}_restoring_{stamp}", f"{database}_before_restore_{stamp}"
+    admin = await connect(url)
+    try:
+        await _create(admin, fresh)
+        try:
+            await _restore_into(tool, path, manifest, with_database(url, fresh))
+        except BaseException:
+            await asyncio.shield(drop_database(admin, fresh))
+            raise
+    finally:
+        await admin.close()
+    # Renaming needs a connection to neither database: the server's maintenance database.
+    other = await _maintenance_connection(url)
+    try:
+        try:
+            async with other.transaction():
+                await other.execute(
+                    f"ALTER DATABASE {quote_ident(database)} RENAME TO {quote_ident(kept)}"
+                )
+                await other.execute(
+                    f"ALTER DATABASE {quote_ident(fresh)} RENAME TO {quote_ident(database)}"
+                )
+        except asyncpg.PostgresError as exc:
+            await drop_database(other, fresh)
+            raise BackupError(
+                "restore",
+                f"the backup was restored and checked, but {database} could not be replaced: "
+                f"{exc} (stop what is connected to it, e.g. scale the receivers to 0, and retry)",
+            ) from None
+    finally:
+        await other.close()
+    return Restored(manifest.name, database, len(manifest.tables), manifest.rows, kept)
+
+
+async def _create(admin: Any, name: str) -> None:
+    try:
+        await admin.execute(f"CREATE DATABASE {quote_ident(name)}")
+    except asyncpg.PostgresError as exc:
+        raise BackupError("restore", f"cannot create database {name}: {exc}") from None
+
+
+async def _maintenance_connection(url: str) -> Any:
+    last: BackupError | None = None
+    for name in ("postgres", "template1"):
+        try:
+            return await connect(with_database(url, name))
+        except BackupError as exc:
+            last = exc
+    assert last is not None
+    raise last
+
+
+async def _restore_into(tool: PgTool, path: Path, manifest: Manifest, url: str) -> None:
+    """pg_restore in one transaction, then the restored tables compared with the manifest."""
     target = split_password(url)
     args = ["--no-owner", "--no-acl", "--exit-on-error", "--single-transaction"]
-    if existing:
-        args += ["--clean", "--if-exists"]
     try:
         await run_tool(tool, [*args, f"--dbname={target.url}", str(path)], url=url, env=target.env)
     except BackupError as exc:
@@ -84,13 +152,10 @@ async def restore(
             contents = await read_contents(conn)
     finally:
         await conn.close()
-    # Tables the backup does not hold (a --force target's own) are not compared.
-    restored = {t: n for t, n in contents.tables.items() if t in manifest.tables}
-    diff = differences(manifest, restored, contents.checksums)
+    diff = differences(manifest, contents.tables, contents.checksums)
     if diff:
         raise BackupError(
             "restore",
             "restored, but the database differs from the backup (was something writing to it?): "
             + "; ".join(diff[:5]),
         )
-    return Restored(manifest.name, database, len(manifest.tables), manifest.rows)
