@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import yaml
 from pydantic import ValidationError
 
-from dfm import crds_cmd
+from dfm import backup_cmd, crds_cmd
 from dfm.manifests import ManifestError, describe_validation_error
 
 
@@ -128,6 +128,7 @@ def parser() -> argparse.ArgumentParser:
     _add_operator(sub)
     _add_render(sub)
     crds_cmd.add_parser(sub)
+    backup_cmd.add_parser(sub)
     return top
 
 
@@ -291,6 +292,7 @@ COMMANDS = {
     "operator": cmd_operator,
     "render": cmd_render,
     "crds": crds_cmd.run,
+    "backup": backup_cmd.run,
 }
 
 

@@ -18,7 +18,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from dfm_operator import constants as c
 from dfm_operator.api import KINDS as KINDS_SERVED
-from dfm_operator.api import ManagedSecret, WebhookSource
+from dfm_operator.api import BackupSchedule, ManagedSecret, WebhookSource
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,15 @@ KINDS: tuple[Kind, ...] = (
     Kind("v1", "ConfigMap", "configmaps", _APPLIED | _WATCHED),
     Kind("v1", "Secret", "secrets", _APPLIED | _WATCHED | {"get"}),
     Kind("v1", "Service", "services", _APPLIED | _WATCHED),
+    # Created once when a BackupSchedule asks for one (never patched: a claim is not resized
+    # or replaced by the operator), read to tell a missing claim from a present one.
+    Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims", frozenset({"create", "get"})),
     Kind("apps/v1", "Deployment", "deployments", _APPLIED | _WATCHED | {"get"}),
+    Kind("batch/v1", "CronJob", "cronjobs", _APPLIED),
+    # The Jobs scheduled CronJobs run: watched for their outcome (handlers.jobs); their Pods
+    # are listed for the summary the job leaves in its termination message.
+    Kind("batch/v1", "Job", "jobs", _WATCHED),
+    Kind("v1", "Pod", "pods", frozenset({"list"})),
     Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets", _APPLIED | _WATCHED | _PRUNED),
     Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", _APPLIED | _WATCHED),
     Kind("networking.k8s.io/v1", "Ingress", "ingresses", _APPLIED | _WATCHED | _PRUNED),
@@ -65,10 +73,10 @@ KINDS: tuple[Kind, ...] = (
             c.API_VERSION,
             model.names.kind,
             model.names.plural,
-            # Nothing but kopf's watch reads SyncSchedules and BackupSchedules: no `get`.
-            _OWNED_CR if model in (WebhookSource, ManagedSecret) else _WATCHED_CR,
+            # Nothing but kopf's watch reads SyncSchedules: no `get`.
+            _OWNED_CR if model in (WebhookSource, ManagedSecret, BackupSchedule) else _WATCHED_CR,
             frozenset({"patch"}),
-            owns_children=model in (WebhookSource, ManagedSecret),
+            owns_children=model in (WebhookSource, ManagedSecret, BackupSchedule),
         )
         for model in KINDS_SERVED
     ),
@@ -224,6 +232,19 @@ class Kube:
         except NotFound:
             return None
         return result
+
+    async def list(
+        self, api_version: str, kind: str, namespace: str, label_selector: str
+    ) -> list[dict[str, Any]]:
+        """The objects of ``kind`` in ``namespace`` that match ``label_selector``."""
+        _require(api_version, kind, "list")
+        result: dict[str, Any] = await self._call(
+            "GET",
+            resource_path(api_version, kind, namespace),
+            query=[("labelSelector", label_selector)],
+            what=f"list {kind} in {namespace}",
+        )
+        return list(result.get("items") or [])
 
     async def create(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]

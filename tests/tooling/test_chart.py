@@ -655,6 +655,9 @@ def test_the_promised_alerts_exist(helm: str) -> None:
         "DfmOAuthTokenExpiringSoon",
         "DfmOperatorReconcileErrors",
         "DfmOperatorDown",
+        "DfmBackupTooOld",
+        "DfmBackupFailed",
+        "DfmBackupVerifyFailed",
     } <= set(_alerts(helm))
 
 

@@ -319,7 +319,14 @@ def test_default_columns_are_the_documented_ones() -> None:
         "Last Success",
         "Age",
     ]
-    assert visible("BackupSchedule") == ["Schedule", "Ready", "Reason", "Last Backup", "Age"]
+    assert visible("BackupSchedule") == [
+        "Schedule",
+        "Ready",
+        "Reason",
+        "Last Success",
+        "Failures",
+        "Age",
+    ]
 
 
 # --- the converter ----------------------------------------------------------------------------
@@ -456,6 +463,7 @@ INVALID: dict[str, tuple[JsonDict, bool]] = {
         _named(_source(provider="github", verification=SECRET), "1stripe"),
         True,
     ),
+    "backup schedule name too long for its CronJob": (_named(_backup(), "b" * 46), True),
     "managed secret name too long for a label": (
         _named(_managed(type="random", random=RANDOM), "m" * 64),
         True,
@@ -516,6 +524,15 @@ INVALID: dict[str, tuple[JsonDict, bool]] = {
     "bad quantity": (
         _backup(destination={"pvc": {"claimName": "b", "size": "twenty gigs"}}),
         False,
+    ),
+    "destination with both": (
+        _backup(
+            destination={
+                "pvc": {"claimName": "b"},
+                "s3": {"bucket": "bkt", "credentialsSecretRef": {"name": "s3"}},
+            }
+        ),
+        True,
     ),
 }
 

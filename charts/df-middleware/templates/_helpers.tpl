@@ -107,8 +107,9 @@ than dfm_operator.rbac.required_rules(). */}}
 
 {{/* Rules on namespaced resources: a ClusterRole cluster-wide, a Role per watched namespace. */}}
 {{- define "df-middleware.rbac.namespacedRules" -}}
-# The receivers' children: server-side applied (create, patch), watched where the operator reacts
-# to them, read and deleted only where it prunes them (an Ingress or PDB the spec dropped).
+# The receivers' and scheduled jobs' children: server-side applied (create, patch), watched where
+# the operator reacts to them, read and deleted only where it prunes them (an Ingress or PDB the
+# spec dropped).
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [create, list, patch, watch]
@@ -118,6 +119,20 @@ than dfm_operator.rbac.required_rules(). */}}
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [create, get, list, patch, watch]
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [create, get]
+- apiGroups: [batch]
+  resources: [cronjobs]
+  verbs: [create, patch]
+# The Jobs those CronJobs run are watched for their outcome, and their Pods listed for the
+# summary a job leaves in its termination message.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [list, watch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [create, delete, get, list, patch, watch]
@@ -133,10 +148,10 @@ than dfm_operator.rbac.required_rules(). */}}
 # The custom resources: watched, annotated by kopf, and their status written; read by the
 # operator's own code only where it reconciles them.
 - apiGroups: [dfm.dev]
-  resources: [managedsecrets, webhooksources]
+  resources: [backupschedules, managedsecrets, webhooksources]
   verbs: [get, list, patch, watch]
 - apiGroups: [dfm.dev]
-  resources: [backupschedules, syncschedules]
+  resources: [syncschedules]
   verbs: [list, patch, watch]
 - apiGroups: [dfm.dev]
   resources: [backupschedules/status, managedsecrets/status, syncschedules/status, webhooksources/status]
@@ -144,7 +159,7 @@ than dfm_operator.rbac.required_rules(). */}}
 # Children's ownerReferences set blockOwnerDeletion: the OwnerReferencesPermissionEnforcement
 # admission plugin (OpenShift) then asks for update on the owner's finalizers.
 - apiGroups: [dfm.dev]
-  resources: [managedsecrets/finalizers, webhooksources/finalizers]
+  resources: [backupschedules/finalizers, managedsecrets/finalizers, webhooksources/finalizers]
   verbs: [update]
 # kopf: Events on the custom resources.
 - apiGroups: [""]
