@@ -45,5 +45,17 @@ REASON_SECRET_NOT_FOUND = "SecretNotFound"
 REASON_DEPLOYMENT_UNAVAILABLE = "DeploymentUnavailable"
 REASON_ROLLING_OUT = "RollingOut"
 REASON_APPLY_FAILED = "ApplyFailed"
-# SyncSchedule and BackupSchedule: accepted, not run yet.
+# SyncSchedule: accepted, not run yet.
 REASON_NOT_SUPPORTED_YET = "NotSupportedYet"
+
+# BackupSchedule: its CronJob's pods and Jobs, and what their conditions say.
+BACKUP_COMPONENT = "backup"
+BACKUP_APP_NAME = "df-middleware-backup"
+LABEL_BACKUP_SCHEDULE = f"{GROUP}/backupschedule"
+BACKUPS_DIR = "/backups"
+REASON_SCHEDULED = "Scheduled"
+REASON_SUSPENDED = "Suspended"
+REASON_BACKUP_SUCCEEDED = "BackupSucceeded"
+REASON_BACKUP_FAILED = "BackupFailed"
+REASON_VERIFY_FAILED = "VerifyFailed"
+REASON_CLAIM_NOT_FOUND = "ClaimNotFound"
