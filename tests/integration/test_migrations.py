@@ -61,18 +61,52 @@ async def test_the_subject_migration_keeps_existing_events_and_their_dedup_keys(
         await conn.close()
 
 
-async def test_the_outbox_migration_gives_existing_event_days_their_delivery_partitions(
-    database_url: str,
-) -> None:
+async def test_the_replay_key_migration_counts_existing_events_as_one(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
-        first_two = load_migrations()[:2]
+        for migration in load_migrations()[:2]:
+            await conn.execute(migration.sql)
         await conn.execute(
             """CREATE TABLE dfm_schema_migrations (
                    version integer PRIMARY KEY, name text NOT NULL,
                    applied_at timestamptz NOT NULL DEFAULT now())"""
         )
-        for migration in first_two:
+        await conn.executemany(
+            "INSERT INTO dfm_schema_migrations (version, name) VALUES ($1, $2)",
+            [(m.version, m.name) for m in load_migrations()[:2]],
+        )
+        day = datetime(2026, 3, 1, 12, tzinfo=UTC)
+        low, high = partitions.bounds(day.date())
+        await conn.execute(
+            f"CREATE TABLE {partitions.partition_name(day.date())} PARTITION OF webhook_events "
+            f"FOR VALUES FROM ('{low}') TO ('{high}')"
+        )
+        await conn.execute(
+            "INSERT INTO webhook_events (source, event_id, received_at, request_id, payload) "
+            "VALUES ('ns/a', 'evt_1', $1, 'r1', '\\x7b7d')",
+            day,
+        )
+
+        assert "0003_replay_keys_and_event_count.sql" in await apply_migrations(conn)
+
+        assert await conn.fetchval("SELECT event_count FROM webhook_events") == 1
+        assert await conn.fetchval("SELECT count(*) FROM webhook_replay_keys") == 0
+    finally:
+        await conn.close()
+
+
+async def test_the_outbox_migration_gives_existing_event_days_their_delivery_partitions(
+    database_url: str,
+) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        before = [m for m in load_migrations() if m.name < "0004"]
+        await conn.execute(
+            """CREATE TABLE dfm_schema_migrations (
+                   version integer PRIMARY KEY, name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        for migration in before:
             await conn.execute(migration.sql)
             await conn.execute(
                 "INSERT INTO dfm_schema_migrations (version, name) VALUES ($1, $2)",
@@ -87,7 +121,7 @@ async def test_the_outbox_migration_gives_existing_event_days_their_delivery_par
         )
         await conn.execute("INSERT INTO webhook_sources VALUES ('ns/a', 30, $1)", day)
 
-        assert await apply_migrations(conn) == ["0003_forward_outbox.sql"]
+        assert await apply_migrations(conn) == ["0004_forward_outbox.sql"]
 
         bounds = "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = $1"
         events_bound = await conn.fetchval(bounds, partitions.partition_name(day.date()))

@@ -34,6 +34,8 @@ from dfm_operator.crds import (
     dump_crd,
     structural,
 )
+from dfm_operator.peering import CRDS_FILENAME as PEERING_CRDS_FILENAME
+from dfm_operator.peering import peering_crd_files, peering_crds_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "crds"
@@ -147,8 +149,16 @@ def test_committed_crd_matches_the_models(kind: str) -> None:
 
 
 def test_no_stray_files_in_crds_dir() -> None:
-    expected = {crd_filename(crd) for crd in CRDS.values()}
+    expected = {crd_filename(crd) for crd in CRDS.values()} | set(peering_crd_files())
     assert {p.name for p in CRD_DIR.glob("*.yaml")} == expected
+
+
+def test_kopf_peering_crds_are_in_crds_dir_and_the_chart() -> None:
+    # `kubectl apply -f crds/` then `dfm operator` (the README) needs kopf's peering CRDs too.
+    for name, text in peering_crd_files().items():
+        assert (CRD_DIR / name).read_text() == text, f"crds/{name}: run `make generate`"
+    chart = ROOT / "charts" / "df-middleware" / "crds" / PEERING_CRDS_FILENAME
+    assert chart.read_text() == peering_crds_yaml(), f"{chart}: run `make generate`"
 
 
 def test_crds_are_deterministic() -> None:
@@ -316,7 +326,14 @@ def test_default_columns_are_the_documented_ones() -> None:
         "Last Success",
         "Age",
     ]
-    assert visible("BackupSchedule") == ["Schedule", "Ready", "Reason", "Last Backup", "Age"]
+    assert visible("BackupSchedule") == [
+        "Schedule",
+        "Ready",
+        "Reason",
+        "Last Success",
+        "Failures",
+        "Age",
+    ]
 
 
 # --- the converter ----------------------------------------------------------------------------
@@ -457,6 +474,7 @@ INVALID: dict[str, tuple[JsonDict, bool]] = {
         _named(_source(provider="github", verification=SECRET), "1stripe"),
         True,
     ),
+    "backup schedule name too long for its CronJob": (_named(_backup(), "b" * 46), True),
     "managed secret name too long for a label": (
         _named(_managed(type="random", random=RANDOM), "m" * 64),
         True,
@@ -488,6 +506,63 @@ INVALID: dict[str, tuple[JsonDict, bool]] = {
         True,
     ),
     "auth without key source": (_source(provider="jwt", auth={"issuer": "x"}), True),
+    # The provider rules of webhook_server.verify.registry, one case per CEL rule.
+    "twilio without a public URL or an Ingress": (
+        _source(provider="twilio", verification=SECRET),
+        True,
+    ),
+    "mandrill without a public URL or an Ingress": (
+        _source(provider="mandrill", verification=SECRET),
+        True,
+    ),
+    "telnyx without a public key": (_source(provider="telnyx"), True),
+    "telnyx with a secret it would ignore": (
+        _source(provider="telnyx", verification={**SECRET, "publicKey": "AAAA"}),
+        True,
+    ),
+    "sendgrid without a public key": (_source(provider="sendgrid"), True),
+    "token in a header without the header": (
+        _source(provider="token", verification={**SECRET, "tokenScheme": "header"}),
+        True,
+    ),
+    "vonage with auth": (
+        _source(provider="vonage", verification=SECRET, auth={"jwksUrl": "https://x.example/jwks"}),
+        True,
+    ),
+    "github with a header": (
+        _source(provider="github", verification={**SECRET, "header": "X-Sig"}),
+        True,
+    ),
+    "github with a timestamp header": (
+        _source(provider="github", verification={**SECRET, "timestampHeader": "X-Ts"}),
+        True,
+    ),
+    "github with an id header": (
+        _source(provider="github", verification={**SECRET, "idHeader": "X-Id"}),
+        True,
+    ),
+    "stripe with a type header": (
+        _source(provider="stripe", verification={**SECRET, "typeHeader": "X-Type"}),
+        True,
+    ),
+    "github with a public key": (
+        _source(provider="github", verification={**SECRET, "publicKey": "AAAA"}),
+        True,
+    ),
+    "github with a public URL": (
+        _source(provider="github", verification={**SECRET, "publicUrl": "https://h.example/x"}),
+        True,
+    ),
+    "hmac with a token scheme": (
+        _source(
+            provider="hmac", verification={**SECRET, "header": "X-Sig", "tokenScheme": "bearer"}
+        ),
+        True,
+    ),
+    "a public URL with a query": (
+        _source(provider="twilio", verification={**SECRET, "publicUrl": "https://h.example/x?a=1"}),
+        False,
+    ),
     "random without random": (_managed(type="random"), True),
     "random with oauth2": (_managed(type="random", random=RANDOM, oauth2=OAUTH2), True),
     "oauth2 without oauth2": (_managed(type="oauth2"), True),
@@ -538,6 +613,15 @@ INVALID: dict[str, tuple[JsonDict, bool]] = {
         _backup(destination={"pvc": {"claimName": "b", "size": "twenty gigs"}}),
         False,
     ),
+    "destination with both": (
+        _backup(
+            destination={
+                "pvc": {"claimName": "b"},
+                "s3": {"bucket": "bkt", "credentialsSecretRef": {"name": "s3"}},
+            }
+        ),
+        True,
+    ),
 }
 
 VALID: dict[str, JsonDict] = {
@@ -557,6 +641,20 @@ VALID: dict[str, JsonDict] = {
     "hmac with header": _source(provider="hmac", verification={**SECRET, "header": "X-Sig"}),
     "jwt with jwks": _source(provider="jwt", auth={"jwksUrl": "https://x.example/jwks.json"}),
     "highlevel without secret": _source(provider="highlevel"),
+    "twilio behind an Ingress": _source(
+        provider="twilio",
+        verification=SECRET,
+        exposure={"ingress": {"host": "hooks.example.com", "tlsSecretName": "tls"}},
+    ),
+    "mandrill with a public URL": _source(
+        provider="mandrill",
+        verification={**SECRET, "publicUrl": "https://hooks.example.com/hooks/default/mandrill"},
+    ),
+    "token in a header with auth": _source(
+        provider="token",
+        verification={**SECRET, "tokenScheme": "header", "header": "X-Webhook-Token"},
+        auth={"jwksUrl": "https://x.example/jwks"},
+    ),
     "managed secret source": _source(
         provider="standard", verification={"managedSecretRef": {"name": "m"}}
     ),

@@ -67,6 +67,11 @@ class EventRefused(Exception):
     """PostgreSQL refuses this event's data (it would every time): not committed, not retryable."""
 
 
+class ReplayRefused(Exception):
+    """The event's replay key (a signed one-time value) is already held by another event: a
+    replay of a captured signature. Not committed, not retryable."""
+
+
 # Errors about one event's values, not about the database: the batch is split so that only the
 # event that causes them fails.
 DATA_ERRORS: tuple[type[BaseException], ...] = (
@@ -88,14 +93,20 @@ class Event:
     # The dedup scope within the source: the token's subject for a jwt source (two callers may
     # choose the same Idempotency-Key), "" for a provider's own ids.
     subject: str = ""
+    # How many provider events the payload holds (a SendGrid or Mandrill batch); None for one.
+    event_count: int | None = None
+    # A signed one-time value no other event may use before ``replay_until`` (Mailgun's token).
+    replay_key: str | None = None
+    replay_until: datetime | None = None
 
 
 _INSERT = """
 WITH incoming AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
-                         $5::text[], $6::bytea[], $7::jsonb[], $8::text[], $9::text[])
+                         $5::text[], $6::bytea[], $7::jsonb[], $8::text[], $9::text[],
+                         $13::integer[])
         AS t(source, event_id, event_type, received_at, request_id, payload, headers, subject,
-             webhook_id)
+             webhook_id, event_count)
 ), fresh AS (
     INSERT INTO webhook_event_ids (source, subject, event_id, received_at)
     SELECT source, subject, event_id, received_at FROM incoming
@@ -103,9 +114,10 @@ WITH incoming AS (
     RETURNING source, subject, event_id
 ), stored AS (
     INSERT INTO webhook_events
-        (source, subject, event_id, event_type, received_at, request_id, payload, headers)
+        (source, subject, event_id, event_type, received_at, request_id, payload, headers,
+         event_count)
     SELECT i.source, i.subject, i.event_id, i.event_type, i.received_at, i.request_id, i.payload,
-           i.headers
+           i.headers, i.event_count
     FROM incoming i JOIN fresh f USING (source, subject, event_id)
     RETURNING source, subject, event_id
 ), queued AS (
@@ -123,6 +135,19 @@ WITH incoming AS (
 )
 SELECT s.source, s.subject, s.event_id, q.event_id IS NOT NULL AS queued
 FROM stored s LEFT JOIN queued q USING (source, subject, event_id)
+"""
+
+# Replay keys: claim (the first event to use a key owns it), then read who owns each, which sees
+# keys committed by other replicas meanwhile (ON CONFLICT waited for them).
+_CLAIM_REPLAY_KEYS = """
+INSERT INTO webhook_replay_keys (source, replay_key, subject, event_id, expires_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+ON CONFLICT (source, replay_key) DO NOTHING
+"""
+_REPLAY_KEY_OWNERS = """
+SELECT k.source, k.replay_key, k.subject, k.event_id
+FROM webhook_replay_keys k
+JOIN unnest($1::text[], $2::text[]) AS t(source, replay_key) USING (source, replay_key)
 """
 
 _Key = tuple[str, str, str]
@@ -181,6 +206,7 @@ async def insert_events(
         None if forwarded is None else sorted(forwarded),
         None if lease is None else lease.until,
         None if lease is None else lease.owner,
+        [1 if e.event_count is None else e.event_count for e in ordered],
     )
     fresh = {(r["source"], r["subject"], r["event_id"]) for r in rows}
     queued = {(r["source"], r["subject"], r["event_id"]) for r in rows if r["queued"]}
@@ -431,7 +457,7 @@ class Store:
         for pending in batch:
             unique.setdefault(_key(pending.event), pending)
         try:
-            fresh = await self._insert([p.event for p in unique.values()])
+            fresh, replayed = await self._insert([p.event for p in unique.values()])
         except DATA_ERRORS as exc:
             if len(unique) > 1:
                 # One event's values are refused: commit the others one by one.
@@ -453,11 +479,16 @@ class Store:
         self.metrics.batch_size.observe(len(unique))
         for pending in batch:
             key = _key(pending.event)
-            is_new = key in fresh and unique[key] is pending
-            if not pending.future.done():
-                pending.future.set_result(is_new)
+            if pending.future.done():
+                continue
+            if key in replayed:
+                pending.future.set_exception(ReplayRefused("replay key already used"))
+                pending.future.exception()  # the request may be gone: never "never retrieved"
+                continue
+            pending.future.set_result(key in fresh and unique[key] is pending)
 
-    async def _insert(self, events: list[Event]) -> set[_Key]:
+    async def _insert(self, events: list[Event]) -> tuple[set[_Key], set[_Key]]:
+        """Commit ``events``: (the keys of those new, the keys of those refused as replays)."""
         pool = self._pool
         if pool is None:
             raise StoreUnavailable("no pool")
@@ -467,7 +498,7 @@ class Store:
         reservation = forwarder.reserve(to_forward) if forwarder and to_forward else None
         lease = reservation.lease if reservation is not None else None
         try:
-            inserted = await self._insert_with_retries(pool, events, forwarded, lease)
+            inserted, replayed = await self._insert_with_retries(pool, events, forwarded, lease)
         except BaseException:
             if reservation is not None and forwarder is not None:
                 # Possibly committed after all (the answer was lost): then the leases run out
@@ -476,7 +507,7 @@ class Store:
             raise
         if reservation is not None and forwarder is not None:
             forwarder.handoff(reservation, [e for e in to_forward if _key(e) in inserted.queued])
-        return inserted.fresh
+        return inserted.fresh, replayed
 
     async def _insert_with_retries(
         self,
@@ -484,14 +515,27 @@ class Store:
         events: list[Event],
         forwarded: frozenset[str],
         lease: Lease | None,
-    ) -> Inserted:
+    ) -> tuple[Inserted, set[_Key]]:
         # Bounded waits: for a connection (every one may be stuck in a hung database) and, by the
         # pool's command timeout, for the statement.
         acquire_timeout = self.config.connect_timeout_seconds
         for attempt in range(3):
             try:
                 async with pool.acquire(timeout=acquire_timeout) as conn:
-                    return await insert_events(conn, events, forwarded=forwarded, lease=lease)
+                    if not any(e.replay_key is not None for e in events):
+                        inserted = await insert_events(
+                            conn, events, forwarded=forwarded, lease=lease
+                        )
+                        return inserted, set()
+                    async with conn.transaction():
+                        replayed = await _claim_replay_keys(conn, events)
+                        kept = [e for e in events if _key(e) not in replayed]
+                        inserted = (
+                            await insert_events(conn, kept, forwarded=forwarded, lease=lease)
+                            if kept
+                            else Inserted(set(), set())
+                        )
+                return inserted, replayed
             except asyncpg.PostgresError as exc:
                 if getattr(exc, "sqlstate", None) != _PARTITION_MISSING or attempt == 2:
                     raise
@@ -577,6 +621,8 @@ class Store:
         # A dedup key goes no earlier than its event, or a redelivery in between is stored twice:
         # for the longest retention that is when the event's whole day is dropped, for the others
         # when the DELETE above takes it.
+        # Replay keys past their expiry: their signatures fail the tolerance check anyway.
+        await conn.execute("DELETE FROM webhook_replay_keys WHERE expires_at < $1", now)
         await conn.execute(
             """DELETE FROM webhook_event_ids i USING webhook_sources s
                WHERE i.source = s.source
@@ -593,6 +639,31 @@ class Store:
             "DELETE FROM webhook_forward_circuits WHERE updated_at < $1",
             now - timedelta(days=1),
         )
+
+
+async def _claim_replay_keys(conn: Any, events: list[Event]) -> set[_Key]:
+    """Claim every event's replay key in the caller's transaction; the keys of the events whose
+    replay key another event holds. The same event with the same key (a redelivery) is not a
+    replay: it goes on to be answered as a duplicate."""
+    claims = sorted(
+        (e.source, e.replay_key, e.subject, e.event_id, e.replay_until)
+        for e in events
+        if e.replay_key is not None and e.replay_until is not None
+    )
+    # In one order in every batch, so two claiming the same keys wait rather than deadlock.
+    await conn.execute(_CLAIM_REPLAY_KEYS, *(list(column) for column in zip(*claims, strict=True)))
+    owners = {
+        (r["source"], r["replay_key"]): (r["subject"], r["event_id"])
+        for r in await conn.fetch(
+            _REPLAY_KEY_OWNERS, [c[0] for c in claims], [c[1] for c in claims]
+        )
+    }
+    return {
+        _key(e)
+        for e in events
+        if e.replay_key is not None
+        and owners.get((e.source, e.replay_key)) != (e.subject, e.event_id)
+    }
 
 
 def _fail(batch: list[_Pending], exc: Exception) -> None:

@@ -107,41 +107,69 @@ than dfm_operator.rbac.required_rules(). */}}
 
 {{/* Rules on namespaced resources: a ClusterRole cluster-wide, a Role per watched namespace. */}}
 {{- define "df-middleware.rbac.namespacedRules" -}}
-# The receivers' children, and the backup/sync jobs' (server-side apply, deletes of the obsolete).
+# The receivers' and scheduled jobs' children: server-side applied (create, patch), watched where
+# the operator reacts to them, read and deleted only where it prunes them (an Ingress or PDB the
+# spec dropped).
 - apiGroups: [""]
-  resources: [configmaps, persistentvolumeclaims, secrets, services]
-  verbs: [create, delete, get, list, patch, watch]
+  resources: [configmaps, services]
+  verbs: [create, list, patch, watch]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create, get, list, patch, watch]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [create, delete, get, list, patch, watch]
+  verbs: [create, get, list, patch, watch]
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [create, get]
 - apiGroups: [batch]
   resources: [cronjobs]
-  verbs: [create, delete, get, list, patch, watch]
+  verbs: [create, patch]
+# The Jobs those CronJobs run are watched for their outcome, and their Pods listed for the
+# summary a job leaves in its termination message.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [list, watch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [create, delete, get, list, patch, watch]
 - apiGroups: [networking.k8s.io]
-  resources: [ingresses, networkpolicies]
+  resources: [ingresses]
   verbs: [create, delete, get, list, patch, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create, list, patch, watch]
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
-  verbs: [create, delete, get, list, patch, watch]
-# The custom resources: watched, annotated by kopf, and their status written.
+  verbs: [create, delete, get, patch]
+# The custom resources: watched, annotated by kopf, and their status written; read by the
+# operator's own code only where it reconciles them.
 - apiGroups: [dfm.dev]
-  resources: [backupschedules, managedsecrets, syncschedules, webhooksources]
+  resources: [backupschedules, managedsecrets, webhooksources]
   verbs: [get, list, patch, watch]
+- apiGroups: [dfm.dev]
+  resources: [syncschedules]
+  verbs: [list, patch, watch]
 - apiGroups: [dfm.dev]
   resources: [backupschedules/status, managedsecrets/status, syncschedules/status, webhooksources/status]
   verbs: [patch]
 # Children's ownerReferences set blockOwnerDeletion: the OwnerReferencesPermissionEnforcement
 # admission plugin (OpenShift) then asks for update on the owner's finalizers.
 - apiGroups: [dfm.dev]
-  resources: [managedsecrets/finalizers, webhooksources/finalizers]
+  resources: [backupschedules/finalizers, managedsecrets/finalizers, webhooksources/finalizers]
   verbs: [update]
-# kopf: Events on the custom resources, and peering between replicas in namespaced mode.
+# kopf: Events on the custom resources.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- end }}
+
+{{/* Rules only the namespaced mode needs: in each watched namespace's Role. */}}
+{{- define "df-middleware.rbac.namespacedModeRules" -}}
+# kopf: peering between replicas in namespaced mode.
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings]
   verbs: [get, list, patch, watch]
@@ -156,8 +184,10 @@ than dfm_operator.rbac.required_rules(). */}}
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [list, watch]
+{{- if not .Values.watchNamespaces }}
 # kopf: peering between replicas when watching the whole cluster.
 - apiGroups: [kopf.dev]
   resources: [clusterkopfpeerings]
   verbs: [get, list, patch, watch]
+{{- end }}
 {{- end }}

@@ -1,13 +1,17 @@
-"""Secret events: wake the ManagedSecrets and reconcile the WebhookSources that use the Secret."""
+"""Secret events: wake the ManagedSecrets and reconcile the WebhookSources and BackupSchedules
+that use the Secret."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import kopf
 
+from dfm_operator import constants as c
 from dfm_operator.handlers.events import emitter
-from dfm_operator.services import managedsecret, webhooksource
+from dfm_operator.kernel import InvalidSpec, Retry
+from dfm_operator.services import backupschedule, managedsecret, webhooksource
 
 
 @kopf.on.event("", "v1", "secrets")
@@ -26,3 +30,12 @@ async def secret_changed(memo: kopf.Memo, namespace: str | None, name: str, **kw
             await webhooksource.reconcile_by_name(
                 memo.ctx, namespace, owner, emitter, kwargs["secret_names"], apply=True
             )
+    backups: kopf.Index[Any, str] = kwargs["backups_by_secret"]
+    for owner in backups.get((namespace, name), []):
+        schedule = await memo.ctx.kube.get(c.API_VERSION, c.BACKUP_SCHEDULE, namespace, owner)
+        if schedule is not None:
+            # Failures are reported in its status; its own handlers retry.
+            with contextlib.suppress(InvalidSpec, Retry):
+                await backupschedule.reconcile_backup_schedule(
+                    memo.ctx, schedule, emitter(schedule)
+                )
