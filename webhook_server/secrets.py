@@ -131,9 +131,16 @@ class SourceSecrets:
     the problem is logged once per change (never the value).
     """
 
-    def __init__(self, sources: Sequence[SecretSource], provider: Provider | None = None) -> None:
+    def __init__(
+        self,
+        sources: Sequence[SecretSource],
+        provider: Provider | None = None,
+        purpose: str = "verification",
+    ) -> None:
         self._sources = tuple(sources)
         self._provider = provider
+        # What the secret is for, in the log line about an unusable one ("forward signing").
+        self._purpose = purpose
         self.values = load(self._sources)
         self._usable = self._check()
 
@@ -154,7 +161,7 @@ class SourceSecrets:
             if problem is None:
                 usable = True
             else:
-                log.warning("a verification secret is unusable", problem=problem)
+                log.warning(f"a {self._purpose} secret is unusable", problem=problem)
         return usable
 
     def reload(self) -> bool:

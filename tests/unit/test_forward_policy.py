@@ -160,6 +160,19 @@ def test_headers_verify_with_the_standard_webhooks_sdk() -> None:
     )
 
 
+def test_svix_libraries_verify_them_too() -> None:
+    import time
+
+    from svix.webhooks import Webhook as SvixWebhook
+    from svix.webhooks import WebhookVerificationError
+
+    body = b'{"type":"order.paid","id":7}'
+    sent = headers(now=time.time())
+    SvixWebhook(SECRET).verify(body, sent)  # raises when it does not verify
+    with pytest.raises(WebhookVerificationError):
+        SvixWebhook(OTHER).verify(body, sent)
+
+
 def test_two_secrets_give_two_signatures_either_verifies() -> None:
     import time
 

@@ -83,7 +83,9 @@ class Target:
             max_cool_down_seconds=cb.max_cool_down_seconds,
             clock=clock,
         )
-        self.secrets = SourceSecrets(self.forward.signing_secrets, Provider.STANDARD)
+        self.secrets = SourceSecrets(
+            self.forward.signing_secrets, Provider.STANDARD, purpose="forward signing"
+        )
         self.http = Pool(self.forward.url, max_idle=self.forward.max_concurrency)
         self.queue: deque[Claimed] = deque()
         self.in_flight = 0
