@@ -278,27 +278,15 @@ class Store:
     async def _insert(self, events: list[Event]) -> set[tuple[str, str]]:
         if self._pool is None:
             raise StoreUnavailable("no pool")
-        # Dedup keys are locked in one order by every batch, so concurrent batches holding the
-        # same ids wait for each other instead of deadlocking.
-        events = sorted(events, key=lambda e: (e.source, e.event_id))
-        args = (
-            [e.source for e in events],
-            [e.event_id for e in events],
-            [e.event_type for e in events],
-            [e.received_at for e in events],
-            [e.request_id for e in events],
-            [e.payload for e in events],
-            [json.dumps(e.headers) for e in events],
-        )
         for attempt in range(3):
             try:
-                rows = await self._pool.fetch(_INSERT, *args)
-                return {(r["source"], r["event_id"]) for r in rows}
+                async with self._pool.acquire() as conn:
+                    return await insert_events(conn, events)
             except asyncpg.PostgresError as exc:
-                if getattr(exc, "sqlstate", None) != _PARTITION_MISSING or attempt == 2:
+                if not partition_missing(exc) or attempt == 2:
                     raise
                 async with self._pool.acquire() as conn:
-                    await _create_partitions(
+                    await create_partitions(
                         conn, {partitions.utc_day(e.received_at) for e in events}
                     )
             except (asyncpg.exceptions.ConnectionDoesNotExistError, ConnectionResetError):
@@ -323,7 +311,7 @@ class Store:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MAINTENANCE_LOCK_ID):
                 return False
             try:
-                await _create_partitions(
+                await create_partitions(
                     conn, set(partitions.days_to_create(now, self.config.partitions_ahead_days))
                 )
                 await self._expire(conn, now)
@@ -332,14 +320,7 @@ class Store:
         return True
 
     async def _register_sources(self, conn: Any, now: datetime) -> None:
-        await conn.executemany(
-            """INSERT INTO webhook_sources (source, retention_days, last_seen_at)
-               VALUES ($1, $2, $3)
-               ON CONFLICT (source) DO UPDATE
-               SET retention_days = EXCLUDED.retention_days,
-                   last_seen_at = EXCLUDED.last_seen_at""",
-            [(s.key, s.retention_days, now) for s in self.sources],
-        )
+        await register_sources(conn, [(s.key, s.retention_days) for s in self.sources], now)
 
     async def _expire(self, conn: Any, now: datetime) -> None:
         longest = await conn.fetchval("SELECT max(retention_days) FROM webhook_sources")
@@ -399,7 +380,51 @@ def _why_unusable(exc: Exception, config: DatabaseConfig) -> dict[str, str]:
     return {}
 
 
-async def _create_partitions(conn: Any, days: set[date]) -> None:
+async def insert_events(conn: Any, events: Sequence[Event]) -> set[tuple[str, str]]:
+    """Insert ``events`` unless their (source, event_id) is already stored; returns the keys
+    that were new. The one statement every event goes through: a receiver's batch, and each
+    page of a sync (``webhook_server.sync``), inside the caller's transaction when it has one.
+
+    Dedup keys are locked in one order by every batch, so concurrent batches holding the same
+    ids wait for each other instead of deadlocking. Within ``events`` the first of an id wins.
+    """
+    unique: dict[tuple[str, str], Event] = {}
+    for event in events:
+        unique.setdefault((event.source, event.event_id), event)
+    ordered = sorted(unique.values(), key=lambda e: (e.source, e.event_id))
+    args = (
+        [e.source for e in ordered],
+        [e.event_id for e in ordered],
+        [e.event_type for e in ordered],
+        [e.received_at for e in ordered],
+        [e.request_id for e in ordered],
+        [e.payload for e in ordered],
+        [json.dumps(e.headers) for e in ordered],
+    )
+    rows = await conn.fetch(_INSERT, *args)
+    return {(r["source"], r["event_id"]) for r in rows}
+
+
+def partition_missing(exc: BaseException) -> bool:
+    """Whether ``exc`` says an event's day has no partition yet (create it, then retry)."""
+    return getattr(exc, "sqlstate", None) == _PARTITION_MISSING
+
+
+async def register_sources(conn: Any, sources: Sequence[tuple[str, int]], now: datetime) -> None:
+    """Record each (source, retention days): partitions are dropped by the longest retention
+    registered, so a source that stores events must be registered or it loses them."""
+    await conn.executemany(
+        """INSERT INTO webhook_sources (source, retention_days, last_seen_at)
+           VALUES ($1, $2, $3)
+           ON CONFLICT (source) DO UPDATE
+           SET retention_days = EXCLUDED.retention_days,
+               last_seen_at = EXCLUDED.last_seen_at""",
+        [(key, retention, now) for key, retention in sources],
+    )
+
+
+async def create_partitions(conn: Any, days: set[date]) -> None:
+
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_ID)
         # Names and bounds come from dates we computed, never from input, so formatting is safe.
