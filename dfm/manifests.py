@@ -7,13 +7,13 @@ import binascii
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
 
-from dfm_operator.api import WebhookSource
-from dfm_operator.constants import API_VERSION, DEFAULT_NAMESPACE, WEBHOOK_SOURCE
+from dfm_operator.api import CustomResource, ManagedSecret, SyncSchedule, WebhookSource
+from dfm_operator.constants import API_VERSION, DEFAULT_NAMESPACE
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -108,20 +108,36 @@ def format_validation_error(doc: Document, error: ValidationError) -> str:
     return f"{doc.label}: {describe_validation_error(error)}"
 
 
-def webhook_sources(docs: Iterable[Document]) -> list[tuple[Document, WebhookSource]]:
-    sources = []
+R = TypeVar("R", bound=CustomResource)
+
+
+def resources(docs: Iterable[Document], model: type[R]) -> list[tuple[Document, R]]:
+    """Every document of ``model``'s kind, validated (namespace ``default`` when unset)."""
+    found = []
     for doc in docs:
-        if doc.kind != WEBHOOK_SOURCE:
+        if doc.kind != model.names.kind:
             continue
         if doc.body.get("apiVersion") != API_VERSION:
             raise ManifestError(f"{doc.label}: apiVersion: expected {API_VERSION}")
         body = dict(doc.body)
         body["metadata"] = {"namespace": DEFAULT_NAMESPACE, **(body.get("metadata") or {})}
         try:
-            sources.append((doc, WebhookSource.model_validate(body)))
+            found.append((doc, model.model_validate(body)))
         except ValidationError as exc:
             raise ManifestError(format_validation_error(doc, exc)) from exc
-    return sources
+    return found
+
+
+def webhook_sources(docs: Iterable[Document]) -> list[tuple[Document, WebhookSource]]:
+    return resources(docs, WebhookSource)
+
+
+def sync_schedules(docs: Iterable[Document]) -> list[tuple[Document, SyncSchedule]]:
+    return resources(docs, SyncSchedule)
+
+
+def managed_secrets(docs: Iterable[Document]) -> list[tuple[Document, ManagedSecret]]:
+    return resources(docs, ManagedSecret)
 
 
 def secrets(docs: Iterable[Document]) -> dict[tuple[str, str], dict[str, str]]:

@@ -66,6 +66,7 @@ class FakeApi:
     on_request: Callable[[int], None] | None = None  # called with each request's number
     since_param: str | None = None  # incremental: only items with dateUpdated >= this param
     link_base: str | None = None  # link: the origin the next links name (default: this one)
+    location_id: str = LOCATION_ID  # highlevel: the locationId a request must name
     requests: list[Seen] = field(default_factory=list)
 
     def app(self) -> web.Application:
@@ -133,7 +134,7 @@ class FakeApi:
     ) -> web.StreamResponse:
         if request.headers.get("Version") != HIGHLEVEL_VERSION:
             return web.json_response({"message": "Version header missing"}, status=400)
-        if params.get("locationId") != LOCATION_ID:
+        if params.get("locationId") != self.location_id:
             return web.json_response({"message": "locationId missing"}, status=422)
         limit = min(int(params.get("limit", "20")), 100)
         after_id, after = params.get("startAfterId"), params.get("startAfter")
@@ -149,7 +150,7 @@ class FakeApi:
         next_url = None
         if last is not None:
             next_url = (
-                f"{request.scheme}://{request.host}/contacts/?locationId={LOCATION_ID}"
+                f"{request.scheme}://{request.host}/contacts/?locationId={self.location_id}"
                 f"&limit={limit}&startAfterId={last['id']}&startAfter={last['dateAdded']}"
             )
         meta = {

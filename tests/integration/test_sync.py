@@ -21,10 +21,8 @@ from aiohttp.test_utils import TestServer
 
 from tests.fake_api import HIGHLEVEL_VERSION, LOCATION_ID, FakeApi, contacts
 from webhook_server.config import DatabaseConfig
-from webhook_server.sync.client import FileToken
 from webhook_server.sync.config import (
     Cursor,
-    CursorParam,
     HttpConfig,
     Incremental,
     LinkPagination,
@@ -200,7 +198,8 @@ async def test_each_style_walks_every_page_and_stores_each_item_once(
     # Five full pages of 5 and one of 3; cursor-like styles also end on an empty page.
     assert len(api.pages_served()) in (5, 6)
     row = await state_row(database_url)
-    assert row is not None and row["resume"] is None
+    assert row is not None
+    assert row["resume"] is None
 
     again = await run(config(base, database_url, style))
     assert (again.items, again.stored, again.result) == (23, 0, "Succeeded")
@@ -272,7 +271,8 @@ async def test_a_failed_run_keeps_its_pages_and_the_next_resumes_after_them(
     base = await serve(api, served)
     summary = await run(config(base, database_url, "highlevel"))
     assert (summary.result, summary.reason) == ("Failed", "UpstreamFailing")
-    assert "503" in summary.message and "5 attempt" in summary.message
+    assert "503" in summary.message
+    assert "5 attempt" in summary.message
     assert (summary.items, summary.pages) == (10, 2)
     assert ids(await stored(database_url)) == expected_ids(10)
 
@@ -445,7 +445,8 @@ async def test_incremental_runs_send_the_last_complete_walks_watermark(
     newest = max(i["dateUpdated"] for i in items)
     assert "updatedSince" not in api.pages_served()[0]
     row = await state_row(database_url)
-    assert row is not None and json.loads(row["watermark"]) == newest
+    assert row is not None
+    assert json.loads(row["watermark"]) == newest
 
     before = len(api.requests)
     items.append({**contacts(1, start=99)[0], "dateUpdated": "2026-12-31T00:00:00Z"})
