@@ -18,7 +18,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from dfm_operator import constants as c
 from dfm_operator.api import KINDS as KINDS_SERVED
-from dfm_operator.api import ManagedSecret, WebhookSource
+from dfm_operator.api import ManagedSecret, SyncSchedule, WebhookSource
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,9 @@ KINDS: tuple[Kind, ...] = (
     Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims", _CHILD),
     Kind("apps/v1", "Deployment", "deployments", _CHILD),
     Kind("batch/v1", "CronJob", "cronjobs", _CHILD),
+    # A SyncSchedule's runs: its CronJob's Jobs are watched, their Pods read for the summary.
+    Kind("batch/v1", "Job", "jobs", frozenset({"get", "list", "watch"})),
+    Kind("v1", "Pod", "pods", frozenset({"list"})),
     Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets", _CHILD),
     Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", _CHILD),
     Kind("networking.k8s.io/v1", "Ingress", "ingresses", _CHILD),
@@ -63,7 +66,7 @@ KINDS: tuple[Kind, ...] = (
             model.names.plural,
             _OWNED_CR,
             frozenset({"patch"}),
-            owns_children=model in (WebhookSource, ManagedSecret),
+            owns_children=model in (WebhookSource, ManagedSecret, SyncSchedule),
         )
         for model in KINDS_SERVED
     ),
@@ -219,6 +222,19 @@ class Kube:
         except NotFound:
             return None
         return result
+
+    async def list_objects(
+        self, api_version: str, kind: str, namespace: str, label_selector: str
+    ) -> list[dict[str, Any]]:
+        """The objects of ``kind`` in ``namespace`` that ``label_selector`` matches."""
+        _require(api_version, kind, "list")
+        result: dict[str, Any] = await self._call(
+            "GET",
+            resource_path(api_version, kind, namespace),
+            query=[("labelSelector", label_selector)],
+            what=f"list {kind} in {namespace}",
+        )
+        return list(result.get("items") or [])
 
     async def create(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]

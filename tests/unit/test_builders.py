@@ -12,9 +12,11 @@ import pytest
 
 from dfm.manifests import load_documents, webhook_sources
 from dfm_operator import constants as c
-from dfm_operator.api import ManagedSecret, WebhookSource
+from dfm_operator.api import ManagedSecret, SyncSchedule, WebhookSource
 from dfm_operator.builders.managedsecret import build_secret
 from dfm_operator.builders.meta import controlled_by
+from dfm_operator.builders.syncschedule import SyncInputs
+from dfm_operator.builders.syncschedule import build_children as build_sync_children
 from dfm_operator.builders.webhooksource import (
     ReceiverInputs,
     build_children,
@@ -326,9 +328,28 @@ def test_the_rbac_for_owner_finalizers_covers_exactly_the_owners() -> None:
             "spec": {"type": "random", "random": {"length": 32}},
         }
     )
+    schedule = SyncSchedule.model_validate(
+        {
+            "apiVersion": "dfm.dev/v1alpha1",
+            "kind": "SyncSchedule",
+            "metadata": {"name": "contacts", "namespace": "payments", "uid": "u-3"},
+            "spec": {
+                "schedule": "@hourly",
+                "connector": {"http": {"url": "https://api.example.com/items"}},
+                "sink": {"webhookSourceRef": {"name": "stripe-main"}},
+            },
+        }
+    )
+    sync_inputs = SyncInputs(
+        settings=SETTINGS,
+        sink="payments/stripe-main",
+        database=SETTINGS.default_database_secret,
+        retention_days=30,
+    )
     children = [
         *build_children(everything_on(), ReceiverInputs(settings=SETTINGS)),
         build_secret(managed, {"current": "x"}, {}, "0.1.0"),
+        *build_sync_children(schedule, sync_inputs),
     ]
     owners = {
         (ref["apiVersion"], ref["kind"])
@@ -338,7 +359,11 @@ def test_the_rbac_for_owner_finalizers_covers_exactly_the_owners() -> None:
     }
     assert owners == {(k.api_version, k.kind) for k in KINDS if k.owns_children}
     finalizers = {r.resource for r in required_rules() if r.resource.endswith("/finalizers")}
-    assert finalizers == {"webhooksources/finalizers", "managedsecrets/finalizers"}
+    assert finalizers == {
+        "webhooksources/finalizers",
+        "managedsecrets/finalizers",
+        "syncschedules/finalizers",
+    }
 
 
 def test_obsolete_children_are_the_optional_ones_not_built() -> None:

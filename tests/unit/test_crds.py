@@ -307,6 +307,7 @@ def test_default_columns_are_the_documented_ones() -> None:
         "Ready",
         "Reason",
         "Last Success",
+        "Items",
         "Age",
     ]
     assert visible("BackupSchedule") == ["Schedule", "Ready", "Reason", "Last Backup", "Age"]
@@ -415,7 +416,6 @@ def _backup(**spec: Any) -> JsonDict:
 
 SECRET = {"secretRef": {"name": "s"}}
 HTTP = {"http": {"url": "https://api.example.com/items"}}
-CONTAINER = {"container": {"image": "example/sync:1"}}
 RANDOM = {"length": 32}
 OAUTH2 = {"tokenUrl": "https://auth.example.com/token", "clientSecretRef": {"name": "c"}}
 
@@ -500,8 +500,17 @@ INVALID: dict[str, tuple[JsonDict, bool]] = {
         True,
     ),
     "bad duration": (_managed(type="random", random=RANDOM, rotation={"every": "30d"}), False),
-    "connector with both": (_sync({**HTTP, **CONTAINER}), True),
-    "connector with neither": (_sync({}), True),
+    "sync name too long for its CronJob": (_named(_sync(HTTP), "y" * 48), True),
+    "two pagination styles": (
+        _sync({"http": {**HTTP["http"], "link": {}, "offset": {"limit": 10}}}),
+        True,
+    ),
+    "connector without http": (_sync({}), False),
+    "container connector (not built, not in the API)": (
+        _sync({"container": {"image": "example/sync:1"}}),
+        False,
+    ),
+    "bad dotted path": (_sync({"http": {**HTTP["http"], "idField": "a..b"}}), False),
     "bad cron": (_backup(schedule="every night"), False),
     "bad quantity": (
         _backup(destination={"pvc": {"claimName": "b", "size": "twenty gigs"}}),
@@ -544,7 +553,19 @@ VALID: dict[str, JsonDict] = {
         rotation={"schedule": "0 3 * * 0", "timeZone": "Europe/Berlin"},
     ),
     "http connector": _sync(HTTP),
-    "container connector": _sync(CONTAINER),
+    "sync name of 47 characters": _named(_sync(HTTP), "y" * 47),
+    "cursor with also": _sync(
+        {
+            "http": {
+                **HTTP["http"],
+                "cursor": {
+                    "param": "startAfterId",
+                    "from": "meta.startAfterId",
+                    "also": [{"param": "startAfter", "from": "meta.startAfter"}],
+                },
+            }
+        }
+    ),
     "backup": _backup(),
 }
 
@@ -589,7 +610,7 @@ def test_cross_field_rules_are_in_the_crds() -> None:
     assert len(rules[("WebhookSource", ".spec.verification")]) == 2
     assert len(rules[("ManagedSecret", ".spec")]) == 2
     assert "has(self.every) != has(self.schedule)" in rules[("ManagedSecret", ".spec.rotation")]
-    assert rules[("SyncSchedule", ".spec.connector")] == ["has(self.http) != has(self.container)"]
+    assert len(rules[("SyncSchedule", ".spec.connector.http")]) == 1
     assert rules[("WebhookSource", ".")] == [
         "size(self.metadata.name) <= 54"
         " && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"

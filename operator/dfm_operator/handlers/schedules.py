@@ -1,4 +1,5 @@
-"""SyncSchedule and BackupSchedule handlers: their services say NotSupportedYet for now."""
+"""BackupSchedule handlers: its service says NotSupportedYet for now (SyncSchedule's are in
+``handlers.syncschedule``)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,11 @@ from typing import Any
 import kopf
 
 from dfm_operator import constants as c
-from dfm_operator.api import BackupSchedule, SyncSchedule
+from dfm_operator.api import BackupSchedule
 from dfm_operator.handlers.events import emitter
 from dfm_operator.services.backupschedule import reconcile_backup_schedule
-from dfm_operator.services.syncschedule import reconcile_sync_schedule
 
-SYNC = SyncSchedule.names.plural
 BACKUP = BackupSchedule.names.plural
-
-
-@kopf.on.resume(c.GROUP, c.VERSION, SYNC)
-@kopf.on.create(c.GROUP, c.VERSION, SYNC)
-@kopf.on.update(c.GROUP, c.VERSION, SYNC)
-async def sync_schedule(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
-    await reconcile_sync_schedule(memo.ctx, body, emitter(body))
 
 
 @kopf.on.resume(c.GROUP, c.VERSION, BACKUP)
