@@ -453,22 +453,13 @@ async def test_a_servicemonitor_crd_removed_while_running_stops_being_used(
     assert runner.exception is None
 
 
-async def test_schedules_say_they_are_not_run_yet(
+async def test_backup_schedules_say_they_are_not_run_yet(
     cluster: DfmKubernetesEmulator, operator: KopfRunner
 ) -> None:
     # Their API is installed but no controller runs them: kubectl get must say so, not stay blank.
+    # (SyncSchedules are run: tests/integration/test_sync_operator.py.)
     k8s = cluster
-    syncs, backups = "dfm.dev/v1alpha1/syncschedules", "dfm.dev/v1alpha1/backupschedules"
-    sync = {
-        "apiVersion": "dfm.dev/v1alpha1",
-        "kind": "SyncSchedule",
-        "metadata": {"name": "crm", "namespace": NS},
-        "spec": {
-            "schedule": "*/15 * * * *",
-            "connector": {"http": {"url": "https://api.example.com/items"}},
-            "sink": {"webhookSourceRef": {"name": "stripe-main"}},
-        },
-    }
+    backups = "dfm.dev/v1alpha1/backupschedules"
     backup = {
         "apiVersion": "dfm.dev/v1alpha1",
         "kind": "BackupSchedule",
@@ -479,17 +470,19 @@ async def test_schedules_say_they_are_not_run_yet(
             "destination": {"pvc": {"claimName": "events-backups"}},
         },
     }
-    await k8s.create(syncs, sync, NS)
+    valid = {**backup, "metadata": {"name": "weekly", "namespace": NS}}
+    valid["spec"] = {**backup["spec"], "schedule": "0 3 * * 0"}
     await k8s.create(backups, backup, NS)
+    await k8s.create(backups, valid, NS)
 
     def ready_of(gvp: str, name: str) -> dict[str, Any] | None:
         return ready(k8s.get_object(gvp, NS, name)) or None
 
-    sync_ready = await k8s.wait_for(lambda: ready_of(syncs, "crm"), what="SyncSchedule Ready")
-    assert (sync_ready["status"], sync_ready["reason"]) == ("False", "NotSupportedYet")
-    assert "nothing is scheduled" in sync_ready["message"]
+    weekly = await k8s.wait_for(lambda: ready_of(backups, "weekly"), what="BackupSchedule Ready")
+    assert (weekly["status"], weekly["reason"]) == ("False", "NotSupportedYet")
+    assert "nothing is scheduled" in weekly["message"]
     await k8s.wait_for(
-        lambda: k8s.events(NS, name="crm", reason="NotSupportedYet"), what="a Warning Event"
+        lambda: k8s.events(NS, name="weekly", reason="NotSupportedYet"), what="a Warning Event"
     )
     backup_ready = await k8s.wait_for(
         lambda: ready_of(backups, "nightly"), what="BackupSchedule Ready"
