@@ -648,6 +648,7 @@ def test_the_promised_alerts_exist(helm: str) -> None:
         "DfmReceiverStoreUnavailable",
         "DfmManagedSecretRotationFailed",
         "DfmOAuthTokenExpiringSoon",
+        "DfmSyncNotSucceeding",
         "DfmOperatorReconcileErrors",
         "DfmOperatorDown",
     } <= set(_alerts(helm))

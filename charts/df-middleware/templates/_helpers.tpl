@@ -117,6 +117,14 @@ than dfm_operator.rbac.required_rules(). */}}
 - apiGroups: [batch]
   resources: [cronjobs]
   verbs: [create, delete, get, list, patch, watch]
+# A SyncSchedule's runs: its CronJob's Jobs watched, their Pods read for the run's summary
+# (the container's termination message).
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [create, delete, get, list, patch, watch]
@@ -136,7 +144,7 @@ than dfm_operator.rbac.required_rules(). */}}
 # Children's ownerReferences set blockOwnerDeletion: the OwnerReferencesPermissionEnforcement
 # admission plugin (OpenShift) then asks for update on the owner's finalizers.
 - apiGroups: [dfm.dev]
-  resources: [managedsecrets/finalizers, webhooksources/finalizers]
+  resources: [managedsecrets/finalizers, syncschedules/finalizers, webhooksources/finalizers]
   verbs: [update]
 # kopf: Events on the custom resources, and peering between replicas in namespaced mode.
 - apiGroups: [""]
