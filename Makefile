@@ -31,6 +31,7 @@ test: lint typecheck
 bench: $(STAMP)
 	$(PY) -m bench.receiver
 	$(PY) -m bench.operator
+	$(PY) -m bench.sync
 
 # Regenerate everything derived from the API models (tests fail when these drift).
 generate: $(STAMP)
