@@ -47,7 +47,7 @@ def items_at(body: Any, items_path: str) -> list[Any]:
         return []
     if not isinstance(found, list):
         where = repr(items_path) if items_path else "the response body"
-        raise BadResponse(f"{where} is a {_kind(found)}, not a list of items")
+        raise BadResponse(f"{where} is {_kind(found)}, not a list of items")
     return found
 
 
@@ -66,10 +66,10 @@ def scalar_text(value: Any) -> str | None:
 def item_id(item: Any, id_field: str, position: str) -> str:
     """The item's id at ``id_field`` (a string or an integer)."""
     if not isinstance(item, dict):
-        raise BadResponse(f"{position} is a {_kind(item)}, not an object")
+        raise BadResponse(f"{position} is {_kind(item)}, not an object")
     value = get_path(item, id_field)
     if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
-        found = "no" if value is MISSING or value is None else f"a {_kind(value)} as"
+        found = "no" if value is MISSING or value is None else f"{_kind(value)} as"
         raise BadResponse(f"{position} has {found} id at {id_field!r} (a string or integer)")
     return str(value)
 
@@ -98,10 +98,10 @@ def greatest(values: Sequence[Any]) -> Any:
 
 def _kind(value: Any) -> str:
     return {
-        dict: "object",
-        list: "list",
-        str: "string",
-        bool: "boolean",
-        int: "number",
-        float: "number",
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
     }.get(type(value), "null")
