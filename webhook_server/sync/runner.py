@@ -285,10 +285,10 @@ async def _with_store(
         )
 
     resumed = current.resume is not None
-    if resumed:
+    if current.resume is not None:
         log.info(
             "resuming an unfinished run",
-            page=current.resume.number + 1 if current.resume else 1,
+            page=current.resume.number + 1,
             items_so_far=current.run_items,
         )
         current = replace(current, run_id=current.run_id or summary.run_id)
