@@ -383,16 +383,21 @@ async def test_the_circuit_skips_runs_after_repeated_upstream_failures(
 async def test_a_run_over_its_timeout_keeps_what_it_committed(
     database_url: str, served: list[TestServer]
 ) -> None:
-    api = FakeApi(contacts(23), "cursor", hold_at=3)
+    api = FakeApi(contacts(23), "cursor", hold_at=3)  # page 3 never comes back
     base = await serve(api, served)
-    cfg = config(base, database_url, "cursor").model_copy(update={"run_timeout_seconds": 1.0})
+    cfg = config(base, database_url, "cursor").model_copy(update={"run_timeout_seconds": 3.0})
     summary = await run_sync(cfg)  # a real clock: the run's timeout is real time
     assert (summary.result, summary.reason) == ("Failed", "DeadlineExceeded")
-    assert ids(await stored(database_url)) == expected_ids(10)
+    # Whatever was committed before the deadline (pages 1 and 2 unless the machine is very
+    # slow) is kept, and the next run takes over from there.
+    committed = summary.items
+    assert committed in (0, 5, 10)
+    assert ids(await stored(database_url)) == expected_ids(committed)
     api.release.set()
     api.hold_at = None
     second = await run(config(base, database_url, "cursor"))
-    assert (second.resumed, second.items) == (True, 13)
+    assert second.resumed is (committed > 0)
+    assert second.items == 23 - committed
     assert ids(await stored(database_url)) == expected_ids(23)
 
 
