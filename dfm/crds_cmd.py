@@ -16,6 +16,8 @@ import yaml
 
 from dfm_operator import crd_docs
 from dfm_operator.crds import all_crds, crd_filename, dump_crd
+from dfm_operator.peering import CRDS_FILENAME as PEERING_CRDS_FILENAME
+from dfm_operator.peering import peering_crd_files, peering_crds_yaml
 
 CHART_TEMPLATE = Path("templates") / "crds.yaml"
 """Where, inside the chart, the CRD template is written."""
@@ -78,13 +80,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--output-dir",
         metavar="DIR",
         type=Path,
-        help="write one <plural>.dfm.dev.yaml file per CRD into DIR (created if missing)",
+        help=(
+            "write one <plural>.dfm.dev.yaml file per CRD, and kopf's peering CRDs "
+            "(<plural>.kopf.dev.yaml), into DIR (created if missing)"
+        ),
     )
     p.add_argument(
         "--chart",
         metavar="CHART_DIR",
         type=Path,
-        help=f"write the Helm chart's CRD template, CHART_DIR/{CHART_TEMPLATE}",
+        help=(
+            f"write the Helm chart's CRD template, CHART_DIR/{CHART_TEMPLATE}, and its "
+            f"CHART_DIR/crds/{PEERING_CRDS_FILENAME}"
+        ),
     )
     p.add_argument(
         "--docs",
@@ -111,10 +119,14 @@ def run(args: argparse.Namespace) -> int:
     if output_dir is not None:
         for crd in crds:
             _write(output_dir / crd_filename(crd), dump_crd(crd))
+        # kopf's peering CRDs, so that `kubectl apply -f crds/` is all `dfm operator` needs.
+        for name, text in peering_crd_files().items():
+            _write(output_dir / name, text)
     if chart is not None:
         if not (chart / "Chart.yaml").is_file():
             raise OSError(f"{chart}: not a Helm chart (no Chart.yaml)")
         _write(chart / CHART_TEMPLATE, chart_template(crds))
+        _write(chart / "crds" / PEERING_CRDS_FILENAME, peering_crds_yaml())
     if docs is not None:
         _write(docs, crd_docs.render(crds))
     return 0

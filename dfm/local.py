@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import shlex
+import shutil
 import signal
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
-from aiohttp import web
 from pydantic import ValidationError
 from watchfiles import awatch
 
@@ -26,6 +27,7 @@ from dfm.manifests import (
 )
 from dfm_operator.api import WebhookSource
 from dfm_operator.builders.receiver_config import build_source_config
+from webhook_server import server
 from webhook_server.app import create_app, reload_secrets
 from webhook_server.config import (
     DatabaseConfig,
@@ -33,6 +35,7 @@ from webhook_server.config import (
     ReceiverConfig,
     SecretSource,
     SourceConfig,
+    secret_problem,
 )
 
 DATABASE_URL_ENV = "DFM_DATABASE_URL"
@@ -46,8 +49,57 @@ def default_data_dir() -> Path:
     return Path(base) / "dfm"
 
 
+SECRETS_DIR = "secrets"
+_LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def secrets_dir(data_dir: Path) -> Iterator[Path]:
+    """A directory (0700) for this run's secret files: ``<data dir>/secrets/<pid>``.
+
+    Removed when the run ends; a run killed with SIGKILL cannot remove its own, so each start
+    removes those of runs that are gone first. A run holds an exclusive lock on its directory's
+    ``.lock`` for as long as it lives: a directory whose lock can be taken belongs to nobody (a
+    reused pid does not fool it), while a second ``dfm local`` running at the same time keeps its
+    own.
+    """
+    parent = data_dir / SECRETS_DIR
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    parent.chmod(0o700)
+    for stale in parent.iterdir():
+        if stale.is_dir() and _unowned(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+    root = parent / str(os.getpid())
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(mode=0o700)
+    lock = os.open(root / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        os.close(lock)
+
+
+def _unowned(folder: Path) -> bool:
+    try:
+        fd = os.open(folder / _LOCK, os.O_RDWR)
+    except FileNotFoundError:
+        return True  # killed before it took its lock, or not ours at all
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 def _check_secret(
     doc: Document,
+    provider: Provider,
     field: str,
     ns: str,
     name: str,
@@ -61,6 +113,10 @@ def _check_secret(
         )
     if key not in values:
         raise ManifestError(f"{doc.label}: {field}: Secret {ns}/{name} has no key {key!r}")
+    problem = secret_problem(provider, values[key].encode())
+    if problem:
+        # As the receiver would find it: it could never verify a delivery.
+        raise ManifestError(f"{doc.label}: {field}: Secret {ns}/{name} key {key!r} {problem}")
     return values[key]
 
 
@@ -81,14 +137,14 @@ def local_secrets(
     ref = source.spec.verification.secret_ref
     if ref is not None:
         field = "spec.verification.secretRef"
-        value = _check_secret(doc, field, ns, ref.name, ref.key, found)
+        value = _check_secret(doc, source.spec.provider, field, ns, ref.name, ref.key, found)
         if root is None:
             return [SecretSource(value=value)]
         return [SecretSource(file=str(root / ns / ref.name / ref.key))]
     managed = source.spec.verification.managed_secret_ref
     if managed is not None:
         field = "spec.verification.managedSecretRef"
-        value = _check_secret(doc, field, ns, managed.name, "current", found)
+        value = _check_secret(doc, source.spec.provider, field, ns, managed.name, "current", found)
         if root is None:
             return [SecretSource(value=value)]
         return [SecretSource(dir=str(root / ns / managed.name))]
@@ -192,16 +248,13 @@ async def serve(paths: Sequence[str], *, host: str, port: int, database_url: str
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    with tempfile.TemporaryDirectory(prefix="dfm-secrets-") as tmp:
-        root = Path(tmp)
+    with secrets_dir(default_data_dir()) as root:
         config, files = build_config(
             paths, host=host, port=port, database_url=database_url, secrets_root=root
         )
         while True:
             app = create_app(config)
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
-            await runner.setup()
-            await web.TCPSite(runner, host, port).start()
+            listener = await server.start(app, host, port, shutdown_timeout=5)
             print(banner(config, files), file=sys.stderr, flush=True)
             restart = False
             async for _ in _changes(paths, stop):
@@ -227,7 +280,7 @@ async def serve(paths: Sequence[str], *, host: str, port: int, database_url: str
                         file=sys.stderr,
                         flush=True,
                     )
-            await runner.cleanup()
+            await listener.stop()
             if not restart:
                 return
 

@@ -15,6 +15,8 @@ from pydantic import ValidationError
 from dfm_operator.api import CustomResource, ManagedSecret, SyncSchedule, WebhookSource
 from dfm_operator.constants import API_VERSION, DEFAULT_NAMESPACE
 
+R = TypeVar("R", bound=CustomResource)
+
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
@@ -108,11 +110,8 @@ def format_validation_error(doc: Document, error: ValidationError) -> str:
     return f"{doc.label}: {describe_validation_error(error)}"
 
 
-R = TypeVar("R", bound=CustomResource)
-
-
-def resources(docs: Iterable[Document], model: type[R]) -> list[tuple[Document, R]]:
-    """Every document of ``model``'s kind, validated (namespace ``default`` when unset)."""
+def custom_resources(docs: Iterable[Document], model: type[R]) -> list[tuple[Document, R]]:
+    """The documents of ``model``'s kind, validated (a bad one is a ManifestError)."""
     found = []
     for doc in docs:
         if doc.kind != model.names.kind:
@@ -129,15 +128,15 @@ def resources(docs: Iterable[Document], model: type[R]) -> list[tuple[Document, 
 
 
 def webhook_sources(docs: Iterable[Document]) -> list[tuple[Document, WebhookSource]]:
-    return resources(docs, WebhookSource)
+    return custom_resources(docs, WebhookSource)
 
 
 def sync_schedules(docs: Iterable[Document]) -> list[tuple[Document, SyncSchedule]]:
-    return resources(docs, SyncSchedule)
+    return custom_resources(docs, SyncSchedule)
 
 
 def managed_secrets(docs: Iterable[Document]) -> list[tuple[Document, ManagedSecret]]:
-    return resources(docs, ManagedSecret)
+    return custom_resources(docs, ManagedSecret)
 
 
 def secrets(docs: Iterable[Document]) -> dict[tuple[str, str], dict[str, str]]:

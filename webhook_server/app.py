@@ -1,7 +1,9 @@
 """The receiver's aiohttp application: one route per source, health, metrics.
 
-Per request: rate limit -> size limit -> bearer token (when configured) -> signature -> dedupe and
-durable store -> 2xx. The 2xx is sent only after the event's batch has committed.
+Per request: content encoding -> unverified-request budget -> size limit and body deadline ->
+bearer token (when configured) -> signature -> the source's rate limit -> dedupe and durable store
+-> 2xx. The 2xx is sent only after the event's batch has committed. A response given before the
+body was read closes the connection: a refused body is never drained (nor decompressed).
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import hashlib
 import itertools
 import math
@@ -22,17 +23,25 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from webhook_server.auth import JwtAuthenticator
 from webhook_server.bodies import read_limited
-from webhook_server.config import ReceiverConfig, SourceConfig
+from webhook_server.config import Provider, ReceiverConfig, ServerConfig, SourceConfig
 from webhook_server.logs import AccessLog, get_logger
 from webhook_server.metrics import ReceiverMetrics
 from webhook_server.ratelimit import TokenBucket
 from webhook_server.secrets import SourceSecrets
-from webhook_server.store import Event, EventRefused, Store, StoreUnavailable
+from webhook_server.store import (
+    CommitTimeout,
+    Event,
+    EventRefused,
+    Store,
+    StoreOverloaded,
+    StoreUnavailable,
+)
 from webhook_server.verify import VERIFIERS, Reason, Rejected, Verified, Verifier
 
 log = get_logger("dfm.receiver")
@@ -61,6 +70,14 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # shorter; a longer or stranger one is refused with 400 rather than failing its whole batch.
 MAX_EVENT_ID_CHARS = 256
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+# Providers send identity bodies. Anything else is refused (415) before a byte of the body is
+# read: decompressing is work an unauthenticated client could multiply a thousandfold.
+_IDENTITY = frozenset({"", "identity"})
+# The metric label of 404s and of 405s off every source's path: a fixed word, never the path.
+UNROUTED = "unrouted"
+_UNROUTED_OUTCOMES = {404: "not_found", 405: "method_not_allowed"}
+# What reading the body raises when the client goes away or the body ends early.
+_BODY_CUT = (ConnectionError, RequestPayloadError, asyncio.IncompleteReadError)
 
 
 class Problem(Exception):
@@ -85,7 +102,10 @@ class Problem(Exception):
 class SourceRuntime:
     config: SourceConfig
     verify: Verifier
+    # Authentic deliveries (limits.requestsPerSecond/burst).
     bucket: TokenBucket
+    # Requests not (yet) verified: taken before the body is read, given back once verified.
+    unverified: TokenBucket
     secrets: SourceSecrets
     authenticator: JwtAuthenticator | None
     metrics: ReceiverMetrics
@@ -108,6 +128,8 @@ CONFIG = web.AppKey("config", ReceiverConfig)
 METRICS = web.AppKey("metrics", ReceiverMetrics)
 STORE = web.AppKey("store", Store)
 SOURCES = web.AppKey("sources", dict[str, SourceRuntime])
+# The same runtimes by path: a 405 (the router matched no route) is still counted to its source.
+SOURCES_BY_PATH = web.AppKey("sources_by_path", dict[str, SourceRuntime])
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -170,7 +192,7 @@ async def request_context(
     """Request id, problem+json for every error, access log, metrics."""
     started = time.perf_counter()
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if incoming and _REQUEST_ID.match(incoming) else _new_request_id()
+    request_id = incoming if incoming and _REQUEST_ID.match(incoming) else new_request_id()
     request[REQUEST_ID] = request_id
     runtime = _runtime_for(request)
     outcome = "ok"
@@ -181,15 +203,24 @@ async def request_context(
         outcome = problem.outcome
         response = problem_response(problem.status, request_id, problem.detail, problem.headers)
     except web.HTTPException as exc:
-        outcome = "http_error"
+        outcome = _UNROUTED_OUTCOMES.get(exc.status, "http_error")
         response = problem_response(exc.status, request_id, headers=_allow_header(exc))
     except asyncio.CancelledError:
         raise
-    except Exception:
+    except Exception as exc:
         outcome = "error"
-        log.exception("unhandled error", request_id=request_id, path=request.path)
+        # The type only: an exception's text can quote what it choked on.
+        log.error("unhandled error", request_id=request_id, error=type(exc).__name__)
         response = problem_response(500, request_id)
+    if not request.content.is_eof():
+        # Answered before the body was read (refused): close rather than drain it.
+        response.force_close()
     response.headers[REQUEST_ID_HEADER] = request_id
+    if runtime is None and response.status in _UNROUTED_OUTCOMES:
+        runtime = request.app[SOURCES_BY_PATH].get(request.path)
+        if runtime is None:
+            _count_unrouted(request, request_id, response.status, outcome, started)
+            return response
     if runtime is not None:
         _apply_cors(request, runtime, response)
         elapsed = time.perf_counter() - started
@@ -207,7 +238,23 @@ async def request_context(
     return response
 
 
-def _new_request_id() -> str:
+def _count_unrouted(
+    request: web.Request, request_id: str, status: int, outcome: str, started: float
+) -> None:
+    """A 404 or 405 off every source's path: counted and logged under a fixed label, with
+    neither the path nor anything else the client chose."""
+    request.app[METRICS].requests.labels(UNROUTED, outcome).inc()
+    request.app[ACCESS_LOG].write(
+        request_id=request_id,
+        source=UNROUTED,
+        method=request.method if request.method in hdrs.METH_ALL else "OTHER",
+        status=status,
+        outcome=outcome,
+        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+
+
+def new_request_id() -> str:
     return f"{_REQUEST_PREFIX}{next(_REQUEST_COUNTER):010x}"
 
 
@@ -232,8 +279,23 @@ def _apply_cors(request: web.Request, runtime: SourceRuntime, response: web.Stre
 # -- handlers ------------------------------------------------------------------------------------
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    body = await read_limited(request.content, request.content_length, limit)
+async def _read_body(request: web.Request, limit: int, deadline_seconds: float) -> bytes:
+    """The whole body, at most ``limit`` bytes (413), within ``deadline_seconds`` of the end of
+    the headers (408). A client that goes away, or a body that ends early, is its own outcome."""
+    content = request.content
+    try:
+        if content.is_eof():
+            # It all came with the headers (the usual webhook): no timer needed.
+            body = await read_limited(content, request.content_length, limit)
+        else:
+            async with asyncio.timeout(deadline_seconds):
+                body = await read_limited(content, request.content_length, limit)
+    except TimeoutError:
+        raise Problem(
+            408, "the request body did not arrive in time", outcome="body_timeout"
+        ) from None
+    except _BODY_CUT:
+        raise Problem(400, "the request body ended early", outcome="disconnected") from None
     if body is None:
         raise Problem(413, "request body too large", outcome="too_large")
     return body
@@ -262,20 +324,33 @@ async def receive(request: web.Request) -> web.Response:
     metrics = app[METRICS]
     source = runtime.config
 
-    allowed, retry_after = runtime.bucket.take()
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING)
+    if encoding is not None and encoding.strip().lower() not in _IDENTITY:
+        raise Problem(
+            415,
+            "Content-Encoding is not accepted: send the body uncompressed",
+            outcome="unsupported_encoding",
+            headers={"Accept-Encoding": "identity"},
+        )
+    unverified = runtime.unverified
+    allowed, retry_after = unverified.take()
     if not allowed:
         raise Problem(
             429,
-            "rate limit exceeded",
-            outcome="rate_limited",
+            "too many unverified requests",
+            outcome="unverified_rate_limited",
             headers={"Retry-After": str(retry_after)},
         )
-    body = await _read_body(request, source.limits.max_body_bytes)
+    body = await _read_body(
+        request, source.limits.max_body_bytes, app[CONFIG].server.body_timeout_seconds
+    )
 
+    claims: dict[str, Any] | None = None
     if runtime.authenticator is not None:
-        claims = await runtime.authenticator.authenticate(request.headers)
-        if isinstance(claims, Rejected):
-            raise _reject(runtime, metrics, claims)
+        authenticated = await runtime.authenticator.authenticate(request.headers)
+        if isinstance(authenticated, Rejected):
+            raise _reject(runtime, metrics, authenticated)
+        claims = authenticated
 
     now = app[CLOCK]()
     result = runtime.verify(
@@ -284,12 +359,23 @@ async def receive(request: web.Request) -> web.Response:
     if isinstance(result, Rejected):
         raise _reject(runtime, metrics, result)
     assert isinstance(result, Verified)
+    # Authentic: the unverified budget gets its token back, the source's own budget pays.
+    unverified.give_back()
+    allowed, retry_after = runtime.bucket.take()
+    if not allowed:
+        raise Problem(
+            429,
+            "rate limit exceeded",
+            outcome="rate_limited",
+            headers={"Retry-After": str(retry_after)},
+        )
     if result.challenge is not None:
         request[OUTCOME] = "challenge"
         return web.json_response({"challenge": result.challenge})
 
     _check_event_field(result.event_id, "the event id")
     _check_event_field(result.event_type, "the event type")
+    subject = _subject(source, claims)
     # Without a provider id, identical bodies are the same event.
     event_id = result.event_id or "sha256:" + hashlib.sha256(body).hexdigest()
     request[EVENT_ID] = event_id
@@ -301,12 +387,27 @@ async def receive(request: web.Request) -> web.Response:
         request_id=request[REQUEST_ID],
         payload=body,
         headers=stored_headers(request.headers, runtime.extra_sensitive),
+        subject=subject,
     )
-    # No per-request timer: the writer's connect and statement timeouts bound every wait.
+    # No per-request timer: the store's sweeper bounds the wait (commitTimeoutSeconds).
     try:
         is_new = await app[STORE].submit(event)
     except EventRefused as exc:
         raise Problem(400, "the event cannot be stored", outcome="unstorable") from exc
+    except StoreOverloaded as exc:
+        raise Problem(
+            503,
+            "event store overloaded, retry later",
+            outcome="store_overloaded",
+            headers={"Retry-After": "5"},
+        ) from exc
+    except CommitTimeout as exc:
+        raise Problem(
+            503,
+            "event not committed in time, retry later",
+            outcome="commit_timeout",
+            headers={"Retry-After": "5"},
+        ) from exc
     except StoreUnavailable as exc:
         raise Problem(
             503,
@@ -320,6 +421,17 @@ async def receive(request: web.Request) -> web.Response:
     return web.json_response(
         {"status": request[OUTCOME], "eventId": event_id, "requestId": request[REQUEST_ID]}
     )
+
+
+def _subject(source: SourceConfig, claims: dict[str, Any] | None) -> str:
+    """The dedup scope of a jwt source's event: its token's subject ("" without one)."""
+    if source.provider is not Provider.JWT or claims is None:
+        return ""
+    subject = claims.get("sub")
+    if not isinstance(subject, str):
+        return ""
+    _check_event_field(subject, "the token subject")
+    return subject
 
 
 async def preflight(request: web.Request) -> web.Response:
@@ -358,9 +470,13 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics_view(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
-    size, in_use = request.app[STORE].pool_stats()
+    store = request.app[STORE]
+    size, in_use = store.pool_stats()
     metrics.pool_size.set(size)
     metrics.pool_in_use.set(in_use)
+    events, held_bytes = store.held()
+    metrics.store_queued_events.set(events)
+    metrics.store_queued_bytes.set(held_bytes)
     return web.Response(
         body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )
@@ -447,11 +563,30 @@ def build_runtime(
         config=source,
         verify=VERIFIERS[source.provider],
         bucket=TokenBucket(source.limits.requests_per_second, source.limits.burst),
-        secrets=SourceSecrets(v.secrets),
+        unverified=TokenBucket(
+            source.limits.unverified_requests_per_second, source.limits.unverified_burst
+        ),
+        secrets=SourceSecrets(v.secrets, source.provider),
         authenticator=JwtAuthenticator(source.auth, clock=clock) if source.auth else None,
         metrics=metrics,
         extra_sensitive={h.lower() for h in (v.header, v.timestamp_header) if h},
     )
+
+
+def handler_args(server: ServerConfig) -> dict[str, Any]:
+    """aiohttp's per-connection settings, whichever server runs the app (tests included).
+
+    Bodies are never decompressed (a Content-Encoding is refused instead) and never drained
+    after a response (``lingering_time`` 0: the connection closes instead).
+    """
+    return {
+        "auto_decompress": False,
+        "lingering_time": 0,
+        "keepalive_timeout": server.idle_timeout_seconds,
+        "max_line_size": server.max_request_line_bytes,
+        "max_field_size": server.max_header_bytes,
+        "max_headers": server.max_headers,
+    }
 
 
 def create_app(
@@ -462,7 +597,11 @@ def create_app(
 ) -> web.Application:
     metrics = metrics or ReceiverMetrics()
     largest = max((s.limits.max_body_bytes for s in config.sources), default=1024 * 1024)
-    app = web.Application(middlewares=[request_context], client_max_size=largest + 1)
+    app = web.Application(
+        middlewares=[request_context],
+        client_max_size=largest + 1,
+        handler_args=handler_args(config.server),
+    )
     app[CONFIG] = config
     app[METRICS] = metrics
     app[CLOCK] = clock
@@ -475,6 +614,7 @@ def create_app(
         resource.add_route("OPTIONS", preflight)
         sources[resource.canonical] = build_runtime(source, clock, metrics)
     app[SOURCES] = sources
+    app[SOURCES_BY_PATH] = {rt.config.route: rt for rt in sources.values()}
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
@@ -482,23 +622,3 @@ def create_app(
     app.cleanup_ctx.append(_auth_ctx)
     app.cleanup_ctx.append(_secret_reload_ctx)
     return app
-
-
-def run(config: ReceiverConfig) -> None:
-    """Serve until SIGTERM/SIGINT; then stop accepting, finish in-flight requests, flush, close."""
-    app = create_app(config)
-    # Everything built so far lives as long as the process: keep it out of the collector's
-    # generations, which shortens the full collections that stall the loop under load.
-    gc.freeze()
-    for source in config.sources:
-        log.info(
-            "serving source", source=source.key, provider=source.provider.value, path=source.route
-        )
-    web.run_app(
-        app,
-        host=config.host,
-        port=config.port,
-        shutdown_timeout=config.shutdown_timeout_seconds,
-        access_log=None,
-        print=None,
-    )

@@ -32,32 +32,26 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
-from typing import Any, TypeAlias
+from typing import Any
 
 import aiohttp
 import jwt
 import structlog
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.types import Options
 
 from webhook_server.bodies import read_limited
 from webhook_server.config import AuthConfig
+from webhook_server.keys import PublicKey, jwt_key
 from webhook_server.verify.base import Reason, Rejected
 
 log = structlog.get_logger(__name__)
 
-PublicKey: TypeAlias = (
-    rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
-)
 
 SESSION_COOKIE = "__session"
 # Far above any real session token, far below anything that could hurt.
 MAX_TOKEN_LENGTH = 16 * 1024
 MAX_JWKS_BYTES = 1024 * 1024
 
-_RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
-_EC_ALGORITHM_BY_CURVE = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 
 # pyjwt's own time checks are off (it reads the system clock); :meth:`_check_claims` does them with
 # the injected clock. Audience and issuer are checked there too, to map failures to fixed details.
@@ -141,36 +135,6 @@ def parse_jwks(document: Any) -> list[_Jwk]:
     return keys
 
 
-def load_public_key(pem: str) -> PublicKey:
-    """Parse a PEM public key; literal ``\\n`` sequences (a one-line env var) are accepted."""
-    text = pem.strip()
-    if "\n" not in text and "\\n" in text:
-        text = text.replace("\\n", "\n")
-    try:
-        key = serialization.load_pem_public_key(text.encode())
-    except (ValueError, TypeError) as exc:
-        raise ValueError("auth.publicKey is not a PEM public key") from exc
-    if not isinstance(
-        key,
-        rsa.RSAPublicKey
-        | ec.EllipticCurvePublicKey
-        | ed25519.Ed25519PublicKey
-        | ed448.Ed448PublicKey,
-    ):
-        raise ValueError("auth.publicKey must be an RSA, EC, Ed25519 or Ed448 key")
-    return key
-
-
-def algorithms_for_key(key: PublicKey) -> frozenset[str]:
-    """The JWS algorithms a key of this type (and curve) can verify."""
-    if isinstance(key, rsa.RSAPublicKey):
-        return _RSA_ALGORITHMS
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        alg = _EC_ALGORITHM_BY_CURVE.get(key.curve.name)
-        return frozenset({alg}) if alg else frozenset()
-    return frozenset({"EdDSA"})
-
-
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)
     if value is not None:
@@ -249,11 +213,8 @@ class JwtAuthenticator:
         self._static_key: PublicKey | None = None
         self._static_algorithms: tuple[str, ...] = ()
         if config.public_key is not None:
-            self._static_key = load_public_key(config.public_key)
-            usable = algorithms_for_key(self._static_key)
-            self._static_algorithms = tuple(a for a in self._algorithms if a in usable)
-            if not self._static_algorithms:
-                raise ValueError("auth.publicKey cannot verify any of auth.algorithms")
+            # Checked when the config was validated (AuthConfig): this cannot fail here.
+            self._static_key, self._static_algorithms = jwt_key(config.public_key, self._algorithms)
         self._jwks_url = config.jwks_url
         self._keys: list[_Jwk] | None = None
         self._fetched_at: float | None = None
@@ -309,7 +270,7 @@ class JwtAuthenticator:
             return INVALID_TOKEN
         try:
             header = jwt.get_unverified_header(token)
-        except (jwt.PyJWTError, ValueError, TypeError):
+        except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
             return INVALID_TOKEN
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
@@ -336,7 +297,7 @@ class JwtAuthenticator:
             )
         except jwt.InvalidAlgorithmError:
             return ALGORITHM_NOT_ALLOWED
-        except (jwt.PyJWTError, ValueError, TypeError):
+        except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
             return INVALID_TOKEN
         return self._check_claims(claims)
 

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+from webhook_server.keys import check_highlevel_keys, jwt_key, standard_webhooks_key
 
 
 class Model(BaseModel):
@@ -98,27 +100,35 @@ class SecretSource(Model):
         return self
 
 
+# An HTTP header name (RFC 9110 "token"): a name with a space, a colon or a non-ASCII character
+# can never arrive in a request, so a source configured with one could never verify anything.
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$"
+HeaderName = Annotated[str, Field(pattern=HEADER_NAME_PATTERN)]
+HighLevelKeys = Annotated[str, AfterValidator(check_highlevel_keys)]
+
+
 class VerificationConfig(Model):
     """How a provider's signature is checked. Only the fields of the chosen provider matter."""
 
     secrets: list[SecretSource] = Field(default_factory=list)
     tolerance_seconds: Annotated[int, Field(ge=1, le=86_400)] = 300
     # hmac (generic) settings
-    header: str | None = None
+    header: HeaderName | None = None
     algorithm: HmacAlgorithm = HmacAlgorithm.SHA256
     encoding: SignatureEncoding = SignatureEncoding.HEX
     prefix: str = ""
-    timestamp_header: str | None = None
+    timestamp_header: HeaderName | None = None
     # Must contain {body}: a template without it would leave the body unauthenticated. Must also
     # contain {timestamp} when timestamp_header is set (see _timestamp_signed).
     signed_content: Annotated[str, Field(pattern=r"\{body\}")] = "{body}"
     # Need not be signed: GitHub, Shopify and Forgejo sign only the body and send their delivery
     # id beside it. An unsigned id deduplicates redeliveries but does not stop a replay, which
     # can come with any id (docs/receiver.md).
-    id_header: str | None = None
-    type_header: str | None = None
-    # highlevel: PEM public key(s) overriding HighLevel's published keys
-    public_key: str | None = None
+    id_header: HeaderName | None = None
+    type_header: HeaderName | None = None
+    # highlevel: PEM public key(s) overriding HighLevel's published keys; every block must be an
+    # Ed25519 or RSA public key (one that is skipped would leave its signatures unverifiable).
+    public_key: HighLevelKeys | None = None
 
     @model_validator(mode="after")
     def _timestamp_signed(self) -> Self:
@@ -168,13 +178,28 @@ class AuthConfig(Model):
             raise ValueError(
                 f"algorithms must be asymmetric ones from {list(ASYMMETRIC_JWT_ALGORITHMS)}"
             )
+        if self.public_key is not None:
+            # Not PEM, or a key none of the algorithms can use: refused now, not by a receiver
+            # that would crash-loop on it.
+            jwt_key(self.public_key, tuple(self.algorithms))
         return self
 
 
 class LimitsConfig(Model):
+    """Per-source request limits, per receiver process.
+
+    ``requestsPerSecond``/``burst`` is the budget of authentic deliveries (spent after the
+    signature or token verified). ``unverifiedRequestsPerSecond``/``unverifiedBurst`` is a budget
+    of its own for requests that fail verification: every request needs a token of it before its
+    body is read, and gets it back once it verifies, so a flood of unsigned requests is cut off
+    cheaply without spending what signed deliveries need.
+    """
+
     max_body_bytes: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = 1_048_576
     requests_per_second: Annotated[float, Field(gt=0)] = 100.0
     burst: Annotated[int, Field(ge=1)] = 200
+    unverified_requests_per_second: Annotated[float, Field(gt=0)] = 100.0
+    unverified_burst: Annotated[int, Field(ge=1)] = 200
 
 
 class CorsConfig(Model):
@@ -217,6 +242,29 @@ class SourceConfig(Model):
             raise ValueError(f"provider {self.provider.value} requires {lacks}")
         return self
 
+    @model_validator(mode="after")
+    def _usable_literal_secrets(self) -> Self:
+        # Values in files are checked when read (see webhook_server.secrets); a literal can be
+        # checked now.
+        for secret in self.verification.secrets:
+            if secret.value is not None:
+                problem = secret_problem(self.provider, secret.value.encode())
+                if problem:
+                    raise ValueError(f"verification secret {problem}")
+        return self
+
+
+def secret_problem(provider: Provider, value: bytes) -> str | None:
+    """Why ``value`` can never verify a delivery of ``provider``, or None when it can.
+
+    Said of the value without quoting it: it is a secret.
+    """
+    if not value.strip():
+        return "is empty"
+    if provider is Provider.STANDARD and standard_webhooks_key(value) is None:
+        return "is not a Standard Webhooks secret (whsec_ followed by base64)"
+    return None
+
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -236,6 +284,12 @@ class DatabaseConfig(Model):
     max_batch: Annotated[int, Field(ge=1, le=10_000)] = 500
     # Batches committing at once: a second one fills while the first waits for its commit.
     writer_concurrency: Annotated[int, Field(ge=1, le=16)] = 2
+    # How long a request waits for its event to commit before it is answered 503 (nothing is
+    # acknowledged; the event may still commit later, and the provider's retry is a duplicate).
+    commit_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+    # Events waiting for or in a commit, and their bytes: past either, 503 at once.
+    max_queued_events: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    max_queued_bytes: Annotated[int, Field(ge=1024, le=4 * 1024**3)] = 64 * 1024 * 1024
 
     @model_validator(mode="after")
     def _one_url(self) -> Self:
@@ -253,6 +307,24 @@ class DatabaseConfig(Model):
         return Path(self.url_file).read_text().strip()
 
 
+class ServerConfig(Model):
+    """Connection-level limits of the HTTP server (per process). See docs/receiver.md."""
+
+    # Open connections; past it the oldest idle one is closed to make room, and when none is
+    # idle the new one is answered 503 and closed. Lowered at start-up to fit the file limit.
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
+    # From the connection's start (or the first byte of a later request) to the end of headers.
+    header_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    # From the end of the headers to the end of the body.
+    body_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # A keep-alive connection with no request in progress is closed after this long.
+    idle_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 75.0
+    # Bytes of the request line, of one header (name and value), and the number of headers.
+    max_request_line_bytes: Annotated[int, Field(ge=256, le=65_536)] = 8190
+    max_header_bytes: Annotated[int, Field(ge=256, le=65_536)] = 20_480
+    max_headers: Annotated[int, Field(ge=8, le=1024)] = 128
+
+
 class ReceiverConfig(Model):
     """Everything one receiver process needs."""
 
@@ -262,16 +334,26 @@ class ReceiverConfig(Model):
     database: DatabaseConfig
     shutdown_timeout_seconds: Annotated[float, Field(gt=0)] = 20.0
     secret_reload_seconds: Annotated[float, Field(gt=0)] = 5.0
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
     @model_validator(mode="after")
     def _unique_routes(self) -> Self:
         seen: dict[str, str] = {}
+        keys: dict[str, str] = {}
         for source in self.sources:
             if source.route in seen:
                 raise ValueError(
                     f"sources {seen[source.route]} and {source.key} share path {source.route}"
                 )
+            if source.key in keys:
+                # The key is the dedup space: two sources under one would answer each other's
+                # events "duplicate" and never store them.
+                raise ValueError(
+                    f"two sources are named {source.key} (paths {keys[source.key]} and "
+                    f"{source.route}); each needs its own namespace/name"
+                )
             seen[source.route] = source.key
+            keys[source.key] = source.route
         return self
 
     @classmethod

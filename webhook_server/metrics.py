@@ -60,6 +60,35 @@ class ReceiverMetrics:
             ["source"],
             registry=r,
         )
+        self.store_overloaded = Counter(
+            "dfm_receiver_store_overloaded",
+            "Events refused at once (503) because the store queue was full (events or bytes).",
+            registry=r,
+        )
+        self.commit_timeouts = Counter(
+            "dfm_receiver_commit_timeouts",
+            "Requests answered 503 because their event had not committed within the deadline.",
+            registry=r,
+        )
+        self.store_queued_events = Gauge(
+            "dfm_receiver_store_queued_events", "Events waiting for or in a commit.", registry=r
+        )
+        self.store_queued_bytes = Gauge(
+            "dfm_receiver_store_queued_bytes",
+            "Payload bytes of the events waiting for or in a commit.",
+            registry=r,
+        )
+        self.connections_open = Gauge(
+            "dfm_receiver_connections_open", "Open client connections.", registry=r
+        )
+        self.connections_closed = Counter(
+            "dfm_receiver_connections_closed",
+            "Connections closed by the receiver's limits: header_timeout (the request's head did "
+            "not arrive in time), evicted (an idle one closed to make room at the connection "
+            "cap), over_capacity (refused at the cap, nothing idle to close).",
+            ["reason"],
+            registry=r,
+        )
         self.store_ready = Gauge(
             "dfm_receiver_store_ready", "1 when the event store is reachable.", registry=r
         )

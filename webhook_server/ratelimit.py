@@ -26,3 +26,7 @@ class TokenBucket:
             self._tokens -= 1.0
             return True, 0
         return False, max(1, math.ceil((1.0 - self._tokens) / self.rate))
+
+    def give_back(self) -> None:
+        """Return a token taken by :meth:`take` (never above ``burst``)."""
+        self._tokens = min(self.burst, self._tokens + 1.0)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from webhook_server.config import SecretSource
+from webhook_server.config import Provider, SecretSource, secret_problem
 from webhook_server.logs import get_logger
 
 log = get_logger("dfm.secrets")
@@ -126,11 +126,18 @@ def valid_at(values: Sequence[SecretValue], now: float) -> list[bytes]:
 
 
 class SourceSecrets:
-    """The cached secrets of one source; ``reload`` says whether they changed."""
+    """The cached secrets of one source; ``reload`` says whether they changed.
 
-    def __init__(self, sources: Sequence[SecretSource]) -> None:
+    With a ``provider``, a value that can never verify its deliveries (empty, or a ``whsec_``
+    secret that is not base64 for ``standard``) does not count as loaded: ``/readyz`` says so, and
+    the problem is logged once per change (never the value).
+    """
+
+    def __init__(self, sources: Sequence[SecretSource], provider: Provider | None = None) -> None:
         self._sources = tuple(sources)
+        self._provider = provider
         self.values = load(self._sources)
+        self._usable = self._check()
 
     @property
     def configured(self) -> bool:
@@ -138,13 +145,26 @@ class SourceSecrets:
 
     @property
     def loaded(self) -> bool:
-        return not self._sources or bool(self.values)
+        return not self._sources or self._usable
+
+    def _check(self) -> bool:
+        if self._provider is None:
+            return bool(self.values)
+        usable = False
+        for value in self.values:
+            problem = secret_problem(self._provider, value.value)
+            if problem is None:
+                usable = True
+            else:
+                log.warning("a verification secret is unusable", problem=problem)
+        return usable
 
     def reload(self) -> bool:
         fresh = load(self._sources)
         if fresh == self.values:
             return False
         self.values = fresh
+        self._usable = self._check()
         return True
 
     def valid_at(self, now: float) -> list[bytes]:

@@ -5,7 +5,7 @@
     same single process and event loop as the receiver.
 
 ``python -m bench.receiver.servers receiver --port P --database-url U --secret S --log F``
-    the real receiver (``create_app`` via ``webhook_server.app.run``) with one GitHub source:
+    the real receiver (``create_app`` via ``webhook_server.server.run``) with one GitHub source:
     real signature verification, real durable batched store, JSON logs (one access log line a
     request) written to a file.
 """
@@ -78,7 +78,7 @@ def run_baseline(port: int, path: str) -> None:
 def run_receiver(
     port: int, path: str, database_url: str, secret: str, log_file: str, log_level: str = "INFO"
 ) -> None:
-    from webhook_server import app, logs
+    from webhook_server import logs, server
     from webhook_server.config import (
         DatabaseConfig,
         LimitsConfig,
@@ -107,7 +107,7 @@ def run_receiver(
         database=DatabaseConfig(url=database_url),
         shutdown_timeout_seconds=10.0,
     )
-    app.run(config)
+    server.run(config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,12 +53,22 @@ REASON_SECRET_NOT_FOUND = "SecretNotFound"
 REASON_DEPLOYMENT_UNAVAILABLE = "DeploymentUnavailable"
 REASON_ROLLING_OUT = "RollingOut"
 REASON_APPLY_FAILED = "ApplyFailed"
-# BackupSchedule: accepted, not run yet.
-REASON_NOT_SUPPORTED_YET = "NotSupportedYet"
+# BackupSchedule and SyncSchedule: before a run finished, and while suspended.
+REASON_SCHEDULED = "Scheduled"
+REASON_SUSPENDED = "Suspended"
+
+# BackupSchedule: its CronJob's pods and Jobs, and what their conditions say.
+BACKUP_COMPONENT = "backup"
+BACKUP_APP_NAME = "df-middleware-backup"
+LABEL_BACKUP_SCHEDULE = f"{GROUP}/backupschedule"
+BACKUPS_DIR = "/backups"
+REASON_BACKUP_SUCCEEDED = "BackupSucceeded"
+REASON_BACKUP_FAILED = "BackupFailed"
+REASON_VERIFY_FAILED = "VerifyFailed"
+REASON_CLAIM_NOT_FOUND = "ClaimNotFound"
+
 # SyncSchedule (the reasons of a failed run are the job's: webhook_server.sync.summary)
 REASON_SINK_NOT_FOUND = "SinkNotFound"
 REASON_TOKEN_UNAVAILABLE = TOKEN_UNAVAILABLE
-REASON_SUSPENDED = "Suspended"
-REASON_SCHEDULED = "Scheduled"
 REASON_SYNCED = SYNCED
 REASON_JOB_FAILED = "JobFailed"

@@ -134,10 +134,20 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("Schedule", "string", ".spec.schedule", "The cron schedule."),
         _READY,
         _REASON,
-        Column("Last Backup", "date", ".status.lastSuccessfulBackup", "The last good backup."),
+        Column("Last Success", "date", ".status.lastSuccessfulTime", "The last good backup."),
+        Column("Failures", "integer", ".status.consecutiveFailures", "Failed backups since then."),
         _AGE,
-        Column("File", "string", ".status.lastBackupFile", "The last backup file.", priority=1),
-        Column("Size", "integer", ".status.lastBackupSizeBytes", "Its size in bytes.", priority=1),
+        Column("Backup", "string", ".status.lastSuccessfulBackup.name", "Its name.", priority=1),
+        Column(
+            "Size",
+            "integer",
+            ".status.lastSuccessfulBackup.sizeBytes",
+            "Its size in bytes.",
+            priority=1,
+        ),
+        Column(
+            "Verified", "date", ".status.lastVerifiedTime", "The last verification.", priority=1
+        ),
     ),
 }
 

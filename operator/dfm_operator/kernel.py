@@ -31,7 +31,7 @@ WARNING_REASONS = {
     c.REASON_INVALID_SPEC,
     c.REASON_SECRET_NOT_FOUND,
     c.REASON_APPLY_FAILED,
-    c.REASON_NOT_SUPPORTED_YET,
+    c.REASON_CLAIM_NOT_FOUND,
     c.REASON_SINK_NOT_FOUND,
     c.REASON_TOKEN_UNAVAILABLE,
 }
@@ -86,55 +86,107 @@ class OperatorMetrics:
             ["namespace", "name"],
             registry=self.registry,
         )
+        # BackupSchedules, from the operator's view of their Jobs: a backup job lives for
+        # minutes, so nothing would scrape it. Set from status at every reconcile (so after a
+        # restart too); removed when the schedule is deleted.
+        per_schedule = ["namespace", "name"]
+        self.backup_last_success = Gauge(
+            "dfm_backupschedule_last_success_timestamp_seconds",
+            "When each BackupSchedule's last successful (verified) backup ended (unix time).",
+            per_schedule,
+            registry=self.registry,
+        )
+        self.backup_last_size = Gauge(
+            "dfm_backupschedule_last_backup_size_bytes",
+            "Size of each BackupSchedule's last successful backup.",
+            per_schedule,
+            registry=self.registry,
+        )
+        self.backup_last_verified = Gauge(
+            "dfm_backupschedule_last_verified_timestamp_seconds",
+            "When a backup of each BackupSchedule last passed verification (unix time).",
+            per_schedule,
+            registry=self.registry,
+        )
+        self.backup_failures = Gauge(
+            "dfm_backupschedule_consecutive_failures",
+            "Failed backups of each BackupSchedule since its last success.",
+            per_schedule,
+            registry=self.registry,
+        )
+        self.backup_verify_failing = Gauge(
+            "dfm_backupschedule_verify_failing",
+            "1 while each BackupSchedule's last backup failed its verification.",
+            per_schedule,
+            registry=self.registry,
+        )
+        self.backup_created = Gauge(
+            "dfm_backupschedule_created_timestamp_seconds",
+            "When each BackupSchedule was created (unix time; for schedules that never succeeded).",
+            per_schedule,
+            registry=self.registry,
+        )
+        self.backup_suspended = Gauge(
+            "dfm_backupschedule_suspended",
+            "1 while each BackupSchedule is suspended.",
+            per_schedule,
+            registry=self.registry,
+        )
+        self.backup_runs = Counter(
+            "dfm_backupschedule_runs",
+            "Backup Jobs whose outcome the operator recorded, by result "
+            "(success, failed, verify_failed).",
+            ["result"],
+            registry=self.registry,
+        )
         # SyncSchedules, per schedule: what the operator learns from each finished Job (the
         # jobs are too short-lived to scrape) and what the alert on missed runs needs.
-        per_schedule = ["namespace", "name"]
         self.sync_runs = Counter(
-            "dfm_sync_runs",
+            "dfm_syncschedule_runs",
             "Finished sync runs by result (succeeded, failed).",
             [*per_schedule, "result"],
             registry=self.registry,
         )
         self.sync_items = Counter(
-            "dfm_sync_items",
+            "dfm_syncschedule_items",
             "Items fetched by sync runs: stored (new events) or duplicate (already stored).",
             [*per_schedule, "outcome"],
             registry=self.registry,
         )
         self.sync_duration = Histogram(
-            "dfm_sync_run_duration_seconds",
+            "dfm_syncschedule_run_duration_seconds",
             "How long finished sync runs took.",
             per_schedule,
             buckets=SYNC_DURATION_BUCKETS,
             registry=self.registry,
         )
         self.sync_last_success = Gauge(
-            "dfm_sync_last_success_timestamp_seconds",
+            "dfm_syncschedule_last_success_timestamp_seconds",
             "When each SyncSchedule last finished a run successfully (unix time).",
             per_schedule,
             registry=self.registry,
         )
         self.sync_created = Gauge(
-            "dfm_sync_created_timestamp_seconds",
+            "dfm_syncschedule_created_timestamp_seconds",
             "When each SyncSchedule was created (unix time): the start of the wait for a first "
             "success.",
             per_schedule,
             registry=self.registry,
         )
         self.sync_interval = Gauge(
-            "dfm_sync_interval_seconds",
+            "dfm_syncschedule_interval_seconds",
             "The longest gap between two runs of each SyncSchedule's cron schedule.",
             per_schedule,
             registry=self.registry,
         )
         self.sync_suspended = Gauge(
-            "dfm_sync_suspended",
+            "dfm_syncschedule_suspended",
             "1 when a SyncSchedule is suspended (its runs are skipped), else 0.",
             per_schedule,
             registry=self.registry,
         )
         self.sync_failures = Gauge(
-            "dfm_sync_consecutive_failures",
+            "dfm_syncschedule_consecutive_failures",
             "Failed runs of each SyncSchedule since its last success.",
             per_schedule,
             registry=self.registry,

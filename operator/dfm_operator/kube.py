@@ -18,7 +18,6 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from dfm_operator import constants as c
 from dfm_operator.api import KINDS as KINDS_SERVED
-from dfm_operator.api import ManagedSecret, SyncSchedule, WebhookSource
 
 
 @dataclass(frozen=True)
@@ -42,31 +41,41 @@ class Kind:
         return self.api_version.rpartition("/")[0]
 
 
-_CHILD = frozenset({"get", "list", "watch", "create", "patch", "delete"})
+# What the code does with each child kind, and nothing more (tests/realkube audits the operator's
+# requests against the chart's grants): server-side apply (create, patch); list and watch where a
+# kopf handler watches the kind; get and delete only where reconcile reads it or prunes it.
+_APPLIED = frozenset({"create", "patch"})
+_WATCHED = frozenset({"list", "watch"})
+_PRUNED = frozenset({"get", "delete"})
 _OWNED_CR = frozenset({"get", "list", "watch", "patch"})
 
 KINDS: tuple[Kind, ...] = (
-    Kind("v1", "ConfigMap", "configmaps", _CHILD),
-    Kind("v1", "Secret", "secrets", _CHILD),
-    Kind("v1", "Service", "services", _CHILD),
-    Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims", _CHILD),
-    Kind("apps/v1", "Deployment", "deployments", _CHILD),
-    Kind("batch/v1", "CronJob", "cronjobs", _CHILD),
-    # A SyncSchedule's runs: its CronJob's Jobs are watched, their Pods read for the summary.
-    Kind("batch/v1", "Job", "jobs", frozenset({"get", "list", "watch"})),
+    Kind("v1", "ConfigMap", "configmaps", _APPLIED | _WATCHED),
+    Kind("v1", "Secret", "secrets", _APPLIED | _WATCHED | {"get"}),
+    Kind("v1", "Service", "services", _APPLIED | _WATCHED),
+    # Created once when a BackupSchedule asks for one (never patched: a claim is not resized
+    # or replaced by the operator), read to tell a missing claim from a present one.
+    Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims", frozenset({"create", "get"})),
+    Kind("apps/v1", "Deployment", "deployments", _APPLIED | _WATCHED | {"get"}),
+    # Watched for a hand deletion (a SyncSchedule's is re-created at once).
+    Kind("batch/v1", "CronJob", "cronjobs", _APPLIED | _WATCHED),
+    # The Jobs scheduled CronJobs run: watched for their outcome (handlers.jobs); their Pods
+    # are listed for the summary the job leaves in its termination message.
+    Kind("batch/v1", "Job", "jobs", _WATCHED),
     Kind("v1", "Pod", "pods", frozenset({"list"})),
-    Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets", _CHILD),
-    Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", _CHILD),
-    Kind("networking.k8s.io/v1", "Ingress", "ingresses", _CHILD),
-    Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors", _CHILD),
+    Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets", _APPLIED | _WATCHED | _PRUNED),
+    Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", _APPLIED | _WATCHED),
+    Kind("networking.k8s.io/v1", "Ingress", "ingresses", _APPLIED | _WATCHED | _PRUNED),
+    Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors", _APPLIED | _PRUNED),
     *(
         Kind(
             c.API_VERSION,
             model.names.kind,
             model.names.plural,
+            # Read again under their lock before their status is written.
             _OWNED_CR,
             frozenset({"patch"}),
-            owns_children=model in (WebhookSource, ManagedSecret, SyncSchedule),
+            owns_children=True,  # every kind's children name it with blockOwnerDeletion
         )
         for model in KINDS_SERVED
     ),
@@ -223,10 +232,10 @@ class Kube:
             return None
         return result
 
-    async def list_objects(
+    async def list(
         self, api_version: str, kind: str, namespace: str, label_selector: str
     ) -> list[dict[str, Any]]:
-        """The objects of ``kind`` in ``namespace`` that ``label_selector`` matches."""
+        """The objects of ``kind`` in ``namespace`` that match ``label_selector``."""
         _require(api_version, kind, "list")
         result: dict[str, Any] = await self._call(
             "GET",
@@ -283,6 +292,36 @@ class Kube:
                 return False
             raise
         return True
+
+    # kopf's peering objects: only dfm_operator.peering's start-up check. They are not in KINDS:
+    # kopf's own rules (rbac.KOPF_RULES) cover the reads, and `create` is only ever needed
+    # outside the Helm chart, which creates the object itself.
+    async def peering_exists(self, plural: str, namespace: str | None, name: str) -> bool:
+        base = "/apis/kopf.dev/v1"
+        path = (
+            f"{base}/namespaces/{namespace}/{plural}/{name}"
+            if namespace
+            else f"{base}/{plural}/{name}"
+        )
+        try:
+            await self._call("GET", path, what=f"get {plural} {namespace or ''}/{name}")
+        except NotFound:
+            return False
+        return True
+
+    async def create_peering(
+        self, kind: str, plural: str, namespace: str | None, name: str
+    ) -> None:
+        base = "/apis/kopf.dev/v1"
+        path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
+        meta = {"name": name, **({"namespace": namespace} if namespace else {})}
+        with contextlib.suppress(Conflict):
+            await self._call(
+                "POST",
+                path,
+                body={"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": meta},
+                what=f"create {kind} {namespace or ''}/{name}",
+            )
 
 
 async def load_client() -> client.ApiClient:

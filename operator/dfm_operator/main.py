@@ -9,7 +9,9 @@ from collections.abc import Sequence
 
 import kopf
 
-PEERING_NAME = "df-middleware"
+from dfm_operator.peering import PEERING_NAME
+
+__all__ = ["PEERING_NAME", "configure_logging", "run"]
 # At DEBUG, the Kubernetes client logs every response body, Secrets' data included: it never gets
 # DEBUG, whatever --verbose says (kopf's and our own debug lines stay).
 SILENCED_AT_DEBUG = ("kubernetes_asyncio.client.rest", "kubernetes.client.rest")

@@ -16,6 +16,8 @@ class Rule:
     resource: str
     verbs: tuple[str, ...]
     cluster_scoped: bool = False
+    # "cluster-wide" or "namespaced" when only that mode of the operator needs the rule.
+    mode: str | None = None
 
     def as_dict(self) -> dict[str, list[str]]:
         return {
@@ -28,14 +30,21 @@ class Rule:
 # kopf's own needs: posting Events, peering between replicas, discovering namespaces and CRDs.
 KOPF_RULES: tuple[Rule, ...] = (
     Rule("", "events", ("create",)),
-    Rule("kopf.dev", "kopfpeerings", ("get", "list", "patch", "watch")),
-    Rule("kopf.dev", "clusterkopfpeerings", ("get", "list", "patch", "watch"), cluster_scoped=True),
+    Rule("kopf.dev", "kopfpeerings", ("get", "list", "patch", "watch"), mode="namespaced"),
+    Rule(
+        "kopf.dev",
+        "clusterkopfpeerings",
+        ("get", "list", "patch", "watch"),
+        cluster_scoped=True,
+        mode="cluster-wide",
+    ),
     Rule("", "namespaces", ("list", "watch"), cluster_scoped=True),
 )
 CLUSTER_SCOPED_RESOURCES = {"customresourcedefinitions", "namespaces", "clusterkopfpeerings"}
 
 
-def required_rules() -> list[Rule]:
+def required_rules(mode: str | None = None) -> list[Rule]:
+    """Every rule, or those the operator needs in ``mode`` ("cluster-wide" or "namespaced")."""
     rules: list[Rule] = []
     for kind in KINDS:
         cluster = kind.plural in CLUSTER_SCOPED_RESOURCES
@@ -49,4 +58,4 @@ def required_rules() -> list[Rule]:
             # owner's finalizers where OwnerReferencesPermissionEnforcement is on (OpenShift).
             rules.append(Rule(kind.group, f"{kind.plural}/finalizers", ("update",), cluster))
     rules.extend(KOPF_RULES)
-    return sorted(rules)
+    return sorted(r for r in rules if mode is None or r.mode in (None, mode))

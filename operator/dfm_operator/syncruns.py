@@ -1,31 +1,25 @@
 """What a SyncSchedule's Jobs mean for its status: small pure decisions, no I/O, ``now`` given.
 
-The operator learns each run's outcome from its Job (finished? when?) and the summary the run
-wrote as its container's termination message (how many items, which reason); a Job that died
-without one (OOM-killed, evicted, past its deadline) is reported from the Job's own condition.
+The operator learns each run's outcome from its Job (``services.jobs``: finished? when?) and the
+summary the run wrote as its container's termination message (how many items, which reason); a
+Job that died without one (OOM-killed, evicted, past its deadline) is reported from the Job's
+own condition.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
 from dfm_operator import constants as c
-from dfm_operator.api.common import parse_rfc3339, rfc3339
+from dfm_operator.api.common import rfc3339
 from dfm_operator.api.syncschedule import SyncRun, SyncScheduleStatus
 from dfm_operator.conditions import ConditionUpdate
 from webhook_server.sync.summary import DEADLINE_EXCEEDED, SUCCEEDED, ReadSummary
 
-# Set by the CronJob controller on the Jobs it creates (Kubernetes 1.28+); a Job made by hand
-# (`kubectl create job --from=cronjob/...`) has none and counts from its creation.
-SCHEDULED_ANNOTATION = "batch.kubernetes.io/cronjob-scheduled-timestamp"
-JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
-CONTAINER = "sync"
 # The schedule's interval is the longest gap between its runs over this span (a weekday
 # schedule's is the weekend's), so an alert on "N intervals without success" does not fire
 # every Monday.
@@ -33,105 +27,63 @@ INTERVAL_HORIZON = timedelta(days=8)
 MAX_RUNS_LOOKED_AT = 1000
 
 
-@dataclass(frozen=True)
-class JobView:
-    """A Job as the status needs it."""
+class FinishedJob(Protocol):
+    """What a run's record needs of a finished Job (``services.jobs.JobOutcome`` is one)."""
 
-    name: str
-    scheduled: datetime | None
-    started: datetime | None
-    finished: bool
-    succeeded: bool
-    completion: datetime | None
-    reason: str  # the Failed condition's reason (DeadlineExceeded, BackoffLimitExceeded, …)
-    message: str
-
-
-def _condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
-    for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == type_ and condition.get("status") == "True":
-            return dict(condition)
-    return None
+    @property
+    def job(self) -> str: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+    @property
+    def succeeded(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def exit_code(self) -> int | None: ...
 
 
-def job_view(job: Mapping[str, Any]) -> JobView:
-    meta = job.get("metadata") or {}
-    status = job.get("status") or {}
-    complete = _condition(job, "Complete")
-    failed = _condition(job, "Failed")
-    scheduled = parse_rfc3339((meta.get("annotations") or {}).get(SCHEDULED_ANNOTATION))
-    started = parse_rfc3339(status.get("startTime"))
-    done = complete or failed or {}
-    return JobView(
-        name=str(meta.get("name")),
-        scheduled=scheduled or parse_rfc3339(meta.get("creationTimestamp")) or started,
-        started=started,
-        finished=bool(complete or failed),
-        succeeded=complete is not None,
-        completion=parse_rfc3339(status.get("completionTime"))
-        or parse_rfc3339(done.get("lastTransitionTime")),
-        reason=str((failed or {}).get("reason") or ""),
-        message=str((failed or {}).get("message") or ""),
-    )
-
-
-def termination_message(pods: Sequence[Mapping[str, Any]]) -> str | None:
-    """The sync container's termination message, from the Job's last pod that has one."""
-    found: list[tuple[str, str]] = []
-    for pod in pods:
-        for status in (pod.get("status") or {}).get("containerStatuses") or []:
-            if status.get("name") != CONTAINER:
-                continue
-            terminated = (status.get("state") or {}).get("terminated") or {}
-            if terminated.get("message"):
-                found.append((str(terminated.get("finishedAt") or ""), str(terminated["message"])))
-    return max(found)[1] if found else None
-
-
-def counted(last: SyncRun | None, job: JobView) -> bool:
-    """Whether ``job``'s run is already in the status (or older than the one that is: a Job
-    listed again after an operator restart is not counted twice)."""
-    if last is None:
-        return False
-    if last.job == job.name:
-        return True
-    return job.scheduled is not None and job.scheduled < last.scheduled_time
-
-
-def run_record(job: JobView, summary: ReadSummary | None, namespace: str, now: datetime) -> SyncRun:
+def run_record(
+    job: FinishedJob, summary: ReadSummary | None, namespace: str, now: datetime
+) -> SyncRun:
     """The finished run: as its summary tells it, else as its Job does."""
-    scheduled = job.scheduled or job.started or now
-    completion = job.completion or now
-    elapsed = (completion - job.started).total_seconds() if job.started else None
+    started = job.started_at or now
+    completion = job.finished_at or now
+    elapsed = max((completion - started).total_seconds(), 0.0) if job.started_at else None
     if summary is not None:
         return SyncRun(
-            job=job.name,
-            scheduled_time=scheduled,
+            job=job.job,
+            start_time=started,
             completion_time=completion,
             succeeded=summary.result == SUCCEEDED,
             reason=summary.reason,
             message=summary.message,
             items=summary.items,
             stored=summary.stored,
-            duration_seconds=summary.duration_seconds if summary.duration_seconds else elapsed,
+            duration_seconds=summary.duration_seconds or elapsed,
         )
     if job.succeeded:
-        reason, message = c.REASON_SYNCED, f"job {job.name} succeeded without a summary"
+        reason, message = c.REASON_SYNCED, f"job {job.job} succeeded without a summary"
     else:
         reason = DEADLINE_EXCEEDED if job.reason == "DeadlineExceeded" else c.REASON_JOB_FAILED
-        cause = f"{job.reason}: {job.message}" if job.reason else "no reason given"
+        cause = f"{job.reason}: {job.message}" if job.message else job.reason
+        if job.exit_code is not None:
+            cause += f", exit code {job.exit_code}"
         message = (
-            f"job {job.name} failed without a summary ({cause}); "
-            f"kubectl -n {namespace} describe job {job.name}"
+            f"job {job.job} failed without a summary ({cause}); "
+            f"kubectl -n {namespace} describe job {job.job}"
         )
     return SyncRun(
-        job=job.name,
-        scheduled_time=scheduled,
+        job=job.job,
+        start_time=started,
         completion_time=completion,
         succeeded=job.succeeded,
         reason=reason,
         message=message[:1024],
-        duration_seconds=max(elapsed, 0.0) if elapsed is not None else None,
+        duration_seconds=elapsed,
     )
 
 

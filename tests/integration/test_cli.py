@@ -227,6 +227,69 @@ def test_two_sources_on_one_path_are_named_in_one_line(tmp_path: Path) -> None:
     assert "errors.pydantic.dev" not in lines[0]
 
 
+SOURCE_HEAD = "apiVersion: dfm.dev/v1alpha1\nkind: WebhookSource\n"
+UNUSABLE = {
+    "a jwt public key that is not PEM": (
+        SOURCE_HEAD + "metadata: {name: j}\nspec:\n  provider: jwt\n"
+        "  auth: {publicKey: not-a-key}\n",
+        "auth.publicKey is not a PEM public key",
+    ),
+    "an unparseable HighLevel key": (
+        SOURCE_HEAD + "metadata: {name: h}\nspec:\n  provider: highlevel\n"
+        "  verification:\n    publicKey: '-----BEGIN PUBLIC KEY-----\\nAAAA\\n"
+        "-----END PUBLIC KEY-----'\n",
+        "PEM block 1 is not a public key",
+    ),
+    "a header name with a space": (
+        SOURCE_HEAD + "metadata: {name: x}\nspec:\n  provider: hmac\n"
+        "  verification: {header: X Signature, secretRef: {name: s}}\n---\n"
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {secret: k}\n",
+        "spec.verification.header: String should match pattern",
+    ),
+    "an empty secret": (
+        SOURCE_HEAD + "metadata: {name: g}\nspec:\n  provider: github\n"
+        "  verification: {secretRef: {name: s}}\n---\n"
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {secret: ''}\n",
+        "Secret default/s key 'secret' is empty",
+    ),
+    "a whsec_ secret that is not base64": (
+        SOURCE_HEAD + "metadata: {name: c}\nspec:\n  provider: standard\n"
+        "  verification: {secretRef: {name: s}}\n---\n"
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {secret: 'whsec_n*t!'}\n",
+        "is not a Standard Webhooks secret (whsec_ followed by base64)",
+    ),
+    "two sources with one namespace/name": (
+        SOURCE_HEAD + "metadata: {name: twin}\nspec:\n  provider: github\n"
+        "  verification: {secretRef: {name: s}}\n---\n"
+        + SOURCE_HEAD
+        + "metadata: {name: twin}\nspec:\n  provider: stripe\n  path: /hooks/other\n"
+        "  verification: {secretRef: {name: s}}\n---\n"
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {secret: k}\n",
+        "two sources are named default/twin",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(UNUSABLE))
+def test_a_source_that_could_never_verify_is_refused_in_one_line(tmp_path: Path, case: str) -> None:
+    # Issue 9: each of these used to be served (a crash-looping receiver, a source refusing every
+    # delivery with /readyz ready, or two sources sharing one dedup space).
+    manifest, expected = UNUSABLE[case]
+    path = tmp_path / "source.yaml"
+    path.write_text(manifest)
+    result = run_dfm("local", "-f", str(path), "--database-url", "postgresql://unused")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert "n*t!" not in lines[0]  # a secret is described, never quoted
+    if "secret" not in case and "two sources" not in case:
+        # The operator's own validation: `dfm render` refuses it too (Ready=False InvalidSpec).
+        rendered = run_dfm("render", "-f", str(path))
+        assert rendered.returncode == 2
+        assert expected in rendered.stderr
+
+
 def test_send_to_a_closed_port_fails_with_one_line(tmp_path: Path) -> None:
     result = run_dfm(
         "send",

@@ -200,14 +200,29 @@ async def test_missing_secret_is_reported_and_heals_when_it_appears(
     assert k8s.get_object(DEPLOYMENTS, NS, "late-receiver") is not None
 
 
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        # Passes the structural schema (the emulator evaluates no CEL), fails the model's rule.
+        ({"provider": "hmac"}, "hmac requires verification.header"),
+        # A key the receiver could never use: it used to crash-loop on it (issue 9).
+        (
+            {"provider": "jwt", "auth": {"publicKey": "-----BEGIN PUBLIC KEY-----\nAAAA"}},
+            "auth.publicKey is not a PEM public key",
+        ),
+        (
+            {"provider": "highlevel", "verification": {"publicKey": "not a key"}},
+            "publicKey holds no PEM block",
+        ),
+    ],
+)
 async def test_invalid_spec_is_reported_with_an_event(
-    cluster: DfmKubernetesEmulator, operator: KopfRunner
+    cluster: DfmKubernetesEmulator, operator: KopfRunner, spec: dict[str, Any], message: str
 ) -> None:
     k8s = cluster
-    # Passes the structural schema (the emulator evaluates no CEL), fails the model's rule.
-    await k8s.create(WEBHOOKSOURCES, source("broken", provider="hmac"), NS)
+    await k8s.create(WEBHOOKSOURCES, source("broken", **spec), NS)
     obj = await wait_ready(k8s, "broken", "False", "InvalidSpec")
-    assert "hmac requires verification.header" in ready(obj)["message"]
+    assert message in ready(obj)["message"]
     events = await k8s.wait_for(
         lambda: k8s.events(NS, name="broken", reason="InvalidSpec"), what="an InvalidSpec event"
     )
@@ -453,13 +468,23 @@ async def test_a_servicemonitor_crd_removed_while_running_stops_being_used(
     assert runner.exception is None
 
 
-async def test_backup_schedules_say_they_are_not_run_yet(
+async def test_schedules_say_what_keeps_them_from_running(
     cluster: DfmKubernetesEmulator, operator: KopfRunner
 ) -> None:
-    # Their API is installed but no controller runs them: kubectl get must say so, not stay blank.
-    # (SyncSchedules are run: tests/integration/test_sync_operator.py.)
+    # kubectl get must say why, not stay blank. (Their runs: test_sync_operator.py and
+    # test_operator_backups.py.)
     k8s = cluster
-    backups = "dfm.dev/v1alpha1/backupschedules"
+    syncs, backups = "dfm.dev/v1alpha1/syncschedules", "dfm.dev/v1alpha1/backupschedules"
+    sync = {
+        "apiVersion": "dfm.dev/v1alpha1",
+        "kind": "SyncSchedule",
+        "metadata": {"name": "crm", "namespace": NS},
+        "spec": {
+            "schedule": "*/15 * * * *",
+            "connector": {"http": {"url": "https://api.example.com/items"}},
+            "sink": {"webhookSourceRef": {"name": "stripe-main"}},
+        },
+    }
     backup = {
         "apiVersion": "dfm.dev/v1alpha1",
         "kind": "BackupSchedule",
@@ -470,19 +495,17 @@ async def test_backup_schedules_say_they_are_not_run_yet(
             "destination": {"pvc": {"claimName": "events-backups"}},
         },
     }
-    valid = {**backup, "metadata": {"name": "weekly", "namespace": NS}}
-    valid["spec"] = {**backup["spec"], "schedule": "0 3 * * 0"}
+    await k8s.create(syncs, sync, NS)
     await k8s.create(backups, backup, NS)
-    await k8s.create(backups, valid, NS)
 
     def ready_of(gvp: str, name: str) -> dict[str, Any] | None:
         return ready(k8s.get_object(gvp, NS, name)) or None
 
-    weekly = await k8s.wait_for(lambda: ready_of(backups, "weekly"), what="BackupSchedule Ready")
-    assert (weekly["status"], weekly["reason"]) == ("False", "NotSupportedYet")
-    assert "nothing is scheduled" in weekly["message"]
+    sync_ready = await k8s.wait_for(lambda: ready_of(syncs, "crm"), what="SyncSchedule Ready")
+    assert (sync_ready["status"], sync_ready["reason"]) == ("False", "SinkNotFound")
+    assert "WebhookSource stripe-main not found" in sync_ready["message"]
     await k8s.wait_for(
-        lambda: k8s.events(NS, name="weekly", reason="NotSupportedYet"), what="a Warning Event"
+        lambda: k8s.events(NS, name="crm", reason="SinkNotFound"), what="a Warning Event"
     )
     backup_ready = await k8s.wait_for(
         lambda: ready_of(backups, "nightly"), what="BackupSchedule Ready"

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from dfm_operator.kernel import Context, OperatorMetrics
 from dfm_operator.kube import connect
+from dfm_operator.services.jobs import read_outcome
 from dfm_operator.services.syncschedule import reconcile_sync_schedule
 from dfm_operator.settings import OperatorSettings
 from kube_emulator import (
@@ -339,9 +340,9 @@ async def test_a_run_is_counted_once_and_measured(cluster: DfmKubernetesEmulator
         async def reconcile(job: dict[str, Any] | None = None) -> None:
             body = k8s.get_object(SYNCSCHEDULES, NS, "ghl-contacts")
             assert body is not None
-            await reconcile_sync_schedule(
-                ctx, body, lambda *e: events.append(e), apply=job is None, job=job
-            )
+            outcome = await read_outcome(ctx, job, "sync") if job is not None else None
+            assert job is None or outcome is not None
+            await reconcile_sync_schedule(ctx, body, lambda *e: events.append(e), outcome=outcome)
 
         await reconcile()
         name = await k8s.play_cronjob_run(
@@ -360,12 +361,12 @@ async def test_a_run_is_counted_once_and_measured(cluster: DfmKubernetesEmulator
                 metric, {"namespace": NS, "name": "ghl-contacts", **labels}
             )
 
-        assert sample("dfm_sync_runs_total", result="failed") == 1
-        assert sample("dfm_sync_consecutive_failures") == 1
-        assert sample("dfm_sync_interval_seconds") == 900
-        assert sample("dfm_sync_suspended") == 0
-        assert sample("dfm_sync_last_success_timestamp_seconds") is None
-        assert sample("dfm_sync_created_timestamp_seconds") is not None
+        assert sample("dfm_syncschedule_runs_total", result="failed") == 1
+        assert sample("dfm_syncschedule_consecutive_failures") == 1
+        assert sample("dfm_syncschedule_interval_seconds") == 900
+        assert sample("dfm_syncschedule_suspended") == 0
+        assert sample("dfm_syncschedule_last_success_timestamp_seconds") is None
+        assert sample("dfm_syncschedule_created_timestamp_seconds") is not None
 
         good = await k8s.play_cronjob_run(
             NS,
@@ -377,9 +378,9 @@ async def test_a_run_is_counted_once_and_measured(cluster: DfmKubernetesEmulator
         await reconcile(job)  # the older failed Job, listed again: not counted again
         status = (k8s.get_object(SYNCSCHEDULES, NS, "ghl-contacts") or {})["status"]
         assert (status["consecutiveFailures"], status["lastRun"]["job"]) == (0, good)
-        assert sample("dfm_sync_runs_total", result="succeeded") == 1
-        assert sample("dfm_sync_runs_total", result="failed") == 1
-        assert sample("dfm_sync_items_total", outcome="stored") == 4
-        assert sample("dfm_sync_items_total", outcome="duplicate") == 6
-        assert sample("dfm_sync_run_duration_seconds_count") == 2
-        assert sample("dfm_sync_last_success_timestamp_seconds") is not None
+        assert sample("dfm_syncschedule_runs_total", result="succeeded") == 1
+        assert sample("dfm_syncschedule_runs_total", result="failed") == 1
+        assert sample("dfm_syncschedule_items_total", outcome="stored") == 4
+        assert sample("dfm_syncschedule_items_total", outcome="duplicate") == 6
+        assert sample("dfm_syncschedule_run_duration_seconds_count") == 2
+        assert sample("dfm_syncschedule_last_success_timestamp_seconds") is not None

@@ -336,10 +336,10 @@ def _triples(rules: list[JsonDict]) -> set[Triple]:
     return out
 
 
-def _required(cluster_scoped: bool | None = None) -> set[Triple]:
+def _required(cluster_scoped: bool | None = None, mode: str | None = None) -> set[Triple]:
     return {
         (rule.api_group, rule.resource, verb)
-        for rule in required_rules()
+        for rule in required_rules(mode)
         if cluster_scoped is None or rule.cluster_scoped == cluster_scoped
         for verb in rule.verbs
     }
@@ -363,8 +363,9 @@ def test_cluster_wide_rbac_is_exactly_what_the_code_needs(helm: str) -> None:
     [role] = of_kind(docs, "ClusterRole")
     granted = _triples(role["rules"])
     _no_wildcards(granted)
-    assert granted - _required() == set(), "the chart grants more than the operator uses"
-    assert _required() - granted == set(), "the chart grants less than the operator uses"
+    needed = _required(mode="cluster-wide")
+    assert granted - needed == set(), "the chart grants more than the operator uses"
+    assert needed - granted == set(), "the chart grants less than the operator uses"
     assert of_kind(docs, "Role") == []
     [binding] = of_kind(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
@@ -375,19 +376,23 @@ def test_namespaced_rbac_is_exactly_what_the_code_needs(helm: str) -> None:
     docs = render(helm, NAMESPACED)
     [cluster_role] = of_kind(docs, "ClusterRole")
     cluster = _triples(cluster_role["rules"])
-    assert cluster == _required(cluster_scoped=True), "only cluster-scoped resources cluster-wide"
+    assert cluster == _required(cluster_scoped=True, mode="namespaced"), (
+        "only cluster-scoped resources cluster-wide"
+    )
     roles = of_kind(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["crm", "payments"]
     for role in roles:
         granted = _triples(role["rules"])
         _no_wildcards(granted)
-        assert granted == _required(cluster_scoped=False), role["metadata"]["namespace"]
+        assert granted == _required(cluster_scoped=False, mode="namespaced"), role["metadata"][
+            "namespace"
+        ]
     bindings = of_kind(docs, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["crm", "payments"]
     for binding in [*bindings, *of_kind(docs, "ClusterRoleBinding")]:
         _bound_to_operator(docs, binding)
     union = cluster | set().union(*(_triples(r["rules"]) for r in roles))
-    assert union == _required()
+    assert union == _required(mode="namespaced")
 
 
 def test_rbac_comparison_catches_a_missing_or_extra_verb(helm: str) -> None:
@@ -651,6 +656,9 @@ def test_the_promised_alerts_exist(helm: str) -> None:
         "DfmSyncNotSucceeding",
         "DfmOperatorReconcileErrors",
         "DfmOperatorDown",
+        "DfmBackupTooOld",
+        "DfmBackupFailed",
+        "DfmBackupVerifyFailed",
     } <= set(_alerts(helm))
 
 

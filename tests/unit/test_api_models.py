@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import ValidationError
 
 from dfm_operator.api import (
@@ -212,9 +214,16 @@ def test_webhook_source_rules(spec: dict[str, Any], message: str) -> None:
         WebhookSource.model_validate(_manifest("WebhookSource", spec))
 
 
+def _ec_public_pem() -> str:
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
 def test_secretless_providers_need_no_secret() -> None:
     WebhookSource.model_validate(_manifest("WebhookSource", {"provider": "highlevel"}))
-    jwt = {"provider": "jwt", "auth": {"publicKey": "-----BEGIN PUBLIC KEY-----"}}
+    jwt = {"provider": "jwt", "auth": {"publicKey": _ec_public_pem()}}
     assert (
         WebhookSource.model_validate(_manifest("WebhookSource", jwt)).spec.provider is Provider.JWT
     )
@@ -417,7 +426,7 @@ def test_a_sync_schedule_name_fits_its_cronjob() -> None:
     }
     doc = _manifest("SyncSchedule", spec)
     SyncSchedule.model_validate({**doc, "metadata": {"name": "s" * 47}})
-    with pytest.raises(ValidationError, match="CronJob names have at most 52"):
+    with pytest.raises(ValidationError, match=r"it names the CronJob, <name>-sync \(at most 52\)"):
         SyncSchedule.model_validate({**doc, "metadata": {"name": "s" * 48}})
 
 
@@ -429,8 +438,12 @@ def test_backup_schedule_defaults() -> None:
     }
     backup = BackupSchedule.model_validate(_manifest("BackupSchedule", spec)).spec
     assert backup.retention.keep_last == 7
-    assert backup.destination.pvc.size == "10Gi"
+    assert backup.destination.pvc is not None
+    assert backup.destination.pvc.size is None  # the claim must exist: nothing is created
+    assert backup.destination.pvc.delete_with_schedule is False
     assert backup.destination.pvc.storage_class_name is None
+    assert backup.verify.value == "list"
+    assert (backup.retention.max_age, backup.timeout) == (None, "6h")
     assert backup.database_secret_ref.key == "secret"
     assert (backup.time_zone, backup.suspend) == ("UTC", False)
 
@@ -442,6 +455,22 @@ def test_backup_schedule_defaults() -> None:
         ({"retention": {"keepLast": 0}}, "greater than or equal to 1"),
         ({"schedule": "nightly"}, "should match pattern"),
         ({"databaseSecretRef": None}, "valid dictionary"),
+        ({"destination": {}}, "exactly one of pvc or s3"),
+        (
+            {
+                "destination": {
+                    "pvc": {"claimName": "b"},
+                    "s3": {"bucket": "bkt", "credentialsSecretRef": {"name": "s3"}},
+                }
+            },
+            "exactly one of pvc or s3",
+        ),
+        (
+            {"destination": {"s3": {"bucket": "B!", "credentialsSecretRef": {"name": "s"}}}},
+            "pattern",
+        ),
+        ({"verify": "hope"}, "'list' or 'restore'"),
+        ({"retention": {"maxAge": "30d"}}, "should match pattern"),
     ],
 )
 def test_backup_schedule_rules(change: dict[str, Any], message: str) -> None:
@@ -456,11 +485,21 @@ def test_backup_schedule_rules(change: dict[str, Any], message: str) -> None:
 
 
 def test_status_counters_default_to_zero() -> None:
-    status = {"lastBackupSizeBytes": 1024, "lastBackupFile": "events-20261127T023000Z.dump"}
+    status = {
+        "lastSuccessfulBackup": {
+            "name": "events-nightly-20261127T023000Z",
+            "location": "pvc://events-backups/events-nightly",
+            "sizeBytes": 1024,
+            "sha256": "ab" * 32,
+            "verification": "restore",
+        }
+    }
     doc = next(d for d in contract() if d["kind"] == "BackupSchedule") | {"status": status}
     backup = BackupSchedule.model_validate(doc)
     assert backup.status is not None
-    assert backup.status.last_backup_size_bytes == 1024
+    assert backup.status.last_successful_backup is not None
+    assert backup.status.last_successful_backup.size_bytes == 1024
+    assert backup.status.consecutive_failures == 0
     assert backup.status.conditions == []
     sync_doc = next(d for d in contract() if d["kind"] == "SyncSchedule")
     sync = SyncSchedule.model_validate(sync_doc | {"status": {"itemsSynced": 12}})

@@ -12,7 +12,8 @@ import pytest
 
 from dfm.manifests import load_documents, webhook_sources
 from dfm_operator import constants as c
-from dfm_operator.api import ManagedSecret, SyncSchedule, WebhookSource
+from dfm_operator.api import BackupSchedule, ManagedSecret, SyncSchedule, WebhookSource
+from dfm_operator.builders.backupschedule import build_children as build_backup_children
 from dfm_operator.builders.managedsecret import build_secret
 from dfm_operator.builders.meta import controlled_by
 from dfm_operator.builders.syncschedule import SyncInputs
@@ -346,15 +347,28 @@ def test_the_rbac_for_owner_finalizers_covers_exactly_the_owners() -> None:
         database=SETTINGS.default_database_secret,
         retention_days=30,
     )
+    backup = BackupSchedule.model_validate(
+        {
+            "apiVersion": "dfm.dev/v1alpha1",
+            "kind": "BackupSchedule",
+            "metadata": {"name": "nightly", "namespace": "payments", "uid": "u-3"},
+            "spec": {
+                "schedule": "30 2 * * *",
+                "databaseSecretRef": {"name": "db"},
+                "destination": {"pvc": {"claimName": "b", "size": "1Gi"}},
+            },
+        }
+    )
     children = [
         *build_children(everything_on(), ReceiverInputs(settings=SETTINGS)),
         build_secret(managed, {"current": "x"}, {}, "0.1.0"),
+        *build_backup_children(backup, SETTINGS),
         *build_sync_children(schedule, sync_inputs),
     ]
     owners = {
         (ref["apiVersion"], ref["kind"])
         for child in children
-        for ref in child["metadata"]["ownerReferences"]
+        for ref in child["metadata"].get("ownerReferences") or []
         if ref["blockOwnerDeletion"]
     }
     assert owners == {(k.api_version, k.kind) for k in KINDS if k.owns_children}
@@ -362,6 +376,7 @@ def test_the_rbac_for_owner_finalizers_covers_exactly_the_owners() -> None:
     assert finalizers == {
         "webhooksources/finalizers",
         "managedsecrets/finalizers",
+        "backupschedules/finalizers",
         "syncschedules/finalizers",
     }
 

@@ -121,7 +121,9 @@ def test_dfm_crds_writes_docs_and_chart_template(
     assert docs.read_text() == REFERENCE.read_text()
     written = chart / crds_cmd.CHART_TEMPLATE
     assert written.read_text() == (CHART / crds_cmd.CHART_TEMPLATE).read_text()
-    assert capsys.readouterr().out.split() == [str(written), str(docs)]
+    peering = chart / "crds" / "kopf-peerings.yaml"
+    assert peering.read_text() == (CHART / "crds" / "kopf-peerings.yaml").read_text()
+    assert capsys.readouterr().out.split() == [str(written), str(peering), str(docs)]
 
 
 def test_dfm_crds_refuses_a_directory_that_is_not_a_chart(

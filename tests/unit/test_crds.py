@@ -34,6 +34,8 @@ from dfm_operator.crds import (
     dump_crd,
     structural,
 )
+from dfm_operator.peering import CRDS_FILENAME as PEERING_CRDS_FILENAME
+from dfm_operator.peering import peering_crd_files, peering_crds_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "crds"
@@ -147,8 +149,16 @@ def test_committed_crd_matches_the_models(kind: str) -> None:
 
 
 def test_no_stray_files_in_crds_dir() -> None:
-    expected = {crd_filename(crd) for crd in CRDS.values()}
+    expected = {crd_filename(crd) for crd in CRDS.values()} | set(peering_crd_files())
     assert {p.name for p in CRD_DIR.glob("*.yaml")} == expected
+
+
+def test_kopf_peering_crds_are_in_crds_dir_and_the_chart() -> None:
+    # `kubectl apply -f crds/` then `dfm operator` (the README) needs kopf's peering CRDs too.
+    for name, text in peering_crd_files().items():
+        assert (CRD_DIR / name).read_text() == text, f"crds/{name}: run `make generate`"
+    chart = ROOT / "charts" / "df-middleware" / "crds" / PEERING_CRDS_FILENAME
+    assert chart.read_text() == peering_crds_yaml(), f"{chart}: run `make generate`"
 
 
 def test_crds_are_deterministic() -> None:
@@ -310,7 +320,14 @@ def test_default_columns_are_the_documented_ones() -> None:
         "Items",
         "Age",
     ]
-    assert visible("BackupSchedule") == ["Schedule", "Ready", "Reason", "Last Backup", "Age"]
+    assert visible("BackupSchedule") == [
+        "Schedule",
+        "Ready",
+        "Reason",
+        "Last Success",
+        "Failures",
+        "Age",
+    ]
 
 
 # --- the converter ----------------------------------------------------------------------------
@@ -446,6 +463,7 @@ INVALID: dict[str, tuple[JsonDict, bool]] = {
         _named(_source(provider="github", verification=SECRET), "1stripe"),
         True,
     ),
+    "backup schedule name too long for its CronJob": (_named(_backup(), "b" * 46), True),
     "managed secret name too long for a label": (
         _named(_managed(type="random", random=RANDOM), "m" * 64),
         True,
@@ -515,6 +533,15 @@ INVALID: dict[str, tuple[JsonDict, bool]] = {
     "bad quantity": (
         _backup(destination={"pvc": {"claimName": "b", "size": "twenty gigs"}}),
         False,
+    ),
+    "destination with both": (
+        _backup(
+            destination={
+                "pvc": {"claimName": "b"},
+                "s3": {"bucket": "bkt", "credentialsSecretRef": {"name": "s3"}},
+            }
+        ),
+        True,
     ),
 }
 

@@ -16,16 +16,14 @@ from dfm_operator.api.common import SecretKeyRef
 from dfm_operator.api.syncschedule import SyncRun
 from dfm_operator.builders.syncschedule import SyncInputs, build_children
 from dfm_operator.conditions import ConditionUpdate
+from dfm_operator.services.jobs import JobOutcome, is_newer, job_outcome
 from dfm_operator.settings import OperatorSettings
 from dfm_operator.syncruns import (
     after_run,
-    counted,
-    job_view,
     longest_interval,
     next_run,
     run_record,
     sync_ready,
-    termination_message,
 )
 from webhook_server.sync.config import SyncConfig
 from webhook_server.sync.summary import RunSummary, parse_summary
@@ -174,41 +172,39 @@ def test_the_config_map_holds_the_job_config_with_paths_never_values() -> None:
 def job(
     name: str = "contacts-sync-29000000",
     *,
-    condition: str | None = "Complete",
-    scheduled: datetime = T0,
+    condition: str = "Complete",
+    started: datetime = T0,
     reason: str = "",
 ) -> dict[str, Any]:
-    status: dict[str, Any] = {"startTime": (scheduled + timedelta(seconds=2)).isoformat()}
-    if condition:
-        status["conditions"] = [
-            {"type": "SuccessCriteriaMet", "status": "True"},
-            {"type": condition, "status": "True", "reason": reason, "message": "Job was active"},
-        ]
-        status["completionTime"] = (scheduled + timedelta(seconds=62)).isoformat()
     return {
-        "metadata": {
-            "name": name,
-            "creationTimestamp": (scheduled + timedelta(seconds=1)).isoformat(),
-            "annotations": {
-                "batch.kubernetes.io/cronjob-scheduled-timestamp": scheduled.isoformat()
-            },
+        "metadata": {"name": name, "namespace": "crm", "uid": f"uid-{name}",
+                     "labels": {c.LABEL_SYNC: "contacts"}},
+        "status": {
+            "startTime": started.isoformat(),
+            "completionTime": (started + timedelta(seconds=60)).isoformat(),
+            "conditions": [
+                {"type": "SuccessCriteriaMet", "status": "True"},
+                {"type": condition, "status": "True", "reason": reason,
+                 "message": "Job was active"},
+            ],
         },
-        "status": status,
-    }
+    }  # fmt: skip
 
 
-def pod(message: str | None, finished: str = "2026-12-01T12:01:00Z") -> dict[str, Any]:
-    terminated: dict[str, Any] = {"exitCode": 0, "finishedAt": finished}
+def pod(owner: dict[str, Any], message: str | None, exit_code: int = 0) -> dict[str, Any]:
+    terminated: dict[str, Any] = {"exitCode": exit_code, "finishedAt": "2026-12-01T12:01:00Z"}
     if message is not None:
         terminated["message"] = message
     return {
-        "status": {
-            "containerStatuses": [
-                {"name": "istio-proxy", "state": {"terminated": {"message": "not ours"}}},
-                {"name": "sync", "state": {"terminated": terminated}},
-            ]
-        }
+        "metadata": {"ownerReferences": [{"uid": owner["metadata"]["uid"]}]},
+        "status": {"containerStatuses": [{"name": "sync", "state": {"terminated": terminated}}]},
     }
+
+
+def outcome(j: dict[str, Any], message: str | None = None, exit_code: int = 0) -> JobOutcome:
+    found = job_outcome(j, [pod(j, message, exit_code)], "sync")
+    assert found is not None
+    return found
 
 
 def summary_text(result: str = "Succeeded", reason: str = "Synced") -> str:
@@ -217,23 +213,9 @@ def summary_text(result: str = "Succeeded", reason: str = "Synced") -> str:
     return run.dumps()
 
 
-def test_a_job_is_read_for_its_outcome() -> None:
-    view = job_view(job())
-    assert (view.finished, view.succeeded, view.scheduled) == (True, True, T0)
-    assert job_view(job(condition=None)).finished is False
-    failed = job_view(job(condition="Failed", reason="DeadlineExceeded"))
-    assert (failed.finished, failed.succeeded, failed.reason) == (True, False, "DeadlineExceeded")
-
-
-def test_the_sync_containers_message_is_taken_from_the_latest_pod() -> None:
-    assert termination_message([pod("old", "2026-12-01T12:00:00Z"), pod("new")]) == "new"
-    assert termination_message([pod(None)]) is None
-    assert termination_message([]) is None
-
-
 def test_a_run_is_recorded_from_its_summary_else_from_its_job() -> None:
     read = parse_summary(summary_text())
-    run = run_record(job_view(job()), read, "crm", T0)
+    run = run_record(outcome(job(), summary_text()), read, "crm", T0)
     assert (run.succeeded, run.reason, run.items, run.stored, run.duration_seconds) == (
         True,
         "Synced",
@@ -241,31 +223,32 @@ def test_a_run_is_recorded_from_its_summary_else_from_its_job() -> None:
         5,
         9,
     )
-    oom = run_record(
-        job_view(job(condition="Failed", reason="BackoffLimitExceeded")), None, "crm", T0
-    )
+    assert run.start_time == T0
+    failed = outcome(job(condition="Failed", reason="BackoffLimitExceeded"), None, exit_code=137)
+    oom = run_record(failed, None, "crm", T0)
     assert (oom.succeeded, oom.reason, oom.items) == (False, "JobFailed", None)
-    assert "without a summary (BackoffLimitExceeded: Job was active)" in oom.message
+    assert "without a summary (BackoffLimitExceeded: Job was active, exit code 137)" in oom.message
     assert "kubectl -n crm describe job contacts-sync-29000000" in oom.message
-    late = run_record(job_view(job(condition="Failed", reason="DeadlineExceeded")), None, "crm", T0)
+    late = run_record(outcome(job(condition="Failed", reason="DeadlineExceeded")), None, "crm", T0)
     assert late.reason == "DeadlineExceeded"
     assert late.duration_seconds == 60
 
 
 def test_a_job_is_counted_once_and_older_ones_never() -> None:
-    last = run_record(job_view(job()), None, "crm", T0)
-    assert counted(None, job_view(job())) is False
-    assert counted(last, job_view(job())) is True
-    older = job("contacts-sync-28999985", scheduled=T0 - timedelta(minutes=15))
-    assert counted(last, job_view(older)) is True
-    newer = job("contacts-sync-29000015", scheduled=T0 + timedelta(minutes=15))
-    assert counted(last, job_view(newer)) is False
+    # The rule the service applies before counting (services.jobs.is_newer, by start and name).
+    last = run_record(outcome(job()), None, "crm", T0)
+    assert is_newer(outcome(job()), None, None) is True
+    assert is_newer(outcome(job()), last.start_time, last.job) is False
+    older = job("contacts-sync-28999985", started=T0 - timedelta(minutes=15))
+    assert is_newer(outcome(older), last.start_time, last.job) is False
+    newer = job("contacts-sync-29000015", started=T0 + timedelta(minutes=15))
+    assert is_newer(outcome(newer), last.start_time, last.job) is True
 
 
 def test_failures_count_up_and_a_success_resets_them() -> None:
-    good = SyncRun(job="a", scheduled_time=T0, completion_time=T0, succeeded=True,
+    good = SyncRun(job="a", start_time=T0, completion_time=T0, succeeded=True,
                    reason="Synced", items=7)  # fmt: skip
-    bad = SyncRun(job="b", scheduled_time=T0, succeeded=False, reason="UpstreamFailing")
+    bad = SyncRun(job="b", start_time=T0, succeeded=False, reason="UpstreamFailing")
     status = SyncScheduleStatus(consecutive_failures=2, items_synced=3, last_successful_time=T0)
     failed = after_run(status, bad)
     assert failed.consecutive_failures == 3
@@ -280,8 +263,8 @@ def test_ready_puts_problems_first_then_suspend_then_the_last_run() -> None:
     missing = ConditionUpdate(
         c.READY, False, c.REASON_SINK_NOT_FOUND, "WebhookSource ghl not found"
     )
-    good = SyncRun(job="j1", scheduled_time=T0, succeeded=True, reason="Synced", message="5 items")
-    bad = SyncRun(job="j2", scheduled_time=T0, succeeded=False, reason="BadResponse", message="x")
+    good = SyncRun(job="j1", start_time=T0, succeeded=True, reason="Synced", message="5 items")
+    bad = SyncRun(job="j2", start_time=T0, succeeded=False, reason="BadResponse", message="x")
     assert sync_ready(missing, True, bad, T0) == missing
     assert sync_ready(None, True, good, T0).reason == "Suspended"
     assert sync_ready(None, True, good, T0).status is False

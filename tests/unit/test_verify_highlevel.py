@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from multidict import CIMultiDict
+from pydantic import ValidationError
 
 from webhook_server.config import VerificationConfig
 from webhook_server.verify import Reason, Rejected, Verified, highlevel
@@ -151,12 +152,25 @@ def test_header_without_a_matching_key_type() -> None:
     assert _reason(result) is Reason.NO_SECRET
 
 
-def test_unparseable_public_key_gives_no_secret() -> None:
-    broken = VerificationConfig(
-        public_key="-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"
-    )
-    result = highlevel.verify(_signed(BODY, ED_KEY), BODY, [], broken, NOW)
-    assert _reason(result) is Reason.NO_SECRET
+@pytest.mark.parametrize(
+    ("pem", "message"),
+    [
+        (
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----",
+            "block 1 is not a public key",
+        ),
+        ("not a key at all", "no PEM block"),
+        (
+            # The second block is an EC key: HighLevel signs with Ed25519 or RSA only.
+            "\n".join([_public_pem(ED_KEY), _public_pem(ec.generate_private_key(ec.SECP256R1()))]),
+            "block 2 is neither an Ed25519 nor an RSA key",
+        ),
+    ],
+)
+def test_an_unparseable_public_key_is_refused_by_the_config(pem: str, message: str) -> None:
+    # It used to be accepted and then refuse every delivery (NO_SECRET) with /readyz ready.
+    with pytest.raises(ValidationError, match=message):
+        VerificationConfig(public_key=pem)
 
 
 def test_default_published_keys_parse() -> None:

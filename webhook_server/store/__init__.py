@@ -3,6 +3,12 @@
 A request is acknowledged only after the batch holding its event has committed. The writer
 takes whatever is queued when it is free (no timer: latency stays low when idle, batches grow
 under load), writes the batch in one statement, then resolves each request's future.
+
+Every wait is bounded, so a database that hangs (rather than fails) costs bounded latency and
+memory: events waiting for or in a commit are capped in number and bytes (past either, submit
+fails at once), and a request whose event has not committed within ``commitTimeoutSeconds`` is
+told so by a sweeper (one task, not a timer per request). Neither acknowledges anything: the event
+may still commit later, and the provider's retry is then answered "duplicate".
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -46,6 +54,14 @@ class StoreUnavailable(Exception):
     """The event was not committed; the caller must not acknowledge it."""
 
 
+class StoreOverloaded(StoreUnavailable):
+    """Too many events (or bytes) already wait for a commit: refused without queueing."""
+
+
+class CommitTimeout(StoreUnavailable):
+    """The event did not commit within the deadline; it may still commit later."""
+
+
 class EventRefused(Exception):
     """PostgreSQL refuses this event's data (it would every time): not committed, not retryable."""
 
@@ -68,32 +84,45 @@ class Event:
     request_id: str
     payload: bytes
     headers: dict[str, str]
+    # The dedup scope within the source: the token's subject for a jwt source (two callers may
+    # choose the same Idempotency-Key), "" for a provider's own ids.
+    subject: str = ""
 
 
 _INSERT = """
 WITH incoming AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
-                         $5::text[], $6::bytea[], $7::jsonb[])
-        AS t(source, event_id, event_type, received_at, request_id, payload, headers)
+                         $5::text[], $6::bytea[], $7::jsonb[], $8::text[])
+        AS t(source, event_id, event_type, received_at, request_id, payload, headers, subject)
 ), fresh AS (
-    INSERT INTO webhook_event_ids (source, event_id, received_at)
-    SELECT source, event_id, received_at FROM incoming
+    INSERT INTO webhook_event_ids (source, subject, event_id, received_at)
+    SELECT source, subject, event_id, received_at FROM incoming
     ON CONFLICT DO NOTHING
-    RETURNING source, event_id
+    RETURNING source, subject, event_id
 )
-INSERT INTO webhook_events (source, event_id, event_type, received_at, request_id, payload, headers)
-SELECT i.source, i.event_id, i.event_type, i.received_at, i.request_id, i.payload, i.headers
-FROM incoming i JOIN fresh f USING (source, event_id)
-RETURNING source, event_id
+INSERT INTO webhook_events
+    (source, subject, event_id, event_type, received_at, request_id, payload, headers)
+SELECT i.source, i.subject, i.event_id, i.event_type, i.received_at, i.request_id, i.payload,
+       i.headers
+FROM incoming i JOIN fresh f USING (source, subject, event_id)
+RETURNING source, subject, event_id
 """
+
+_Key = tuple[str, str, str]
+
+
+def _key(event: Event) -> _Key:
+    return (event.source, event.subject, event.event_id)
+
 
 _PARTITION_MISSING = "23514"  # check_violation: "no partition of relation ... found for row"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     event: Event
     future: asyncio.Future[bool]
+    deadline: float
 
 
 @dataclass
@@ -102,8 +131,15 @@ class Store:
     sources: Sequence[SourceConfig]
     metrics: ReceiverMetrics
     statement_timeout_seconds: float = 10.0
+    # How often the sweeper fails requests past their commit deadline (the overshoot bound).
+    sweep_interval_seconds: float = 0.1
     _pool: asyncpg.Pool | None = None
     _queue: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
+    # Every submitted event in submission order (so in deadline order), until it is resolved.
+    _deadlines: deque[_Pending] = field(default_factory=deque)
+    # Events (and their payload bytes) queued or in a commit.
+    _held_events: int = 0
+    _held_bytes: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _closing: bool = False
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -114,6 +150,7 @@ class Store:
         """Start connecting in the background; the receiver serves (with 503s) until ready."""
         self._tasks.append(asyncio.create_task(self._connect_loop(), name="store-connect"))
         self._tasks.append(asyncio.create_task(self._writer_loop(), name="store-writer"))
+        self._tasks.append(asyncio.create_task(self._sweep_loop(), name="store-deadlines"))
 
     async def wait_ready(self, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -122,14 +159,26 @@ class Store:
         return self._ready.is_set()
 
     async def close(self) -> None:
-        """Refuse new events, commit the queued ones, then close the pool."""
+        """Refuse new events, commit the queued ones, then close the pool.
+
+        Bounded: with a database that hangs, the queued events (none of them acknowledged, their
+        requests were answered 503) are given up after a commit's worst case.
+        """
         self._closing = True
-        await self._queue.join()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(
+                self.config.commit_timeout_seconds + self.statement_timeout_seconds
+            ):
+                await self._queue.join()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._pool is not None:
-            await self._pool.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.connect_timeout_seconds):
+                    await self._pool.close()
+                    return
+            self._pool.terminate()
 
     async def _create_pool(self) -> asyncpg.Pool:
         kwargs: dict[str, Any] = {}
@@ -205,13 +254,45 @@ class Store:
     async def submit(self, event: Event) -> bool:
         """Commit ``event``; True when it is new, False for a duplicate of a stored one.
 
-        Raises StoreUnavailable when it could not be committed.
+        Raises StoreUnavailable when it could not be committed: StoreOverloaded at once when too
+        much already waits, CommitTimeout when the deadline passed first.
         """
         if self._closing or not self._ready.is_set():
             raise StoreUnavailable("event store not ready")
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(event, future))
-        return await future
+        size = len(event.payload)
+        if (
+            self._held_events >= self.config.max_queued_events
+            or self._held_bytes + size > self.config.max_queued_bytes
+        ):
+            self.metrics.store_overloaded.inc()
+            raise StoreOverloaded("too many events waiting for a commit")
+        loop = asyncio.get_running_loop()
+        pending = _Pending(
+            event, loop.create_future(), time.monotonic() + self.config.commit_timeout_seconds
+        )
+        self._held_events += 1
+        self._held_bytes += size
+        self._deadlines.append(pending)
+        self._queue.put_nowait(pending)
+        return await pending.future
+
+    def held(self) -> tuple[int, int]:
+        """Events waiting for or in a commit, and their payload bytes."""
+        return self._held_events, self._held_bytes
+
+    async def _sweep_loop(self) -> None:
+        """Fail the requests whose deadline passed (their events stay queued: they may commit)."""
+        deadlines = self._deadlines
+        while True:
+            await asyncio.sleep(self.sweep_interval_seconds)
+            now = time.monotonic()
+            while deadlines and (deadlines[0].future.done() or deadlines[0].deadline <= now):
+                pending = deadlines.popleft()
+                if not pending.future.done():
+                    self.metrics.commit_timeouts.inc()
+                    pending.future.set_exception(CommitTimeout("no commit before the deadline"))
+                    # Nobody may be waiting any more (the client went away): never "unretrieved".
+                    pending.future.exception()
 
     async def _writer_loop(self) -> None:
         """Take what is queued once a commit slot is free; up to ``writer_concurrency`` batches
@@ -234,58 +315,58 @@ class Store:
             await self._flush(batch)
         finally:
             slots.release()
-            for _ in batch:
+            for pending in batch:
+                self._held_events -= 1
+                self._held_bytes -= len(pending.event.payload)
                 self._queue.task_done()
 
     async def _flush(self, batch: list[_Pending]) -> None:
         # Within one batch the first delivery of an id wins; the others are its duplicates.
-        unique: dict[tuple[str, str], _Pending] = {}
+        unique: dict[_Key, _Pending] = {}
         for pending in batch:
-            unique.setdefault((pending.event.source, pending.event.event_id), pending)
+            unique.setdefault(_key(pending.event), pending)
         try:
             fresh = await self._insert([p.event for p in unique.values()])
         except DATA_ERRORS as exc:
             if len(unique) > 1:
                 # One event's values are refused: commit the others one by one.
-                by_key: dict[tuple[str, str], list[_Pending]] = {}
+                by_key: dict[_Key, list[_Pending]] = {}
                 for pending in batch:
-                    by_key.setdefault((pending.event.source, pending.event.event_id), []).append(
-                        pending
-                    )
+                    by_key.setdefault(_key(pending.event), []).append(pending)
                 for same_event in by_key.values():
                     await self._flush(same_event)
                 return
             self.metrics.store_errors.inc()
             log.error("event refused by the database", error=type(exc).__name__)
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(EventRefused("event refused"))
+            _fail(batch, EventRefused("event refused"))
             return
         except Exception as exc:
             self.metrics.store_errors.inc()
             log.error("batch not committed", error=type(exc).__name__, events=len(batch))
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(StoreUnavailable("event not committed"))
+            _fail(batch, StoreUnavailable("event not committed"))
             return
         self.metrics.batch_size.observe(len(unique))
         for pending in batch:
-            key = (pending.event.source, pending.event.event_id)
+            key = _key(pending.event)
             is_new = key in fresh and unique[key] is pending
             if not pending.future.done():
                 pending.future.set_result(is_new)
 
-    async def _insert(self, events: list[Event]) -> set[tuple[str, str]]:
-        if self._pool is None:
+    async def _insert(self, events: list[Event]) -> set[_Key]:
+        pool = self._pool
+        if pool is None:
             raise StoreUnavailable("no pool")
+        # Bounded waits: for a connection (every one may be stuck in a hung database) and, by the
+        # pool's command timeout, for the statement.
+        acquire_timeout = self.config.connect_timeout_seconds
         for attempt in range(3):
             try:
-                async with self._pool.acquire() as conn:
+                async with pool.acquire(timeout=acquire_timeout) as conn:
                     return await insert_events(conn, events)
             except asyncpg.PostgresError as exc:
                 if not partition_missing(exc) or attempt == 2:
                     raise
-                async with self._pool.acquire() as conn:
+                async with pool.acquire(timeout=acquire_timeout) as conn:
                     await create_partitions(
                         conn, {partitions.utc_day(e.received_at) for e in events}
                     )
@@ -365,6 +446,13 @@ class Store:
         )
 
 
+def _fail(batch: list[_Pending], exc: Exception) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(exc)
+            pending.future.exception()  # the request may be gone: never "never retrieved"
+
+
 def _why_unusable(exc: Exception, config: DatabaseConfig) -> dict[str, str]:
     """A hint for errors that retrying will not cure by itself (never the URL: it may hold a
     password). The receiver still retries: a mounted Secret can appear or change later."""
@@ -380,18 +468,19 @@ def _why_unusable(exc: Exception, config: DatabaseConfig) -> dict[str, str]:
     return {}
 
 
-async def insert_events(conn: Any, events: Sequence[Event]) -> set[tuple[str, str]]:
-    """Insert ``events`` unless their (source, event_id) is already stored; returns the keys
-    that were new. The one statement every event goes through: a receiver's batch, and each
-    page of a sync (``webhook_server.sync``), inside the caller's transaction when it has one.
+async def insert_events(conn: Any, events: Sequence[Event]) -> set[_Key]:
+    """Insert ``events`` unless their (source, subject, event_id) is already stored; returns the
+    keys that were new. The one statement every event goes through: a receiver's batch, and
+    each page of a sync (``webhook_server.sync.runner``), inside the caller's transaction when it
+    has one.
 
     Dedup keys are locked in one order by every batch, so concurrent batches holding the same
-    ids wait for each other instead of deadlocking. Within ``events`` the first of an id wins.
+    ids wait for each other instead of deadlocking. Within ``events`` the first of a key wins.
     """
-    unique: dict[tuple[str, str], Event] = {}
+    unique: dict[_Key, Event] = {}
     for event in events:
-        unique.setdefault((event.source, event.event_id), event)
-    ordered = sorted(unique.values(), key=lambda e: (e.source, e.event_id))
+        unique.setdefault(_key(event), event)
+    ordered = [unique[k] for k in sorted(unique)]
     args = (
         [e.source for e in ordered],
         [e.event_id for e in ordered],
@@ -400,9 +489,10 @@ async def insert_events(conn: Any, events: Sequence[Event]) -> set[tuple[str, st
         [e.request_id for e in ordered],
         [e.payload for e in ordered],
         [json.dumps(e.headers) for e in ordered],
+        [e.subject for e in ordered],
     )
     rows = await conn.fetch(_INSERT, *args)
-    return {(r["source"], r["event_id"]) for r in rows}
+    return {(r["source"], r["subject"], r["event_id"]) for r in rows}
 
 
 def partition_missing(exc: BaseException) -> bool:
@@ -424,7 +514,6 @@ async def register_sources(conn: Any, sources: Sequence[tuple[str, int]], now: d
 
 
 async def create_partitions(conn: Any, days: set[date]) -> None:
-
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_ID)
         # Names and bounds come from dates we computed, never from input, so formatting is safe.

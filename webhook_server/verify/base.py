@@ -113,13 +113,25 @@ def within_tolerance(timestamp: float, now: float, tolerance_seconds: int) -> bo
     return abs(now - timestamp) <= tolerance_seconds
 
 
-def json_object(body: bytes) -> dict[str, Any] | None:
-    """The body as a JSON object, or None when it is not one."""
+# What a body or header that is not JSON, or too deeply nested to parse, raises from json.loads.
+# Nesting is bounded by the interpreter's recursion limit (about 1,000 levels): deeper input raises
+# RecursionError, which is caught like any other parse failure and never reaches the caller.
+JSON_ERRORS = (ValueError, UnicodeDecodeError, RecursionError)
+
+
+def json_object(body: bytes | str) -> dict[str, Any] | None:
+    """The body as a JSON object, or None when it is not one (or nests too deeply to parse)."""
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except JSON_ERRORS:
         return None
     return value if isinstance(value, dict) else None
+
+
+def header_bytes(value: str) -> bytes:
+    """A header value as the bytes the sender sent: aiohttp decodes header bytes as UTF-8 with
+    ``surrogateescape``, so bytes that were not UTF-8 come back exactly instead of raising."""
+    return value.encode("utf-8", "surrogateescape")
 
 
 def string_field(obj: Mapping[str, Any] | None, *path: str) -> str | None:

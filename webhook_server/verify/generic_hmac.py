@@ -21,6 +21,7 @@ from webhook_server.verify.base import (
     Result,
     Verified,
     constant_time_any,
+    header_bytes,
     hmac_digest,
     is_timestamp,
     json_object,
@@ -39,7 +40,7 @@ def signed_content(
 ) -> bytes:
     values = {"timestamp": timestamp or "", "id": event_id or ""}
     parts = [
-        _PLACEHOLDER.sub(lambda match: values[match.group(1)], part).encode()
+        header_bytes(_PLACEHOLDER.sub(lambda match: values[match.group(1)], part))
         for part in template.split(BODY)
     ]
     return body.join(parts)

@@ -15,21 +15,19 @@ body without one, or with one in a format not recognised, is accepted on its sig
 from __future__ import annotations
 
 import base64
-import binascii
-import functools
 import math
-import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from webhook_server.config import VerificationConfig
+from webhook_server.keys import highlevel_keys
 from webhook_server.verify.base import (
     Reason,
     Rejected,
@@ -68,26 +66,11 @@ T1hhTiaCeIY/OwwwNUY2yvcCAwEAAQ==
 -----END PUBLIC KEY-----
 """
 
-_PEM_BLOCK = re.compile(r"-----BEGIN [A-Z ]+-----.+?-----END [A-Z ]+-----", re.DOTALL)
 # Unix timestamps above this are taken as milliseconds (year 5138 in seconds).
 _MILLISECONDS_FROM = 100_000_000_000
 
-
-@functools.lru_cache(maxsize=16)
-def public_keys(pem: str) -> tuple[tuple[Ed25519PublicKey, ...], tuple[RSAPublicKey, ...]]:
-    """The Ed25519 and RSA keys among the PEM blocks; blocks that do not parse are skipped."""
-    ed25519: list[Ed25519PublicKey] = []
-    rsa: list[RSAPublicKey] = []
-    for block in _PEM_BLOCK.findall(pem):
-        try:
-            key = serialization.load_pem_public_key(block.encode())
-        except (ValueError, UnsupportedAlgorithm):
-            continue
-        if isinstance(key, Ed25519PublicKey):
-            ed25519.append(key)
-        elif isinstance(key, RSAPublicKey):
-            rsa.append(key)
-    return tuple(ed25519), tuple(rsa)
+# The Ed25519 and RSA keys among PEM blocks (webhook_server.keys); kept under this name for callers.
+public_keys = highlevel_keys
 
 
 def _verify_one(key: Ed25519PublicKey | RSAPublicKey, signature: bytes, body: bytes) -> bool:
@@ -106,7 +89,7 @@ def _check(
 ) -> Rejected | None:
     try:
         signature = base64.b64decode(value, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a character that is not ASCII
         return Rejected(Reason.MALFORMED, f"malformed {header} header")
     if not keys:
         return Rejected(Reason.NO_SECRET, f"no public key for {header}")

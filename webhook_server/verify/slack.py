@@ -7,9 +7,7 @@ deliveries carry an event id.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from typing import Any
 from urllib.parse import parse_qs
 
 from webhook_server.config import VerificationConfig
@@ -19,6 +17,7 @@ from webhook_server.verify.base import (
     Result,
     Verified,
     constant_time_any,
+    header_bytes,
     hmac_digest,
     is_timestamp,
     json_object,
@@ -33,7 +32,7 @@ URL_VERIFICATION = "url_verification"
 
 
 def _base_string(timestamp: str, body: bytes) -> bytes:
-    return f"{VERSION}:{timestamp}:".encode() + body
+    return header_bytes(f"{VERSION}:{timestamp}:") + body
 
 
 def _form_type(body: bytes) -> str | None:
@@ -45,11 +44,7 @@ def _form_type(body: bytes) -> str | None:
     if command := form.get("command"):
         return command[0] or None
     if payload := form.get("payload"):
-        try:
-            parsed: Any = json.loads(payload[0])
-        except ValueError:
-            return None
-        return string_field(parsed if isinstance(parsed, dict) else None, "type")
+        return string_field(json_object(payload[0]), "type")
     return None
 
 

@@ -12,17 +12,18 @@ Asymmetric ``v1a`` signatures are not supported and are ignored.
 from __future__ import annotations
 
 import base64
-import binascii
 import uuid
 from collections.abc import Mapping, Sequence
 
 from webhook_server.config import VerificationConfig
+from webhook_server.keys import STANDARD_SECRET_PREFIX, standard_webhooks_key
 from webhook_server.verify.base import (
     Reason,
     Rejected,
     Result,
     Verified,
     constant_time_any,
+    header_bytes,
     hmac_digest,
     is_timestamp,
     json_object,
@@ -38,18 +39,13 @@ SVIX_ALIASES = {
     TIMESTAMP_HEADER: "svix-timestamp",
     SIGNATURE_HEADER: "svix-signature",
 }
-SECRET_PREFIX = b"whsec_"
+SECRET_PREFIX = STANDARD_SECRET_PREFIX
 VERSION = "v1"
 
 
 def decode_secret(secret: bytes) -> bytes | None:
     """The HMAC key inside a ``whsec_`` secret; like the reference libs, padding is optional."""
-    core = secret.strip().removeprefix(SECRET_PREFIX).rstrip(b"=")
-    try:
-        key = base64.b64decode(core + b"=" * (-len(core) % 4), validate=True)
-    except binascii.Error:
-        return None
-    return key or None
+    return standard_webhooks_key(secret)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
@@ -64,13 +60,13 @@ def _signatures(value: str) -> list[bytes]:
             continue
         try:
             signatures.append(base64.b64decode(encoded, validate=True))
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a character that is not ASCII
             continue
     return signatures
 
 
 def _signed_content(msg_id: str, timestamp: str, body: bytes) -> bytes:
-    return f"{msg_id}.{timestamp}.".encode() + body
+    return header_bytes(f"{msg_id}.{timestamp}.") + body
 
 
 def verify(

@@ -107,21 +107,30 @@ than dfm_operator.rbac.required_rules(). */}}
 
 {{/* Rules on namespaced resources: a ClusterRole cluster-wide, a Role per watched namespace. */}}
 {{- define "df-middleware.rbac.namespacedRules" -}}
-# The receivers' children, and the backup/sync jobs' (server-side apply, deletes of the obsolete).
+# The receivers' and scheduled jobs' children: server-side applied (create, patch), watched where
+# the operator reacts to them, read and deleted only where it prunes them (an Ingress or PDB the
+# spec dropped).
 - apiGroups: [""]
-  resources: [configmaps, persistentvolumeclaims, secrets, services]
-  verbs: [create, delete, get, list, patch, watch]
+  resources: [configmaps, services]
+  verbs: [create, list, patch, watch]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create, get, list, patch, watch]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [create, delete, get, list, patch, watch]
+  verbs: [create, get, list, patch, watch]
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [create, get]
+# CronJobs: applied, and watched for a hand deletion (a SyncSchedule's is re-created at once).
 - apiGroups: [batch]
   resources: [cronjobs]
-  verbs: [create, delete, get, list, patch, watch]
-# A SyncSchedule's runs: its CronJob's Jobs watched, their Pods read for the run's summary
-# (the container's termination message).
+  verbs: [create, list, patch, watch]
+# The Jobs those CronJobs run are watched for their outcome, and their Pods listed for the
+# summary a job leaves in its termination message.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
@@ -129,12 +138,16 @@ than dfm_operator.rbac.required_rules(). */}}
   resources: [poddisruptionbudgets]
   verbs: [create, delete, get, list, patch, watch]
 - apiGroups: [networking.k8s.io]
-  resources: [ingresses, networkpolicies]
+  resources: [ingresses]
   verbs: [create, delete, get, list, patch, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create, list, patch, watch]
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
-  verbs: [create, delete, get, list, patch, watch]
-# The custom resources: watched, annotated by kopf, and their status written.
+  verbs: [create, delete, get, patch]
+# The custom resources: watched, annotated by kopf, and their status written; read by the
+# operator's own code only where it reconciles them.
 - apiGroups: [dfm.dev]
   resources: [backupschedules, managedsecrets, syncschedules, webhooksources]
   verbs: [get, list, patch, watch]
@@ -144,12 +157,17 @@ than dfm_operator.rbac.required_rules(). */}}
 # Children's ownerReferences set blockOwnerDeletion: the OwnerReferencesPermissionEnforcement
 # admission plugin (OpenShift) then asks for update on the owner's finalizers.
 - apiGroups: [dfm.dev]
-  resources: [managedsecrets/finalizers, syncschedules/finalizers, webhooksources/finalizers]
+  resources: [backupschedules/finalizers, managedsecrets/finalizers, syncschedules/finalizers, webhooksources/finalizers]
   verbs: [update]
-# kopf: Events on the custom resources, and peering between replicas in namespaced mode.
+# kopf: Events on the custom resources.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- end }}
+
+{{/* Rules only the namespaced mode needs: in each watched namespace's Role. */}}
+{{- define "df-middleware.rbac.namespacedModeRules" -}}
+# kopf: peering between replicas in namespaced mode.
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings]
   verbs: [get, list, patch, watch]
@@ -164,8 +182,10 @@ than dfm_operator.rbac.required_rules(). */}}
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [list, watch]
+{{- if not .Values.watchNamespaces }}
 # kopf: peering between replicas when watching the whole cluster.
 - apiGroups: [kopf.dev]
   resources: [clusterkopfpeerings]
   verbs: [get, list, patch, watch]
+{{- end }}
 {{- end }}

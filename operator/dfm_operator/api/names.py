@@ -46,8 +46,8 @@ class NameRule:
 # "<name>-receiver" is the receiver's Service: 63 - len("-receiver") = 54.
 WEBHOOK_SOURCE_NAME = NameRule(54, True, "it names the receiver's Service, <name>-receiver")
 MANAGED_SECRET_NAME = NameRule(63, False, "it is the value of its Secret's instance label")
-# "<name>-sync" is the CronJob: Kubernetes caps CronJob names at 52 characters (its Jobs append
-# 11), so 52 - len("-sync") = 47.
-SYNC_SCHEDULE_NAME = NameRule(
-    47, False, "it names the CronJob <name>-sync, and CronJob names have at most 52"
-)
+# "<name>-backup" is its CronJob, whose name may have at most 52 characters (the controller
+# appends an 11-character suffix to name each Job): 52 - len("-backup") = 45.
+BACKUP_SCHEDULE_NAME = NameRule(45, True, "it names the CronJob, <name>-backup (at most 52)")
+# "<name>-sync" likewise: 52 - len("-sync") = 47.
+SYNC_SCHEDULE_NAME = NameRule(47, True, "it names the CronJob, <name>-sync (at most 52)")

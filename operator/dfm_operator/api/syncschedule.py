@@ -242,7 +242,7 @@ class SyncRun(StatusModel):
     """The last finished run, as its Job and its summary tell it."""
 
     job: str = Field(description="The Job that ran it.")
-    scheduled_time: Timestamp = Field(description="When the run was scheduled.")
+    start_time: Timestamp = Field(description="When its Job started.")
     completion_time: Timestamp | None = Field(default=None, description="When it finished.")
     succeeded: bool = Field(description="Whether it succeeded.")
     reason: Annotated[str, Field(max_length=64, description="Why it ended so, in CamelCase.")]

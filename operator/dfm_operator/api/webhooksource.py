@@ -26,6 +26,8 @@ from webhook_server.config import (
     SECRETLESS_PROVIDERS,
     AuthConfig,
     CorsConfig,
+    HeaderName,
+    HighLevelKeys,
     HmacAlgorithm,
     LimitsConfig,
     Provider,
@@ -75,7 +77,7 @@ class Verification(ApiModel):
             "refused as a replay.",
         ),
     ] = 300
-    header: str | None = Field(default=None, description="hmac: the signature header.")
+    header: HeaderName | None = Field(default=None, description="hmac: the signature header.")
     algorithm: HmacAlgorithm = Field(
         default=HmacAlgorithm.SHA256, description="hmac: the HMAC hash function."
     )
@@ -83,7 +85,7 @@ class Verification(ApiModel):
         default=SignatureEncoding.HEX, description="hmac: how the signature is encoded."
     )
     prefix: str = Field(default="", description="hmac: text before the signature, e.g. sha256=")
-    timestamp_header: str | None = Field(
+    timestamp_header: HeaderName | None = Field(
         default=None, description="hmac: the header with the signed timestamp, if any."
     )
     signed_content: str = Field(
@@ -92,14 +94,16 @@ class Verification(ApiModel):
         pattern=r"\{body\}",
         description="hmac: what is signed; placeholders {timestamp}, {id} and {body} (required).",
     )
-    id_header: str | None = Field(
+    id_header: HeaderName | None = Field(
         default=None, description="hmac: the header with the delivery id, used to deduplicate."
     )
-    type_header: str | None = Field(
+    type_header: HeaderName | None = Field(
         default=None, description="hmac: the header with the event type."
     )
-    public_key: str | None = Field(
-        default=None, description="highlevel: PEM key(s) overriding HighLevel's published keys."
+    public_key: HighLevelKeys | None = Field(
+        default=None,
+        description="highlevel: PEM key(s) overriding HighLevel's published keys (each an "
+        "Ed25519 or RSA public key).",
     )
 
     @model_validator(mode="after")

@@ -1,14 +1,18 @@
-"""Secret events: wake the ManagedSecrets, reconcile the WebhookSources that use the Secret and
-the SyncSchedules whose token (a ManagedSecret's Secret) or sink's database it is."""
+"""Secret events: wake the ManagedSecrets; reconcile the WebhookSources and BackupSchedules that
+use the Secret, and the SyncSchedules whose token (a ManagedSecret's Secret) or sink's database
+it is."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import kopf
 
+from dfm_operator import constants as c
 from dfm_operator.handlers.events import emitter
-from dfm_operator.services import managedsecret, syncschedule, webhooksource
+from dfm_operator.kernel import InvalidSpec, Retry
+from dfm_operator.services import backupschedule, managedsecret, syncschedule, webhooksource
 
 
 @kopf.on.event("", "v1", "secrets")
@@ -23,13 +27,22 @@ async def secret_changed(memo: kopf.Memo, namespace: str | None, name: str, **kw
     body: kopf.Body = kwargs["body"]
     owners = body.get("metadata", {}).get("ownerReferences") or []
     syncs: kopf.Index[Any, str] = kwargs["syncs_by_ref"]
-    schedules: set[str] = set()
+    sync_names: set[str] = set()
     for ref in webhooksource.names_of_secret(name, owners):
-        schedules.update(syncs.get((namespace, "token", ref), []))
+        sync_names.update(syncs.get((namespace, "token", ref), []))
         for owner in sources.get((namespace, ref), []):
-            schedules.update(syncs.get((namespace, "sink", owner), []))
+            sync_names.update(syncs.get((namespace, "sink", owner), []))
             await webhooksource.reconcile_by_name(
                 memo.ctx, namespace, owner, emitter, kwargs["secret_names"], apply=True
             )
-    for schedule in sorted(schedules):
-        await syncschedule.reconcile_by_name(memo.ctx, namespace, schedule, emitter, apply=True)
+    backups: kopf.Index[Any, str] = kwargs["backups_by_secret"]
+    for owner in backups.get((namespace, name), []):
+        schedule = await memo.ctx.kube.get(c.API_VERSION, c.BACKUP_SCHEDULE, namespace, owner)
+        if schedule is not None:
+            # Failures are reported in its status; its own handlers retry.
+            with contextlib.suppress(InvalidSpec, Retry):
+                await backupschedule.reconcile_backup_schedule(
+                    memo.ctx, schedule, emitter(schedule)
+                )
+    for sync_name in sorted(sync_names):
+        await syncschedule.reconcile_by_name(memo.ctx, namespace, sync_name, emitter, apply=True)

@@ -1,5 +1,6 @@
-"""SyncSchedule handlers: thin. They decide when to reconcile (spec changes, the schedule's Jobs,
-its children deleted, a sink created or deleted, a drift check); the service decides what."""
+"""SyncSchedule handlers: thin. They decide when to reconcile (spec changes, its children deleted,
+a sink created or deleted, a drift check that also counts finished Jobs no event brought); the
+service decides what. Finished Jobs come through ``handlers.jobs``."""
 
 from __future__ import annotations
 
@@ -39,8 +40,13 @@ async def reconcile(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
     initial_delay=DRIFT_CHECK_SECONDS,
     idle=30,
 )
-async def drift_check(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
-    """Re-assert the children (hand edits) and re-read what the spec refers to."""
+async def drift_check(
+    memo: kopf.Memo, body: kopf.Body, namespace: str | None, name: str, **_: Any
+) -> None:
+    """Count finished Jobs no watch event brought, re-assert the children (hand edits) and
+    re-read what the spec refers to."""
+    if namespace:
+        await service.catch_up(memo.ctx, namespace, name, emitter)
     try:
         await service.reconcile_sync_schedule(memo.ctx, body, emitter(body))
     except (InvalidSpec, Retry):
@@ -57,16 +63,6 @@ async def syncs_by_ref(body: kopf.Body, namespace: str | None, name: str, **_: A
     """(namespace, "sink" | "token", name) -> the schedules whose sink or ManagedSecret it is."""
     refs = service.references(name, body.get("spec") or {})
     return {(namespace, kind, ref): schedule for (kind, ref), schedule in refs.items()}
-
-
-@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
-async def job_changed(memo: kopf.Memo, body: kopf.Body, namespace: str | None, **_: Any) -> None:
-    """A run started or finished: its schedule's status (and, once, its Event and metrics)."""
-    schedule = service.schedule_of(body)
-    if schedule is not None and namespace:
-        await service.reconcile_by_name(
-            memo.ctx, namespace, schedule, emitter, apply=False, job=dict(body)
-        )
 
 
 def _deleted(event: kopf.RawEvent, **_: Any) -> bool:

@@ -4,8 +4,10 @@ finished Job's run, report.
 ``reconcile_sync_schedule`` is the one entry. It re-reads the SyncSchedule under its lock (so two
 Job events never count a run twice), gathers what the build needs (the sink WebhookSource's
 store, the ManagedSecret's Secret, the database Secret), applies the children unless something
-is missing, accounts a finished Job handed to it (its Pod's termination message is the run's
-summary), and writes status: ``Ready`` from :func:`dfm_operator.syncruns.sync_ready`.
+is missing, accounts a finished Job handed to it (``services.jobs``: the Pod's termination
+message is the run's summary), and writes status: ``Ready`` from
+:func:`dfm_operator.syncruns.sync_ready`. :func:`record_sync_job` is how the Job watch
+(``handlers.jobs``) hands a finished Job over; :func:`catch_up` finds the ones no event brought.
 """
 
 from __future__ import annotations
@@ -35,17 +37,14 @@ from dfm_operator.kernel import (
     write_status,
 )
 from dfm_operator.kube import Invalid, KubeError
+from dfm_operator.services.jobs import JobOutcome, finished_jobs, is_newer
 from dfm_operator.syncruns import (
-    JOB_NAME_LABEL,
     after_run,
-    counted,
-    job_view,
     later,
     longest_interval,
     next_run,
     run_record,
     sync_ready,
-    termination_message,
 )
 from webhook_server.secrets import ACCESS_TOKEN
 from webhook_server.sync.summary import parse_summary
@@ -69,10 +68,11 @@ async def reconcile_sync_schedule(
     emit: EmitFn,
     *,
     apply: bool = True,
-    job: Mapping[str, Any] | None = None,
+    outcome: JobOutcome | None = None,
 ) -> bool:
-    """Converge one SyncSchedule (``apply=False``: status only) and account ``job`` if it
-    finished; returns whether it is Ready. Raises InvalidSpec (permanent) or Retry."""
+    """Converge one SyncSchedule (``apply=False``: status only) and account ``outcome`` (a
+    finished Job) unless it is already; returns whether it is Ready. Raises InvalidSpec
+    (permanent) or Retry."""
     meta = body.get("metadata") or {}
     namespace, name = str(meta.get("namespace")), str(meta.get("name"))
     async with measured(ctx, c.SYNC_SCHEDULE) as result:
@@ -84,7 +84,7 @@ async def reconcile_sync_schedule(
             if fresh is None or (fresh.get("metadata") or {}).get("deletionTimestamp"):
                 result[0] = "not_ready"
                 return False
-            ready = await _reconcile(ctx, fresh, emit, apply=apply, job=job)
+            ready = await _reconcile(ctx, fresh, emit, apply=apply, outcome=outcome)
         result[0] = "ready" if ready else "not_ready"
         return ready
 
@@ -96,9 +96,9 @@ async def reconcile_by_name(
     emit_for: Callable[[dict[str, Any]], EmitFn],
     *,
     apply: bool,
-    job: Mapping[str, Any] | None = None,
+    outcome: JobOutcome | None = None,
 ) -> None:
-    """Reconcile a schedule that a Job's, a Secret's or a sink's event points at, if it exists.
+    """Reconcile a schedule that a Job, a Secret's or a sink's event points at, if it exists.
     Its failures are reported in its status; its own handlers retry them."""
     try:
         body = await ctx.kube.get(c.API_VERSION, c.SYNC_SCHEDULE, namespace, name)
@@ -107,16 +107,38 @@ async def reconcile_by_name(
     if body is None:
         return
     try:
-        await reconcile_sync_schedule(ctx, body, emit_for(body), apply=apply, job=job)
+        await reconcile_sync_schedule(ctx, body, emit_for(body), apply=apply, outcome=outcome)
     except (InvalidSpec, Retry):
         return
 
 
-def schedule_of(job: Mapping[str, Any]) -> str | None:
-    """The SyncSchedule a Job (or any child) belongs to, by its label."""
-    labels = (job.get("metadata") or {}).get("labels") or {}
+def schedule_of(child: Mapping[str, Any]) -> str | None:
+    """The SyncSchedule a child (CronJob, ConfigMap) belongs to, by its label."""
+    labels = (child.get("metadata") or {}).get("labels") or {}
     value = labels.get(c.LABEL_SYNC)
     return str(value) if value else None
+
+
+async def record_sync_job(
+    ctx: Context, outcome: JobOutcome, emit_for: Callable[[dict[str, Any]], EmitFn]
+) -> None:
+    """A finished Job of a SyncSchedule (from the Job watch): account its run, once."""
+    name = outcome.labels.get(c.LABEL_SYNC)
+    if name and outcome.namespace:
+        await reconcile_by_name(ctx, outcome.namespace, name, emit_for, apply=True, outcome=outcome)
+
+
+async def catch_up(
+    ctx: Context, namespace: str, name: str, emit_for: Callable[[dict[str, Any]], EmitFn]
+) -> None:
+    """Account the finished Jobs of this schedule that no watch event brought (an operator that
+    was down while they ran), oldest first, so each counts in order."""
+    try:
+        outcomes = await finished_jobs(ctx, namespace, f"{c.LABEL_SYNC}={name}", c.SYNC_COMPONENT)
+    except KubeError:
+        return
+    for outcome in outcomes:
+        await reconcile_by_name(ctx, namespace, name, emit_for, apply=False, outcome=outcome)
 
 
 def forget(ctx: Context, namespace: str | None, name: str, uid: str) -> None:
@@ -144,7 +166,7 @@ async def _reconcile(
     emit: EmitFn,
     *,
     apply: bool,
-    job: Mapping[str, Any] | None,
+    outcome: JobOutcome | None,
 ) -> bool:
     try:
         schedule = SyncSchedule.model_validate(plain_body(body))
@@ -171,11 +193,10 @@ async def _reconcile(
         current = _status(body)
         fields = SyncScheduleStatus()
         last_run = current.last_run
-        view = job_view(job) if job is not None else None
-        if view is not None and view.finished and not counted(last_run, view):
-            pods = await ctx.kube.list_objects("v1", "Pod", ns, f"{JOB_NAME_LABEL}={view.name}")
-            summary = parse_summary(termination_message(pods))
-            run = run_record(view, summary, ns, now)
+        recorded = last_run.start_time if last_run else None
+        if outcome is not None and is_newer(outcome, recorded, last_run.job if last_run else None):
+            summary = parse_summary(outcome.termination_message)
+            run = run_record(outcome, summary, ns, now)
             fields = after_run(current, run)
             last_run = run
             _count_run(ctx, ns, name, run)
@@ -184,7 +205,7 @@ async def _reconcile(
         scheduled = later(
             current.last_schedule_time,
             parse_rfc3339(((cronjob or {}).get("status") or {}).get("lastScheduleTime")),
-            view.scheduled if view is not None else None,
+            outcome.started_at if outcome is not None else None,
         )
         if scheduled is not None and scheduled != current.last_schedule_time:
             fields.last_schedule_time = scheduled

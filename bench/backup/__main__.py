@@ -1,0 +1,3 @@
+from bench.backup.run import main
+
+raise SystemExit(main())

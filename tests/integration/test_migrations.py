@@ -1,0 +1,61 @@
+"""Schema migrations on a database that already holds events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import asyncpg
+
+from webhook_server.store import partitions
+from webhook_server.store.migrations import apply_migrations, load_migrations
+
+
+async def test_the_subject_migration_keeps_existing_events_and_their_dedup_keys(
+    database_url: str,
+) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        first = load_migrations()[0]
+        await conn.execute(first.sql)
+        await conn.execute(
+            """CREATE TABLE dfm_schema_migrations (
+                   version integer PRIMARY KEY, name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        await conn.execute(
+            "INSERT INTO dfm_schema_migrations (version, name) VALUES (1, $1)", first.name
+        )
+        day = datetime(2026, 3, 1, 12, tzinfo=UTC)
+        low, high = partitions.bounds(day.date())
+        await conn.execute(
+            f"CREATE TABLE {partitions.partition_name(day.date())} PARTITION OF webhook_events "
+            f"FOR VALUES FROM ('{low}') TO ('{high}')"
+        )
+        await conn.execute("INSERT INTO webhook_event_ids VALUES ('ns/a', 'evt_1', $1)", day)
+        await conn.execute(
+            "INSERT INTO webhook_events (source, event_id, received_at, request_id, payload) "
+            "VALUES ('ns/a', 'evt_1', $1, 'r1', '\\x7b7d')",
+            day,
+        )
+
+        assert await apply_migrations(conn) == ["0002_event_subject.sql"]
+
+        row = await conn.fetchrow("SELECT subject, event_id FROM webhook_events")
+        assert (row["subject"], row["event_id"]) == ("", "evt_1")
+        # The old key still dedupes the provider's redelivery...
+        inserted = await conn.execute(
+            "INSERT INTO webhook_event_ids (source, event_id, received_at) "
+            "VALUES ('ns/a', 'evt_1', $1) ON CONFLICT DO NOTHING",
+            day,
+        )
+        assert inserted == "INSERT 0 0"
+        # ...and the same id under another subject is another event.
+        inserted = await conn.execute(
+            "INSERT INTO webhook_event_ids (source, subject, event_id, received_at) "
+            "VALUES ('ns/a', 'user_b', 'evt_1', $1) ON CONFLICT DO NOTHING",
+            day,
+        )
+        assert inserted == "INSERT 0 1"
+        assert await apply_migrations(conn) == []
+    finally:
+        await conn.close()

@@ -1,0 +1,742 @@
+"""The receiver attacked as an outsider would: raw sockets against the real server and protocol
+(``webhook_server.server``), a real PostgreSQL behind it.
+
+Each test here failed before the receiver was hardened (issue 9); the comment at its top says how.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import io
+import json
+import random
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import jwt as pyjwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from webhook_server import logs
+from webhook_server.app import STORE, create_app
+from webhook_server.config import (
+    AuthConfig,
+    DatabaseConfig,
+    LimitsConfig,
+    Provider,
+    ReceiverConfig,
+    SecretSource,
+    ServerConfig,
+    SourceConfig,
+    VerificationConfig,
+)
+from webhook_server.server import EVICTION_GRACE_SECONDS, Listener, start
+from webhook_server.verify import SIGNERS
+
+SECRET = "hardening-secret"
+PATH = "/hooks/ci/gh"
+TOKEN = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1c2VyXzEifQ.c2VjcmV0LXRva2VuLWJ5dGVz"
+
+
+def github_source(**overrides: Any) -> SourceConfig:
+    fields: dict[str, Any] = {
+        "namespace": "ci",
+        "name": "gh",
+        "provider": Provider.GITHUB,
+        "verification": VerificationConfig(secrets=[SecretSource(value=SECRET)]),
+    }
+    return SourceConfig(**(fields | overrides))
+
+
+def signed(body: bytes, delivery: str) -> dict[str, str]:
+    headers = SIGNERS[Provider.GITHUB](
+        body, SECRET.encode(), VerificationConfig(), time.time(), delivery
+    )
+    return headers | {"Content-Type": "application/json"}
+
+
+def request_bytes(
+    body: bytes, headers: dict[str, str], *, path: str = PATH, close: bool = True
+) -> bytes:
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    connection = "Connection: close\r\n" if close else ""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(body)}\r\n{connection}\r\n"
+    ).encode() + body
+
+
+class Response:
+    def __init__(self, raw: bytes) -> None:
+        head, _, self.body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split()[1]) if lines[0] else 0
+        self.headers = {
+            k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
+        }
+        self.content_type = self.headers.get("content-type", "").split(";")[0]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def exchange(port: int, raw: bytes, *, seconds: float = 10) -> Response:
+    """Send ``raw`` on a new connection and read until the server closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        async with asyncio.timeout(seconds):
+            return Response(await reader.read())
+    finally:
+        writer.close()
+
+
+async def closed_by_server(reader: asyncio.StreamReader, seconds: float) -> bytes:
+    """What the server sent before closing; fails when it keeps the connection open."""
+    async with asyncio.timeout(seconds):
+        return await reader.read()
+
+
+Serve = Callable[..., Awaitable[tuple[Listener, Any]]]
+
+
+@pytest.fixture
+async def serve(database_url: str) -> AsyncIterator[Serve]:
+    """Start the receiver as `dfm receiver` does (its own protocol) on a free port."""
+    listeners: list[Listener] = []
+
+    async def run(
+        *sources: SourceConfig,
+        server: ServerConfig | None = None,
+        database: DatabaseConfig | None = None,
+        file_limit: int | None = None,
+    ) -> tuple[Listener, Any]:
+        config = ReceiverConfig(
+            port=0,
+            sources=list(sources) or [github_source()],
+            database=database or DatabaseConfig(url=database_url),
+            server=server or ServerConfig(),
+        )
+        app = create_app(config)
+        listener = await start(app, "127.0.0.1", 0, shutdown_timeout=2, file_limit=file_limit)
+        listeners.append(listener)
+        assert await app[STORE].wait_ready(15)
+        return listener, app
+
+    yield run
+    for listener in listeners:
+        await listener.stop()
+
+
+@pytest.fixture
+def log_lines() -> Any:
+    stream = io.StringIO()
+    logs.configure(stream=stream)
+    yield stream
+    logs.configure()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+async def metrics_text(port: int) -> str:
+    return (
+        await exchange(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    ).body.decode()
+
+
+# -- 1. compressed bodies -----------------------------------------------------------------------
+
+
+async def test_a_compressed_body_is_refused_with_415_before_it_is_read_or_inflated(
+    serve: Serve, db: asyncpg.Connection
+) -> None:
+    # Before: aiohttp inflated the body inside the event loop (a 1 MB upload that inflates to
+    # 1 GiB froze every source for ~2 s), and kept reading it after the 413.
+    listener, _ = await serve()
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024))  # 64 MiB of zeros in ~64 KiB
+    headers = signed(bomb, "gz-1") | {"Content-Encoding": "gzip"}
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    # Only the head and a first slice of the body: the answer must not wait for the rest.
+    writer.write(request_bytes(bomb, headers, close=False)[:4096])
+    await writer.drain()
+    answer = Response(await closed_by_server(reader, 5))
+    writer.close()
+    assert answer.status == 415
+    assert answer.content_type == "application/problem+json"
+    assert answer.headers["accept-encoding"] == "identity"
+    assert answer.headers["connection"] == "close"
+    assert time.monotonic() - started < 5
+    # A body that is not even valid gzip is refused the same way (it was a 500).
+    broken = await exchange(
+        listener.port,
+        request_bytes(b"not gzip", signed(b"not gzip", "gz-2") | {"Content-Encoding": "gzip"}),
+    )
+    assert broken.status == 415
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 0
+    ok = await exchange(listener.port, request_bytes(b"{}", signed(b"{}", "plain")))
+    assert ok.status == 200
+
+
+async def test_a_body_over_the_limit_is_not_drained(serve: Serve) -> None:
+    # Before: after the 413 aiohttp kept reading (and inflating) the upload for up to 10 s.
+    listener, _ = await serve(github_source(limits=LimitsConfig(max_body_bytes=1000)))
+    body = b"x" * 10_000_000
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(request_bytes(body, signed(body, "big"), close=False)[:2048])
+    await writer.drain()
+    answer = Response(await closed_by_server(reader, 5))
+    writer.close()
+    assert answer.status == 413
+    assert answer.headers["connection"] == "close"
+
+
+# -- 2. timeouts and the connection cap ----------------------------------------------------------
+
+FAST = ServerConfig(header_timeout_seconds=0.5, body_timeout_seconds=0.5, idle_timeout_seconds=1.0)
+
+
+async def test_a_connection_that_sends_nothing_or_a_partial_head_is_closed(serve: Serve) -> None:
+    # Before: nothing bounded the time to send headers; such sockets were held forever.
+    listener, _ = await serve(server=FAST)
+    silent_reader, silent = await asyncio.open_connection("127.0.0.1", listener.port)
+    slow_reader, slow = await asyncio.open_connection("127.0.0.1", listener.port)
+    slow.write(b"POST /hooks/ci/gh HTTP/1.1\r\nHost: x\r\nX-A: ")
+    for _ in range(3):
+        await asyncio.sleep(0.2)
+        slow.write(b"a")  # slowloris: a byte now and then never buys more time
+    assert await closed_by_server(silent_reader, 5) == b""
+    assert await closed_by_server(slow_reader, 5) == b""
+    silent.close()
+    slow.close()
+    assert 'dfm_receiver_connections_closed_total{reason="header_timeout"} 2.0' in (
+        await metrics_text(listener.port)
+    )
+
+
+async def test_a_later_request_on_a_kept_alive_connection_has_a_head_deadline_too(
+    serve: Serve,
+) -> None:
+    listener, _ = await serve(
+        server=ServerConfig(header_timeout_seconds=0.5, idle_timeout_seconds=30)
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(request_bytes(b"{}", signed(b"{}", "ka-1"), close=False))
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    await reader.readexactly(length)
+    writer.write(b"POST /hooks/ci/gh HTTP/1.1\r\nHost")
+    started = time.monotonic()
+    assert await closed_by_server(reader, 5) == b""
+    # The head deadline (0.5 s), not the idle one (30 s) nor aiohttp's default (3,630 s).
+    assert time.monotonic() - started < 10
+    writer.close()
+
+
+async def test_an_idle_keep_alive_connection_is_closed(serve: Serve) -> None:
+    listener, _ = await serve(server=FAST)
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(request_bytes(b"{}", signed(b"{}", "idle-1"), close=False))
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    await reader.readexactly(length)
+    started = time.monotonic()
+    assert await closed_by_server(reader, 5) == b""
+    assert time.monotonic() - started >= 0.9  # the idle timeout, not the head deadline
+    writer.close()
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_a_408(serve: Serve) -> None:
+    listener, _ = await serve(server=FAST)
+    body = b'{"n":' + b"1" * 100 + b"}"
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(request_bytes(body, signed(body, "slow-body"), close=False)[:-50])
+    answer = Response(await closed_by_server(reader, 5))
+    writer.close()
+    assert answer.status == 408
+    assert answer.content_type == "application/problem+json"
+
+
+async def test_idle_and_slow_connections_at_the_cap_cannot_keep_out_a_signed_delivery(
+    serve: Serve, db: asyncpg.Connection
+) -> None:
+    # Before: no cap at all; ~20,000 held sockets (the file limit) stopped accepting, and every
+    # later delivery was refused. Now the oldest idle connection makes room for a new one.
+    listener, _ = await serve(server=ServerConfig(max_connections=20))
+    held = []
+    for n in range(40):  # twice the cap: idle ones, and ones dribbling a head
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        if n % 2:
+            writer.write(b"POST /hooks/ci/gh HTTP/1.1\r\nHost: x\r\n")
+        held.append((reader, writer))
+    # Past the eviction grace: a connection just admitted is not closed to make room.
+    await asyncio.sleep(EVICTION_GRACE_SECONDS + 0.1)
+    assert listener.guard.max_connections == 20
+    assert len(listener.guard.open) <= 20
+    for n in range(10):
+        body = f'{{"n":{n}}}'.encode()
+        answer = await exchange(listener.port, request_bytes(body, signed(body, f"cap-{n}")))
+        assert answer.status == 200, answer.body
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 10
+    for _, writer in held:
+        writer.close()
+    assert 'dfm_receiver_connections_closed_total{reason="evicted"}' in (
+        await metrics_text(listener.port)
+    )
+
+
+async def test_at_the_cap_with_every_connection_busy_a_new_one_gets_a_503(serve: Serve) -> None:
+    listener, _ = await serve(server=ServerConfig(max_connections=3, body_timeout_seconds=30))
+    body = b"x" * 1000
+    busy = []
+    for n in range(3):  # each in a request, waiting for the rest of its body
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(request_bytes(body, signed(body, f"busy-{n}"), close=False)[:-10])
+        busy.append((reader, writer))
+    await asyncio.sleep(0.2)
+    refused = await exchange(listener.port, b"")
+    assert refused.status == 503
+    assert refused.content_type == "application/problem+json"
+    assert refused.json()["status"] == 503
+    for _, writer in busy:
+        writer.close()
+
+
+async def test_the_connection_cap_fits_the_file_limit(serve: Serve) -> None:
+    listener, _ = await serve(server=ServerConfig(max_connections=4096), file_limit=1024)
+    assert listener.guard.max_connections == 1024 - 128
+
+
+# -- 6. requests the HTTP parser refuses ---------------------------------------------------------
+
+MALFORMED = {
+    "a header over the field limit": b"POST /hooks/ci/gh HTTP/1.1\r\nHost: x\r\n"
+    b"Authorization: Bearer " + TOKEN.encode() + b"A" * 30_000 + b"\r\n\r\n",
+    "more than 128 headers": b"POST /hooks/ci/gh HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+    + TOKEN.encode()
+    + b"\r\n"
+    + b"".join(b"X-H%d: v\r\n" % n for n in range(200))
+    + b"\r\n",
+    "a space before the colon": b"POST /hooks/ci/gh HTTP/1.1\r\nHost: x\r\n"
+    b"Authorization : Bearer " + TOKEN.encode() + b"\r\nContent-Length: 2\r\n\r\n{}",
+    "a bare LF": b"POST /hooks/ci/gh HTTP/1.1\nHost: x\nAuthorization: Bearer "
+    + TOKEN.encode()
+    + b"\nContent-Length: 2\n\n{}",
+    "a NUL": b"POST /hooks/ci/gh HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+    + TOKEN.encode()
+    + b"\r\nX-Evil: a\0b\r\nContent-Length: 2\r\n\r\n{}",
+    "Transfer-Encoding with Content-Length": b"POST /hooks/ci/gh HTTP/1.1\r\nHost: x\r\n"
+    b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 30\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n5\r\nsecretbody\r\n0\r\n\r\n",
+    "a request line over the limit": b"POST /hooks/" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n",
+    "not HTTP at all": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+    + TOKEN.encode()
+    + b"\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+async def test_a_request_the_parser_refuses_gets_problem_json_and_one_quiet_log_line(
+    serve: Serve, log_lines: io.StringIO, capfd: pytest.CaptureFixture[str], case: str
+) -> None:
+    # Before: aiohttp's text/plain 400 echoing the raw bytes, and a multi-line traceback on
+    # stderr quoting the request, Authorization token and body included.
+    listener, _ = await serve()
+    answer = await exchange(listener.port, MALFORMED[case])
+    assert answer.status == 400
+    assert answer.content_type == "application/problem+json"
+    problem = answer.json()
+    assert problem["status"] == 400
+    assert problem["requestId"] == answer.headers["x-request-id"]
+    assert TOKEN.encode() not in answer.body
+    assert b"secretbody" not in answer.body
+    await asyncio.sleep(0.05)
+    captured = capfd.readouterr()
+    logged = log_lines.getvalue()
+    for text in (captured.out, captured.err, logged):
+        assert TOKEN not in text
+        assert "secretbody" not in text
+        assert "Traceback" not in text
+    assert captured.err == ""
+    lines = [json.loads(line) for line in logged.splitlines()]
+    refusals = [line for line in lines if line["event"] == "request refused by the HTTP parser"]
+    assert len(refusals) == 1
+    assert refusals[0]["request_id"] == problem["requestId"]
+    assert 'outcome="malformed_http",source="unrouted"' in await metrics_text(listener.port)
+
+
+async def test_a_jwt_up_to_the_documented_16_kib_reaches_the_token_check(serve: Serve) -> None:
+    # Before: the 16 KiB token limit was unreachable; aiohttp refused any header over 8,190 bytes.
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    source = SourceConfig(name="orders", provider=Provider.JWT, auth=AuthConfig(public_key=pem))
+    listener, _ = await serve(source)
+    claims = {"sub": "user_1", "exp": int(time.time()) + 60, "pad": "p" * 11_000}
+    token = pyjwt.encode(claims, key, algorithm="ES256")
+    assert 14_000 < len(token) < 16 * 1024
+    answer = await exchange(
+        listener.port,
+        request_bytes(b"{}", {"Authorization": f"Bearer {token}"}, path=source.route),
+    )
+    assert answer.status == 200, answer.body
+    too_long = "x" * (16 * 1024 + 1)
+    refused = await exchange(
+        listener.port,
+        request_bytes(b"{}", {"Authorization": f"Bearer {too_long}"}, path=source.route),
+    )
+    assert refused.status == 401
+
+
+async def test_a_bounded_mutation_run_never_gets_a_500_nor_a_word_on_stderr(
+    serve: Serve, log_lines: io.StringIO, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # 300 mutations of a signed request (bytes flipped, inserted, dropped, lines repeated or cut),
+    # seeded so a failure is reproducible. Every answer is a verdict in problem+json or a 2xx.
+    listener, _ = await serve(
+        server=ServerConfig(
+            header_timeout_seconds=1, body_timeout_seconds=1, idle_timeout_seconds=1
+        )
+    )
+    body = b'{"action":"opened","number":7}'
+    base = request_bytes(body, signed(body, "mut") | {"Authorization": f"Bearer {TOKEN}"})
+    rng = random.Random(9)
+    statuses: dict[int, int] = {}
+    for _ in range(300):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 4)):
+            where = rng.randrange(len(data))
+            choice = rng.random()
+            if choice < 0.4:
+                data[where] = rng.randrange(256)
+            elif choice < 0.6:
+                data[where:where] = bytes([rng.choice(b"\r\n\0 :\x80\xff")])
+            elif choice < 0.8:
+                del data[where : where + rng.randint(1, 20)]
+            else:
+                line_end = data.find(b"\r\n", where)
+                if line_end > 0:
+                    start = data.rfind(b"\r\n", 0, where) + 2
+                    data[start:start] = data[start : line_end + 2]
+        answer = await exchange(listener.port, bytes(data), seconds=5)
+        statuses[answer.status] = statuses.get(answer.status, 0) + 1
+        if answer.status:
+            assert answer.status < 500, (answer.status, answer.body, bytes(data))
+            if answer.status >= 400:
+                assert answer.content_type == "application/problem+json"
+                assert TOKEN.encode() not in answer.body
+    assert sum(statuses.values()) == 300
+    captured = capfd.readouterr()
+    assert captured.err == ""
+    logged = log_lines.getvalue()
+    assert TOKEN not in logged
+    assert "Traceback" not in logged
+    assert '"unhandled error"' not in logged
+
+
+# -- 4, 5, 11: unauthenticated 500s, nested JSON, disconnects ------------------------------------
+
+
+async def test_a_webhook_id_that_is_not_utf8_is_a_401_not_a_500(serve: Serve) -> None:
+    source = SourceConfig(
+        name="std",
+        provider=Provider.STANDARD,
+        verification=VerificationConfig(
+            secrets=[SecretSource(value="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]
+        ),
+    )
+    listener, _ = await serve(source)
+    raw = (
+        b"POST /hooks/default/std HTTP/1.1\r\nHost: x\r\nwebhook-id: msg_\xe9\xff\r\n"
+        b"webhook-timestamp: %d\r\nwebhook-signature: v1,AAAA\r\nContent-Length: 2\r\n"
+        b"Connection: close\r\n\r\n{}" % int(time.time())
+    )
+    assert (await exchange(listener.port, raw)).status == 401
+    raw = raw.replace(b"v1,AAAA", "v1,\u00e9".encode())
+    assert (await exchange(listener.port, raw)).status == 400
+
+
+async def test_a_deeply_nested_signed_body_is_stored_not_a_500(
+    serve: Serve, db: asyncpg.Connection
+) -> None:
+    listener, _ = await serve()
+    body = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
+    answer = await exchange(listener.port, request_bytes(body, signed(body, "deep")))
+    assert answer.status == 200, answer.body
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 1
+
+
+async def test_a_client_that_disconnects_mid_body_is_its_own_outcome(
+    serve: Serve, log_lines: io.StringIO
+) -> None:
+    # Before: "unhandled error" with a traceback, counted as outcome="error".
+    listener, _ = await serve()
+    body = b"x" * 100_000
+    _, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(request_bytes(body, signed(body, "cut"), close=False)[:5000])
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.close()
+    await asyncio.sleep(0.3)
+    metrics = await metrics_text(listener.port)
+    assert 'dfm_receiver_requests_total{outcome="disconnected",source="ci/gh"} 1.0' in metrics
+    assert 'outcome="error"' not in metrics
+    assert "unhandled error" not in log_lines.getvalue()
+
+
+# -- 7. signed deliveries are not starved by unsigned ones ---------------------------------------
+
+
+async def test_an_unsigned_flood_does_not_starve_signed_deliveries(
+    serve: Serve, db: asyncpg.Connection
+) -> None:
+    # The issue's numbers: an unsigned flood at 50/s against a 5/s source. Before, the flood
+    # spent the source's budget and 14 of 20 signed deliveries got 429.
+    # (A burst of 20 so that a delivery delayed by a loaded machine, then caught up, is not a
+    # 429 of the source's own budget: the flood is what is tested.)
+    source = github_source(limits=LimitsConfig(requests_per_second=5, burst=20))
+    listener, _ = await serve(source)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    unsigned_statuses: list[int] = []
+    signed_statuses: list[int] = []
+
+    async def flood() -> None:
+        for n in range(200):  # 50/s for 4 s
+            await asyncio.sleep(max(0.0, started + n / 50 - loop.time()))
+            body = b'{"forged":true}'
+            answer = await exchange(listener.port, request_bytes(body, {"X-Noise": str(n)}))
+            unsigned_statuses.append(answer.status)
+
+    async def deliveries() -> None:
+        for n in range(20):  # 5/s for 4 s
+            await asyncio.sleep(max(0.0, started + n / 5 - loop.time()))
+            body = f'{{"delivery":{n}}}'.encode()
+            answer = await exchange(listener.port, request_bytes(body, signed(body, f"ok-{n}")))
+            signed_statuses.append(answer.status)
+
+    await asyncio.gather(flood(), deliveries())
+    assert signed_statuses == [200] * 20
+    assert set(unsigned_statuses) == {401}
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 20
+
+
+async def test_a_flood_past_the_unverified_budget_is_cut_off_before_its_body_is_read(
+    serve: Serve,
+) -> None:
+    source = github_source(
+        limits=LimitsConfig(unverified_requests_per_second=0.1, unverified_burst=2)
+    )
+    listener, _ = await serve(source)
+    body = b"x" * 1000
+    for n in range(2):
+        answer = await exchange(listener.port, request_bytes(body, {"X-N": str(n)}))
+        assert answer.status == 401
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    # Only the head: the refusal must not wait for (nor read) the body.
+    writer.write(request_bytes(body, {"X-N": "3"}, close=False)[: -len(body)])
+    await writer.drain()
+    answer = Response(await closed_by_server(reader, 5))
+    writer.close()
+    assert answer.status == 429
+    assert answer.json()["detail"] == "too many unverified requests"
+    assert int(answer.headers["retry-after"]) >= 1
+    assert answer.headers["connection"] == "close"
+
+
+# -- 8. jwt sources: dedup per caller ------------------------------------------------------------
+
+
+async def test_two_callers_with_the_same_idempotency_key_are_two_events(
+    serve: Serve, db: asyncpg.Connection
+) -> None:
+    # Before: dedup was per source only, so the second caller's event was answered "duplicate"
+    # and never stored.
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    source = SourceConfig(name="orders", provider=Provider.JWT, auth=AuthConfig(public_key=pem))
+    listener, _ = await serve(source)
+
+    async def post(subject: str, body: bytes) -> str:
+        token = pyjwt.encode({"sub": subject, "exp": int(time.time()) + 60}, key, algorithm="ES256")
+        headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "order-1"}
+        answer = await exchange(listener.port, request_bytes(body, headers, path=source.route))
+        assert answer.status == 200, answer.body
+        return str(answer.json()["status"])
+
+    assert await post("user_a", b'{"by":"a"}') == "stored"
+    assert await post("user_b", b'{"by":"b"}') == "stored"
+    assert await post("user_a", b'{"by":"a"}') == "duplicate"
+    rows = await db.fetch("SELECT subject, event_id, payload FROM webhook_events ORDER BY subject")
+    assert [(r["subject"], r["event_id"], bytes(r["payload"])) for r in rows] == [
+        ("user_a", "order-1", b'{"by":"a"}'),
+        ("user_b", "order-1", b'{"by":"b"}'),
+    ]
+
+
+# -- Also: 404 and 405 are counted ---------------------------------------------------------------
+
+
+async def test_404_and_405_are_counted_without_the_path(serve: Serve) -> None:
+    listener, _ = await serve()
+    probe = b"/wp-admin/setup-config.php?step=secret-token-123"
+    await exchange(
+        listener.port, b"GET " + probe + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    await exchange(
+        listener.port, b"GET /hooks/ci/gh HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    metrics = await metrics_text(listener.port)
+    assert 'dfm_receiver_requests_total{outcome="not_found",source="unrouted"} 1.0' in metrics
+    assert 'dfm_receiver_requests_total{outcome="method_not_allowed",source="ci/gh"} 1.0' in metrics
+    assert "wp-admin" not in metrics
+    assert "secret-token" not in metrics
+
+
+# -- 2. a process out of file descriptors --------------------------------------------------------
+
+OUT_OF_FILES = """
+import asyncio, resource, sys
+from webhook_server import logs, server
+from webhook_server.app import STORE, create_app
+from webhook_server.config import (
+    DatabaseConfig, Provider, ReceiverConfig, SecretSource, SourceConfig, VerificationConfig,
+)
+
+async def main() -> None:
+    logs.configure()
+    source = SourceConfig(
+        name="gh", provider=Provider.GITHUB,
+        verification=VerificationConfig(secrets=[SecretSource(value="s")]),
+    )
+    database = DatabaseConfig(url=sys.argv[1])
+    app = create_app(ReceiverConfig(port=0, sources=[source], database=database))
+    # A cap that does not protect (as if the file limit were high), then a file limit that bites.
+    listener = await server.start(app, "127.0.0.1", 0, shutdown_timeout=1, file_limit=100_000)
+    await app[STORE].wait_ready(15)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    print(f"port={listener.port}", flush=True)
+    await asyncio.sleep(float(sys.argv[2]))
+    await listener.stop()
+
+asyncio.run(main())
+"""
+
+
+async def test_accept_failing_for_want_of_files_is_one_quiet_line_not_a_traceback_each(
+    database_url: str,
+) -> None:
+    # Before: asyncio logged every failed accept() with a traceback (thousands a second under a
+    # connection flood). Now: one JSON line per kind of loop error per 10 s.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        OUT_OF_FILES,
+        database_url,
+        "3",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    before = b""
+    while not (line := await proc.stdout.readline()).startswith(b"port="):
+        assert line, "the receiver did not start"
+        before += line
+    port = int(line.removeprefix(b"port="))
+    held = []
+    for _ in range(150):
+        try:
+            held.append(await asyncio.open_connection("127.0.0.1", port))
+        except OSError:
+            break
+    stdout, stderr = await proc.communicate()
+    stdout = before + stdout
+    for _, writer in held:
+        writer.close()
+    assert proc.returncode == 0, stderr.decode()
+    assert stderr.decode() == ""
+    lines = [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
+    errors = [line for line in lines if line["event"] == "event loop error"]
+    assert len(errors) == 1, errors
+    assert errors[0]["errno"] == 24  # EMFILE
+    assert "Traceback" not in stdout.decode()
+
+
+# -- 10. a secret file that can never verify -----------------------------------------------------
+
+
+async def test_a_mounted_secret_that_can_never_verify_makes_the_receiver_not_ready(
+    serve: Serve, tmp_path: Any, log_lines: io.StringIO
+) -> None:
+    # Before: a whsec_ secret that is not base64 refused every delivery with /readyz still ready.
+    secret = tmp_path / "secret"
+    secret.write_text("whsec_n*t!base64")
+    source = SourceConfig(
+        name="std",
+        provider=Provider.STANDARD,
+        verification=VerificationConfig(secrets=[SecretSource(file=str(secret))]),
+    )
+    listener, _ = await serve(source)
+    ready = await exchange(
+        listener.port, b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert ready.status == 503
+    assert ready.json()["checks"]["secrets"] is False
+    assert "not a Standard Webhooks secret" in log_lines.getvalue()
+    assert "n*t!" not in log_lines.getvalue()
+
+
+async def test_readyz_waits_for_the_store_to_take_events_not_just_for_a_connection(
+    aiohttp_client: Any, database_url: str
+) -> None:
+    # Found by the soak: /readyz said ready once the pool was up, while start-up's partition work
+    # was still running and every delivery was answered 503.
+    from webhook_server.store.migrations import apply_migrations
+
+    holder = await asyncpg.connect(database_url)
+    try:
+        await apply_migrations(holder)
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("LOCK TABLE webhook_sources IN ACCESS EXCLUSIVE MODE")
+        config = ReceiverConfig(
+            sources=[github_source()], database=DatabaseConfig(url=database_url)
+        )
+        app = create_app(config)
+        client = await aiohttp_client(app)
+        store = app[STORE]
+        for _ in range(100):
+            if store._pool is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert store._pool is not None
+        assert (await client.get("/readyz")).status == 503
+        body = b"{}"
+        refused = await client.post(PATH, data=body, headers=signed(body, "early"))
+        assert refused.status == 503
+        await tx.rollback()
+        assert await store.wait_ready(15)
+        assert (await client.get("/readyz")).status == 200
+    finally:
+        await holder.close()
