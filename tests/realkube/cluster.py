@@ -6,8 +6,9 @@ started on free loopback ports with self-made certificates, a static token file,
 service-account token issuer (so a ServiceAccount's token can be requested and used), an audit log
 of every ServiceAccount request (to hold the chart's RBAC to what the operator really calls) and
 the controllers whose behaviour the operator relies on: garbage collection, Deployment ->
-ReplicaSet -> Pod, ServiceAccounts and namespace deletion. There is no scheduler and no kubelet:
-pods stay Pending unless ``tests/realkube/kubelet.py`` plays kubelet for them.
+ReplicaSet -> Pod, CronJob -> Job -> Pod, ServiceAccounts and namespace deletion. There is no
+scheduler and no kubelet: pods stay Pending unless ``tests/realkube/kubelet.py`` (or a test) plays
+kubelet for them.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ CONTROLLERS = (
     "replicaset-controller",
     "serviceaccount-controller",
     "namespace-controller",
+    # A SyncSchedule's and a BackupSchedule's CronJob starts Jobs; a Job, its Pods.
+    "cronjob-controller",
+    "job-controller",
 )
 ADMIN_TOKEN_USER = "admin"
 T = TypeVar("T")
