@@ -38,7 +38,8 @@ async def test_the_subject_migration_keeps_existing_events_and_their_dedup_keys(
             day,
         )
 
-        assert await apply_migrations(conn) == ["0002_event_subject.sql"]
+        # The migrations after it (0003_sync_state, …) run too; 0002 is the one under test.
+        assert (await apply_migrations(conn))[0] == "0002_event_subject.sql"
 
         row = await conn.fetchrow("SELECT subject, event_id FROM webhook_events")
         assert (row["subject"], row["event_id"]) == ("", "evt_1")

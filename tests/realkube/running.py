@@ -273,7 +273,7 @@ NOT_IN_THE_AUDIT_LOG: dict[Grant, str] = {
         "checked inside the server by OwnerReferencesPermissionEnforcement (enabled here) for "
         "every child applied with blockOwnerDeletion: without it those applies fail"
     )
-    for plural in ("webhooksources", "managedsecrets")
+    for plural in ("webhooksources", "managedsecrets", "syncschedules", "backupschedules")
 }
 # Grants these tests do not exercise, and why they are needed all the same.
 NOT_EXERCISED: dict[Grant, str] = {
@@ -290,6 +290,18 @@ NOT_EXERCISED: dict[Grant, str] = {
     ("apps", "deployments", "get"): (
         "reconcile_webhook_source(apply=False) reads the Deployment when no event brought it; "
         "no handler calls it that way today"
+    ),
+    # No test here runs a BackupSchedule to a claim or a Job yet (its status through the real
+    # schema is all test_lifecycle.py shows); the emulator's tests exercise these calls.
+    **{
+        ("", "persistentvolumeclaims", verb): (
+            "a BackupSchedule with destination.pvc: its claim is read, and created when "
+            "destination.pvc.size is given"
+        )
+        for verb in ("create", "get")
+    },
+    ("dfm.dev", "backupschedules", "get"): (
+        "a finished backup Job is recorded on its BackupSchedule read again under its lock"
     ),
 }
 

@@ -194,14 +194,12 @@ async def _reconcile(
         fields = SyncScheduleStatus()
         last_run = current.last_run
         recorded = last_run.start_time if last_run else None
+        counted: SyncRun | None = None
         if outcome is not None and is_newer(outcome, recorded, last_run.job if last_run else None):
             summary = parse_summary(outcome.termination_message)
-            run = run_record(outcome, summary, ns, now)
-            fields = after_run(current, run)
-            last_run = run
-            _count_run(ctx, ns, name, run)
-            if not run.succeeded:
-                emit("Warning", SYNC_FAILED, f"job {run.job}: {run.reason}: {run.message}"[:1024])
+            counted = run_record(outcome, summary, ns, now)
+            fields = after_run(current, counted)
+            last_run = counted
         scheduled = later(
             current.last_schedule_time,
             parse_rfc3339(((cronjob or {}).get("status") or {}).get("lastScheduleTime")),
@@ -214,6 +212,12 @@ async def _reconcile(
         result = await _write(ctx, body, [ready], fields, emit)
     except KubeError as exc:
         raise Retry(str(exc)) from exc
+    if counted is not None:
+        # Once the run is in status: a failed write is retried and counts it then, once.
+        _count_run(ctx, ns, name, counted)
+        if not counted.succeeded:
+            message = f"job {counted.job}: {counted.reason}: {counted.message}"
+            emit("Warning", SYNC_FAILED, message[:1024])
     _gauges(ctx, schedule, body, current, fields)
     if problem is not None and problem.reason == c.REASON_APPLY_FAILED:
         raise InvalidSpec(problem.message)
