@@ -214,6 +214,11 @@ async def test_missing_secret_is_reported_and_heals_when_it_appears(
             {"provider": "highlevel", "verification": {"publicKey": "not a key"}},
             "publicKey holds no PEM block",
         ),
+        # Twilio signs the public URL: without it or an Ingress to derive it from, nothing verifies.
+        (
+            {"provider": "twilio", "verification": {"secretRef": {"name": "t"}}},
+            "provider twilio requires verification.publicUrl or exposure.ingress",
+        ),
     ],
 )
 async def test_invalid_spec_is_reported_with_an_event(

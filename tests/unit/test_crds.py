@@ -495,6 +495,63 @@ INVALID: dict[str, tuple[JsonDict, bool]] = {
         True,
     ),
     "auth without key source": (_source(provider="jwt", auth={"issuer": "x"}), True),
+    # The provider rules of webhook_server.verify.registry, one case per CEL rule.
+    "twilio without a public URL or an Ingress": (
+        _source(provider="twilio", verification=SECRET),
+        True,
+    ),
+    "mandrill without a public URL or an Ingress": (
+        _source(provider="mandrill", verification=SECRET),
+        True,
+    ),
+    "telnyx without a public key": (_source(provider="telnyx"), True),
+    "telnyx with a secret it would ignore": (
+        _source(provider="telnyx", verification={**SECRET, "publicKey": "AAAA"}),
+        True,
+    ),
+    "sendgrid without a public key": (_source(provider="sendgrid"), True),
+    "token in a header without the header": (
+        _source(provider="token", verification={**SECRET, "tokenScheme": "header"}),
+        True,
+    ),
+    "vonage with auth": (
+        _source(provider="vonage", verification=SECRET, auth={"jwksUrl": "https://x.example/jwks"}),
+        True,
+    ),
+    "github with a header": (
+        _source(provider="github", verification={**SECRET, "header": "X-Sig"}),
+        True,
+    ),
+    "github with a timestamp header": (
+        _source(provider="github", verification={**SECRET, "timestampHeader": "X-Ts"}),
+        True,
+    ),
+    "github with an id header": (
+        _source(provider="github", verification={**SECRET, "idHeader": "X-Id"}),
+        True,
+    ),
+    "stripe with a type header": (
+        _source(provider="stripe", verification={**SECRET, "typeHeader": "X-Type"}),
+        True,
+    ),
+    "github with a public key": (
+        _source(provider="github", verification={**SECRET, "publicKey": "AAAA"}),
+        True,
+    ),
+    "github with a public URL": (
+        _source(provider="github", verification={**SECRET, "publicUrl": "https://h.example/x"}),
+        True,
+    ),
+    "hmac with a token scheme": (
+        _source(
+            provider="hmac", verification={**SECRET, "header": "X-Sig", "tokenScheme": "bearer"}
+        ),
+        True,
+    ),
+    "a public URL with a query": (
+        _source(provider="twilio", verification={**SECRET, "publicUrl": "https://h.example/x?a=1"}),
+        False,
+    ),
     "random without random": (_managed(type="random"), True),
     "random with oauth2": (_managed(type="random", random=RANDOM, oauth2=OAUTH2), True),
     "oauth2 without oauth2": (_managed(type="oauth2"), True),
@@ -562,6 +619,20 @@ VALID: dict[str, JsonDict] = {
     "hmac with header": _source(provider="hmac", verification={**SECRET, "header": "X-Sig"}),
     "jwt with jwks": _source(provider="jwt", auth={"jwksUrl": "https://x.example/jwks.json"}),
     "highlevel without secret": _source(provider="highlevel"),
+    "twilio behind an Ingress": _source(
+        provider="twilio",
+        verification=SECRET,
+        exposure={"ingress": {"host": "hooks.example.com", "tlsSecretName": "tls"}},
+    ),
+    "mandrill with a public URL": _source(
+        provider="mandrill",
+        verification={**SECRET, "publicUrl": "https://hooks.example.com/hooks/default/mandrill"},
+    ),
+    "token in a header with auth": _source(
+        provider="token",
+        verification={**SECRET, "tokenScheme": "header", "header": "X-Webhook-Token"},
+        auth={"jwksUrl": "https://x.example/jwks"},
+    ),
     "managed secret source": _source(
         provider="standard", verification={"managedSecretRef": {"name": "m"}}
     ),

@@ -394,7 +394,7 @@ async def _commit(
     for attempt in range(2):
         try:
             async with conn.transaction():
-                fresh = await insert_events(conn, events) if events else set()
+                fresh, _ = await insert_events(conn, events) if events else (set(), set())
                 await sync_state.save_page(
                     conn, schedule, following, len(events), run_watermark, now
                 )

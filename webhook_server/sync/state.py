@@ -1,4 +1,5 @@
-"""Where each SyncSchedule stands, in PostgreSQL (table ``dfm_sync_state``, migration 0002).
+"""Where each SyncSchedule stands, in PostgreSQL (table ``dfm_sync_state``, its migration
+``0004_sync_state.sql``).
 
 A run reads its row once, then writes it in the same transaction as each page's events
 (:func:`save_page`), so the row always names the first page whose events are not committed.
