@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) -m bench.forward
 	$(PY) -m bench.soak
 	$(PY) -m bench.operator
+	$(PY) -m bench.sync
 
 # Regenerate everything derived from the API models (tests fail when these drift).
 generate: $(STAMP)

@@ -273,7 +273,7 @@ NOT_IN_THE_AUDIT_LOG: dict[Grant, str] = {
         "checked inside the server by OwnerReferencesPermissionEnforcement (enabled here) for "
         "every child applied with blockOwnerDeletion: without it those applies fail"
     )
-    for plural in ("webhooksources", "managedsecrets", "backupschedules")
+    for plural in ("webhooksources", "managedsecrets", "syncschedules", "backupschedules")
 }
 # Grants these tests do not exercise, and why they are needed all the same.
 NOT_EXERCISED: dict[Grant, str] = {

@@ -657,6 +657,7 @@ def test_the_promised_alerts_exist(helm: str) -> None:
         "DfmForwardDeadLetters",
         "DfmManagedSecretRotationFailed",
         "DfmOAuthTokenExpiringSoon",
+        "DfmSyncNotSucceeding",
         "DfmOperatorReconcileErrors",
         "DfmOperatorDown",
         "DfmBackupTooOld",

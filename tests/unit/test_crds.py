@@ -324,6 +324,7 @@ def test_default_columns_are_the_documented_ones() -> None:
         "Ready",
         "Reason",
         "Last Success",
+        "Items",
         "Age",
     ]
     assert visible("BackupSchedule") == [
@@ -439,7 +440,6 @@ def _backup(**spec: Any) -> JsonDict:
 
 SECRET = {"secretRef": {"name": "s"}}
 HTTP = {"http": {"url": "https://api.example.com/items"}}
-CONTAINER = {"container": {"image": "example/sync:1"}}
 RANDOM = {"length": 32}
 FORWARD: JsonDict = {
     "url": "http://orders.shop.svc:8080/events",
@@ -606,8 +606,17 @@ INVALID: dict[str, tuple[JsonDict, bool]] = {
         _source(provider="github", verification=SECRET, forward={**FORWARD, "maxAge": "2d"}),
         False,
     ),
-    "connector with both": (_sync({**HTTP, **CONTAINER}), True),
-    "connector with neither": (_sync({}), True),
+    "sync name too long for its CronJob": (_named(_sync(HTTP), "y" * 48), True),
+    "two pagination styles": (
+        _sync({"http": {**HTTP["http"], "link": {}, "offset": {"limit": 10}}}),
+        True,
+    ),
+    "connector without http": (_sync({}), False),
+    "container connector (not built, not in the API)": (
+        _sync({"container": {"image": "example/sync:1"}}),
+        False,
+    ),
+    "bad dotted path": (_sync({"http": {**HTTP["http"], "idField": "a..b"}}), False),
     "bad cron": (_backup(schedule="every night"), False),
     "bad quantity": (
         _backup(destination={"pvc": {"claimName": "b", "size": "twenty gigs"}}),
@@ -686,7 +695,19 @@ VALID: dict[str, JsonDict] = {
         },
     ),
     "http connector": _sync(HTTP),
-    "container connector": _sync(CONTAINER),
+    "sync name of 47 characters": _named(_sync(HTTP), "y" * 47),
+    "cursor with also": _sync(
+        {
+            "http": {
+                **HTTP["http"],
+                "cursor": {
+                    "param": "startAfterId",
+                    "from": "meta.startAfterId",
+                    "also": [{"param": "startAfter", "from": "meta.startAfter"}],
+                },
+            }
+        }
+    ),
     "backup": _backup(),
 }
 
@@ -731,7 +752,7 @@ def test_cross_field_rules_are_in_the_crds() -> None:
     assert len(rules[("WebhookSource", ".spec.verification")]) == 2
     assert len(rules[("ManagedSecret", ".spec")]) == 2
     assert "has(self.every) != has(self.schedule)" in rules[("ManagedSecret", ".spec.rotation")]
-    assert rules[("SyncSchedule", ".spec.connector")] == ["has(self.http) != has(self.container)"]
+    assert len(rules[("SyncSchedule", ".spec.connector.http")]) == 1
     assert rules[("WebhookSource", ".")] == [
         "size(self.metadata.name) <= 54"
         " && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"

@@ -103,38 +103,36 @@ class Event:
 _INSERT = """
 WITH incoming AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
-                         $5::text[], $6::bytea[], $7::jsonb[], $8::text[], $9::text[],
-                         $13::integer[])
+                         $5::text[], $6::bytea[], $7::jsonb[], $8::text[], $9::integer[],
+                         $10::text[])
         AS t(source, event_id, event_type, received_at, request_id, payload, headers, subject,
-             webhook_id, event_count)
+             event_count, webhook_id)
 ), fresh AS (
     INSERT INTO webhook_event_ids (source, subject, event_id, received_at)
     SELECT source, subject, event_id, received_at FROM incoming
     ON CONFLICT DO NOTHING
     RETURNING source, subject, event_id
-), stored AS (
-    INSERT INTO webhook_events
-        (source, subject, event_id, event_type, received_at, request_id, payload, headers,
-         event_count)
-    SELECT i.source, i.subject, i.event_id, i.event_type, i.received_at, i.request_id, i.payload,
-           i.headers, i.event_count
-    FROM incoming i JOIN fresh f USING (source, subject, event_id)
-    RETURNING source, subject, event_id
 ), queued AS (
+    -- The forward outbox: a fresh event of a forwarding source gets its delivery in the same
+    -- statement, so an acknowledged event always has one.
     INSERT INTO webhook_deliveries
         (source, subject, event_id, received_at, webhook_id, next_attempt_at, lease_until,
          leased_by)
     SELECT i.source, i.subject, i.event_id, i.received_at, i.webhook_id, i.received_at,
-           $11::timestamptz, $12::text
+           $12::timestamptz, $13::text
     FROM incoming i JOIN fresh f USING (source, subject, event_id)
-    WHERE CASE WHEN $10::text[] IS NULL
+    WHERE CASE WHEN $11::text[] IS NULL
                THEN EXISTS (SELECT 1 FROM webhook_sources s
                             WHERE s.source = i.source AND s.forward)
-               ELSE i.source = ANY($10::text[]) END
-    RETURNING source, subject, event_id
+               ELSE i.source = ANY($11::text[]) END
 )
-SELECT s.source, s.subject, s.event_id, q.event_id IS NOT NULL AS queued
-FROM stored s LEFT JOIN queued q USING (source, subject, event_id)
+INSERT INTO webhook_events
+    (source, subject, event_id, event_type, received_at, request_id, payload, headers,
+     event_count)
+SELECT i.source, i.subject, i.event_id, i.event_type, i.received_at, i.request_id, i.payload,
+       i.headers, i.event_count
+FROM incoming i JOIN fresh f USING (source, subject, event_id)
+RETURNING source, subject, event_id
 """
 
 # Replay keys: claim (the first event to use a key owns it), then read who owns each, which sees
@@ -157,60 +155,7 @@ def _key(event: Event) -> _Key:
     return (event.source, event.subject, event.event_id)
 
 
-@dataclass(frozen=True, slots=True)
-class Inserted:
-    """What :func:`insert_events` stored: the new events' keys, and those given a delivery."""
-
-    fresh: set[_Key]
-    queued: set[_Key]
-
-
-async def insert_events(
-    conn: Any,
-    events: Sequence[Event],
-    *,
-    forwarded: Collection[str] | None = None,
-    lease: Lease | None = None,
-) -> Inserted:
-    """Store ``events`` and, for sources that forward, their deliveries: one statement.
-
-    The one way events enter the store (a receiver's batch, a sync's page), so an event is never
-    stored without the delivery its source asks for. An event whose (source, subject, event_id)
-    is already stored is a duplicate and gets nothing; within ``events`` the first of a key wins.
-
-    ``forwarded`` names the sources whose fresh events get a delivery row (a receiver knows its
-    own config); None means "as registered in webhook_sources by the sources' receivers" (for a
-    writer that does not know, such as a sync). ``lease`` hands the new deliveries to their
-    writer (webhook_server.forward delivers them from memory); without one they are due at once
-    for any replica's poller.
-
-    Dedup keys are locked in one order by every batch, so concurrent batches holding the same
-    ids wait for each other instead of deadlocking. Runs inside the caller's transaction if it
-    has one. Raises asyncpg's errors (a missing partition: sqlstate 23514).
-    """
-    unique: dict[_Key, Event] = {}
-    for event in events:
-        unique.setdefault(_key(event), event)
-    ordered = sorted(unique.values(), key=_key)
-    rows = await conn.fetch(
-        _INSERT,
-        [e.source for e in ordered],
-        [e.event_id for e in ordered],
-        [e.event_type for e in ordered],
-        [e.received_at for e in ordered],
-        [e.request_id for e in ordered],
-        [e.payload for e in ordered],
-        [json.dumps(e.headers) for e in ordered],
-        [e.subject for e in ordered],
-        [outbox.webhook_id(e.source, e.subject, e.event_id) for e in ordered],
-        None if forwarded is None else sorted(forwarded),
-        None if lease is None else lease.until,
-        None if lease is None else lease.owner,
-        [1 if e.event_count is None else e.event_count for e in ordered],
-    )
-    fresh = {(r["source"], r["subject"], r["event_id"]) for r in rows}
-    queued = {(r["source"], r["subject"], r["event_id"]) for r in rows if r["queued"]}
-    return Inserted(fresh, queued)
+_PARTITION_MISSING = "23514"  # check_violation: "no partition of relation ... found for row"
 
 
 @dataclass(eq=False, slots=True)
@@ -237,9 +182,6 @@ class Outbox(Protocol):
     def reserve(self, events: Sequence[Event]) -> Reservation | None: ...
 
     def handoff(self, reservation: Reservation, committed: Sequence[Event]) -> None: ...
-
-
-_PARTITION_MISSING = "23514"  # check_violation: "no partition of relation ... found for row"
 
 
 @dataclass(slots=True)
@@ -488,7 +430,11 @@ class Store:
             pending.future.set_result(key in fresh and unique[key] is pending)
 
     async def _insert(self, events: list[Event]) -> tuple[set[_Key], set[_Key]]:
-        """Commit ``events``: (the keys of those new, the keys of those refused as replays)."""
+        """Commit ``events``: (the keys of those new, the keys of those refused as replays).
+
+        Deliveries of forwarding sources are written with them, leased to this process's
+        forwarder when it has room, and handed to it once committed.
+        """
         pool = self._pool
         if pool is None:
             raise StoreUnavailable("no pool")
@@ -498,7 +444,7 @@ class Store:
         reservation = forwarder.reserve(to_forward) if forwarder and to_forward else None
         lease = reservation.lease if reservation is not None else None
         try:
-            inserted, replayed = await self._insert_with_retries(pool, events, forwarded, lease)
+            fresh, replayed = await self._insert_with_retries(pool, events, forwarded, lease)
         except BaseException:
             if reservation is not None and forwarder is not None:
                 # Possibly committed after all (the answer was lost): then the leases run out
@@ -506,8 +452,9 @@ class Store:
                 forwarder.handoff(reservation, [])
             raise
         if reservation is not None and forwarder is not None:
-            forwarder.handoff(reservation, [e for e in to_forward if _key(e) in inserted.queued])
-        return inserted.fresh, replayed
+            # Every fresh event of a forwarding source got its delivery in the same statement.
+            forwarder.handoff(reservation, [e for e in to_forward if _key(e) in fresh])
+        return fresh, replayed
 
     async def _insert_with_retries(
         self,
@@ -515,32 +462,19 @@ class Store:
         events: list[Event],
         forwarded: frozenset[str],
         lease: Lease | None,
-    ) -> tuple[Inserted, set[_Key]]:
+    ) -> tuple[set[_Key], set[_Key]]:
         # Bounded waits: for a connection (every one may be stuck in a hung database) and, by the
         # pool's command timeout, for the statement.
         acquire_timeout = self.config.connect_timeout_seconds
         for attempt in range(3):
             try:
                 async with pool.acquire(timeout=acquire_timeout) as conn:
-                    if not any(e.replay_key is not None for e in events):
-                        inserted = await insert_events(
-                            conn, events, forwarded=forwarded, lease=lease
-                        )
-                        return inserted, set()
-                    async with conn.transaction():
-                        replayed = await _claim_replay_keys(conn, events)
-                        kept = [e for e in events if _key(e) not in replayed]
-                        inserted = (
-                            await insert_events(conn, kept, forwarded=forwarded, lease=lease)
-                            if kept
-                            else Inserted(set(), set())
-                        )
-                return inserted, replayed
+                    return await insert_events(conn, events, forwarded=forwarded, lease=lease)
             except asyncpg.PostgresError as exc:
-                if getattr(exc, "sqlstate", None) != _PARTITION_MISSING or attempt == 2:
+                if not partition_missing(exc) or attempt == 2:
                     raise
                 async with pool.acquire(timeout=acquire_timeout) as conn:
-                    await _create_partitions(
+                    await create_partitions(
                         conn, {partitions.utc_day(e.received_at) for e in events}
                     )
             except (asyncpg.exceptions.ConnectionDoesNotExistError, ConnectionResetError):
@@ -565,7 +499,7 @@ class Store:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MAINTENANCE_LOCK_ID):
                 return False
             try:
-                await _create_partitions(
+                await create_partitions(
                     conn, set(partitions.days_to_create(now, self.config.partitions_ahead_days))
                 )
                 await self._expire(conn, now)
@@ -574,14 +508,11 @@ class Store:
         return True
 
     async def _register_sources(self, conn: Any, now: datetime) -> None:
-        await conn.executemany(
-            """INSERT INTO webhook_sources (source, retention_days, last_seen_at, forward)
-               VALUES ($1, $2, $3, $4)
-               ON CONFLICT (source) DO UPDATE
-               SET retention_days = EXCLUDED.retention_days,
-                   last_seen_at = EXCLUDED.last_seen_at,
-                   forward = EXCLUDED.forward""",
-            [(s.key, s.retention_days, now, s.forward is not None) for s in self.sources],
+        await register_sources(
+            conn,
+            [(s.key, s.retention_days) for s in self.sources],
+            now,
+            forwarding={s.key for s in self.sources if s.forward is not None},
         )
 
     async def _expire(self, conn: Any, now: datetime) -> None:
@@ -641,6 +572,102 @@ class Store:
         )
 
 
+async def insert_events(
+    conn: Any,
+    events: Sequence[Event],
+    *,
+    forwarded: Collection[str] | None = None,
+    lease: Lease | None = None,
+) -> tuple[set[_Key], set[_Key]]:
+    """Insert ``events`` unless their (source, subject, event_id) is already stored: (the keys
+    of those new, the keys of those refused as replays of another event's replay key). The one
+    path every event goes through: a receiver's batch, and each page of a sync
+    (``webhook_server.sync.runner``), inside the caller's transaction when it has one (a
+    savepoint then, for the replay keys).
+
+    The same statement writes the forward outbox: every new event of a source that forwards gets
+    its row in ``webhook_deliveries``, so an event is never stored without the delivery its
+    source asks for. ``forwarded`` names those sources (a receiver knows its own config); None
+    means "as registered in webhook_sources by the sources' receivers" (a sync does not know).
+    ``lease`` hands the new deliveries to their writer (webhook_server.forward delivers them from
+    memory); without one they are due at once for any replica's poller.
+
+    Dedup keys are locked in one order by every batch, so concurrent batches holding the same
+    ids wait for each other instead of deadlocking. Within ``events`` the first of a key wins.
+    """
+    unique: dict[_Key, Event] = {}
+    for event in events:
+        unique.setdefault(_key(event), event)
+    ordered = [unique[k] for k in sorted(unique)]
+    outbox_args = (
+        None if forwarded is None else sorted(forwarded),
+        None if lease is None else lease.until,
+        None if lease is None else lease.owner,
+    )
+    if not any(e.replay_key is not None for e in ordered):
+        rows = await conn.fetch(_INSERT, *_insert_args(ordered), *outbox_args)
+        return {(r["source"], r["subject"], r["event_id"]) for r in rows}, set()
+    async with conn.transaction():
+        replayed = await _claim_replay_keys(conn, ordered)
+        kept = [e for e in ordered if _key(e) not in replayed]
+        rows = await conn.fetch(_INSERT, *_insert_args(kept), *outbox_args) if kept else []
+    return {(r["source"], r["subject"], r["event_id"]) for r in rows}, replayed
+
+
+def partition_missing(exc: BaseException) -> bool:
+    """Whether ``exc`` says an event's day has no partition yet (create it, then retry)."""
+    return getattr(exc, "sqlstate", None) == _PARTITION_MISSING
+
+
+async def register_sources(
+    conn: Any,
+    sources: Sequence[tuple[str, int]],
+    now: datetime,
+    *,
+    forwarding: Collection[str] | None = None,
+) -> None:
+    """Record each (source, retention days): partitions are dropped by the longest retention
+    registered, so a source that stores events must be registered or it loses them.
+
+    A source's receivers also say whether it forwards (``forwarding``: the keys that do), which
+    is what inserts that do not know (a sync's) go by; without it the flag is left as it is.
+    """
+    if forwarding is not None:
+        await conn.executemany(
+            """INSERT INTO webhook_sources (source, retention_days, last_seen_at, forward)
+               VALUES ($1, $2, $3, $4)
+               ON CONFLICT (source) DO UPDATE
+               SET retention_days = EXCLUDED.retention_days,
+                   last_seen_at = EXCLUDED.last_seen_at,
+                   forward = EXCLUDED.forward""",
+            [(key, retention, now, key in forwarding) for key, retention in sources],
+        )
+        return
+    await conn.executemany(
+        """INSERT INTO webhook_sources (source, retention_days, last_seen_at)
+           VALUES ($1, $2, $3)
+           ON CONFLICT (source) DO UPDATE
+           SET retention_days = EXCLUDED.retention_days,
+               last_seen_at = EXCLUDED.last_seen_at""",
+        [(key, retention, now) for key, retention in sources],
+    )
+
+
+def _insert_args(events: list[Event]) -> tuple[list[Any], ...]:
+    return (
+        [e.source for e in events],
+        [e.event_id for e in events],
+        [e.event_type for e in events],
+        [e.received_at for e in events],
+        [e.request_id for e in events],
+        [e.payload for e in events],
+        [json.dumps(e.headers) for e in events],
+        [e.subject for e in events],
+        [1 if e.event_count is None else e.event_count for e in events],
+        [outbox.webhook_id(e.source, e.subject, e.event_id) for e in events],
+    )
+
+
 async def _claim_replay_keys(conn: Any, events: list[Event]) -> set[_Key]:
     """Claim every event's replay key in the caller's transaction; the keys of the events whose
     replay key another event holds. The same event with the same key (a redelivery) is not a
@@ -688,7 +715,7 @@ def _why_unusable(exc: Exception, config: DatabaseConfig) -> dict[str, str]:
     return {}
 
 
-async def _create_partitions(conn: Any, days: set[date]) -> None:
+async def create_partitions(conn: Any, days: set[date]) -> None:
     """Create the events' and the deliveries' partitions of ``days`` (if missing).
 
     One transaction per partition: creating a partition locks its parent exclusively, and a
