@@ -268,6 +268,7 @@ def secret_problem(provider: Provider, value: bytes) -> str | None:
 
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+DEFAULT_MAX_QUEUED_BYTES = 32 * 1024 * 1024
 
 
 class DatabaseConfig(Model):
@@ -290,7 +291,8 @@ class DatabaseConfig(Model):
     commit_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
     # Events waiting for or in a commit, and their bytes: past either, 503 at once.
     max_queued_events: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
-    max_queued_bytes: Annotated[int, Field(ge=1024, le=4 * 1024**3)] = 64 * 1024 * 1024
+    # (Sized with the server's limits against a 256 MiB container: docs/receiver.md, "Memory".)
+    max_queued_bytes: Annotated[int, Field(ge=1024, le=4 * 1024**3)] = DEFAULT_MAX_QUEUED_BYTES
 
     @model_validator(mode="after")
     def _one_url(self) -> Self:
@@ -324,6 +326,12 @@ class VerificationLaneConfig(Model):
     slots_per_client: Annotated[int, Field(ge=1, le=4096)] = 2
     # Larger bodies (by Content-Length, or as read) are refused with 429 instead.
     max_body_bytes: Annotated[int, Field(ge=1, le=1024 * 1024)] = 65_536
+
+
+def queued_bytes_for(sources: list[SourceConfig]) -> int:
+    """``database.maxQueuedBytes`` for ``sources``: the default, raised to hold the largest body
+    (a queue smaller than a body is refused; docs/receiver.md says what that costs in memory)."""
+    return max([DEFAULT_MAX_QUEUED_BYTES, *(s.limits.max_body_bytes for s in sources)])
 
 
 class ServerConfig(Model):

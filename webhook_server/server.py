@@ -41,6 +41,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -96,6 +97,43 @@ RESERVED_FILES = 128
 FILE_LIMIT_CEILING = 1_048_576
 LOOP_ERROR_INTERVAL_SECONDS = 10.0
 _HEAD_END = b"\r\n\r\n"
+
+# The worst case of one receiver process's memory, from its limits (docs/receiver.md, "Memory"):
+# figures measured on CPython 3.11 with aiohttp 3.14, rounded up. What a head or a queued event
+# holds costs about twice its bytes (the parsed copy beside the received one; the statement's copy
+# of a batch being inserted); a body being read about four times (the chunks, their join, the
+# stream's buffer, the allocator's slack).
+BASE_MEMORY_BYTES = 72 * 1024 * 1024
+CONNECTION_MEMORY_BYTES = 5 * 1024
+HEAD_MEMORY_FACTOR = 2
+BODY_MEMORY_FACTOR = 4
+QUEUE_MEMORY_FACTOR = 2
+_CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def memory_bound(config: ReceiverConfig, max_connections: int) -> int:
+    """What the limits of ``config`` let one process hold at worst, in bytes."""
+    server = config.server
+    largest_body = max((s.limits.max_body_bytes for s in config.sources), default=0)
+    return (
+        BASE_MEMORY_BYTES
+        + max_connections * CONNECTION_MEMORY_BYTES
+        + HEAD_MEMORY_FACTOR * server.head_budget_bytes
+        + BODY_MEMORY_FACTOR * max(server.body_budget_bytes, largest_body)
+        + QUEUE_MEMORY_FACTOR * config.database.max_queued_bytes
+    )
+
+
+def memory_limit(paths: tuple[str, ...] = _CGROUP_MEMORY_LIMITS) -> int | None:
+    """The container's memory limit (cgroup v2, else v1), or None when there is none."""
+    for path in paths:
+        with contextlib.suppress(OSError, ValueError):
+            text = Path(path).read_text().strip()
+            if text == "max":
+                return None
+            limit = int(text)
+            return limit if limit < 2**60 else None
+    return None
 
 
 def raw_problem(
@@ -689,12 +727,24 @@ async def _serve(config: ReceiverConfig, file_limit: int) -> None:
         shutdown_timeout=config.shutdown_timeout_seconds,
         file_limit=file_limit,
     )
+    bound = memory_bound(config, listener.guard.max_connections)
+    limit = memory_limit()
     log.info(
         "listening",
         port=listener.port,
         file_limit=file_limit,
         max_connections=listener.guard.max_connections,
+        memory_bound_mib=bound // 2**20,
+        memory_limit_mib=None if limit is None else limit // 2**20,
     )
+    if limit is not None and bound > limit:
+        log.warning(
+            "the memory limit is below what the receiver's limits allow at worst",
+            memory_bound_mib=bound // 2**20,
+            memory_limit_mib=limit // 2**20,
+            hint="lower server.* or database.maxQueuedBytes, or raise the container's limit "
+            "(docs/receiver.md, Memory)",
+        )
     for source in config.sources:
         log.info(
             "serving source", source=source.key, provider=source.provider.value, path=source.route
