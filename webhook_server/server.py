@@ -358,30 +358,31 @@ class ReceiverProtocol(RequestHandler):
                 return
 
     def _head_received(self, data: bytes) -> bytes:
-        """Feed the head (and nothing past its end); returns what follows it."""
-        if not self._head_bytes and self._request_count and self._head_timer is None:
-            # A later request's head began: it gets the head deadline too (the first request's
-            # is armed at connection_made).
-            self._head_timer = self._loop.call_at(
-                self._loop.time() + self._header_timeout, self._later_head_deadline
-            )
+        """Feed a head (and the body that came with it); returns what is left to feed."""
         end = self._head_end(data)
-        part = data if end < 0 else data[:end]
-        size = self._head_bytes + len(part)
+        size = self._head_bytes + (len(data) if end < 0 else end)
         if size > self._max_head_bytes:
             self._refuse_head()
             return b""
-        if end < 0 and not self._guard.heads.take(self, len(part)):
+        if end < 0 and not self._guard.heads.take(self, len(data)):
             # The head goes on past this read: its bytes are held until it ends.
             self._guard.closed("head_budget")
             self._refuse(_HEADS_BUSY)
             return b""
         count = self._request_count
-        super().data_received(part)
-        if self._request_count == count:
+        # One feed for the usual webhook, head and body in one read.
+        super().data_received(data)
+        parsed = self._request_count - count
+        if not parsed:
+            if self._request_count and self._head_timer is None:
+                # A later request's head goes on past its first read: it gets the head deadline
+                # too, from now (the first request's is armed at connection_made).
+                self._head_timer = self._loop.call_at(
+                    self._loop.time() + self._header_timeout, self._later_head_deadline
+                )
             self._head_bytes = size
-            self._head_tail = (self._head_tail + part)[-3:] if len(part) < 3 else part[-3:]
-            return data[len(part) :]
+            self._head_tail = (self._head_tail + data)[-3:] if len(data) < 3 else data[-3:]
+            return b""
         self._head_done()
         self._guard.busy(self)
         message, payload = self._messages[-1]
@@ -390,10 +391,16 @@ class ReceiverProtocol(RequestHandler):
             self.close()
             return b""
         self._payload = payload
-        self._body_length = (
-            None if message.chunked else int(message.headers.get(hdrs.CONTENT_LENGTH) or 0)
-        )
-        return data[len(part) :]
+        if message.chunked:
+            self._body_length = None  # its end is the parser's to find
+            return b""
+        self._body_length = int(message.headers.get(hdrs.CONTENT_LENGTH) or 0)
+        if parsed > 1 or (end >= 0 and len(data) - end > self._body_length):
+            # A next request came in the same read: parsed already (this read at most), it is
+            # not served, and the connection closes once this request is answered.
+            self._guard.closed("pipelined")
+            self.close()
+        return b""
 
     def _head_end(self, data: bytes) -> int:
         """Where the head ends in ``data`` (just past its CRLFCRLF), or -1."""
