@@ -15,6 +15,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.test_utils import make_mocked_request
 from aiohttp.web_request import BaseRequest
 
+from dfm_operator.builders.webhooksource import DEFAULT_RESOURCES
 from webhook_server import logs
 from webhook_server.admission import ByteBudget, ClientAddresses, VerificationLane
 from webhook_server.config import (
@@ -35,6 +36,8 @@ from webhook_server.server import (
     LoopErrors,
     ReceiverProtocol,
     connection_cap,
+    memory_bound,
+    memory_limit,
 )
 
 
@@ -328,3 +331,30 @@ async def test_parser_refusals_and_errors_outside_the_app_are_logged_and_counted
         if sample.name.endswith("_total")
     }
     assert counted == {"malformed_http": 1.0, "error": 2.0}
+
+
+def test_the_default_limits_fit_the_default_container_memory() -> None:
+    # What every limit lets one process hold at worst, at once (docs/receiver.md, "Memory"),
+    # against the memory limit the operator gives a receiver container by default.
+    source = SourceConfig(
+        name="gh",
+        provider=Provider.GITHUB,
+        verification=VerificationConfig(secrets=[SecretSource(value="s")]),
+    )
+    config = ReceiverConfig(sources=[source], database=DatabaseConfig(url="postgresql://x/y"))
+    limit = DEFAULT_RESOURCES["limits"]["memory"]
+    assert limit == "256Mi"
+    assert memory_bound(config, config.server.max_connections) <= 256 * 1024 * 1024
+    assert memory_bound(config, config.server.max_connections) == 234 * 1024 * 1024  # the doc's
+
+
+def test_the_container_memory_limit_is_read_from_its_cgroup(tmp_path: Any) -> None:
+    v2, v1 = tmp_path / "memory.max", tmp_path / "limit_in_bytes"
+    assert memory_limit((str(v2), str(v1))) is None  # neither: no limit known
+    v2.write_text("max\n")
+    assert memory_limit((str(v2), str(v1))) is None
+    v2.write_text("268435456\n")
+    assert memory_limit((str(v2), str(v1))) == 256 * 1024 * 1024
+    v2.unlink()
+    v1.write_text("9223372036854771712\n")  # cgroup v1's "unlimited"
+    assert memory_limit((str(v2), str(v1))) is None
