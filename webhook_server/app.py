@@ -356,7 +356,9 @@ async def _read_unverified(
     if declared is not None and declared > limit:
         raise refused
     if request.content.is_eof():
-        return await _read_body(request, limit, server.body_timeout_seconds, admission.bodies)
+        return await _read_body(
+            request, limit, server.body_timeout_seconds, admission.bodies, too_large=refused
+        )
     client = admission.clients.of(request.remote, request.headers)
     if not admission.lane.enter(client):
         raise refused
