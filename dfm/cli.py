@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from pydantic import ValidationError
 
 from dfm import backup_cmd, crds_cmd
 from dfm.manifests import ManifestError, describe_validation_error
+
+if TYPE_CHECKING:
+    from webhook_server.sync.config import SyncConfig
+    from webhook_server.sync.summary import RunSummary
 
 
 class CliError(Exception):
@@ -119,6 +128,36 @@ def _add_render(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
 
 
+def _add_sync(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("sync", help="scheduled syncs from external APIs")
+    runs = p.add_subparsers(dest="sync_command", required=True)
+    run = runs.add_parser(
+        "run",
+        help="run one sync: in a pod from its rendered config, or locally from manifests",
+        description=(
+            "Runs one sync to its end (or its run timeout) and exits 0 when it succeeded, 1 when "
+            "it failed (the summary says why), 2 on bad input. In a pod: --config FILE (what "
+            "the operator renders). Locally: -f FILE_OR_DIR with the SyncSchedule, its sink "
+            "WebhookSource and, for auth, --token-file or the Secret its ManagedSecret writes; "
+            "the events go to --database-url ($DFM_DATABASE_URL), else to the embedded "
+            "PostgreSQL `dfm local` uses ($DFM_DATA_DIR, default ~/.local/share/dfm)."
+        ),
+    )
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", metavar="FILE", help="the rendered sync config (in a pod)")
+    source.add_argument("-f", "--filename", action="append", metavar="FILE_OR_DIR")
+    run.add_argument("--name", help="which SyncSchedule, when the files hold several")
+    run.add_argument("--database-url", default=os.environ.get("DFM_DATABASE_URL"))
+    run.add_argument("--token-file", metavar="PATH", help="the bearer token (re-read after a 401)")
+    run.add_argument(
+        "--summary-file",
+        metavar="PATH",
+        help="also write the run's JSON summary here (the job's /dev/termination-log)",
+    )
+    run.add_argument("--log-format", choices=["json", "console"], default="json")
+    run.add_argument("--log-level", default=os.environ.get("DFM_LOG_LEVEL", "INFO"))
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="dfm", description="df-middleware")
     sub = top.add_subparsers(dest="command", required=True)
@@ -127,38 +166,45 @@ def parser() -> argparse.ArgumentParser:
     _add_receiver(sub)
     _add_operator(sub)
     _add_render(sub)
+    _add_sync(sub)
     crds_cmd.add_parser(sub)
     backup_cmd.add_parser(sub)
     return top
 
 
-def cmd_local(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _database(url: str | None, command: str) -> Iterator[str]:
+    """``url``, or the embedded PostgreSQL `dfm local` uses (started if it is not running, and
+    stopped afterwards only if this process started it)."""
     from dfm import local
     from dfm.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
+
+    if url:
+        yield url
+        return
+    datadir = local.default_data_dir() / "postgres"
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    embedded = EmbeddedPostgres(datadir)
+    print(f"dfm {command}: embedded PostgreSQL, data in {embedded.pgdata}", file=sys.stderr)
+    try:
+        embedded.start()
+    except EmbeddedPostgresError as exc:
+        raise CliError(str(exc)) from exc
+    try:
+        yield embedded.url
+    finally:
+        embedded.release()
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from dfm import local
     from webhook_server import logs
 
     logs.configure(json=args.log_format == "json")
     # Validate the manifests before starting anything.
     local.build_config(args.filename, host=args.host, port=args.port, database_url="postgresql://")
-    embedded: EmbeddedPostgres | None = None
-    url = args.database_url
-    if not url:
-        datadir = local.default_data_dir() / "postgres"
-        datadir.parent.mkdir(parents=True, exist_ok=True)
-        embedded = EmbeddedPostgres(datadir)
-        print(
-            f"dfm local: starting embedded PostgreSQL, data in {embedded.pgdata}", file=sys.stderr
-        )
-        try:
-            embedded.start()
-        except EmbeddedPostgresError as exc:
-            raise CliError(str(exc)) from exc
-        url = embedded.url
-    try:
+    with _database(args.database_url, "local") as url:
         asyncio.run(local.serve(args.filename, host=args.host, port=args.port, database_url=url))
-    finally:
-        if embedded is not None:
-            embedded.release()
     return 0
 
 
@@ -278,6 +324,65 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from webhook_server import logs
+    from webhook_server.sync.config import SyncConfig
+    from webhook_server.sync.summary import INVALID_CONFIG, RunSummary
+
+    try:
+        logs.configure(args.log_level, json=args.log_format == "json")
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CliError(f"--log-level {args.log_level}: not a log level") from exc
+    if args.config is not None:
+        try:
+            config = SyncConfig.load(args.config)
+        except (OSError, ValidationError, yaml.YAMLError) as exc:
+            message = f"{args.config}: invalid sync config: {_first_error(exc)}"
+            if args.summary_file:
+                failed = RunSummary("?/?", "-", datetime.now(UTC), datetime.now(UTC))
+                failed.reason, failed.message = INVALID_CONFIG, message
+                _write_summary(args.summary_file, failed)
+            raise CliError(message) from exc
+        return _sync(config, args.summary_file, local=False)
+    from dfm.sync_files import local_config
+
+    # Validate the manifests (and the token) before starting a database.
+    local_config(
+        args.filename, name=args.name, database_url="postgresql://", token_file=args.token_file
+    )
+    with _database(args.database_url, "sync run") as url:
+        config = local_config(
+            args.filename, name=args.name, database_url=url, token_file=args.token_file
+        )
+        return _sync(config, args.summary_file, local=True)
+
+
+def _sync(config: SyncConfig, summary_file: str | None, *, local: bool) -> int:
+    from webhook_server.sync.runner import run_sync
+
+    async def main() -> RunSummary:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        return await run_sync(config, stop=stop)
+
+    summary = asyncio.run(main())
+    if summary_file:
+        _write_summary(summary_file, summary)
+    if local:
+        verdict = "ok" if summary.succeeded else f"failed ({summary.reason})"
+        print(f"dfm sync run: {config.schedule}: {verdict}: {summary.message}", file=sys.stderr)
+    return 0 if summary.succeeded else 1
+
+
+def _write_summary(path: str, summary: RunSummary) -> None:
+    try:
+        Path(path).write_text(summary.dumps())
+    except OSError as exc:
+        print(f"dfm sync run: cannot write the summary to {path}: {exc.strerror}", file=sys.stderr)
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from dfm.render import render, to_yaml
 
@@ -291,6 +396,7 @@ COMMANDS = {
     "receiver": cmd_receiver,
     "operator": cmd_operator,
     "render": cmd_render,
+    "sync": cmd_sync,
     "crds": crds_cmd.run,
     "backup": backup_cmd.run,
 }

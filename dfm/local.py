@@ -38,6 +38,7 @@ from webhook_server.config import (
     queued_bytes_for,
     secret_problem,
 )
+from webhook_server.verify.registry import PROVIDERS, Signing
 
 DATABASE_URL_ENV = "DFM_DATABASE_URL"
 DATA_DIR_ENV = "DFM_DATA_DIR"
@@ -227,18 +228,33 @@ def _program() -> str:
         return prog.name
 
 
+DEMO_KEYS_DIR = "keys"
+
+
+def demo_private_key(manifest: Path, source: SourceConfig) -> Path | None:
+    """A demo private key for a provider that signs with its own key: ``keys/<source name>.pem``
+    beside the manifest (the examples ship one per such provider), if there is one."""
+    key = manifest.parent / DEMO_KEYS_DIR / f"{source.name}.pem"
+    return key if key.is_file() else None
+
+
 def banner(config: ReceiverConfig, files: dict[str, Path]) -> str:
     base = f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '') else config.host}:{config.port}"  # noqa: S104
     lines = [f"dfm local: serving {len(config.sources)} source(s) on {base}"]
     for source in config.sources:
         url = base + source.route
         lines.append(f"  {source.key:<28} {source.provider.value:<10} POST {url}")
-        send = [_program(), "send", str(files[source.key]), "--name", source.name, "--url", url]
-        needs = {
-            Provider.HIGHLEVEL: "  (add --private-key KEY.pem: HighLevel signs with its own key)",
-            Provider.JWT: "  (add --token JWT)",
-        }.get(source.provider, "")
-        if source.auth is not None and source.provider is not Provider.JWT:
+        manifest = files[source.key]
+        send = [_program(), "send", str(manifest), "--name", source.name, "--url", url]
+        needs = ""
+        signing = PROVIDERS[source.provider].signing
+        if signing is Signing.PRIVATE_KEY:
+            key = demo_private_key(manifest, source)
+            if key is not None:
+                send += ["--private-key", str(key)]
+            else:
+                needs = "  (add --private-key KEY.pem: the provider signs with its own key)"
+        if source.auth is not None or signing is Signing.BEARER_TOKEN:
             needs = "  (add --token JWT)"
         lines.append(f"      try: {shlex.join(send)}{needs}")
     lines.append(f"  health: {base}/readyz   metrics: {base}/metrics")

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import ValidationError
 
-from dfm_operator.api import CustomResource, WebhookSource
-from dfm_operator.constants import API_VERSION, DEFAULT_NAMESPACE, WEBHOOK_SOURCE
+from dfm_operator.api import CustomResource, ManagedSecret, SyncSchedule, WebhookSource
+from dfm_operator.constants import API_VERSION, DEFAULT_NAMESPACE
 
 R = TypeVar("R", bound=CustomResource)
 
@@ -110,22 +110,6 @@ def format_validation_error(doc: Document, error: ValidationError) -> str:
     return f"{doc.label}: {describe_validation_error(error)}"
 
 
-def webhook_sources(docs: Iterable[Document]) -> list[tuple[Document, WebhookSource]]:
-    sources = []
-    for doc in docs:
-        if doc.kind != WEBHOOK_SOURCE:
-            continue
-        if doc.body.get("apiVersion") != API_VERSION:
-            raise ManifestError(f"{doc.label}: apiVersion: expected {API_VERSION}")
-        body = dict(doc.body)
-        body["metadata"] = {"namespace": DEFAULT_NAMESPACE, **(body.get("metadata") or {})}
-        try:
-            sources.append((doc, WebhookSource.model_validate(body)))
-        except ValidationError as exc:
-            raise ManifestError(format_validation_error(doc, exc)) from exc
-    return sources
-
-
 def custom_resources(docs: Iterable[Document], model: type[R]) -> list[tuple[Document, R]]:
     """The documents of ``model``'s kind, validated (a bad one is a ManifestError)."""
     found = []
@@ -141,6 +125,18 @@ def custom_resources(docs: Iterable[Document], model: type[R]) -> list[tuple[Doc
         except ValidationError as exc:
             raise ManifestError(format_validation_error(doc, exc)) from exc
     return found
+
+
+def webhook_sources(docs: Iterable[Document]) -> list[tuple[Document, WebhookSource]]:
+    return custom_resources(docs, WebhookSource)
+
+
+def sync_schedules(docs: Iterable[Document]) -> list[tuple[Document, SyncSchedule]]:
+    return custom_resources(docs, SyncSchedule)
+
+
+def managed_secrets(docs: Iterable[Document]) -> list[tuple[Document, ManagedSecret]]:
+    return custom_resources(docs, ManagedSecret)
 
 
 def secrets(docs: Iterable[Document]) -> dict[tuple[str, str], dict[str, str]]:

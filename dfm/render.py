@@ -7,22 +7,26 @@ from typing import Any
 
 import yaml
 
+from dfm import sync_files
 from dfm.manifests import custom_resources, load_documents, webhook_sources
 from dfm_operator.api import BackupSchedule
-from dfm_operator.builders import backupschedule
+from dfm_operator.builders import backupschedule, syncschedule
 from dfm_operator.builders.webhooksource import ReceiverInputs, build_children
 from dfm_operator.settings import OperatorSettings
 
 
 def render(paths: Sequence[str], *, service_monitor: bool = False) -> list[dict[str, Any]]:
+    """The children of every WebhookSource, BackupSchedule and SyncSchedule in the files."""
     settings = OperatorSettings()
-    objects: list[dict[str, Any]] = []
     docs = load_documents(paths)
+    objects: list[dict[str, Any]] = []
     for _, source in webhook_sources(docs):
         inputs = ReceiverInputs(settings=settings, service_monitor=service_monitor)
         objects.extend(build_children(source, inputs))
     for _, schedule in custom_resources(docs, BackupSchedule):
         objects.extend(backupschedule.build_children(schedule, settings))
+    for resolved in sync_files.resolve(docs, settings):
+        objects.extend(syncschedule.build_children(resolved.schedule, resolved.inputs))
     return objects
 
 

@@ -9,12 +9,14 @@ import time
 from pathlib import Path
 
 import aiohttp
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from dfm.local import source_configs
 from dfm.manifests import ManifestError
 from dfm.samples import sample_event
 from webhook_server.config import Provider, SourceConfig
-from webhook_server.verify import SIGNERS
+from webhook_server.verify.registry import PROVIDERS, Signing
 
 
 def pick_source(sources: list[SourceConfig], name: str | None) -> SourceConfig:
@@ -33,14 +35,21 @@ SEND_TIMEOUT_SECONDS = 30.0
 
 
 def signing_secret(source: SourceConfig, private_key: str | None) -> bytes:
-    if source.provider is Provider.HIGHLEVEL:
+    signing = PROVIDERS[source.provider].signing
+    if signing is Signing.PRIVATE_KEY:
         if private_key is None:
             raise ManifestError(
-                "highlevel deliveries are signed with HighLevel's private key; pass --private-key "
-                "with a key whose public half is in spec.verification.publicKey"
+                f"{source.provider.value} deliveries are signed with the provider's private key; "
+                "pass --private-key with a key whose public half is in "
+                "spec.verification.publicKey"
             )
-        return Path(private_key).read_bytes()
-    if source.provider is Provider.JWT:
+        key = Path(private_key).read_bytes()
+        try:
+            serialization.load_pem_private_key(key, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise ManifestError(f"--private-key {private_key}: not a PEM private key") from exc
+        return key
+    if signing is Signing.BEARER_TOKEN:
         return b""
     values = [s.value for s in source.verification.secrets if s.value is not None]
     if not values:
@@ -56,21 +65,29 @@ def build_request(
     private_key: str | None = None,
     token: str | None = None,
     now: float | None = None,
-) -> dict[str, str]:
+) -> tuple[bytes, dict[str, str], str]:
+    """(body, headers, query string) of the request the provider would send: the body changes
+    when the signature lives in it (Mailgun), the query string when the provider adds to the URL
+    (Twilio's bodySHA256)."""
     now = time.time() if now is None else now
     secret = signing_secret(source, private_key)
+    spec = PROVIDERS[source.provider]
     try:
-        headers = SIGNERS[source.provider](body, secret, source.verification, now, event_id)
+        if spec.sign_body is not None:
+            body = spec.sign_body(body, secret, source.verification, now)
+        headers = spec.sign(body, secret, source.verification, now, event_id)
     except ValueError as exc:
-        if private_key is None:
-            raise
-        raise ManifestError(f"--private-key {private_key}: not a PEM private key") from exc
+        # The key parsed (signing_secret checked it): a key of the wrong kind, or a body the
+        # provider's scheme cannot carry.
+        where = f"--private-key {private_key}" if private_key else source.key
+        raise ManifestError(f"{where}: {exc}") from exc
     headers.setdefault("Content-Type", "application/json")
     if source.auth is not None or source.provider is Provider.JWT:
         if not token:
             raise ManifestError(f"{source.key} requires a bearer token; pass --token")
         headers["Authorization"] = f"Bearer {token}"
-    return headers
+    query = spec.query(body, source.verification) if spec.query is not None else ""
+    return body, headers, query
 
 
 async def send(
@@ -90,10 +107,14 @@ async def send(
         event_id = delivery_id
     else:
         body, event_id = sample_event(source.provider, event_id=delivery_id)
-    headers = build_request(source, body, event_id, private_key=private_key, token=token)
+    body, headers, query = build_request(
+        source, body, event_id, private_key=private_key, token=token
+    )
     target = url or f"http://127.0.0.1:8080{source.route}"
     if not target.startswith(("http://", "https://")):
         raise ManifestError(f"--url {target}: not an http:// or https:// URL")
+    if query:
+        target += ("&" if "?" in target else "?") + query
     timeout = aiohttp.ClientTimeout(total=SEND_TIMEOUT_SECONDS)
     try:
         async with (

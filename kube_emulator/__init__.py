@@ -18,7 +18,8 @@ The package, by concern:
 * ``apply`` — server-side apply and managedFields; ``patches`` — JSON and merge patches;
 * ``watches`` and ``selectors`` — list, watch, resumption, bookmarks;
 * ``validation`` — names, labels, Secret data; ``controllers`` — rollouts, garbage collection;
-* ``printing`` — Tables for ``kubectl get``; ``emulator`` — the HTTP entry point that ties them.
+* ``printing`` — Tables for ``kubectl get``; ``emulator`` — the HTTP entry point that ties them;
+* ``jobs`` — what a CronJob's run writes (Job, Pod, termination message), for tests to play.
 
 kmock (0.8, pinned in constraints.txt) is used through its public pieces (``kmock.Server``,
 ``kmock.resource``, ``kmock.action``, ``kmock.Request``, ``kmock.ResourceInfo``,
@@ -50,10 +51,13 @@ from kube_emulator.patches import (
 from kube_emulator.resources import (
     BACKUPSCHEDULES,
     CRDS,
+    CRONJOBS,
     DEPLOYMENTS,
     EVENTS,
     EVENTS_K8S,
+    JOBS,
     MANAGEDSECRETS,
+    PODS,
     SERVICEMONITORS,
     SYNCSCHEDULES,
     WEBHOOKSOURCES,
@@ -69,12 +73,15 @@ __all__ = [
     "APPLY_PATCH",
     "BACKUPSCHEDULES",
     "CRDS",
+    "CRONJOBS",
     "DEPLOYMENTS",
     "EVENTS",
     "EVENTS_K8S",
+    "JOBS",
     "JSON_PATCH",
     "MANAGEDSECRETS",
     "MERGE_PATCH",
+    "PODS",
     "SERVICEMONITORS",
     "STRATEGIC_MERGE_PATCH",
     "SYNCSCHEDULES",

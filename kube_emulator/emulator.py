@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import datetime
 import json
 import logging
 from collections import deque
@@ -25,6 +26,7 @@ import kmock
 import yaml
 from multidict import CIMultiDict
 
+from kube_emulator import jobs
 from kube_emulator.apply import ServerSideApply
 from kube_emulator.controllers import Controllers, deployment_status
 from kube_emulator.errors import ApiError, api_error
@@ -43,9 +45,12 @@ from kube_emulator.resources import (
     BUILTIN_RESOURCES,
     CRD_RESOURCES,
     CRDS,
+    CRONJOBS,
     DEPLOYMENTS,
     EVENTS,
     EVENTS_K8S,
+    JOBS,
+    PODS,
     SERVICEMONITOR_RESOURCE,
     SERVICEMONITORS,
     JsonDict,
@@ -431,6 +436,52 @@ class DfmKubernetesEmulator(
             raise ApiError(404, f"deployments.apps {name!r} not found in {namespace!r}")
         status = deployment_status(current, available=available, replicas=replicas)
         return await self.put_status(DEPLOYMENTS, namespace, name, status)
+
+    async def play_cronjob_run(
+        self,
+        namespace: str,
+        cronjob: str,
+        *,
+        succeeded: bool = True,
+        termination_message: str | None = None,
+        failure_reason: str = "BackoffLimitExceeded",
+        scheduled: datetime.datetime | None = None,
+        pod: bool = True,
+    ) -> str:
+        """One run of a CronJob, as its controllers and a kubelet would report it: the Job
+        (running first, then finished), its Pod with the container's termination message, the
+        CronJob's lastScheduleTime. Returns the Job's name. ``pod=False``: the Job fails before a
+        Pod ran (e.g. past its activeDeadlineSeconds while the image could not be pulled)."""
+        source = self.get_object(CRONJOBS, namespace, cronjob)
+        if source is None:
+            raise ApiError(404, f"cronjobs.batch {cronjob!r} not found in {namespace!r}")
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        scheduled = scheduled or now
+        job = await self.create(JOBS, jobs.job_for(source, scheduled), namespace)
+        name = job["metadata"]["name"]
+        await self.put_status(
+            CRONJOBS, namespace, cronjob, {"lastScheduleTime": jobs.stamp(scheduled)}
+        )
+        await self.put_status(JOBS, namespace, name, {"startTime": jobs.stamp(now), "active": 1})
+        if pod:
+            created = await self.create(PODS, jobs.pod_for(job), namespace)
+            status = jobs.terminated_pod_status(
+                created,
+                exit_code=0 if succeeded else 1,
+                message=termination_message,
+                reason="Completed" if succeeded else "Error",
+                finished=now,
+            )
+            await self.put_status(PODS, namespace, created["metadata"]["name"], status)
+        final = jobs.finished_job_status(
+            succeeded=succeeded, started=now, finished=now, reason=failure_reason
+        )
+        await self.put_status(JOBS, namespace, name, final)
+        if succeeded:
+            await self.put_status(
+                CRONJOBS, namespace, cronjob, {"lastSuccessfulTime": jobs.stamp(now)}
+            )
+        return str(name)
 
     # ----------------------------------------------------------------- lifecycle
 

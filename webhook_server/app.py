@@ -40,11 +40,12 @@ from webhook_server.store import (
     CommitTimeout,
     Event,
     EventRefused,
+    ReplayRefused,
     Store,
     StoreOverloaded,
     StoreUnavailable,
 )
-from webhook_server.verify import VERIFIERS, Reason, Rejected, Verified, Verifier
+from webhook_server.verify import PROVIDERS, VERIFIERS, Reason, Rejected, Verified, Verifier
 
 log = get_logger("dfm.receiver")
 
@@ -413,8 +414,10 @@ async def receive(request: web.Request) -> web.Response:
         claims = authenticated
 
     now = app[CLOCK]()
+    # The query string as sent (percent-escapes kept): Twilio and Mandrill sign the URL.
+    query = request.raw_path.partition("?")[2]
     result = runtime.verify(
-        request.headers, body, runtime.secrets.valid_at(now), source.verification, now
+        request.headers, body, runtime.secrets.valid_at(now), source.verification, now, query
     )
     if isinstance(result, Rejected):
         raise _reject(runtime, metrics, result)
@@ -449,12 +452,23 @@ async def receive(request: web.Request) -> web.Response:
         payload=body,
         headers=stored_headers(request.headers, runtime.extra_sensitive),
         subject=subject,
+        event_count=result.event_count,
+        replay_key=result.replay_key,
+        replay_until=(
+            None
+            if result.replay_until is None
+            else datetime.fromtimestamp(result.replay_until, UTC)
+        ),
     )
     # No per-request timer: the store's sweeper bounds the wait (commitTimeoutSeconds).
     try:
         is_new = await app[STORE].submit(event)
     except EventRefused as exc:
         raise Problem(400, "the event cannot be stored", outcome="unstorable") from exc
+    except ReplayRefused as exc:
+        # A signed one-time value (Mailgun's token) already used for another event: a replay.
+        metrics.signature_failures.labels(source.key, Reason.REPLAYED.value).inc()
+        raise Problem(401, "this signature was already used", outcome="replayed") from exc
     except StoreOverloaded as exc:
         raise Problem(
             503,
@@ -479,9 +493,14 @@ async def receive(request: web.Request) -> web.Response:
     if not is_new:
         metrics.duplicates.labels(source.key).inc()
     request[OUTCOME] = "stored" if is_new else "duplicate"
-    return web.json_response(
-        {"status": request[OUTCOME], "eventId": event_id, "requestId": request[REQUEST_ID]}
-    )
+    answer: dict[str, Any] = {
+        "status": request[OUTCOME],
+        "eventId": event_id,
+        "requestId": request[REQUEST_ID],
+    }
+    if result.event_count is not None:
+        answer["eventCount"] = result.event_count
+    return web.json_response(answer)
 
 
 def _subject(source: SourceConfig, claims: dict[str, Any] | None) -> str:
@@ -510,6 +529,13 @@ async def preflight(request: web.Request) -> web.Response:
     if requested:
         headers["Access-Control-Allow-Headers"] = requested
     return web.Response(status=204, headers=headers)
+
+
+async def probe(request: web.Request) -> web.Response:
+    """``HEAD`` on a source's path, for providers that check a URL exists before they use it
+    (Mandrill). Answers 200 with no body and reads nothing."""
+    request[OUTCOME] = "probe"
+    return web.Response(status=200)
 
 
 async def livez(request: web.Request) -> web.Response:
@@ -685,6 +711,8 @@ def create_app(
         resource = app.router.add_resource(source.route)
         resource.add_route("POST", receive)
         resource.add_route("OPTIONS", preflight)
+        if PROVIDERS[source.provider].answers_head:
+            resource.add_route("HEAD", probe)
         sources[resource.canonical] = build_runtime(source, clock, metrics)
     app[SOURCES] = sources
     app[SOURCES_BY_PATH] = {rt.config.route: rt for rt in sources.values()}

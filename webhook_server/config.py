@@ -16,7 +16,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from webhook_server.keys import check_highlevel_keys, jwt_key, standard_webhooks_key
+from webhook_server.keys import jwt_key
 
 
 class Model(BaseModel):
@@ -31,6 +31,9 @@ class Model(BaseModel):
 
 
 class Provider(enum.StrEnum):
+    """The signature schemes. Each one's rules, verifier, signer, sample and documentation are in
+    one entry of ``webhook_server.verify.registry.PROVIDERS`` (which must cover every member)."""
+
     GITHUB = "github"
     STRIPE = "stripe"
     STANDARD = "standard"
@@ -39,30 +42,21 @@ class Provider(enum.StrEnum):
     HIGHLEVEL = "highlevel"
     HMAC = "hmac"
     JWT = "jwt"
+    TWILIO = "twilio"
+    TELNYX = "telnyx"
+    VONAGE = "vonage"
+    SENDGRID = "sendgrid"
+    MAILGUN = "mailgun"
+    MANDRILL = "mandrill"
+    TOKEN = "token"
 
 
-# Providers that verify without a shared secret: jwt checks a bearer token, highlevel a
-# signature made with HighLevel's published keys.
-SECRETLESS_PROVIDERS = (Provider.JWT, Provider.HIGHLEVEL)
-# What a provider can require and a source lack (see provider_lacks).
-NEEDS_AUTH = "auth"
-NEEDS_HEADER = "verification.header"
-NEEDS_SECRET = "a verification secret"
+class TokenScheme(enum.StrEnum):
+    """Where a ``token`` source finds its shared token."""
 
-
-def provider_lacks(provider: Provider, *, auth: bool, header: bool, secret: bool) -> str | None:
-    """What ``provider`` requires that a source does not have (NEEDS_*), else None.
-
-    The rule of the data plane, which the operator's WebhookSource applies too (with its own
-    words for the secret: a secretRef or a managedSecretRef).
-    """
-    if provider is Provider.JWT and not auth:
-        return NEEDS_AUTH
-    if provider is Provider.HMAC and not header:
-        return NEEDS_HEADER
-    if provider not in SECRETLESS_PROVIDERS and not secret:
-        return NEEDS_SECRET
-    return None
+    BEARER = "bearer"  # Authorization: Bearer <token>
+    HEADER = "header"  # <verification.header>: <token>
+    BASIC = "basic"  # Authorization: Basic base64(<user>:<password>)
 
 
 def default_route(namespace: str, name: str) -> str:
@@ -105,7 +99,13 @@ class SecretSource(Model):
 # can never arrive in a request, so a source configured with one could never verify anything.
 HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$"
 HeaderName = Annotated[str, Field(pattern=HEADER_NAME_PATTERN)]
-HighLevelKeys = Annotated[str, AfterValidator(check_highlevel_keys)]
+# A provider's public key(s): PEM blocks, or the bare base64 some providers display (Telnyx,
+# SendGrid). Checked against the provider that uses it (webhook_server.verify.registry).
+PublicKeyText = Annotated[str, Field(min_length=1, max_length=65_536)]
+# The public URL a provider calls, without query or fragment (the request's own query string is
+# appended, as the provider signs it).
+PUBLIC_URL_PATTERN = r"^https?://[^\s?#/]+(/[^\s?#]*)?$"
+PublicUrl = Annotated[str, Field(pattern=PUBLIC_URL_PATTERN, max_length=2048)]
 
 
 class VerificationConfig(Model):
@@ -127,9 +127,16 @@ class VerificationConfig(Model):
     # can come with any id (docs/receiver.md).
     id_header: HeaderName | None = None
     type_header: HeaderName | None = None
+    # token (tokenScheme: header): the header with the token.
     # highlevel: PEM public key(s) overriding HighLevel's published keys; every block must be an
     # Ed25519 or RSA public key (one that is skipped would leave its signatures unverifiable).
-    public_key: HighLevelKeys | None = None
+    # telnyx, sendgrid: the account's public key (required).
+    public_key: PublicKeyText | None = None
+    # twilio, mandrill: the URL the provider calls, which it signs (behind an Ingress or a load
+    # balancer, not the URL the receiver sees). X-Forwarded-* headers are never consulted.
+    public_url: PublicUrl | None = None
+    # token: where the shared token is (default bearer).
+    token_scheme: TokenScheme | None = None
 
     @model_validator(mode="after")
     def _timestamp_signed(self) -> Self:
@@ -233,14 +240,22 @@ class SourceConfig(Model):
     def _provider_rules(self) -> Self:
         if self.path is not None and not self.path.startswith("/"):
             raise ValueError("path must start with '/'")
-        lacks = provider_lacks(
-            self.provider,
+        # Imported here: the registry imports the verifiers, which import this module.
+        from webhook_server.verify.registry import SourceFacts, provider_problem
+
+        v = self.verification
+        facts = SourceFacts(
             auth=self.auth is not None,
-            header=bool(self.verification.header),
-            secret=bool(self.verification.secrets),
+            secret=bool(v.secrets),
+            fields=frozenset(
+                name for name, field in VERIFICATION_OPTIONAL_FIELDS.items() if getattr(v, field)
+            ),
+            token_scheme=v.token_scheme or TokenScheme.BEARER,
+            public_key=v.public_key,
         )
-        if lacks is not None:
-            raise ValueError(f"provider {self.provider.value} requires {lacks}")
+        problem = provider_problem(self.provider, facts)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
@@ -255,6 +270,19 @@ class SourceConfig(Model):
         return self
 
 
+# The verification fields that have no default, by their name in a manifest: a provider that does
+# not read one refuses it (a field nothing acts on is never silently ignored).
+VERIFICATION_OPTIONAL_FIELDS = {
+    "header": "header",
+    "timestampHeader": "timestamp_header",
+    "idHeader": "id_header",
+    "typeHeader": "type_header",
+    "publicKey": "public_key",
+    "publicUrl": "public_url",
+    "tokenScheme": "token_scheme",
+}
+
+
 def secret_problem(provider: Provider, value: bytes) -> str | None:
     """Why ``value`` can never verify a delivery of ``provider``, or None when it can.
 
@@ -262,9 +290,10 @@ def secret_problem(provider: Provider, value: bytes) -> str | None:
     """
     if not value.strip():
         return "is empty"
-    if provider is Provider.STANDARD and standard_webhooks_key(value) is None:
-        return "is not a Standard Webhooks secret (whsec_ followed by base64)"
-    return None
+    from webhook_server.verify.registry import PROVIDERS
+
+    check = PROVIDERS[provider].secret_problem
+    return None if check is None else check(value)
 
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")

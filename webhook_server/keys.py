@@ -1,5 +1,6 @@
-"""Keys from configuration text: the JWT key of ``auth.publicKey``, HighLevel's signing keys, and
-the HMAC key inside a Standard Webhooks ``whsec_`` secret.
+"""Keys from configuration text: the JWT key of ``auth.publicKey``, HighLevel's signing keys,
+Telnyx's Ed25519 and SendGrid's ECDSA P-256 keys, and the HMAC key inside a Standard Webhooks
+``whsec_`` secret.
 
 One parser each, for the config models (which refuse a key that can never verify anything, so a
 bad manifest is a one-line error at validation time rather than a receiver that crash-loops or
@@ -118,3 +119,62 @@ def standard_webhooks_key(secret: bytes) -> bytes | None:
     except binascii.Error:
         return None
     return key or None
+
+
+def _blocks_or_base64(text: str) -> list[bytes]:
+    """The keys in ``text`` as DER or raw bytes: each PEM block, else each whitespace-separated
+    base64 word (how Telnyx and SendGrid show a key: base64 without PEM armour)."""
+    blocks = _PEM_BLOCK.findall(text)
+    if blocks:
+        return [block.encode() for block in blocks]
+    words = text.split()
+    if not words:
+        raise ValueError("publicKey is empty")
+    decoded = []
+    for number, word in enumerate(words, 1):
+        try:
+            decoded.append(base64.b64decode(word, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"publicKey: key {number} is neither a PEM block nor base64") from exc
+    return decoded
+
+
+def _load(raw: bytes) -> object:
+    if raw.startswith(b"-----BEGIN"):
+        return serialization.load_pem_public_key(raw)
+    return serialization.load_der_public_key(raw)
+
+
+@functools.lru_cache(maxsize=16)
+def ed25519_public_keys(text: str) -> tuple[ed25519.Ed25519PublicKey, ...]:
+    """Ed25519 public keys: PEM blocks, base64 SubjectPublicKeyInfo, or base64 of the 32 raw bytes
+    (what the Telnyx portal shows). Raises ValueError when any of them is not one."""
+    keys = []
+    for number, raw in enumerate(_blocks_or_base64(text), 1):
+        try:
+            if len(raw) == 32:
+                key: object = ed25519.Ed25519PublicKey.from_public_bytes(raw)
+            else:
+                key = _load(raw)
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise ValueError(f"publicKey: key {number} is not an Ed25519 public key") from exc
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise ValueError(f"publicKey: key {number} is not an Ed25519 public key")
+        keys.append(key)
+    return tuple(keys)
+
+
+@functools.lru_cache(maxsize=16)
+def p256_public_keys(text: str) -> tuple[ec.EllipticCurvePublicKey, ...]:
+    """ECDSA P-256 public keys: PEM blocks or base64 SubjectPublicKeyInfo (what SendGrid shows as
+    the verification key). Raises ValueError when any of them is not one."""
+    keys = []
+    for number, raw in enumerate(_blocks_or_base64(text), 1):
+        try:
+            key = _load(raw)
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise ValueError(f"publicKey: key {number} is not an ECDSA P-256 public key") from exc
+        if not (isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"):
+            raise ValueError(f"publicKey: key {number} is not an ECDSA P-256 public key")
+        keys.append(key)
+    return tuple(keys)

@@ -13,8 +13,10 @@ import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
 """A Retry-After further away than this is taken as this: a peer's typo must not park work
@@ -155,6 +157,53 @@ class CircuitBreaker:
         self._opened_at = self._clock()
         self._cool_down = cool_down
         self._probe_out = False
+
+    def snapshot(self) -> CircuitSnapshot:
+        """What the breaker knows, to keep across processes (a scheduled sync keeps it in
+        PostgreSQL between runs). Times are the breaker's clock's: persist with a wall clock."""
+        state = CircuitState.CLOSED if self._state is CircuitState.CLOSED else CircuitState.OPEN
+        return CircuitSnapshot(state, self._consecutive_failures, self._opened_at, self._cool_down)
+
+    def restore(self, snapshot: CircuitSnapshot) -> None:
+        """Continue from ``snapshot``; a probe that was out when it was taken is forgotten (its
+        process is gone), so the next call after the cool-down is the probe."""
+        self._state = snapshot.state
+        self._consecutive_failures = max(snapshot.consecutive_failures, 0)
+        self._opened_at = snapshot.opened_at
+        self._cool_down = min(max(snapshot.cool_down, self.base_cool_down), self.max_cool_down)
+        self._probe_out = False
+
+
+@dataclass(frozen=True)
+class CircuitSnapshot:
+    """A :class:`CircuitBreaker`'s state as plain values (``to_json`` / ``from_json``)."""
+
+    state: CircuitState
+    consecutive_failures: int
+    opened_at: float
+    cool_down: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "consecutiveFailures": self.consecutive_failures,
+            "openedAt": self.opened_at,
+            "coolDown": self.cool_down,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CircuitSnapshot:
+        """Read what ``to_json`` wrote; anything unreadable is a closed circuit."""
+        try:
+            state = CircuitState(data["state"])
+            return cls(
+                CircuitState.OPEN if state is CircuitState.HALF_OPEN else state,
+                int(data["consecutiveFailures"]),
+                float(data["openedAt"]),
+                float(data["coolDown"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return cls(CircuitState.CLOSED, 0, 0.0, 0.0)
 
 
 class Pacer:

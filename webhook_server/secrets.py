@@ -26,6 +26,8 @@ log = get_logger("dfm.secrets")
 CURRENT = "current"
 PREVIOUS = "previous"
 PREVIOUS_EXPIRES_AT = "previous-expires-at"
+# An oauth2 ManagedSecret's access token: the key a sync job mounts (webhook_server.sync).
+ACCESS_TOKEN = "access_token"
 DATA_LINK = "..data"
 # Reads of a kubelet-mounted directory before giving up, should ``..data`` switch during each.
 MAX_VERSION_READS = 3

@@ -1,5 +1,7 @@
 """Names shared across the control plane: API group, kinds, labels, condition types."""
 
+from webhook_server.sync.summary import SYNCED, TOKEN_UNAVAILABLE
+
 GROUP = "dfm.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -25,6 +27,9 @@ MANAGED_BY = "df-middleware-operator"
 RECEIVER_NAME = "df-middleware-receiver"
 RECEIVER_COMPONENT = "receiver"
 ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
+LABEL_SYNC = f"{GROUP}/syncschedule"
+SYNC_NAME = "df-middleware-sync"
+SYNC_COMPONENT = "sync"
 FIELD_MANAGER = "df-middleware-operator"
 
 # Paths inside a receiver pod
@@ -34,6 +39,9 @@ CONFIG_FILE = "receiver.yaml"
 SECRETS_DIR = "/etc/dfm/secrets"
 DATABASE_DIR = "/etc/dfm/database"
 RECEIVER_UID = 10001
+SYNC_CONFIG_FILE = "sync.yaml"
+TOKEN_DIR = "/etc/dfm/token"
+TERMINATION_LOG = "/dev/termination-log"
 
 # Condition types and reasons
 READY = "Ready"
@@ -45,17 +53,22 @@ REASON_SECRET_NOT_FOUND = "SecretNotFound"
 REASON_DEPLOYMENT_UNAVAILABLE = "DeploymentUnavailable"
 REASON_ROLLING_OUT = "RollingOut"
 REASON_APPLY_FAILED = "ApplyFailed"
-# SyncSchedule: accepted, not run yet.
-REASON_NOT_SUPPORTED_YET = "NotSupportedYet"
+# BackupSchedule and SyncSchedule: before a run finished, and while suspended.
+REASON_SCHEDULED = "Scheduled"
+REASON_SUSPENDED = "Suspended"
 
 # BackupSchedule: its CronJob's pods and Jobs, and what their conditions say.
 BACKUP_COMPONENT = "backup"
 BACKUP_APP_NAME = "df-middleware-backup"
 LABEL_BACKUP_SCHEDULE = f"{GROUP}/backupschedule"
 BACKUPS_DIR = "/backups"
-REASON_SCHEDULED = "Scheduled"
-REASON_SUSPENDED = "Suspended"
 REASON_BACKUP_SUCCEEDED = "BackupSucceeded"
 REASON_BACKUP_FAILED = "BackupFailed"
 REASON_VERIFY_FAILED = "VerifyFailed"
 REASON_CLAIM_NOT_FOUND = "ClaimNotFound"
+
+# SyncSchedule (the reasons of a failed run are the job's: webhook_server.sync.summary)
+REASON_SINK_NOT_FOUND = "SinkNotFound"
+REASON_TOKEN_UNAVAILABLE = TOKEN_UNAVAILABLE
+REASON_SYNCED = SYNCED
+REASON_JOB_FAILED = "JobFailed"

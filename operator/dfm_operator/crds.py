@@ -116,8 +116,8 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         _READY,
         _REASON,
         Column("Last Success", "date", ".status.lastSuccessfulTime", "The last good run."),
+        Column("Items", "integer", ".status.itemsSynced", "Items of the last good run."),
         _AGE,
-        Column("Items", "integer", ".status.itemsSynced", "Items of the last run.", priority=1),
         Column(
             "Failures",
             "integer",
@@ -125,6 +125,10 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
             "Failed runs since the last success.",
             priority=1,
         ),
+        Column(
+            "Last Schedule", "date", ".status.lastScheduleTime", "The last run started.", priority=1
+        ),
+        Column("Last Job", "string", ".status.lastRun.job", "The last finished run.", priority=1),
     ),
     "BackupSchedule": (
         Column("Schedule", "string", ".spec.schedule", "The cron schedule."),

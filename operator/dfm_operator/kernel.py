@@ -31,9 +31,12 @@ WARNING_REASONS = {
     c.REASON_INVALID_SPEC,
     c.REASON_SECRET_NOT_FOUND,
     c.REASON_APPLY_FAILED,
-    c.REASON_NOT_SUPPORTED_YET,
     c.REASON_CLAIM_NOT_FOUND,
+    c.REASON_SINK_NOT_FOUND,
+    c.REASON_TOKEN_UNAVAILABLE,
 }
+# A sync run's duration, from seconds to hours.
+SYNC_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
 
 EmitFn = Callable[[str, str, str], None]  # (type, reason, message): a Kubernetes Event
 
@@ -136,7 +139,80 @@ class OperatorMetrics:
             ["result"],
             registry=self.registry,
         )
+        # SyncSchedules, per schedule: what the operator learns from each finished Job (the
+        # jobs are too short-lived to scrape) and what the alert on missed runs needs.
+        self.sync_runs = Counter(
+            "dfm_syncschedule_runs",
+            "Finished sync runs by result (succeeded, failed).",
+            [*per_schedule, "result"],
+            registry=self.registry,
+        )
+        self.sync_items = Counter(
+            "dfm_syncschedule_items",
+            "Items fetched by sync runs: stored (new events) or duplicate (already stored).",
+            [*per_schedule, "outcome"],
+            registry=self.registry,
+        )
+        self.sync_duration = Histogram(
+            "dfm_syncschedule_run_duration_seconds",
+            "How long finished sync runs took.",
+            per_schedule,
+            buckets=SYNC_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.sync_last_success = Gauge(
+            "dfm_syncschedule_last_success_timestamp_seconds",
+            "When each SyncSchedule last finished a run successfully (unix time).",
+            per_schedule,
+            registry=self.registry,
+        )
+        self.sync_created = Gauge(
+            "dfm_syncschedule_created_timestamp_seconds",
+            "When each SyncSchedule was created (unix time): the start of the wait for a first "
+            "success.",
+            per_schedule,
+            registry=self.registry,
+        )
+        self.sync_interval = Gauge(
+            "dfm_syncschedule_interval_seconds",
+            "The longest gap between two runs of each SyncSchedule's cron schedule.",
+            per_schedule,
+            registry=self.registry,
+        )
+        self.sync_suspended = Gauge(
+            "dfm_syncschedule_suspended",
+            "1 when a SyncSchedule is suspended (its runs are skipped), else 0.",
+            per_schedule,
+            registry=self.registry,
+        )
+        self.sync_failures = Gauge(
+            "dfm_syncschedule_consecutive_failures",
+            "Failed runs of each SyncSchedule since its last success.",
+            per_schedule,
+            registry=self.registry,
+        )
         self._ready: dict[str, bool] = {}
+
+    def forget_sync(self, namespace: str, name: str) -> None:
+        """Drop a deleted SyncSchedule's series: a stale last success would alert forever."""
+        for gauge in (
+            self.sync_last_success,
+            self.sync_created,
+            self.sync_interval,
+            self.sync_suspended,
+            self.sync_failures,
+        ):
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, name)
+        with contextlib.suppress(KeyError):
+            self.sync_duration.remove(namespace, name)
+        for counter, values in (
+            (self.sync_runs, ("succeeded", "failed")),
+            (self.sync_items, ("stored", "duplicate")),
+        ):
+            for value in values:
+                with contextlib.suppress(KeyError):
+                    counter.remove(namespace, name, value)
 
     def source_ready(self, key: str, ready: bool | None) -> None:
         if ready is None:

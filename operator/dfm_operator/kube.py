@@ -18,7 +18,6 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from dfm_operator import constants as c
 from dfm_operator.api import KINDS as KINDS_SERVED
-from dfm_operator.api import BackupSchedule, ManagedSecret, WebhookSource
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,6 @@ _APPLIED = frozenset({"create", "patch"})
 _WATCHED = frozenset({"list", "watch"})
 _PRUNED = frozenset({"get", "delete"})
 _OWNED_CR = frozenset({"get", "list", "watch", "patch"})
-_WATCHED_CR = frozenset({"list", "watch", "patch"})
 
 KINDS: tuple[Kind, ...] = (
     Kind("v1", "ConfigMap", "configmaps", _APPLIED | _WATCHED),
@@ -59,7 +57,8 @@ KINDS: tuple[Kind, ...] = (
     # or replaced by the operator), read to tell a missing claim from a present one.
     Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims", frozenset({"create", "get"})),
     Kind("apps/v1", "Deployment", "deployments", _APPLIED | _WATCHED | {"get"}),
-    Kind("batch/v1", "CronJob", "cronjobs", _APPLIED),
+    # Watched for a hand deletion (a SyncSchedule's is re-created at once).
+    Kind("batch/v1", "CronJob", "cronjobs", _APPLIED | _WATCHED),
     # The Jobs scheduled CronJobs run: watched for their outcome (handlers.jobs); their Pods
     # are listed for the summary the job leaves in its termination message.
     Kind("batch/v1", "Job", "jobs", _WATCHED),
@@ -73,10 +72,10 @@ KINDS: tuple[Kind, ...] = (
             c.API_VERSION,
             model.names.kind,
             model.names.plural,
-            # Nothing but kopf's watch reads SyncSchedules: no `get`.
-            _OWNED_CR if model in (WebhookSource, ManagedSecret, BackupSchedule) else _WATCHED_CR,
+            # Read again under their lock before their status is written.
+            _OWNED_CR,
             frozenset({"patch"}),
-            owns_children=model in (WebhookSource, ManagedSecret, BackupSchedule),
+            owns_children=True,  # every kind's children name it with blockOwnerDeletion
         )
         for model in KINDS_SERVED
     ),

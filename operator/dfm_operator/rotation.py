@@ -16,11 +16,11 @@ from croniter import croniter
 
 from dfm_operator.api.common import parse_rfc3339, rfc3339
 from dfm_operator.api.managedsecret import RandomEncoding, RandomSecret, Rotation
-from webhook_server.secrets import CURRENT, PREVIOUS, PREVIOUS_EXPIRES_AT
+from webhook_server.secrets import ACCESS_TOKEN, CURRENT, PREVIOUS, PREVIOUS_EXPIRES_AT
 
 # The keys a receiver reads from a mounted ManagedSecret (CURRENT, PREVIOUS, PREVIOUS_EXPIRES_AT)
-# are the data plane's: webhook_server.secrets. The oauth2 keys are for the Secret's consumers.
-ACCESS_TOKEN = "access_token"
+# and the one a sync job reads (ACCESS_TOKEN) are the data plane's: webhook_server.secrets.
+# The other oauth2 keys are for the Secret's other consumers.
 TOKEN_TYPE = "token_type"
 EXPIRES_AT = "expires_at"
 REFRESH_TOKEN = "refresh_token"

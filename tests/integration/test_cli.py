@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -75,6 +76,10 @@ class LogTail:
             said = found and any(text in line for line in self.lines[after:])
             assert said, f"dfm local never said {text!r}: {''.join(self.lines)[-2000:]}"
             return len(self.lines)
+
+    def text_so_far(self) -> str:
+        with self.changed:
+            return "".join(self.lines)
 
     def mark(self) -> int:
         with self.changed:
@@ -155,6 +160,59 @@ def test_dfm_send_reaches_dfm_local_and_is_stored(
         answers.append(sent.stdout)
     assert '"status": "stored"' in answers[0]
     assert '"status": "duplicate"' in answers[1]
+
+
+# The texting and broadcast providers (issue 16): every `try:` line the banner prints for them is
+# run as printed (with the module instead of the script path), twice with one --id.
+BANNER_SOURCES = [
+    "twilio",
+    "telnyx",
+    "vonage",
+    "sendgrid",
+    "mailgun",
+    "mandrill",
+    "highlevel-workflow",
+]
+
+
+def _banner_lines(text: str) -> dict[str, list[str]]:
+    """Each source's `try:` command from dfm local's banner, as arguments."""
+    lines: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        _, sep, command = line.partition("try: ")
+        if sep and "(add" not in command:
+            args = shlex.split(command)
+            lines[args[args.index("--name") + 1]] = args
+    return lines
+
+
+def test_the_banner_send_lines_of_the_new_providers_store_events(
+    local_server: tuple[str, subprocess.Popen[str]],
+) -> None:
+    base, proc = local_server
+    LOGS[proc.pid].wait_for("health:")
+    banner = _banner_lines(LOGS[proc.pid].text_so_far())
+    for name in BANNER_SOURCES:  # one dfm local for all: starting one per source costs minutes
+        args = banner[name]
+        assert args[1] == "send"
+        assert args[args.index("--url") + 1] == f"{base}/hooks/default/{name}"
+        delivery = f"banner-{name}-{os.getpid()}"
+        answers = []
+        for _ in range(2):
+            sent = subprocess.run(
+                [*DFM, *args[1:], "--id", delivery],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert sent.returncode == 0, f"{name}: {sent.stdout}{sent.stderr}"
+            assert "HTTP 200" in sent.stdout, f"{name}: {sent.stdout}"
+            answers.append(sent.stdout)
+        assert '"status": "stored"' in answers[0], name
+        assert '"status": "duplicate"' in answers[1], name
+        if name in ("sendgrid", "mandrill"):
+            assert '"eventCount": ' in answers[0], name
 
 
 def test_dfm_local_prints_endpoints_and_send_lines_then_stops_cleanly(
@@ -304,6 +362,7 @@ def test_send_to_a_closed_port_fails_with_one_line(tmp_path: Path) -> None:
 
 GITHUB = str(EXAMPLES / "github.yaml")
 HIGHLEVEL = str(EXAMPLES / "highlevel.yaml")
+SENDGRID_KEY = str(EXAMPLES / "keys" / "sendgrid.pem")
 
 
 @pytest.mark.parametrize(
@@ -313,6 +372,11 @@ HIGHLEVEL = str(EXAMPLES / "highlevel.yaml")
         (["send", GITHUB, "--url", "http://127.0.0.1:99999/x"], "http://127.0.0.1:99999/x"),
         (["send", GITHUB, "--event", "/nonexistent/event.json"], "/nonexistent/event.json"),
         (["send", HIGHLEVEL, "--private-key", GITHUB], "not a PEM private key"),
+        (
+            ["send", str(EXAMPLES / "telnyx.yaml"), "--private-key", SENDGRID_KEY],
+            "Telnyx signing needs an Ed25519 private key",
+        ),
+        (["send", str(EXAMPLES / "telnyx.yaml")], "pass --private-key"),
         (["receiver", "--config", GITHUB.replace("github", "nope")], "No such file"),
         (["receiver", "--config", "README.md"], "invalid receiver config"),
         (["receiver", "--config", GITHUB, "--log-level", "bogus"], "not a log level"),

@@ -38,7 +38,7 @@ async def test_the_subject_migration_keeps_existing_events_and_their_dedup_keys(
             day,
         )
 
-        assert await apply_migrations(conn) == ["0002_event_subject.sql"]
+        assert await apply_migrations(conn) == [m.name for m in load_migrations()[1:]]
 
         row = await conn.fetchrow("SELECT subject, event_id FROM webhook_events")
         assert (row["subject"], row["event_id"]) == ("", "evt_1")
@@ -57,5 +57,39 @@ async def test_the_subject_migration_keeps_existing_events_and_their_dedup_keys(
         )
         assert inserted == "INSERT 0 1"
         assert await apply_migrations(conn) == []
+    finally:
+        await conn.close()
+
+
+async def test_the_replay_key_migration_counts_existing_events_as_one(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        for migration in load_migrations()[:2]:
+            await conn.execute(migration.sql)
+        await conn.execute(
+            """CREATE TABLE dfm_schema_migrations (
+                   version integer PRIMARY KEY, name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        await conn.executemany(
+            "INSERT INTO dfm_schema_migrations (version, name) VALUES ($1, $2)",
+            [(m.version, m.name) for m in load_migrations()[:2]],
+        )
+        day = datetime(2026, 3, 1, 12, tzinfo=UTC)
+        low, high = partitions.bounds(day.date())
+        await conn.execute(
+            f"CREATE TABLE {partitions.partition_name(day.date())} PARTITION OF webhook_events "
+            f"FOR VALUES FROM ('{low}') TO ('{high}')"
+        )
+        await conn.execute(
+            "INSERT INTO webhook_events (source, event_id, received_at, request_id, payload) "
+            "VALUES ('ns/a', 'evt_1', $1, 'r1', '\\x7b7d')",
+            day,
+        )
+
+        assert "0003_replay_keys_and_event_count.sql" in await apply_migrations(conn)
+
+        assert await conn.fetchval("SELECT event_count FROM webhook_events") == 1
+        assert await conn.fetchval("SELECT count(*) FROM webhook_replay_keys") == 0
     finally:
         await conn.close()

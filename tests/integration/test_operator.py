@@ -214,6 +214,11 @@ async def test_missing_secret_is_reported_and_heals_when_it_appears(
             {"provider": "highlevel", "verification": {"publicKey": "not a key"}},
             "publicKey holds no PEM block",
         ),
+        # Twilio signs the public URL: without it or an Ingress to derive it from, nothing verifies.
+        (
+            {"provider": "twilio", "verification": {"secretRef": {"name": "t"}}},
+            "provider twilio requires verification.publicUrl or exposure.ingress",
+        ),
     ],
 )
 async def test_invalid_spec_is_reported_with_an_event(
@@ -468,10 +473,11 @@ async def test_a_servicemonitor_crd_removed_while_running_stops_being_used(
     assert runner.exception is None
 
 
-async def test_schedules_say_they_are_not_run_yet(
+async def test_schedules_say_what_keeps_them_from_running(
     cluster: DfmKubernetesEmulator, operator: KopfRunner
 ) -> None:
-    # Their API is installed but no controller runs them: kubectl get must say so, not stay blank.
+    # kubectl get must say why, not stay blank. (Their runs: test_sync_operator.py and
+    # test_operator_backups.py.)
     k8s = cluster
     syncs, backups = "dfm.dev/v1alpha1/syncschedules", "dfm.dev/v1alpha1/backupschedules"
     sync = {
@@ -501,10 +507,10 @@ async def test_schedules_say_they_are_not_run_yet(
         return ready(k8s.get_object(gvp, NS, name)) or None
 
     sync_ready = await k8s.wait_for(lambda: ready_of(syncs, "crm"), what="SyncSchedule Ready")
-    assert (sync_ready["status"], sync_ready["reason"]) == ("False", "NotSupportedYet")
-    assert "nothing is scheduled" in sync_ready["message"]
+    assert (sync_ready["status"], sync_ready["reason"]) == ("False", "SinkNotFound")
+    assert "WebhookSource stripe-main not found" in sync_ready["message"]
     await k8s.wait_for(
-        lambda: k8s.events(NS, name="crm", reason="NotSupportedYet"), what="a Warning Event"
+        lambda: k8s.events(NS, name="crm", reason="SinkNotFound"), what="a Warning Event"
     )
     backup_ready = await k8s.wait_for(
         lambda: ready_of(backups, "nightly"), what="BackupSchedule Ready"

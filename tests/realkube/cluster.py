@@ -6,8 +6,9 @@ started on free loopback ports with self-made certificates, a static token file,
 service-account token issuer (so a ServiceAccount's token can be requested and used), an audit log
 of every ServiceAccount request (to hold the chart's RBAC to what the operator really calls) and
 the controllers whose behaviour the operator relies on: garbage collection, Deployment ->
-ReplicaSet -> Pod, ServiceAccounts and namespace deletion. There is no scheduler and no kubelet:
-pods stay Pending unless ``tests/realkube/kubelet.py`` plays kubelet for them.
+ReplicaSet -> Pod, CronJob -> Job -> Pod, claims bound to volumes, ServiceAccounts and namespace
+deletion. There is no scheduler and no kubelet: pods stay Pending unless
+``tests/realkube/kubelet.py`` plays kubelet (and volume provisioner) for them.
 """
 
 from __future__ import annotations
@@ -40,11 +41,18 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "scripts" / "build-kube.sh"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
 # The controllers the operator's behaviour depends on (names as kube-controller-manager spells
-# them since 1.29; `kube-controller-manager --help` lists them).
+# them since 1.29; `kube-controller-manager --help` lists them): garbage collection, the
+# receivers' Deployments, the scheduled jobs' CronJobs and Jobs, the claims they write to (bound
+# by the PersistentVolume controller, protected while in use), ServiceAccounts and namespaces.
 CONTROLLERS = (
     "garbage-collector-controller",
     "deployment-controller",
     "replicaset-controller",
+    "cronjob-controller",
+    "job-controller",
+    "persistentvolume-binder-controller",
+    "persistentvolume-protection-controller",
+    "persistentvolumeclaim-protection-controller",
     "serviceaccount-controller",
     "namespace-controller",
 )

@@ -1,27 +1,49 @@
-"""The kubelet player: runs the receiver pods the operator creates, on this machine.
+"""The kubelet player: runs the pods of one namespace on this machine, as a kubelet would.
 
 There is no kubelet (and no scheduler) in the real-API suite, so pods would stay Pending. For the
-pods of one namespace, the player does what a kubelet does with them, as far as this project's
+pods of one namespace (a Deployment's receivers, a Job's backup or sync run: the player does not
+look at who made them), the player does what a kubelet does with them, as far as this project's
 pods need:
 
-- reads the Pod (its template came from the operator's Deployment, through the real
-  Deployment -> ReplicaSet -> Pod controllers), and writes its ConfigMap and Secret volumes the
-  way kubelet does (a timestamped directory, ``..data`` switched in one rename, one symlink per
-  key), and keeps them up to date when the objects change; emptyDir volumes are empty directories;
+- reads the Pod and prepares its volumes: ConfigMap and Secret volumes written the way kubelet
+  does (a timestamped directory, ``..data`` switched in one rename, one symlink per key) and kept
+  up to date while the container runs; emptyDir volumes are empty directories;
+  PersistentVolumeClaim volumes are the directory of the PersistentVolume the claim is bound to
+  (the pod waits, as ContainerCreating, until it is Bound; see the provisioner below);
+- resolves the container's ``env`` and ``envFrom`` (values, Secret and ConfigMap keys with their
+  ``optional``, the pod's fields); a missing Secret or key keeps it waiting
+  (CreateContainerConfigError), as kubelet does;
 - runs the container's command (the image's ENTRYPOINT from the Dockerfile, ``dfm``, resolved to
-  this checkout's, plus the container's ``args``) with its ``env`` (values, Secret and ConfigMap
-  keys, the pod's name and namespace) in a sandbox (``sandbox.py``): private mount namespace with
-  the volumes at their real ``mountPath``s, read-only root filesystem, own network namespace, as
-  ``runAsUser`` when the suite runs as root;
-- probes the ``readinessProbe`` (httpGet) and writes the Pod's status (Running, Ready, container
-  statuses); the real ReplicaSet and Deployment controllers turn that into the Deployment's status;
+  this checkout's, plus the container's ``args``) in a sandbox (``sandbox.py``): a private mount
+  namespace and root with the volumes at their ``mountPath``s and an empty file at the
+  container's ``terminationMessagePath``, a read-only root filesystem, its own network namespace,
+  as ``runAsUser`` when the suite runs as root;
+- reports the Pod's status: while it runs, Running with Ready from the ``readinessProbe``
+  (httpGet); once the command has exited, the container ``terminated`` with its real exit code
+  and, as its ``message``, what it wrote to its termination message file (at most 4096 bytes;
+  with ``FallbackToLogsOnError``, the tail of its output when it wrote none and failed). A
+  ``restartPolicy: Never`` (or OnFailure, on success) pod is then ``Succeeded`` or ``Failed``:
+  the real Job controller counts it, and the CronJob's Job completes or fails as it would in a
+  cluster. Other pods are reported terminated, and not restarted;
 - stops the process when the Pod is deleted (a rollout, a scale-down, garbage collection).
 
-What it does not do: image pulls (the image is this checkout), liveness probes, resource limits,
-securityContext capabilities (the command never gets more than the test process has), service
-account token volumes, DNS. A pod's ports are reached with :meth:`KubeletPlayer.port` (what
-``kubectl port-forward`` does); inside a pod, ``127.0.0.1:<port>`` of each ``services`` port is
-relayed to the host's (PostgreSQL).
+**The provisioner.** A PersistentVolumeClaim needs a volume. The player installs a default
+StorageClass (``dfm-test-local``, provisioner ``kubelet-player.dfm.dev/hostpath``, Immediate
+binding) and acts as that external provisioner, the way rancher's local-path-provisioner does:
+for each claim of its namespace that the real PersistentVolume controller marks as waiting for
+it (the ``volume.kubernetes.io/storage-provisioner`` annotation), it makes a directory (mode 0777:
+a hostPath volume has no fsGroup ownership) and creates a PersistentVolume with a ``hostPath``
+to it, pre-bound to the claim (``claimRef``). The real controller binds them (claim ``Bound``,
+``volumeName`` set). The directory outlives the pods, so successive Jobs share it; a claim
+deleted while the player runs takes its volume with it (reclaim policy Delete), and
+:meth:`KubeletPlayer.stop` deletes the volumes it made.
+
+What it does not do: image pulls (the image is this checkout), init and sidecar containers
+(a pod of more than one container is refused, saying so), restarts, liveness probes, resource
+limits (emptyDir ``sizeLimit`` and ``medium`` included), securityContext capabilities (the
+command never gets more than the test process has), service account token volumes, DNS. A pod's
+ports are reached with :meth:`KubeletPlayer.port` (what ``kubectl port-forward`` does); inside a
+pod, ``127.0.0.1:<port>`` of each ``services`` port is relayed to the host's (PostgreSQL).
 """
 
 from __future__ import annotations
@@ -104,6 +126,32 @@ def write_atomically(directory: Path, files: dict[str, bytes], mode: int) -> boo
     return True
 
 
+PROVISIONER = "kubelet-player.dfm.dev/hostpath"
+STORAGE_CLASS = "dfm-test-local"
+PROVISIONER_ANNOTATIONS = (
+    "volume.kubernetes.io/storage-provisioner",
+    "volume.beta.kubernetes.io/storage-provisioner",
+)
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"  # the API server's default
+MAX_MESSAGE_BYTES = 4096  # what kubelet keeps of a termination message
+FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES = 80, 2048  # FallbackToLogsOnError: the log's tail
+
+
+class Waiting(Exception):
+    """The pod cannot start yet (kubelet's waiting reason and message)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Volume:
+    path: Path
+    read_only: bool = False
+
+
 @dataclass
 class PodRun:
     name: str
@@ -111,10 +159,31 @@ class PodRun:
     sandbox: subprocess.Popen[str]
     ports: dict[int, int]
     log: Path
+    termination_log: Path
     restarts: int = 0
     ready: bool = False
     started_at: str = field(default_factory=_now)
-    reported: str = ""
+    exit_code: int | None = None  # set once the command has exited
+    finished_at: str = ""
+    message: str = ""
+
+    @property
+    def exited(self) -> bool:
+        return self.exit_code is not None
+
+
+def _only_container(pod: JsonDict) -> JsonDict:
+    containers = pod["spec"]["containers"]
+    if len(containers) != 1 or pod["spec"].get("initContainers"):
+        raise RuntimeError(
+            f"pod {pod['metadata']['name']}: the player runs pods of exactly one container"
+        )
+    return dict(containers[0])
+
+
+def _tail(path: Path, lines: int, limit: int) -> str:
+    text = path.read_bytes()[-limit:].decode(errors="replace") if path.exists() else ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 class KubeletPlayer:
@@ -131,9 +200,12 @@ class KubeletPlayer:
         self.runs: dict[str, PodRun] = {}
         self.errors: list[str] = []
         self.failed: set[str] = set()  # pods whose sandbox could not start: not retried
+        self.volumes: dict[str, tuple[str, Path]] = {}  # PV name -> (claim uid, directory)
         self.as_user = _reachable_by_others(
             Path(sys.executable).resolve()
         ) and _reachable_by_others(ROOT)
+        self._reported: dict[str, str] = {}  # pod uid -> the last status written
+        self._seen: dict[str, str] = {}  # pod uid -> when the player first saw it
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="kubelet-player", daemon=True)
@@ -141,6 +213,7 @@ class KubeletPlayer:
     # -- public --------------------------------------------------------------------------------
 
     def start(self) -> KubeletPlayer:
+        self._storage_class()
         self._thread.start()
         return self
 
@@ -151,6 +224,8 @@ class KubeletPlayer:
             for run in list(self.runs.values()):
                 self._kill(run)
             self.runs.clear()
+        for name in list(self.volumes):  # bound ones go once their claim does (pv-protection)
+            self.api.delete(f"/api/v1/persistentvolumes/{name}")
 
     def port(self, pod: str, container_port: int) -> int:
         """The host loopback port that reaches ``pod``'s ``container_port``."""
@@ -161,8 +236,13 @@ class KubeletPlayer:
         raise KeyError(f"the player runs no pod {pod}")
 
     def running(self) -> list[str]:
+        """The pods whose command is running."""
         with self._lock:
-            return sorted(run.name for run in self.runs.values())
+            return sorted(
+                run.name
+                for run in self.runs.values()
+                if not run.exited and run.sandbox.poll() is None
+            )
 
     def log_of(self, pod: str) -> str:
         with self._lock:
@@ -171,11 +251,20 @@ class KubeletPlayer:
                     return run.log.read_text(errors="replace")
         return ""
 
+    def volume_of(self, claim: str) -> Path:
+        """The directory of the volume the player provisioned for ``claim`` (its backups)."""
+        found = self.api.get(f"/api/v1/namespaces/{self.namespace}/persistentvolumeclaims/{claim}")
+        for name, (uid, directory) in self.volumes.items():
+            if uid == found["metadata"]["uid"] and found["spec"].get("volumeName") == name:
+                return directory
+        raise KeyError(f"the player provisioned no bound volume for claim {claim}")
+
     # -- the loop ------------------------------------------------------------------------------
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                self._provision()
                 self._sync()
             except Exception as exc:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
@@ -197,17 +286,33 @@ class KubeletPlayer:
                             f"/api/v1/namespaces/{self.namespace}/pods/{run.name}",
                             {"gracePeriodSeconds": 0},
                         )
+        for uid in set(self._reported) - set(pods):
+            self._reported.pop(uid, None)
+            self._seen.pop(uid, None)
         for uid, pod in pods.items():
             if pod["metadata"].get("deletionTimestamp") or uid in self.failed:
                 continue
+            self._seen.setdefault(uid, _now())
             with self._lock:
                 run = self.runs.get(uid)
-            volumes = self._write_volumes(pod)
-            if volumes is None:
-                continue  # a Secret or ConfigMap is missing: kubelet waits (ContainerCreating)
+            if run is not None and run.exited:
+                self._observe(pod, run)  # finished: reported, never started again
+                continue
+            try:
+                container = _only_container(pod)
+                volumes = self._write_volumes(pod)
+                if run is None:
+                    env = self._env(pod, container)
+            except Waiting as waiting:
+                if run is None:
+                    self._report_waiting(pod, waiting)
+                continue
+            except RuntimeError:
+                self.failed.add(uid)
+                raise
             if run is None:
                 try:
-                    run = self._start(pod, volumes)
+                    run = self._start(pod, container, volumes, env)
                 except RuntimeError:
                     self.failed.add(uid)
                     raise
@@ -215,13 +320,89 @@ class KubeletPlayer:
                     self.runs[uid] = run
             self._observe(pod, run)
 
+    # -- the provisioner -----------------------------------------------------------------------
+
+    def _storage_class(self) -> None:
+        """The cluster's default StorageClass, provisioned by this player (made once)."""
+        try:
+            self.api.create(
+                "/apis/storage.k8s.io/v1/storageclasses",
+                {
+                    "apiVersion": "storage.k8s.io/v1",
+                    "kind": "StorageClass",
+                    "metadata": {
+                        "name": STORAGE_CLASS,
+                        "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+                    },
+                    "provisioner": PROVISIONER,
+                    "reclaimPolicy": "Delete",
+                    "volumeBindingMode": "Immediate",  # no scheduler to pick a node first
+                },
+            )
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+
+    def _provision(self) -> None:
+        claims = self.api.get(f"/api/v1/namespaces/{self.namespace}/persistentvolumeclaims")
+        uids = set()
+        for claim in claims["items"]:
+            meta, spec = claim["metadata"], claim["spec"]
+            uids.add(meta["uid"])
+            annotations = meta.get("annotations") or {}
+            waiting_for = {annotations.get(key) for key in PROVISIONER_ANNOTATIONS}
+            name = f"pvc-{meta['uid']}"  # as external provisioners name their volumes
+            if PROVISIONER not in waiting_for or spec.get("volumeName") or name in self.volumes:
+                continue
+            if meta.get("deletionTimestamp"):
+                continue
+            directory = self.workdir / "persistent-volumes" / name
+            directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(0o777)
+            volume = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {
+                    "name": name,
+                    "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER},
+                },
+                "spec": {
+                    "capacity": {"storage": spec["resources"]["requests"]["storage"]},
+                    "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+                    "volumeMode": spec.get("volumeMode") or "Filesystem",
+                    "storageClassName": spec.get("storageClassName") or STORAGE_CLASS,
+                    "persistentVolumeReclaimPolicy": "Delete",
+                    "claimRef": {
+                        "apiVersion": "v1",
+                        "kind": "PersistentVolumeClaim",
+                        "namespace": self.namespace,
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                    },
+                    "hostPath": {"path": str(directory), "type": "Directory"},
+                },
+            }
+            try:
+                self.api.create("/api/v1/persistentvolumes", volume)
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+            self.volumes[name] = (meta["uid"], directory)
+        # A claim gone: its volume and data go too (reclaim policy Delete).
+        for name, (uid, directory) in list(self.volumes.items()):
+            if uid not in uids:
+                self.api.delete(f"/api/v1/persistentvolumes/{name}")
+                shutil.rmtree(directory, ignore_errors=True)
+                del self.volumes[name]
+
     # -- volumes -------------------------------------------------------------------------------
 
     def _pod_dir(self, pod: JsonDict) -> Path:
         return self.workdir / pod["metadata"]["uid"]
 
-    def _write_volumes(self, pod: JsonDict) -> dict[str, Path] | None:
-        paths: dict[str, Path] = {}
+    def _write_volumes(self, pod: JsonDict) -> dict[str, Volume]:
+        """Each volume's directory; Waiting while an object it needs is missing or unbound."""
+        volumes: dict[str, Volume] = {}
         for volume in pod["spec"].get("volumes", []):
             target = self._pod_dir(pod) / "volumes" / volume["name"]
             if "emptyDir" in volume:
@@ -229,33 +410,64 @@ class KubeletPlayer:
                 target.chmod(0o777)
             elif "secret" in volume or "configMap" in volume:
                 files = self._volume_files(volume)
-                if files is None:
-                    return None
                 source = volume.get("secret") or volume["configMap"]
                 write_atomically(target, files, int(source.get("defaultMode", 0o644)))
+            elif "persistentVolumeClaim" in volume:
+                source = volume["persistentVolumeClaim"]
+                target = self._claimed_directory(source["claimName"])
+                volumes[volume["name"]] = Volume(target, bool(source.get("readOnly")))
+                continue
             else:
                 continue  # projected service-account tokens and the like: not played
-            paths[volume["name"]] = target
-        return paths
+            volumes[volume["name"]] = Volume(target)
+        return volumes
 
-    def _volume_files(self, volume: JsonDict) -> dict[str, bytes] | None:
+    def _claimed_directory(self, claim_name: str) -> Path:
+        """The directory of the volume a claim is bound to (a hostPath or local volume)."""
+        path = f"/api/v1/namespaces/{self.namespace}/persistentvolumeclaims/{claim_name}"
+        claim = self.api.find(path)
+        if claim is None:
+            raise Waiting("ContainerCreating", f'persistentvolumeclaim "{claim_name}" not found')
+        bound = (claim.get("status") or {}).get("phase") == "Bound"
+        if not bound or not claim["spec"].get("volumeName"):
+            raise Waiting(
+                "ContainerCreating", f'persistentvolumeclaim "{claim_name}" is not bound yet'
+            )
+        volume = self.api.get(f"/api/v1/persistentvolumes/{claim['spec']['volumeName']}")
+        source = volume["spec"].get("hostPath") or volume["spec"].get("local")
+        if source is None:
+            raise RuntimeError(f"PersistentVolume {volume['metadata']['name']}: not a local path")
+        return Path(source["path"])
+
+    def _volume_files(self, volume: JsonDict) -> dict[str, bytes]:
         if "secret" in volume:
             source = volume["secret"]
-            path = f"/api/v1/namespaces/{self.namespace}/secrets/{source['secretName']}"
+            kind, name = "secret", source["secretName"]
         else:
             source = volume["configMap"]
-            path = f"/api/v1/namespaces/{self.namespace}/configmaps/{source['name']}"
-        obj = self.api.find(path)
-        if obj is None:
-            return {} if source.get("optional") else None
-        if "secret" in volume:
-            data = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
-        else:
-            data = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
+            kind, name = "configmap", source["name"]
+        data = self._data(kind, name)
+        if data is None:
+            if source.get("optional"):
+                return {}
+            raise Waiting("ContainerCreating", f'{kind} "{name}" not found')
         if source.get("items"):
-            return {
-                item["path"]: data[item["key"]] for item in source["items"] if item["key"] in data
-            }
+            missing = [i["key"] for i in source["items"] if i["key"] not in data]
+            if missing and not source.get("optional"):
+                raise Waiting("ContainerCreating", f'{kind} "{name}" has no key {missing[0]}')
+            return {i["path"]: data[i["key"]] for i in source["items"] if i["key"] in data}
+        return data
+
+    def _data(self, kind: str, name: str) -> dict[str, bytes] | None:
+        """A Secret's or ConfigMap's data, decoded; None if it does not exist."""
+        plural = "secrets" if kind == "secret" else "configmaps"
+        obj = self.api.find(f"/api/v1/namespaces/{self.namespace}/{plural}/{name}")
+        if obj is None:
+            return None
+        if kind == "secret":
+            return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+        data = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
+        data.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
         return data
 
     # -- the container -------------------------------------------------------------------------
@@ -266,50 +478,97 @@ class KubeletPlayer:
             "HOSTNAME": pod["metadata"]["name"],
             "HOME": "/",
         }
+        for source in container.get("envFrom", []):
+            ref = source.get("secretRef") or source.get("configMapRef") or {}
+            kind = "secret" if "secretRef" in source else "configmap"
+            data = self._data(kind, ref["name"])
+            if data is None:
+                if ref.get("optional"):
+                    continue
+                raise Waiting("CreateContainerConfigError", f'{kind} "{ref["name"]}" not found')
+            env.update({source.get("prefix", "") + k: v.decode() for k, v in data.items()})
+        fields = {
+            "metadata.name": pod["metadata"]["name"],
+            "metadata.namespace": self.namespace,
+            "metadata.uid": pod["metadata"]["uid"],
+            "spec.nodeName": pod["spec"].get("nodeName", ""),
+            "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+            "status.podIP": "127.0.0.1",
+            "status.hostIP": "127.0.0.1",
+        }
         for var in container.get("env", []):
-            if "value" in var:
-                env[var["name"]] = var["value"]
+            if "value" in var or "valueFrom" not in var:
+                env[var["name"]] = var.get("value", "")
                 continue
-            ref = var.get("valueFrom", {})
+            ref = var["valueFrom"]
             if "fieldRef" in ref:
                 field_path = ref["fieldRef"]["fieldPath"]
-                values = {
-                    "metadata.name": pod["metadata"]["name"],
-                    "metadata.namespace": self.namespace,
-                    "status.podIP": "127.0.0.1",
-                }
-                env[var["name"]] = values[field_path]
+                if field_path not in fields:
+                    raise RuntimeError(f"env {var['name']}: fieldRef {field_path} is not played")
+                env[var["name"]] = fields[field_path]
             elif "secretKeyRef" in ref or "configMapKeyRef" in ref:
                 key_ref = ref.get("secretKeyRef") or ref["configMapKeyRef"]
-                kind = "secrets" if "secretKeyRef" in ref else "configmaps"
-                obj = self.api.get(f"/api/v1/namespaces/{self.namespace}/{kind}/{key_ref['name']}")
-                raw = (obj.get("data") or {})[key_ref["key"]]
-                env[var["name"]] = base64.b64decode(raw).decode() if kind == "secrets" else raw
+                kind = "secret" if "secretKeyRef" in ref else "configmap"
+                data = self._data(kind, key_ref["name"])
+                if data is None or key_ref["key"] not in data:
+                    if key_ref.get("optional"):
+                        continue
+                    said = "not found" if data is None else f"has no key {key_ref['key']}"
+                    raise Waiting(
+                        "CreateContainerConfigError", f'{kind} "{key_ref["name"]}" {said}'
+                    )
+                env[var["name"]] = data[key_ref["key"]].decode()
+            else:
+                raise RuntimeError(f"env {var['name']}: {sorted(ref)} is not played")
         return env
 
-    def _start(self, pod: JsonDict, volumes: dict[str, Path], restarts: int = 0) -> PodRun:
-        [container] = pod["spec"]["containers"]
+    def _start(
+        self, pod: JsonDict, container: JsonDict, volumes: dict[str, Volume], env: dict[str, str]
+    ) -> PodRun:
         security = {
             **pod["spec"].get("securityContext", {}),
             **container.get("securityContext", {}),
         }
         command = container.get("command") or image_entrypoint()
-        mounts = [
-            {
-                "source": str(volumes[m["name"]]),
-                "target": m["mountPath"],
-                "readOnly": bool(m.get("readOnly")),
-            }
-            for m in container.get("volumeMounts", [])
-            if m["name"] in volumes
-        ]
         pod_dir = self._pod_dir(pod)
+        mounts = []
+        for m in container.get("volumeMounts", []):
+            if m["name"] not in volumes:
+                continue
+            volume = volumes[m["name"]]
+            source = volume.path
+            if m.get("subPath"):
+                source = source / m["subPath"]
+                if not source.exists():
+                    source.mkdir(parents=True)  # as kubelet makes a missing subPath
+            mounts.append(
+                {
+                    "source": str(source),
+                    "target": m["mountPath"],
+                    "readOnly": bool(m.get("readOnly")) or volume.read_only,
+                    "file": source.is_file(),
+                }
+            )
+        # kubelet always mounts a file at the termination message path (for the container to
+        # write what its status will say) from the pod's directory.
+        termination_log = pod_dir / f"{container['name']}.termination-log"
+        termination_log.parent.mkdir(parents=True, exist_ok=True)
+        termination_log.touch()
+        termination_log.chmod(0o666)
+        mounts.append(
+            {
+                "source": str(termination_log),
+                "target": container.get("terminationMessagePath") or TERMINATION_MESSAGE_PATH,
+                "readOnly": False,
+                "file": True,
+            }
+        )
         scratch = pod_dir / "scratch"
         scratch.mkdir(parents=True, exist_ok=True)
         log = pod_dir / f"{container['name']}.log"
         spec = {
             "command": [*command, *container.get("args", [])],
-            "env": self._env(pod, container),
+            "env": env,
             "workingDir": container.get("workingDir"),
             "mounts": mounts,
             "ports": [p["containerPort"] for p in container.get("ports", [])],
@@ -340,7 +599,7 @@ class KubeletPlayer:
             sandbox=sandbox,
             ports=ports,
             log=log,
-            restarts=restarts,
+            termination_log=termination_log,
         )
 
     def _kill(self, run: PodRun) -> None:
@@ -354,10 +613,25 @@ class KubeletPlayer:
         if run.sandbox.stdout is not None:
             run.sandbox.stdout.close()
 
+    def _finish(self, container: JsonDict, run: PodRun) -> None:
+        """The command has exited: its exit code (from the sandbox's last line) and its
+        termination message, read as kubelet reads them."""
+        assert run.sandbox.stdout is not None
+        said = run.sandbox.stdout.read().strip().splitlines()
+        code = json.loads(said[-1]).get("exit") if said else None
+        if code is None:  # the sandbox itself died: as a container killed with it
+            code = -9
+        run.exit_code = 128 - code if code < 0 else code  # a signal, as the runtime reports it
+        run.finished_at = _now()
+        message = run.termination_log.read_bytes()[:MAX_MESSAGE_BYTES].decode(errors="replace")
+        policy = container.get("terminationMessagePolicy", "File")
+        if not message and run.exit_code != 0 and policy == "FallbackToLogsOnError":
+            message = _tail(run.log, FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES)
+        run.message = message
+
     # -- status --------------------------------------------------------------------------------
 
-    def _probe(self, pod: JsonDict, run: PodRun) -> bool:
-        [container] = pod["spec"]["containers"]
+    def _probe(self, container: JsonDict, run: PodRun) -> bool:
         probe = (container.get("readinessProbe") or {}).get("httpGet")
         if probe is None:
             return True
@@ -372,46 +646,100 @@ class KubeletPlayer:
             return False
 
     def _observe(self, pod: JsonDict, run: PodRun) -> None:
-        exited = run.sandbox.poll() is not None
-        run.ready = not exited and self._probe(pod, run)
-        [container] = pod["spec"]["containers"]
+        container = _only_container(pod)
+        if not run.exited and run.sandbox.poll() is not None:
+            self._finish(container, run)
+        run.ready = not run.exited and self._probe(container, run)
         state: JsonDict = {"running": {"startedAt": run.started_at}}
-        if exited:
-            state = {"terminated": {"exitCode": run.sandbox.returncode, "reason": "Error"}}
+        phase = "Running"
+        if run.exit_code is not None:
+            terminated: JsonDict = {
+                "exitCode": run.exit_code,
+                "reason": "Completed" if run.exit_code == 0 else "Error",
+                "startedAt": run.started_at,
+                "finishedAt": run.finished_at,
+                "containerID": f"sandbox://{run.sandbox.pid}",
+            }
+            if run.message:
+                terminated["message"] = run.message
+            state = {"terminated": terminated}
+            policy = pod["spec"].get("restartPolicy", "Always")
+            if policy == "Never" or (policy == "OnFailure" and run.exit_code == 0):
+                phase = "Succeeded" if run.exit_code == 0 else "Failed"
         ready = "True" if run.ready else "False"
+        done = {"reason": "PodCompleted"} if phase in ("Succeeded", "Failed") else {}
+        self._report(
+            pod,
+            {
+                "phase": phase,
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True"},
+                    {"type": "Initialized", "status": "True"},
+                    {"type": "ContainersReady", "status": ready, **done},
+                    {"type": "Ready", "status": ready, **done},
+                ],
+                "containerStatuses": [
+                    {
+                        "name": container["name"],
+                        "image": container["image"],
+                        "imageID": "",
+                        "containerID": f"sandbox://{run.sandbox.pid}",
+                        "ready": run.ready,
+                        "started": not run.exited,
+                        "restartCount": run.restarts,
+                        "state": state,
+                    }
+                ],
+            },
+        )
+
+    def _report_waiting(self, pod: JsonDict, waiting: Waiting) -> None:
+        [container, *_] = pod["spec"]["containers"]
+        self._report(
+            pod,
+            {
+                "phase": "Pending",
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True"},
+                    {"type": "Initialized", "status": "True"},
+                    {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady"},
+                    {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
+                ],
+                "containerStatuses": [
+                    {
+                        "name": container["name"],
+                        "image": container["image"],
+                        "imageID": "",
+                        "ready": False,
+                        "started": False,
+                        "restartCount": 0,
+                        "state": {
+                            "waiting": {"reason": waiting.reason, "message": waiting.message}
+                        },
+                    }
+                ],
+            },
+        )
+
+    def _report(self, pod: JsonDict, status: JsonDict) -> None:
+        """Write the Pod's status when it changed."""
+        uid = pod["metadata"]["uid"]
         status = {
-            "phase": "Running",
+            **status,
             "hostIP": "127.0.0.1",
             "podIP": "127.0.0.1",
             "podIPs": [{"ip": "127.0.0.1"}],
-            "startTime": run.started_at,
-            "conditions": [
-                {"type": "PodScheduled", "status": "True"},
-                {"type": "Initialized", "status": "True"},
-                {"type": "ContainersReady", "status": ready},
-                {"type": "Ready", "status": ready},
-            ],
-            "containerStatuses": [
-                {
-                    "name": container["name"],
-                    "image": container["image"],
-                    "imageID": "",
-                    "containerID": f"sandbox://{run.sandbox.pid}",
-                    "ready": run.ready,
-                    "started": not exited,
-                    "restartCount": run.restarts,
-                    "state": state,
-                }
-            ],
+            "startTime": self._seen.get(uid) or _now(),
         }
         key = json.dumps(status, sort_keys=True)
-        if key == run.reported:
+        if self._reported.get(uid) == key:
             return
         try:
             self.api.merge_patch(
-                f"/api/v1/namespaces/{self.namespace}/pods/{run.name}/status", {"status": status}
+                f"/api/v1/namespaces/{self.namespace}/pods/{pod['metadata']['name']}/status",
+                {"status": status},
             )
         except ApiError as exc:
             if exc.status != 404:
                 raise
-        run.reported = key
+        self._reported[uid] = key

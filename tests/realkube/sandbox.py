@@ -2,10 +2,16 @@
 
 ``python -m tests.realkube.sandbox SPEC_JSON`` runs one container command in
 
-- its own **mount namespace**: each volume directory (written by the player, kubelet-style) is
-  bind-mounted at the ``mountPath`` the Pod template names (read-only where it says so), missing
-  parents are made on an overlay, so nothing is created on the host; then the root filesystem is
-  remounted read-only, as ``readOnlyRootFilesystem: true`` asks;
+- its own **mount namespace** and root: a tmpfs holding a recursive bind of each of the host's
+  top-level directories (the host's tree is the image: this checkout, its Python, PostgreSQL's
+  binaries keep their paths) and a private ``/dev`` (device nodes bound from the host's,
+  ``/dev/shm``), chrooted into. Each volume directory (written by the player, kubelet-style) is
+  bind-mounted at the ``mountPath`` the Pod names (read-only where it says so), and each file
+  mount (the container's termination message file) at its path; a mountPath the host lacks is made
+  in the new root's tmpfs, or on an overlay of its nearest existing directory, so nothing is
+  created on the host. Then the root filesystem is made read-only, as ``readOnlyRootFilesystem:
+  true`` asks (the host's directories included; ``/dev``, ``/proc``, ``/sys`` and the volumes
+  stay as they are);
 - its own **network namespace** with only ``lo`` up, so every pod listens on its own
   ``containerPort`` (8080 for all receivers) like pods with their own IPs. Each containerPort is
   reachable from the host on a loopback port this process prints (what ``kubectl port-forward``
@@ -18,8 +24,9 @@ As root the namespaces are made directly. Otherwise an unprivileged user namespa
 ``user.max_user_namespaces`` is 0 or a security module forbids it; ``runAsUser`` cannot be honoured
 there (only the own uid is mapped), so the command runs as the calling user.
 
-Prints one JSON line ``{"ports": {"<containerPort>": <hostPort>}}`` once the command is started,
-then relays until SIGTERM, which it passes on to the command.
+Prints one JSON line ``{"ports": {"<containerPort>": <hostPort>}, "pid": <pid>}`` once the command
+is started, relays until the command exits (SIGTERM is passed on to it), then prints
+``{"exit": <code>}`` (a negative code: killed by that signal) and exits 0.
 """
 
 from __future__ import annotations
@@ -43,14 +50,33 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
 MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_RELATIME = 1 << 21
+MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
+
+# statvfs flag -> the mount flag a remount must repeat.
+_KEPT_FLAGS = (
+    (os.ST_NOSUID, MS_NOSUID),
+    (os.ST_NODEV, MS_NODEV),
+    (os.ST_NOEXEC, MS_NOEXEC),
+    (os.ST_NOATIME, MS_NOATIME),
+    (os.ST_NODIRATIME, MS_NODIRATIME),
+    (os.ST_RELATIME, MS_RELATIME),
+)
+# The device nodes a container runtime puts in a container's /dev.
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -97,35 +123,135 @@ def _enter_namespaces() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
 
 
-def _mount_volumes(mounts: list[dict[str, Any]], scratch: Path, read_only_root: bool) -> None:
-    """Bind each volume directory at its mountPath; parents the host lacks go on an overlay.
+def _remount_read_only(path: str) -> None:
+    """Make one mount read-only, keeping its nosuid/nodev/noexec and atime flags (inside a user
+    namespace the kernel refuses a remount that would drop them)."""
+    kept = os.statvfs(path).f_flag
+    flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+    for st_flag, ms_flag in _KEPT_FLAGS:
+        if kept & st_flag:
+            flags |= ms_flag
+    _mount(None, path, None, flags, None)
 
-    Sources are opened first and bound through /proc/self/fd: a mount over /tmp (an emptyDir)
-    must not hide the volume directories the player wrote under the host's /tmp."""
-    sources = [os.open(m["source"], os.O_PATH | os.O_DIRECTORY) for m in mounts]
-    overlaid: set[str] = set()
-    for mount in mounts:
-        target = Path(mount["target"])
-        if target.exists():
+
+def _make_mountpoint(target: Path, is_file: bool) -> None:
+    if is_file:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.touch()
+    else:
+        target.mkdir(parents=True, exist_ok=True)
+
+
+def _container_root(scratch: Path) -> list[str]:
+    """What a container runtime gives a pod, with the host's tree as the image: a new root (a
+    tmpfs) holding a recursive bind of each of the host's top-level directories (the same paths:
+    the checkout, its Python, PostgreSQL's binaries), a private ``/dev`` (a tmpfs with the usual
+    device nodes bound from the host's, ``/dev/shm``, the ``/proc/self/fd`` links), then a chroot
+    into it. Returns the host directories bound (remounted read-only for a read-only root).
+
+    A new root, rather than the host's: a volume's ``mountPath`` may be a directory the host
+    lacks (``/backups``) and a termination message a file the host must not get
+    (``/dev/termination-log``); both are made in the new root's own tmpfs, never on the host."""
+    devices = {}
+    for name in DEVICES:
+        with contextlib.suppress(OSError):
+            devices[name] = os.open(f"/dev/{name}", os.O_PATH)
+    root = scratch / "rootfs"
+    root.mkdir()
+    _mount("tmpfs", str(root), "tmpfs", 0, "mode=755")
+    # The host directory holding the new root first: its recursive bind then copies the new
+    # root's (still empty) tmpfs, which is unmounted from the copy at once.
+    entries = sorted(os.scandir("/"), key=lambda e: not root.is_relative_to(e.path))
+    bound = []
+    for entry in entries:
+        if entry.name in ("dev", ".", ".."):
             continue
-        existing = next(p for p in target.parents if p.exists() or str(p) in overlaid)
-        if str(existing) not in overlaid:
+        target = root / entry.name
+        if entry.is_symlink():
+            target.symlink_to(os.readlink(entry.path))
+        elif entry.is_dir():
+            target.mkdir()
+            _mount(entry.path, str(target), None, MS_BIND | MS_REC, None)
+            if root.is_relative_to(entry.path):
+                _check(_libc.umount2(str(target / root.relative_to(entry.path)).encode(),
+                                     MNT_DETACH), "umount the new root's copy")  # fmt: skip
+            if entry.name not in ("proc", "sys"):
+                bound.append(f"/{entry.name}")
+        elif entry.is_file():
+            target.touch()
+            _mount(entry.path, str(target), None, MS_BIND, None)
+    dev = root / "dev"
+    dev.mkdir()
+    _mount("tmpfs", str(dev), "tmpfs", MS_NOSUID, "mode=755")
+    for name, fd in devices.items():
+        (dev / name).touch()
+        _mount(f"/proc/self/fd/{fd}", str(dev / name), None, MS_BIND, None)
+        os.close(fd)
+    for name, link in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                       ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
+        (dev / name).symlink_to(link)
+    (dev / "shm").mkdir()
+    _mount("tmpfs", str(dev / "shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    os.chroot(root)
+    os.chdir("/")
+    return bound
+
+
+def _mount_volumes(
+    mounts: list[dict[str, Any]],
+    sources: list[int],
+    scratch: Path,
+    read_only: list[str] | None,
+) -> None:
+    """Bind each volume (a directory, or a file such as the termination message) at its
+    mountPath. ``read_only``: the host directories to make read-only with the root (None: the
+    root stays writable); that happens once the mountpoints are made, before the volumes are
+    mounted over them.
+
+    A missing mountPath is made where it does no harm: in the new root's tmpfs (``/backups``),
+    in ``/dev``, inside a volume mounted above it, or else on an overlay of its nearest existing
+    directory (``/etc`` for ``/etc/dfm/config``), so nothing is created on the host. Sources are
+    opened before anything is mounted and bound through /proc/self/fd: a mount over /tmp (an
+    emptyDir) must not hide the volume directories the player wrote under the host's /tmp."""
+    targets = [Path(m["target"]) for m in mounts]
+    overlaid: list[str] = []
+
+    def inside_volume(path: Path) -> bool:
+        return any(path != t and path.is_relative_to(t) for t in targets)
+
+    def private(path: Path) -> bool:
+        """On a filesystem of this sandbox's own (where a mountpoint may be made)."""
+        return (
+            path == Path("/")
+            or path.is_relative_to("/dev")
+            or any(path.is_relative_to(o) for o in overlaid)
+        )
+
+    order = sorted(range(len(mounts)), key=lambda i: len(mounts[i]["target"]))
+    for i in order:
+        target = targets[i]
+        if target.exists() or inside_volume(target):
+            continue  # one inside a volume is made once that volume is mounted
+        existing = next(p for p in target.parents if p.exists())
+        if not private(existing):
             upper = Path(tempfile.mkdtemp(dir=scratch))
             (upper / "u").mkdir()
             (upper / "w").mkdir()
             options = f"lowerdir={existing},upperdir={upper / 'u'},workdir={upper / 'w'}"
             _mount("overlay", str(existing), "overlay", 0, options)
-            overlaid.add(str(existing))
-        target.mkdir(parents=True, exist_ok=True)
-    for fd, mount in sorted(zip(sources, mounts, strict=True), key=lambda m: len(m[1]["target"])):
-        target = mount["target"]
-        _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND, None)
+            overlaid.append(str(existing))
+        _make_mountpoint(target, bool(mounts[i].get("file")))
+    if read_only is not None:  # the new root, the host's trees, the overlays
+        for path in ["/", *read_only, *overlaid]:
+            _remount_read_only(path)
+    for i in order:
+        target, mount = targets[i], mounts[i]
+        if not target.exists():
+            _make_mountpoint(target, bool(mount.get("file")))
+        _mount(f"/proc/self/fd/{sources[i]}", str(target), None, MS_BIND, None)
         if mount.get("readOnly"):
-            _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
-        os.close(fd)
-    if read_only_root:  # the overlays are part of the root filesystem; then the root itself
-        for path in [*overlaid, "/"]:
-            _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
+            _remount_read_only(str(target))
+        os.close(sources[i])
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -223,8 +349,15 @@ def main() -> None:
     theirs.close()
 
     started_as_root = os.geteuid() == 0
+    mounts = spec["mounts"]
     _enter_namespaces()
-    _mount_volumes(spec["mounts"], scratch, bool(spec.get("readOnlyRootFilesystem")))
+    # Opened in the new mount namespace (a bind's source must be one of its mounts), before the
+    # new root and the volumes hide the host's paths.
+    sources = [
+        os.open(m["source"], os.O_PATH | (0 if m.get("file") else os.O_DIRECTORY)) for m in mounts
+    ]
+    bound = _container_root(scratch)
+    _mount_volumes(mounts, sources, scratch, bound if spec.get("readOnlyRootFilesystem") else None)
 
     uid, gid = spec.get("uid"), spec.get("gid")
 

@@ -215,6 +215,31 @@ def test_the_namespaced_chart_operator_works_with_its_role_only(
                         },
                     },
                 )
+                # Backups to a claim the user made (the operator reads it, creates none).
+                admin.create(
+                    path_of("persistentvolumeclaims", where, group="v1"),
+                    {
+                        "metadata": {"name": "backups"},
+                        "spec": {
+                            "accessModes": ["ReadWriteOnce"],
+                            "resources": {"requests": {"storage": "1Gi"}},
+                        },
+                    },
+                )
+                admin.create(
+                    path_of("backupschedules", where),
+                    {
+                        "apiVersion": DFM,
+                        "kind": "BackupSchedule",
+                        "metadata": {"name": "nightly"},
+                        "spec": {
+                            "schedule": "0 3 * * *",
+                            "suspend": True,  # nothing runs these
+                            "databaseSecretRef": {"name": "dfm-events-db", "key": "url"},
+                            "destination": {"pvc": {"claimName": "backups"}},
+                        },
+                    },
+                )
             admin.create(
                 path_of("managedsecrets", ns),
                 {
@@ -226,15 +251,20 @@ def test_the_namespaced_chart_operator_works_with_its_role_only(
             )
             wait_ready(admin, "webhooksources", ns, "github", "False", "DeploymentUnavailable")
             wait_ready(admin, "managedsecrets", ns, "token", "True", "Current")
+            wait_ready(admin, "backupschedules", ns, "nightly", "False", "Suspended")
             for child in ("deployments", "services"):
                 group = "apps/v1" if child == "deployments" else "v1"
                 assert admin.find(path_of(child, ns, "github-receiver", group=group))
+            cronjob = admin.get(path_of("cronjobs", ns, "nightly-backup", group="batch/v1"))
+            assert cronjob["spec"]["suspend"] is True
             # The unwatched namespace is not touched.
-            ignored = admin.get(path_of("webhooksources", elsewhere, "github"))
-            assert "status" not in ignored, op.output()[-2000:]
+            for plural, name in (("webhooksources", "github"), ("backupschedules", "nightly")):
+                ignored = admin.get(path_of(plural, elsewhere, name))
+                assert "status" not in ignored, op.output()[-2000:]
             assert (
                 admin.find(path_of("deployments", elsewhere, "github-receiver", "apps/v1")) is None
             )
+            assert admin.find(path_of("cronjobs", elsewhere, "nightly-backup", "batch/v1")) is None
         user = namespaced_release.username
         new = [e for e in control_plane.audit_events()[seen:] if e["user"]["username"] == user]
         assert new, "the operator's requests are audited"

@@ -134,7 +134,7 @@ def test_children_the_spec_drops_are_deleted_by_the_operator(
     assert admin.find(children(ns)[2]) is not None, "what is still asked for stays"
 
 
-def test_schedules_report_not_supported_yet_through_the_real_schema(
+def test_schedules_report_what_keeps_them_from_running_through_the_real_schema(
     admin: Api, operator: OperatorProcess, namespace: str
 ) -> None:
     ns = namespace
@@ -160,8 +160,8 @@ def test_schedules_report_not_supported_yet_through_the_real_schema(
     }
     admin.create(path_of("syncschedules", ns), sync)
     admin.create(path_of("backupschedules", ns), backup)
-    obj = wait_ready(admin, "syncschedules", ns, "crm", "False", "NotSupportedYet")
-    assert "nothing is scheduled" in condition(obj)["message"]
+    obj = wait_ready(admin, "syncschedules", ns, "crm", "False", "SinkNotFound")
+    assert "WebhookSource github not found" in condition(obj)["message"]
     assert obj["status"]["observedGeneration"] == 1
     obj = wait_ready(admin, "backupschedules", ns, "nightly", "False", "InvalidSpec")
     assert "schedule" in condition(obj)["message"]

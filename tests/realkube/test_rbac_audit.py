@@ -4,6 +4,8 @@ missing already failed the test whose request the server refused."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.realkube.cluster import Api, ControlPlane
 from tests.realkube.running import (
     NOT_EXERCISED,
@@ -16,6 +18,9 @@ from tests.realkube.running import (
     unexplained_grants,
     used_grants,
 )
+
+ALLOW = {"authorization.k8s.io/decision": "allow"}
+FORBID = {"authorization.k8s.io/decision": "forbid"}
 
 
 def test_every_grant_of_the_cluster_wide_chart_was_needed(
@@ -74,3 +79,29 @@ def test_the_status_comparison_sees_a_pruned_field() -> None:
         "webhooksources/s: status.readyReplica",
         "webhooksources/s: status.conditions[0].reasn",
     ]
+
+
+def test_a_grant_counts_as_used_when_rbac_allowed_the_request() -> None:
+    # The control for the audit's reading: allowed requests count whatever their outcome (a 404
+    # `get` needed the grant: without it, 403), a refused one does not, a creating apply is also
+    # a create.
+    def event(verb: str, resource: str, code: int, annotations: dict[str, str]) -> dict[str, Any]:
+        return {
+            "verb": verb,
+            "objectRef": {"apiGroup": "", "resource": resource, "namespace": "ns"},
+            "responseStatus": {"code": code},
+            "annotations": annotations,
+        }
+
+    events = [
+        event("get", "persistentvolumeclaims", 404, ALLOW),
+        event("create", "persistentvolumeclaims", 409, ALLOW),
+        event("list", "pods", 403, FORBID),
+        event("patch", "configmaps", 201, ALLOW),
+    ]
+    assert used_grants(events) == {
+        ("", "persistentvolumeclaims", "get"),
+        ("", "persistentvolumeclaims", "create"),
+        ("", "configmaps", "patch"),
+        ("", "configmaps", "create"),
+    }

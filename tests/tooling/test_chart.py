@@ -653,6 +653,7 @@ def test_the_promised_alerts_exist(helm: str) -> None:
         "DfmReceiverStoreUnavailable",
         "DfmManagedSecretRotationFailed",
         "DfmOAuthTokenExpiringSoon",
+        "DfmSyncNotSucceeding",
         "DfmOperatorReconcileErrors",
         "DfmOperatorDown",
         "DfmBackupTooOld",

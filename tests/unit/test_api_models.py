@@ -357,7 +357,7 @@ def test_sync_schedule_defaults() -> None:
             "SyncSchedule",
             {
                 "schedule": "@hourly",
-                "connector": {"container": {"image": "example/sync:1"}},
+                "connector": {"http": {"url": "https://api.example.com/items"}},
                 "sink": {"webhookSourceRef": {"name": "ghl"}},
             },
         )
@@ -366,19 +366,23 @@ def test_sync_schedule_defaults() -> None:
     assert (spec.time_zone, spec.suspend) == ("UTC", False)
     assert spec.concurrency_policy is ConcurrencyPolicy.FORBID
     assert (spec.retry.max_attempts, spec.retry.backoff_seconds) == (5, 30)
-    assert spec.connector.http is None
-    assert spec.connector.container is not None
-    assert spec.connector.container.command == []
+    assert (spec.run_timeout_seconds, spec.starting_deadline_seconds) == (900, None)
+    assert (spec.successful_jobs_history_limit, spec.failed_jobs_history_limit) == (3, 3)
+    http = spec.connector.http
+    assert (http.cursor, http.link, http.offset, http.page, http.auth) == (None,) * 5
+    assert (http.rate_limit.requests_per_second, http.rate_limit.burst) == (5, 5)
+    # Events are typed (and their ids prefixed) by the schedule's name unless eventType says.
+    assert sync.event_type == "x"
 
 
 def test_http_connector_defaults_and_from_alias() -> None:
     [*_, sync_doc, _] = contract()
     http = SyncSchedule.model_validate(sync_doc).spec.connector.http
-    assert http is not None
     assert http.cursor == Cursor(param="startAfterId", from_="meta.startAfterId")
     assert http.cursor.model_dump(by_alias=True) == {
         "param": "startAfterId",
         "from": "meta.startAfterId",
+        "also": [],
     }
     assert (http.max_pages, http.timeout_seconds, http.query, http.headers) == (1000, 30, {}, {})
 
@@ -386,13 +390,22 @@ def test_http_connector_defaults_and_from_alias() -> None:
 @pytest.mark.parametrize(
     ("connector", "message"),
     [
-        ({}, "exactly one of http or container"),
-        (
-            {"http": {"url": "https://a.example"}, "container": {"image": "i"}},
-            "exactly one of http or container",
-        ),
+        ({}, "Field required"),
+        ({"container": {"image": "example/sync:1"}}, "Extra inputs are not permitted"),
         ({"http": {"url": "a.example"}}, "should match pattern"),
-        ({"container": {"image": ""}}, "at least 1 character"),
+        (
+            {"http": {"url": "https://a.example", "link": {}, "page": {}}},
+            "set at most one of cursor, link, offset or page",
+        ),
+        (
+            {"http": {"url": "https://a.example", "headers": {"authorization": "Bearer x"}}},
+            "credentials come from auth",
+        ),
+        (
+            {"http": {"url": "https://a.example", "page": {"size": 10}}},
+            "set both sizeParam and size, or neither",
+        ),
+        ({"http": {"url": "https://a.example", "idField": "a..b"}}, "should match pattern"),
     ],
 )
 def test_sync_connector_rules(connector: dict[str, Any], message: str) -> None:
@@ -403,6 +416,18 @@ def test_sync_connector_rules(connector: dict[str, Any], message: str) -> None:
     }
     with pytest.raises(ValidationError, match=message):
         SyncSchedule.model_validate(_manifest("SyncSchedule", spec))
+
+
+def test_a_sync_schedule_name_fits_its_cronjob() -> None:
+    spec = {
+        "schedule": "@daily",
+        "connector": {"http": {"url": "https://a.example"}},
+        "sink": {"webhookSourceRef": {"name": "s"}},
+    }
+    doc = _manifest("SyncSchedule", spec)
+    SyncSchedule.model_validate({**doc, "metadata": {"name": "s" * 47}})
+    with pytest.raises(ValidationError, match=r"it names the CronJob, <name>-sync \(at most 52\)"):
+        SyncSchedule.model_validate({**doc, "metadata": {"name": "s" * 48}})
 
 
 def test_backup_schedule_defaults() -> None:

@@ -13,10 +13,12 @@ import yaml
 
 from dfm.manifests import load_documents, webhook_sources
 from dfm_operator import constants as c
-from dfm_operator.api import BackupSchedule, ManagedSecret, WebhookSource
+from dfm_operator.api import BackupSchedule, ManagedSecret, SyncSchedule, WebhookSource
 from dfm_operator.builders.backupschedule import build_children as build_backup_children
 from dfm_operator.builders.managedsecret import build_secret
 from dfm_operator.builders.meta import controlled_by
+from dfm_operator.builders.syncschedule import SyncInputs
+from dfm_operator.builders.syncschedule import build_children as build_sync_children
 from dfm_operator.builders.webhooksource import (
     ReceiverInputs,
     build_children,
@@ -355,6 +357,24 @@ def test_the_rbac_for_owner_finalizers_covers_exactly_the_owners() -> None:
             "spec": {"type": "random", "random": {"length": 32}},
         }
     )
+    schedule = SyncSchedule.model_validate(
+        {
+            "apiVersion": "dfm.dev/v1alpha1",
+            "kind": "SyncSchedule",
+            "metadata": {"name": "contacts", "namespace": "payments", "uid": "u-3"},
+            "spec": {
+                "schedule": "@hourly",
+                "connector": {"http": {"url": "https://api.example.com/items"}},
+                "sink": {"webhookSourceRef": {"name": "stripe-main"}},
+            },
+        }
+    )
+    sync_inputs = SyncInputs(
+        settings=SETTINGS,
+        sink="payments/stripe-main",
+        database=SETTINGS.default_database_secret,
+        retention_days=30,
+    )
     backup = BackupSchedule.model_validate(
         {
             "apiVersion": "dfm.dev/v1alpha1",
@@ -371,6 +391,7 @@ def test_the_rbac_for_owner_finalizers_covers_exactly_the_owners() -> None:
         *build_children(everything_on(), ReceiverInputs(settings=SETTINGS)),
         build_secret(managed, {"current": "x"}, {}, "0.1.0"),
         *build_backup_children(backup, SETTINGS),
+        *build_sync_children(schedule, sync_inputs),
     ]
     owners = {
         (ref["apiVersion"], ref["kind"])
@@ -384,6 +405,7 @@ def test_the_rbac_for_owner_finalizers_covers_exactly_the_owners() -> None:
         "webhooksources/finalizers",
         "managedsecrets/finalizers",
         "backupschedules/finalizers",
+        "syncschedules/finalizers",
     }
 
 

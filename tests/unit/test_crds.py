@@ -317,6 +317,7 @@ def test_default_columns_are_the_documented_ones() -> None:
         "Ready",
         "Reason",
         "Last Success",
+        "Items",
         "Age",
     ]
     assert visible("BackupSchedule") == [
@@ -432,7 +433,6 @@ def _backup(**spec: Any) -> JsonDict:
 
 SECRET = {"secretRef": {"name": "s"}}
 HTTP = {"http": {"url": "https://api.example.com/items"}}
-CONTAINER = {"container": {"image": "example/sync:1"}}
 RANDOM = {"length": 32}
 OAUTH2 = {"tokenUrl": "https://auth.example.com/token", "clientSecretRef": {"name": "c"}}
 
@@ -495,6 +495,63 @@ INVALID: dict[str, tuple[JsonDict, bool]] = {
         True,
     ),
     "auth without key source": (_source(provider="jwt", auth={"issuer": "x"}), True),
+    # The provider rules of webhook_server.verify.registry, one case per CEL rule.
+    "twilio without a public URL or an Ingress": (
+        _source(provider="twilio", verification=SECRET),
+        True,
+    ),
+    "mandrill without a public URL or an Ingress": (
+        _source(provider="mandrill", verification=SECRET),
+        True,
+    ),
+    "telnyx without a public key": (_source(provider="telnyx"), True),
+    "telnyx with a secret it would ignore": (
+        _source(provider="telnyx", verification={**SECRET, "publicKey": "AAAA"}),
+        True,
+    ),
+    "sendgrid without a public key": (_source(provider="sendgrid"), True),
+    "token in a header without the header": (
+        _source(provider="token", verification={**SECRET, "tokenScheme": "header"}),
+        True,
+    ),
+    "vonage with auth": (
+        _source(provider="vonage", verification=SECRET, auth={"jwksUrl": "https://x.example/jwks"}),
+        True,
+    ),
+    "github with a header": (
+        _source(provider="github", verification={**SECRET, "header": "X-Sig"}),
+        True,
+    ),
+    "github with a timestamp header": (
+        _source(provider="github", verification={**SECRET, "timestampHeader": "X-Ts"}),
+        True,
+    ),
+    "github with an id header": (
+        _source(provider="github", verification={**SECRET, "idHeader": "X-Id"}),
+        True,
+    ),
+    "stripe with a type header": (
+        _source(provider="stripe", verification={**SECRET, "typeHeader": "X-Type"}),
+        True,
+    ),
+    "github with a public key": (
+        _source(provider="github", verification={**SECRET, "publicKey": "AAAA"}),
+        True,
+    ),
+    "github with a public URL": (
+        _source(provider="github", verification={**SECRET, "publicUrl": "https://h.example/x"}),
+        True,
+    ),
+    "hmac with a token scheme": (
+        _source(
+            provider="hmac", verification={**SECRET, "header": "X-Sig", "tokenScheme": "bearer"}
+        ),
+        True,
+    ),
+    "a public URL with a query": (
+        _source(provider="twilio", verification={**SECRET, "publicUrl": "https://h.example/x?a=1"}),
+        False,
+    ),
     "random without random": (_managed(type="random"), True),
     "random with oauth2": (_managed(type="random", random=RANDOM, oauth2=OAUTH2), True),
     "oauth2 without oauth2": (_managed(type="oauth2"), True),
@@ -518,8 +575,17 @@ INVALID: dict[str, tuple[JsonDict, bool]] = {
         True,
     ),
     "bad duration": (_managed(type="random", random=RANDOM, rotation={"every": "30d"}), False),
-    "connector with both": (_sync({**HTTP, **CONTAINER}), True),
-    "connector with neither": (_sync({}), True),
+    "sync name too long for its CronJob": (_named(_sync(HTTP), "y" * 48), True),
+    "two pagination styles": (
+        _sync({"http": {**HTTP["http"], "link": {}, "offset": {"limit": 10}}}),
+        True,
+    ),
+    "connector without http": (_sync({}), False),
+    "container connector (not built, not in the API)": (
+        _sync({"container": {"image": "example/sync:1"}}),
+        False,
+    ),
+    "bad dotted path": (_sync({"http": {**HTTP["http"], "idField": "a..b"}}), False),
     "bad cron": (_backup(schedule="every night"), False),
     "bad quantity": (
         _backup(destination={"pvc": {"claimName": "b", "size": "twenty gigs"}}),
@@ -553,6 +619,20 @@ VALID: dict[str, JsonDict] = {
     "hmac with header": _source(provider="hmac", verification={**SECRET, "header": "X-Sig"}),
     "jwt with jwks": _source(provider="jwt", auth={"jwksUrl": "https://x.example/jwks.json"}),
     "highlevel without secret": _source(provider="highlevel"),
+    "twilio behind an Ingress": _source(
+        provider="twilio",
+        verification=SECRET,
+        exposure={"ingress": {"host": "hooks.example.com", "tlsSecretName": "tls"}},
+    ),
+    "mandrill with a public URL": _source(
+        provider="mandrill",
+        verification={**SECRET, "publicUrl": "https://hooks.example.com/hooks/default/mandrill"},
+    ),
+    "token in a header with auth": _source(
+        provider="token",
+        verification={**SECRET, "tokenScheme": "header", "header": "X-Webhook-Token"},
+        auth={"jwksUrl": "https://x.example/jwks"},
+    ),
     "managed secret source": _source(
         provider="standard", verification={"managedSecretRef": {"name": "m"}}
     ),
@@ -571,7 +651,19 @@ VALID: dict[str, JsonDict] = {
         rotation={"schedule": "0 3 * * 0", "timeZone": "Europe/Berlin"},
     ),
     "http connector": _sync(HTTP),
-    "container connector": _sync(CONTAINER),
+    "sync name of 47 characters": _named(_sync(HTTP), "y" * 47),
+    "cursor with also": _sync(
+        {
+            "http": {
+                **HTTP["http"],
+                "cursor": {
+                    "param": "startAfterId",
+                    "from": "meta.startAfterId",
+                    "also": [{"param": "startAfter", "from": "meta.startAfter"}],
+                },
+            }
+        }
+    ),
     "backup": _backup(),
 }
 
@@ -616,7 +708,7 @@ def test_cross_field_rules_are_in_the_crds() -> None:
     assert len(rules[("WebhookSource", ".spec.verification")]) == 2
     assert len(rules[("ManagedSecret", ".spec")]) == 2
     assert "has(self.every) != has(self.schedule)" in rules[("ManagedSecret", ".spec.rotation")]
-    assert rules[("SyncSchedule", ".spec.connector")] == ["has(self.http) != has(self.container)"]
+    assert len(rules[("SyncSchedule", ".spec.connector.http")]) == 1
     assert rules[("WebhookSource", ".")] == [
         "size(self.metadata.name) <= 54"
         " && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"

@@ -29,6 +29,7 @@ from webhook_server.config import (
     ReceiverConfig,
     SecretSource,
     SourceConfig,
+    TokenScheme,
     VerificationConfig,
 )
 from webhook_server.verify import SIGNERS, VERIFIERS, Reason, Rejected, Verified
@@ -45,14 +46,29 @@ HMAC_WITH_ID = VerificationConfig(
     timestamp_header="X-Ts",
     signed_content="{id}.{timestamp}.{body}",
 )
+# Telnyx's and SendGrid's published-format keys (any valid key: the point is to reach the code
+# past the key, where the request's own bytes are parsed).
+TELNYX_KEY = "ntQI+FAb1Auk4X/ifNXqDF/+cz9tkCJARQDjhsSdcZE="
+SENDGRID_KEY = (
+    "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE83T4O/n84iotIvIW4mdBgQ/7dAfSmpqIM8kF9mN1flpVKS3GRqe62gw"
+    "+2fNNRaINXvVpiglSI8eNEc6wEA3F+g=="
+)
+PUBLIC_URL = "https://hooks.example.com/hooks/default/x"
 SETTINGS: dict[Provider, VerificationConfig] = {
     Provider.HMAC: HMAC_WITH_ID,
+    Provider.TWILIO: VerificationConfig(public_url=PUBLIC_URL),
+    Provider.MANDRILL: VerificationConfig(public_url=PUBLIC_URL),
+    Provider.TELNYX: VerificationConfig(public_key=TELNYX_KEY),
+    Provider.SENDGRID: VerificationConfig(public_key=SENDGRID_KEY),
+    Provider.TOKEN: VerificationConfig(token_scheme=TokenScheme.HEADER, header="X-Sig"),
 }
 SECRETS: dict[Provider, list[bytes]] = {
     Provider.STANDARD: [STANDARD_SECRET.encode()],
     Provider.HIGHLEVEL: [],
     Provider.JWT: [],
     Provider.HMAC: [b"k"],
+    Provider.TELNYX: [],
+    Provider.SENDGRID: [],
 }
 HEADER_NAMES = [
     "webhook-id",
@@ -75,24 +91,64 @@ HEADER_NAMES = [
     "X-Id",
     "X-Ts",
     "Idempotency-Key",
+    "Authorization",
+    "X-Twilio-Signature",
+    "X-Twilio-Webhooks-Signature-Settings",
+    "telnyx-signature-ed25519",
+    "telnyx-timestamp",
+    "X-Twilio-Email-Event-Webhook-Signature",
+    "X-Twilio-Email-Event-Webhook-Timestamp",
+    "X-Mandrill-Signature",
 ]
 
 # Header values as aiohttp hands them over: any text, lone surrogates included.
 header_values = st.one_of(
     st.text(max_size=80),
     st.binary(max_size=80).map(lambda b: b.decode("utf-8", "surrogateescape")),
-    st.sampled_from(["v1,é", "t=1,v1=zz", "sha256=é", "\udce9", "v0=", "1800000000", "v1,"]),
+    st.sampled_from(
+        [
+            "v1,é",
+            "t=1,v1=zz",
+            "sha256=é",
+            "\udce9",
+            "v0=",
+            "1800000000",
+            "v1,",
+            "Bearer a.b.c",
+            "Bearer \udce9.e30.AAAA",
+            "Basic \udce9",
+            "algorithm=HMAC_\udce9",
+            "AAAA",
+        ]
+    ),
 )
 bodies = st.one_of(
     st.binary(max_size=300),
-    st.sampled_from([DEEP, b"[" * 5000, b'{"a":' * 5000, b"payload=%7B%7D", b"{}"]),
+    st.sampled_from(
+        [
+            DEEP,
+            b"[" * 5000,
+            b'{"a":' * 5000,
+            b"payload=%7B%7D",
+            b"{}",
+            b"mandrill_events=" + b"%5B" * 5000,
+            b'{"signature":{"timestamp":"1800000000","token":"\xff","signature":"00"}}',
+            b"timestamp=1800000000&token=%FF&signature=00",
+            b"a=%FF&MessageSid=x&MessageStatus=y",
+        ]
+    ),
+)
+queries = st.one_of(
+    st.just(""),
+    st.text(max_size=40),
+    st.sampled_from(["bodySHA256=%FF", "bodySHA256=\udce9", "a=%zz&bodySHA256=00"]),
 )
 
 
-def _verify(provider: Provider, headers: dict[str, str], body: bytes) -> Any:
+def _verify(provider: Provider, headers: dict[str, str], body: bytes, query: str = "") -> Any:
     settings_ = SETTINGS.get(provider, VerificationConfig())
     secrets = SECRETS.get(provider, [b"s3cr3t"])
-    return VERIFIERS[provider](CIMultiDict(headers), body, secrets, settings_, NOW)
+    return VERIFIERS[provider](CIMultiDict(headers), body, secrets, settings_, NOW, query)
 
 
 @settings(
@@ -102,11 +158,12 @@ def _verify(provider: Provider, headers: dict[str, str], body: bytes) -> Any:
     provider=st.sampled_from(list(Provider)),
     headers=st.dictionaries(st.sampled_from(HEADER_NAMES), header_values, max_size=8),
     body=bodies,
+    query=queries,
 )
-def test_no_header_or_body_makes_a_verifier_raise(
-    provider: Provider, headers: dict[str, str], body: bytes
+def test_no_header_body_or_query_makes_a_verifier_raise(
+    provider: Provider, headers: dict[str, str], body: bytes, query: str
 ) -> None:
-    assert isinstance(_verify(provider, headers, body), Verified | Rejected)
+    assert isinstance(_verify(provider, headers, body, query), Verified | Rejected)
 
 
 @pytest.mark.parametrize(
@@ -153,6 +210,17 @@ def test_an_id_that_is_not_utf8_is_compared_byte_for_byte_not_a_crash(
         (Provider.HMAC, {"X-Sig": "é", "X-Id": "i", "X-Ts": "1800000000"}),
         (Provider.STRIPE, {"Stripe-Signature": "t=1800000000,v1=é"}),
         (Provider.SLACK, {"X-Slack-Signature": "v0=é", "X-Slack-Request-Timestamp": "1800000000"}),
+        (Provider.TWILIO, {"X-Twilio-Signature": "é"}),
+        (Provider.MANDRILL, {"X-Mandrill-Signature": "\udce9"}),
+        (Provider.TELNYX, {"telnyx-signature-ed25519": "é", "telnyx-timestamp": "1800000000"}),
+        (
+            Provider.SENDGRID,
+            {
+                "X-Twilio-Email-Event-Webhook-Signature": "é",
+                "X-Twilio-Email-Event-Webhook-Timestamp": "1800000000",
+            },
+        ),
+        (Provider.VONAGE, {"Authorization": "Bearer é.é.é"}),
     ],
 )
 def test_a_signature_that_is_not_ascii_is_malformed(
@@ -161,7 +229,9 @@ def test_a_signature_that_is_not_ascii_is_malformed(
     assert _reason(_verify(provider, headers, b"{}")) is Reason.MALFORMED
 
 
-@pytest.mark.parametrize("provider", [Provider.STANDARD, Provider.SLACK, Provider.JWT])
+@pytest.mark.parametrize(
+    "provider", [Provider.STANDARD, Provider.SLACK, Provider.JWT, Provider.VONAGE, Provider.TOKEN]
+)
 def test_a_deeply_nested_signed_body_verifies_without_a_type(provider: Provider) -> None:
     secret = STANDARD_SECRET.encode() if provider is Provider.STANDARD else b"s3cr3t"
     headers = SIGNERS[provider](DEEP, secret, VerificationConfig(), NOW, "evt_deep")

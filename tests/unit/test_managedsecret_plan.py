@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from dfm_operator import oauth
 from dfm_operator.api.common import rfc3339
 from dfm_operator.rotation import (
-    ACCESS_TOKEN,
     ANNOTATION_LAST_ROTATION,
     ANNOTATION_VERSION,
     EXPIRES_AT,
@@ -28,6 +27,7 @@ from dfm_operator.services.managedsecret import (
     after_unavailable,
     plan_oauth2,
 )
+from webhook_server.secrets import ACCESS_TOKEN
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 CREDENTIALS = ("client", "secret")

@@ -9,6 +9,7 @@ import pytest
 from webhook_server.outbound import (
     MAX_RETRY_AFTER_SECONDS,
     CircuitBreaker,
+    CircuitSnapshot,
     CircuitState,
     Pacer,
     exponential_backoff,
@@ -128,6 +129,39 @@ def test_successes_reset_the_count_of_consecutive_failures() -> None:
         breaker.record_failure()
         breaker.record_success()
     assert breaker.state is CircuitState.CLOSED
+
+
+def test_a_circuit_continues_in_another_process_from_its_snapshot() -> None:
+    # A sync keeps its circuit in PostgreSQL between runs: each run is a new process.
+    clock = Clock()
+    first = CircuitBreaker(
+        failure_threshold=2, cool_down_seconds=10, max_cool_down_seconds=40, clock=clock
+    )
+    first.record_failure()
+    first.record_failure()
+    clock.now += 10
+    assert first.allow()  # the probe goes out, and its process dies before it reports
+    saved = CircuitSnapshot.from_json(first.snapshot().to_json())
+    assert saved.state is CircuitState.OPEN
+
+    second = CircuitBreaker(
+        failure_threshold=2, cool_down_seconds=10, max_cool_down_seconds=40, clock=clock
+    )
+    second.restore(saved)
+    assert second.consecutive_failures == 2
+    assert second.allow()  # the lost probe is forgotten: this call is the probe
+    second.record_failure()
+    assert second.retry_in() == 20  # and a failed probe doubles the cool-down, as in one process
+    third = CircuitBreaker(failure_threshold=2, cool_down_seconds=10, clock=clock)
+    third.restore(CircuitSnapshot.from_json(second.snapshot().to_json()))
+    assert not third.allow()
+    assert third.retry_in() == 20
+
+
+def test_an_unreadable_snapshot_is_a_closed_circuit() -> None:
+    for data in ({}, {"state": "ajar"}, {"state": "open", "consecutiveFailures": "x"}):
+        snapshot = CircuitSnapshot.from_json(data)
+        assert (snapshot.state, snapshot.consecutive_failures) == (CircuitState.CLOSED, 0)
 
 
 def test_pacer_spaces_calls_to_the_rate_after_the_burst() -> None:

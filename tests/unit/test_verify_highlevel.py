@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from multidict import CIMultiDict
 from pydantic import ValidationError
 
-from webhook_server.config import VerificationConfig
+from webhook_server.config import Provider, SourceConfig, VerificationConfig
 from webhook_server.verify import Reason, Rejected, Verified, highlevel
 
 NOW = 1_738_075_000.0  # 2025-01-28T14:36:40Z
@@ -170,7 +170,9 @@ def test_header_without_a_matching_key_type() -> None:
 def test_an_unparseable_public_key_is_refused_by_the_config(pem: str, message: str) -> None:
     # It used to be accepted and then refuse every delivery (NO_SECRET) with /readyz ready.
     with pytest.raises(ValidationError, match=message):
-        VerificationConfig(public_key=pem)
+        SourceConfig(
+            name="ghl", provider=Provider.HIGHLEVEL, verification=VerificationConfig(public_key=pem)
+        )
 
 
 def test_default_published_keys_parse() -> None:

@@ -66,6 +66,11 @@ class EventRefused(Exception):
     """PostgreSQL refuses this event's data (it would every time): not committed, not retryable."""
 
 
+class ReplayRefused(Exception):
+    """The event's replay key (a signed one-time value) is already held by another event: a
+    replay of a captured signature. Not committed, not retryable."""
+
+
 # Errors about one event's values, not about the database: the batch is split so that only the
 # event that causes them fails.
 DATA_ERRORS: tuple[type[BaseException], ...] = (
@@ -87,13 +92,19 @@ class Event:
     # The dedup scope within the source: the token's subject for a jwt source (two callers may
     # choose the same Idempotency-Key), "" for a provider's own ids.
     subject: str = ""
+    # How many provider events the payload holds (a SendGrid or Mandrill batch); None for one.
+    event_count: int | None = None
+    # A signed one-time value no other event may use before ``replay_until`` (Mailgun's token).
+    replay_key: str | None = None
+    replay_until: datetime | None = None
 
 
 _INSERT = """
 WITH incoming AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
-                         $5::text[], $6::bytea[], $7::jsonb[], $8::text[])
-        AS t(source, event_id, event_type, received_at, request_id, payload, headers, subject)
+                         $5::text[], $6::bytea[], $7::jsonb[], $8::text[], $9::integer[])
+        AS t(source, event_id, event_type, received_at, request_id, payload, headers, subject,
+             event_count)
 ), fresh AS (
     INSERT INTO webhook_event_ids (source, subject, event_id, received_at)
     SELECT source, subject, event_id, received_at FROM incoming
@@ -101,11 +112,25 @@ WITH incoming AS (
     RETURNING source, subject, event_id
 )
 INSERT INTO webhook_events
-    (source, subject, event_id, event_type, received_at, request_id, payload, headers)
+    (source, subject, event_id, event_type, received_at, request_id, payload, headers,
+     event_count)
 SELECT i.source, i.subject, i.event_id, i.event_type, i.received_at, i.request_id, i.payload,
-       i.headers
+       i.headers, i.event_count
 FROM incoming i JOIN fresh f USING (source, subject, event_id)
 RETURNING source, subject, event_id
+"""
+
+# Replay keys: claim (the first event to use a key owns it), then read who owns each, which sees
+# keys committed by other replicas meanwhile (ON CONFLICT waited for them).
+_CLAIM_REPLAY_KEYS = """
+INSERT INTO webhook_replay_keys (source, replay_key, subject, event_id, expires_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+ON CONFLICT (source, replay_key) DO NOTHING
+"""
+_REPLAY_KEY_OWNERS = """
+SELECT k.source, k.replay_key, k.subject, k.event_id
+FROM webhook_replay_keys k
+JOIN unnest($1::text[], $2::text[]) AS t(source, replay_key) USING (source, replay_key)
 """
 
 _Key = tuple[str, str, str]
@@ -333,7 +358,7 @@ class Store:
         for pending in batch:
             unique.setdefault(_key(pending.event), pending)
         try:
-            fresh = await self._insert([p.event for p in unique.values()])
+            fresh, replayed = await self._insert([p.event for p in unique.values()])
         except DATA_ERRORS as exc:
             if len(unique) > 1:
                 # One event's values are refused: commit the others one by one.
@@ -355,40 +380,31 @@ class Store:
         self.metrics.batch_size.observe(len(unique))
         for pending in batch:
             key = _key(pending.event)
-            is_new = key in fresh and unique[key] is pending
-            if not pending.future.done():
-                pending.future.set_result(is_new)
+            if pending.future.done():
+                continue
+            if key in replayed:
+                pending.future.set_exception(ReplayRefused("replay key already used"))
+                pending.future.exception()  # the request may be gone: never "never retrieved"
+                continue
+            pending.future.set_result(key in fresh and unique[key] is pending)
 
-    async def _insert(self, events: list[Event]) -> set[_Key]:
+    async def _insert(self, events: list[Event]) -> tuple[set[_Key], set[_Key]]:
+        """Commit ``events``: (the keys of those new, the keys of those refused as replays)."""
         pool = self._pool
         if pool is None:
             raise StoreUnavailable("no pool")
-        # Dedup keys are locked in one order by every batch, so concurrent batches holding the
-        # same ids wait for each other instead of deadlocking.
-        events = sorted(events, key=_key)
-        args = (
-            [e.source for e in events],
-            [e.event_id for e in events],
-            [e.event_type for e in events],
-            [e.received_at for e in events],
-            [e.request_id for e in events],
-            [e.payload for e in events],
-            [json.dumps(e.headers) for e in events],
-            [e.subject for e in events],
-        )
         # Bounded waits: for a connection (every one may be stuck in a hung database) and, by the
         # pool's command timeout, for the statement.
         acquire_timeout = self.config.connect_timeout_seconds
         for attempt in range(3):
             try:
                 async with pool.acquire(timeout=acquire_timeout) as conn:
-                    rows = await conn.fetch(_INSERT, *args)
-                return {(r["source"], r["subject"], r["event_id"]) for r in rows}
+                    return await insert_events(conn, events)
             except asyncpg.PostgresError as exc:
-                if getattr(exc, "sqlstate", None) != _PARTITION_MISSING or attempt == 2:
+                if not partition_missing(exc) or attempt == 2:
                     raise
                 async with pool.acquire(timeout=acquire_timeout) as conn:
-                    await _create_partitions(
+                    await create_partitions(
                         conn, {partitions.utc_day(e.received_at) for e in events}
                     )
             except (asyncpg.exceptions.ConnectionDoesNotExistError, ConnectionResetError):
@@ -413,7 +429,7 @@ class Store:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MAINTENANCE_LOCK_ID):
                 return False
             try:
-                await _create_partitions(
+                await create_partitions(
                     conn, set(partitions.days_to_create(now, self.config.partitions_ahead_days))
                 )
                 await self._expire(conn, now)
@@ -422,14 +438,7 @@ class Store:
         return True
 
     async def _register_sources(self, conn: Any, now: datetime) -> None:
-        await conn.executemany(
-            """INSERT INTO webhook_sources (source, retention_days, last_seen_at)
-               VALUES ($1, $2, $3)
-               ON CONFLICT (source) DO UPDATE
-               SET retention_days = EXCLUDED.retention_days,
-                   last_seen_at = EXCLUDED.last_seen_at""",
-            [(s.key, s.retention_days, now) for s in self.sources],
-        )
+        await register_sources(conn, [(s.key, s.retention_days) for s in self.sources], now)
 
     async def _expire(self, conn: Any, now: datetime) -> None:
         longest = await conn.fetchval("SELECT max(retention_days) FROM webhook_sources")
@@ -461,6 +470,8 @@ class Store:
         # A dedup key goes no earlier than its event, or a redelivery in between is stored twice:
         # for the longest retention that is when the event's whole day is dropped, for the others
         # when the DELETE above takes it.
+        # Replay keys past their expiry: their signatures fail the tolerance check anyway.
+        await conn.execute("DELETE FROM webhook_replay_keys WHERE expires_at < $1", now)
         await conn.execute(
             """DELETE FROM webhook_event_ids i USING webhook_sources s
                WHERE i.source = s.source
@@ -472,6 +483,87 @@ class Store:
             longest,
             partitions.dropped_before(now, int(longest)),
         )
+
+
+async def insert_events(conn: Any, events: Sequence[Event]) -> tuple[set[_Key], set[_Key]]:
+    """Insert ``events`` unless their (source, subject, event_id) is already stored: (the keys
+    of those new, the keys of those refused as replays of another event's replay key). The one
+    path every event goes through: a receiver's batch, and each page of a sync
+    (``webhook_server.sync.runner``), inside the caller's transaction when it has one (a
+    savepoint then, for the replay keys).
+
+    Dedup keys are locked in one order by every batch, so concurrent batches holding the same
+    ids wait for each other instead of deadlocking. Within ``events`` the first of a key wins.
+    """
+    unique: dict[_Key, Event] = {}
+    for event in events:
+        unique.setdefault(_key(event), event)
+    ordered = [unique[k] for k in sorted(unique)]
+    if not any(e.replay_key is not None for e in ordered):
+        rows = await conn.fetch(_INSERT, *_insert_args(ordered))
+        return {(r["source"], r["subject"], r["event_id"]) for r in rows}, set()
+    async with conn.transaction():
+        replayed = await _claim_replay_keys(conn, ordered)
+        kept = [e for e in ordered if _key(e) not in replayed]
+        rows = await conn.fetch(_INSERT, *_insert_args(kept)) if kept else []
+    return {(r["source"], r["subject"], r["event_id"]) for r in rows}, replayed
+
+
+def partition_missing(exc: BaseException) -> bool:
+    """Whether ``exc`` says an event's day has no partition yet (create it, then retry)."""
+    return getattr(exc, "sqlstate", None) == _PARTITION_MISSING
+
+
+async def register_sources(conn: Any, sources: Sequence[tuple[str, int]], now: datetime) -> None:
+    """Record each (source, retention days): partitions are dropped by the longest retention
+    registered, so a source that stores events must be registered or it loses them."""
+    await conn.executemany(
+        """INSERT INTO webhook_sources (source, retention_days, last_seen_at)
+           VALUES ($1, $2, $3)
+           ON CONFLICT (source) DO UPDATE
+           SET retention_days = EXCLUDED.retention_days,
+               last_seen_at = EXCLUDED.last_seen_at""",
+        [(key, retention, now) for key, retention in sources],
+    )
+
+
+def _insert_args(events: list[Event]) -> tuple[list[Any], ...]:
+    return (
+        [e.source for e in events],
+        [e.event_id for e in events],
+        [e.event_type for e in events],
+        [e.received_at for e in events],
+        [e.request_id for e in events],
+        [e.payload for e in events],
+        [json.dumps(e.headers) for e in events],
+        [e.subject for e in events],
+        [1 if e.event_count is None else e.event_count for e in events],
+    )
+
+
+async def _claim_replay_keys(conn: Any, events: list[Event]) -> set[_Key]:
+    """Claim every event's replay key in the caller's transaction; the keys of the events whose
+    replay key another event holds. The same event with the same key (a redelivery) is not a
+    replay: it goes on to be answered as a duplicate."""
+    claims = sorted(
+        (e.source, e.replay_key, e.subject, e.event_id, e.replay_until)
+        for e in events
+        if e.replay_key is not None and e.replay_until is not None
+    )
+    # In one order in every batch, so two claiming the same keys wait rather than deadlock.
+    await conn.execute(_CLAIM_REPLAY_KEYS, *(list(column) for column in zip(*claims, strict=True)))
+    owners = {
+        (r["source"], r["replay_key"]): (r["subject"], r["event_id"])
+        for r in await conn.fetch(
+            _REPLAY_KEY_OWNERS, [c[0] for c in claims], [c[1] for c in claims]
+        )
+    }
+    return {
+        _key(e)
+        for e in events
+        if e.replay_key is not None
+        and owners.get((e.source, e.replay_key)) != (e.subject, e.event_id)
+    }
 
 
 def _fail(batch: list[_Pending], exc: Exception) -> None:
@@ -496,7 +588,7 @@ def _why_unusable(exc: Exception, config: DatabaseConfig) -> dict[str, str]:
     return {}
 
 
-async def _create_partitions(conn: Any, days: set[date]) -> None:
+async def create_partitions(conn: Any, days: set[date]) -> None:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_ID)
         # Names and bounds come from dates we computed, never from input, so formatting is safe.

@@ -2,13 +2,17 @@
 
 Every provider module exposes two pure functions:
 
-``verify(headers, body, secrets, settings, now) -> Verified | Rejected``
+``verify(headers, body, secrets, settings, now, query="") -> Verified | Rejected``
     ``headers`` is a case-insensitive mapping, ``body`` the raw bytes, ``secrets`` the values valid
     right now (current and, during a rotation's grace period, previous) as bytes exactly as stored
-    in the Secret, ``now`` a unix timestamp. No I/O, no clock.
+    in the Secret, ``now`` a unix timestamp, ``query`` the request's query string exactly as sent
+    (percent-encoding kept, without the ``?``; schemes that sign the URL need it). No I/O, no clock.
 
 ``sign(body, secret, settings, now, event_id) -> dict[str, str]``
     the headers that provider would send for ``body``; used by ``dfm send`` and the tests.
+
+``sample(now, event_id) -> (body, event id)``
+    a plausible delivery of that provider, for ``dfm send``.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import enum
 import hashlib
 import hmac
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from webhook_server.config import VerificationConfig
@@ -34,6 +40,9 @@ class Reason(enum.StrEnum):
     NO_SECRET = "no_secret"
     MISSING_TOKEN = "missing_token"
     BAD_TOKEN = "bad_token"
+    # A one-time value (Mailgun's token) seen before with another event: a captured signature
+    # re-used for a body of the replayer's choosing. Decided by the store, not the verifier.
+    REPLAYED = "replayed"
     # Not a verdict on the request: what it needs to be checked (the JWKS) is out of reach for
     # now. Answered 503 so the sender retries, and never counted as a signature failure.
     UNAVAILABLE = "unavailable"
@@ -48,6 +57,13 @@ class Verified:
     # Set when the provider expects an immediate answer instead of a stored event
     # (Slack's url_verification handshake).
     challenge: str | None = None
+    # How many provider events the body holds, for providers that post batches (SendGrid,
+    # Mandrill); None for one event per request.
+    event_count: int | None = None
+    # A signed one-time value the store must refuse to see again with another event before
+    # ``replay_until`` (unix time): Mailgun signs a token and a timestamp, not the body.
+    replay_key: str | None = None
+    replay_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +84,7 @@ class Verifier(Protocol):
         secrets: Sequence[bytes],
         settings: VerificationConfig,
         now: float,
+        query: str = "",
     ) -> Result: ...
 
 
@@ -80,6 +97,10 @@ class Signer(Protocol):
         now: float,
         event_id: str | None,
     ) -> dict[str, str]: ...
+
+
+class Sampler(Protocol):
+    def __call__(self, now: float, event_id: str | None) -> tuple[bytes, str]: ...
 
 
 def constant_time_any(expected: Sequence[bytes], given: Sequence[bytes]) -> bool:
@@ -146,3 +167,58 @@ def string_field(obj: Mapping[str, Any] | None, *path: str) -> str | None:
     if isinstance(current, str | int):
         return str(current)
     return None
+
+
+# -- batches (SendGrid, Mandrill) --------------------------------------------------------------
+
+# Longer than any list of SendGrid's or Mandrill's event kinds; past it (or with odd kinds) a
+# batch's type is "batch".
+MAX_TYPE_CHARS = 200
+BATCH = "batch"
+
+
+def batch_type(kinds: set[str]) -> str:
+    """The kinds of a batch as one event type: sorted, comma-separated; ``batch`` when that would
+    be too long or a kind is not a plain word."""
+    joined = ",".join(sorted(kinds))
+    plain = all(kind and kind.replace("_", "").replace("-", "").isalnum() for kind in kinds)
+    return joined if kinds and plain and len(joined) <= MAX_TYPE_CHARS else BATCH
+
+
+def describe_batch(events: Any, kind_field: str, event_id: str) -> Verified:
+    """A batch: stored once under ``event_id`` (a hash of what was signed), with its size and
+    kinds; a body that is not a list is stored uncounted."""
+    if not isinstance(events, list):
+        return Verified(event_id=event_id)
+    kinds = {
+        e[kind_field] for e in events if isinstance(e, dict) and isinstance(e.get(kind_field), str)
+    }
+    return Verified(event_id=event_id, event_type=batch_type(kinds), event_count=len(events))
+
+
+def body_digest(body: bytes) -> str:
+    """The id of an event known by its bytes alone: ``sha256:`` and the body's hex SHA-256."""
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+# -- samples (for ``dfm send``) ------------------------------------------------------------------
+
+
+def compact_json(value: Any) -> bytes:
+    """JSON as providers send it: no spaces."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def iso_time(now: float) -> str:
+    """``now`` as an RFC 3339 UTC time with a ``Z``."""
+    return datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")
+
+
+def generic_sample(now: float, event_id: str | None) -> tuple[bytes, str]:
+    """A minimal ``{"id", "type"}`` event, for schemes with no body of their own (hmac, jwt)."""
+    given = event_id
+    event_id = given or f"evt_{uuid.uuid4().hex}"
+    body: dict[str, object] = {"id": event_id, "type": "sample.event"}
+    if given is None:
+        body["created"] = int(now)
+    return compact_json(body), event_id

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 
 from webhook_server.config import VerificationConfig
-from webhook_server.verify.base import Result, Verified, json_object, string_field
+from webhook_server.verify.base import Result, Verified, generic_sample, json_object, string_field
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -21,6 +21,7 @@ def verify(
     secrets: Sequence[bytes],
     settings: VerificationConfig,
     now: float,
+    query: str = "",
 ) -> Result:
     event = json_object(body)
     return Verified(
@@ -37,3 +38,6 @@ def sign(
     event_id: str | None,
 ) -> dict[str, str]:
     return {"Content-Type": "application/json", IDEMPOTENCY_HEADER: event_id or str(uuid.uuid4())}
+
+
+sample = generic_sample

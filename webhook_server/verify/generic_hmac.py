@@ -21,6 +21,7 @@ from webhook_server.verify.base import (
     Result,
     Verified,
     constant_time_any,
+    generic_sample,
     header_bytes,
     hmac_digest,
     is_timestamp,
@@ -65,6 +66,7 @@ def verify(
     secrets: Sequence[bytes],
     settings: VerificationConfig,
     now: float,
+    query: str = "",
 ) -> Result:
     if not secrets or not settings.header:
         return Rejected(Reason.NO_SECRET, "no secret or signature header configured")
@@ -136,3 +138,6 @@ def sign(
     if settings.id_header:
         headers[settings.id_header] = msg_id
     return headers
+
+
+sample = generic_sample

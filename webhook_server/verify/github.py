@@ -9,11 +9,12 @@ it is that, preset.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 
 from webhook_server.config import SignatureEncoding, VerificationConfig
 from webhook_server.verify import generic_hmac
-from webhook_server.verify.base import Result, json_object
+from webhook_server.verify.base import Result, compact_json, json_object
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 DELIVERY_HEADER = "X-GitHub-Delivery"
@@ -38,6 +39,7 @@ def verify(
     secrets: Sequence[bytes],
     settings: VerificationConfig,
     now: float,
+    query: str = "",
 ) -> Result:
     return generic_hmac.verify(headers, body, secrets, SCHEME, now)
 
@@ -52,3 +54,9 @@ def sign(
     payload = json_object(body) or {}
     event = next((name for key, name in _EVENT_BY_KEY if key in payload), "ping")
     return generic_hmac.sign(body, secret, SCHEME, now, event_id) | {EVENT_HEADER: event}
+
+
+def sample(now: float, event_id: str | None) -> tuple[bytes, str]:
+    """A ``ping``: what GitHub sends first to a new webhook."""
+    body = {"zen": "Keep it logically awesome.", "hook_id": 1, "hook": {"type": "Repository"}}
+    return compact_json(body), event_id or str(uuid.uuid4())

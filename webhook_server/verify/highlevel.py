@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import math
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +34,8 @@ from webhook_server.verify.base import (
     Rejected,
     Result,
     Verified,
+    compact_json,
+    iso_time,
     json_object,
     string_field,
     within_tolerance,
@@ -138,6 +141,7 @@ def verify(
     secrets: Sequence[bytes],
     settings: VerificationConfig,
     now: float,
+    query: str = "",
 ) -> Result:
     rejection = _authenticate(headers, body, settings.public_key or DEFAULT_PUBLIC_KEYS)
     if rejection is not None:
@@ -167,3 +171,15 @@ def sign(
     else:
         raise ValueError("HighLevel signing needs an Ed25519 or RSA private key")
     return {"Content-Type": "application/json", header: base64.b64encode(signature).decode()}
+
+
+def sample(now: float, event_id: str | None) -> tuple[bytes, str]:
+    event_id = event_id or str(uuid.uuid4())
+    body = {
+        "type": "ContactCreate",
+        "webhookId": event_id,
+        "timestamp": iso_time(now),
+        "locationId": "loc_sample",
+        "id": f"contact_{uuid.uuid4().hex[:8]}",
+    }
+    return compact_json(body), event_id

@@ -8,11 +8,12 @@ Shopify's header names, so it is that, preset.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 
 from webhook_server.config import SignatureEncoding, VerificationConfig
 from webhook_server.verify import generic_hmac
-from webhook_server.verify.base import Result
+from webhook_server.verify.base import Result, compact_json
 
 SIGNATURE_HEADER = "X-Shopify-Hmac-Sha256"
 WEBHOOK_ID_HEADER = "X-Shopify-Webhook-Id"
@@ -32,6 +33,7 @@ def verify(
     secrets: Sequence[bytes],
     settings: VerificationConfig,
     now: float,
+    query: str = "",
 ) -> Result:
     return generic_hmac.verify(headers, body, secrets, SCHEME, now)
 
@@ -44,3 +46,8 @@ def sign(
     event_id: str | None,
 ) -> dict[str, str]:
     return generic_hmac.sign(body, secret, SCHEME, now, event_id)
+
+
+def sample(now: float, event_id: str | None) -> tuple[bytes, str]:
+    body = {"id": int(now * 1000), "email": "buyer@example.com", "total_price": "10.00"}
+    return compact_json(body), event_id or str(uuid.uuid4())

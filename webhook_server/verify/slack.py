@@ -7,6 +7,7 @@ deliveries carry an event id.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from urllib.parse import parse_qs
 
@@ -16,6 +17,7 @@ from webhook_server.verify.base import (
     Rejected,
     Result,
     Verified,
+    compact_json,
     constant_time_any,
     header_bytes,
     hmac_digest,
@@ -70,6 +72,7 @@ def verify(
     secrets: Sequence[bytes],
     settings: VerificationConfig,
     now: float,
+    query: str = "",
 ) -> Result:
     if not secrets:
         return Rejected(Reason.NO_SECRET, "no secret configured")
@@ -109,3 +112,14 @@ def sign(
         TIMESTAMP_HEADER: timestamp,
         SIGNATURE_HEADER: f"{VERSION}={hmac_digest(secret, _base_string(timestamp, body)).hex()}",
     }
+
+
+def sample(now: float, event_id: str | None) -> tuple[bytes, str]:
+    event_id = event_id or f"Ev{uuid.uuid4().hex[:10].upper()}"
+    body = {
+        "type": "event_callback",
+        "event_id": event_id,
+        "event_time": int(now),
+        "event": {"type": "app_mention", "text": "hello", "channel": "C0000000000"},
+    }
+    return compact_json(body), event_id

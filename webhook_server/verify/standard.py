@@ -22,10 +22,12 @@ from webhook_server.verify.base import (
     Rejected,
     Result,
     Verified,
+    compact_json,
     constant_time_any,
     header_bytes,
     hmac_digest,
     is_timestamp,
+    iso_time,
     json_object,
     string_field,
     within_tolerance,
@@ -75,6 +77,7 @@ def verify(
     secrets: Sequence[bytes],
     settings: VerificationConfig,
     now: float,
+    query: str = "",
 ) -> Result:
     keys = [key for key in map(decode_secret, secrets) if key is not None]
     if not keys:
@@ -117,3 +120,14 @@ def sign(
         TIMESTAMP_HEADER: timestamp,
         SIGNATURE_HEADER: f"{VERSION},{signature.decode()}",
     }
+
+
+def sample(now: float, event_id: str | None) -> tuple[bytes, str]:
+    unique = uuid.uuid4().hex
+    event_id = event_id or f"msg_{unique[:27]}"
+    body = {
+        "type": "user.created",
+        "timestamp": iso_time(now),
+        "data": {"id": f"user_{unique[:8]}"},
+    }
+    return compact_json(body), event_id

@@ -6,6 +6,7 @@ roll Stripe sends one ``v1`` per active secret, so any of them may match.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 
 from webhook_server.config import VerificationConfig
@@ -14,6 +15,7 @@ from webhook_server.verify.base import (
     Rejected,
     Result,
     Verified,
+    compact_json,
     constant_time_any,
     hmac_digest,
     is_timestamp,
@@ -56,6 +58,7 @@ def verify(
     secrets: Sequence[bytes],
     settings: VerificationConfig,
     now: float,
+    query: str = "",
 ) -> Result:
     if not secrets:
         return Rejected(Reason.NO_SECRET, "no secret configured")
@@ -89,3 +92,17 @@ def sign(
         "Content-Type": "application/json",
         SIGNATURE_HEADER: f"t={timestamp},{SCHEME}={signature}",
     }
+
+
+def sample(now: float, event_id: str | None) -> tuple[bytes, str]:
+    unique = uuid.uuid4().hex
+    event_id = event_id or f"evt_{unique[:24]}"
+    body = {
+        "id": event_id,
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "created": int(now),
+        "livemode": False,
+        "data": {"object": {"id": f"pi_{unique[:24]}", "object": "payment_intent"}},
+    }
+    return compact_json(body), event_id

@@ -122,9 +122,10 @@ than dfm_operator.rbac.required_rules(). */}}
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [create, get]
+# CronJobs: applied, and watched for a hand deletion (a SyncSchedule's is re-created at once).
 - apiGroups: [batch]
   resources: [cronjobs]
-  verbs: [create, patch]
+  verbs: [create, list, patch, watch]
 # The Jobs those CronJobs run are watched for their outcome, and their Pods listed for the
 # summary a job leaves in its termination message.
 - apiGroups: [batch]
@@ -148,18 +149,15 @@ than dfm_operator.rbac.required_rules(). */}}
 # The custom resources: watched, annotated by kopf, and their status written; read by the
 # operator's own code only where it reconciles them.
 - apiGroups: [dfm.dev]
-  resources: [backupschedules, managedsecrets, webhooksources]
+  resources: [backupschedules, managedsecrets, syncschedules, webhooksources]
   verbs: [get, list, patch, watch]
-- apiGroups: [dfm.dev]
-  resources: [syncschedules]
-  verbs: [list, patch, watch]
 - apiGroups: [dfm.dev]
   resources: [backupschedules/status, managedsecrets/status, syncschedules/status, webhooksources/status]
   verbs: [patch]
 # Children's ownerReferences set blockOwnerDeletion: the OwnerReferencesPermissionEnforcement
 # admission plugin (OpenShift) then asks for update on the owner's finalizers.
 - apiGroups: [dfm.dev]
-  resources: [backupschedules/finalizers, managedsecrets/finalizers, webhooksources/finalizers]
+  resources: [backupschedules/finalizers, managedsecrets/finalizers, syncschedules/finalizers, webhooksources/finalizers]
   verbs: [update]
 # kopf: Events on the custom resources.
 - apiGroups: [""]

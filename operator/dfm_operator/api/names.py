@@ -49,3 +49,5 @@ MANAGED_SECRET_NAME = NameRule(63, False, "it is the value of its Secret's insta
 # "<name>-backup" is its CronJob, whose name may have at most 52 characters (the controller
 # appends an 11-character suffix to name each Job): 52 - len("-backup") = 45.
 BACKUP_SCHEDULE_NAME = NameRule(45, True, "it names the CronJob, <name>-backup (at most 52)")
+# "<name>-sync" likewise: 52 - len("-sync") = 47.
+SYNC_SCHEDULE_NAME = NameRule(47, True, "it names the CronJob, <name>-sync (at most 52)")

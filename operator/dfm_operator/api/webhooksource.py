@@ -22,18 +22,27 @@ from dfm_operator.api.common import (
 from dfm_operator.api.names import WEBHOOK_SOURCE_NAME, NameRule
 from dfm_operator.constants import WEBHOOK_SOURCE
 from webhook_server.config import (
-    NEEDS_SECRET,
-    SECRETLESS_PROVIDERS,
+    VERIFICATION_OPTIONAL_FIELDS,
     AuthConfig,
     CorsConfig,
     HeaderName,
-    HighLevelKeys,
     HmacAlgorithm,
     LimitsConfig,
     Provider,
+    PublicKeyText,
+    PublicUrl,
     SignatureEncoding,
+    TokenScheme,
     default_route,
+)
+from webhook_server.verify.registry import (
+    PROVIDERS,
+    SECRETLESS_PROVIDERS,
+    Need,
+    SourceFacts,
     provider_lacks,
+    provider_refuses,
+    providers_reading,
 )
 
 # The receiver's config refuses the same (webhook_server.config.VerificationConfig).
@@ -77,7 +86,10 @@ class Verification(ApiModel):
             "refused as a replay.",
         ),
     ] = 300
-    header: HeaderName | None = Field(default=None, description="hmac: the signature header.")
+    header: HeaderName | None = Field(
+        default=None,
+        description="hmac: the signature header; token (tokenScheme: header): the token header.",
+    )
     algorithm: HmacAlgorithm = Field(
         default=HmacAlgorithm.SHA256, description="hmac: the HMAC hash function."
     )
@@ -95,15 +107,27 @@ class Verification(ApiModel):
         description="hmac: what is signed; placeholders {timestamp}, {id} and {body} (required).",
     )
     id_header: HeaderName | None = Field(
-        default=None, description="hmac: the header with the delivery id, used to deduplicate."
+        default=None,
+        description="hmac, token: the header with the delivery id, used to deduplicate.",
     )
     type_header: HeaderName | None = Field(
-        default=None, description="hmac: the header with the event type."
+        default=None, description="hmac, token: the header with the event type."
     )
-    public_key: HighLevelKeys | None = Field(
+    public_key: PublicKeyText | None = Field(
         default=None,
         description="highlevel: PEM key(s) overriding HighLevel's published keys (each an "
-        "Ed25519 or RSA public key).",
+        "Ed25519 or RSA public key). telnyx: the account's Ed25519 public key (base64, as the "
+        "portal shows it, or PEM). sendgrid: the Event Webhook verification key (base64 or PEM).",
+    )
+    public_url: PublicUrl | None = Field(
+        default=None,
+        description="twilio, mandrill: the URL the provider calls and signs (scheme, host, path; "
+        "no query). Default: derived from exposure.ingress (https when tlsSecretName is set).",
+    )
+    token_scheme: TokenScheme | None = Field(
+        default=None,
+        description="token: where the shared token is: bearer (Authorization: Bearer, the "
+        "default), header (the header named by header) or basic (HTTP Basic).",
     )
 
     @model_validator(mode="after")
@@ -172,29 +196,94 @@ class Exposure(ApiModel):
     ingress: IngressExposure | None = None
 
 
+# How the custom resource says it has what a provider needs (CEL over the spec), and in words.
+_PRESENT: dict[Need, str] = {
+    Need.AUTH: "has(self.auth)",
+    Need.HEADER: "has(self.verification) && has(self.verification.header)",
+    Need.PUBLIC_KEY: "has(self.verification) && has(self.verification.publicKey)",
+    # The Ingress gives the public URL when none is set.
+    Need.PUBLIC_URL: "(has(self.verification) && has(self.verification.publicUrl))"
+    " || (has(self.exposure) && has(self.exposure.ingress))",
+    Need.TOKEN_HEADER: "!has(self.verification) || !has(self.verification.tokenScheme)"
+    " || self.verification.tokenScheme != 'header' || has(self.verification.header)",
+}
+NEED_WORDS: dict[Need, str] = {
+    Need.SECRET: "verification.secretRef or verification.managedSecretRef",
+    Need.PUBLIC_URL: "verification.publicUrl or exposure.ingress",
+}
+_AUTH_CONFLICT = (
+    "auth cannot be combined with a provider that reads the Authorization header itself "
+    "(vonage; token unless tokenScheme is header)"
+)
+
+
+def _provider_cel_rules() -> list[CelRule]:
+    """The provider rules of webhook_server.verify.registry, as CEL the API server checks."""
+    rules = []
+    for provider, spec in PROVIDERS.items():
+        for need in spec.needs:
+            if need in _PRESENT:
+                present = _PRESENT[need]
+                if "&&" in present or "||" in present:
+                    present = f"({present})"
+                rules.append(
+                    CelRule(
+                        f"self.provider != '{provider.value}' || {present}",
+                        f"provider {provider.value} requires {NEED_WORDS.get(need, need.value)}",
+                    )
+                )
+        if provider is Provider.TOKEN:
+            rules.append(
+                CelRule(
+                    f"self.provider != 'token' || ({_PRESENT[Need.TOKEN_HEADER]})",
+                    f"provider token requires {Need.TOKEN_HEADER.value}",
+                )
+            )
+    rules.append(
+        CelRule(
+            f"self.provider in {[p.value for p in SECRETLESS_PROVIDERS]} || "
+            "(has(self.verification) && (has(self.verification.secretRef) || "
+            "has(self.verification.managedSecretRef)))",
+            f"this provider requires {NEED_WORDS[Need.SECRET]}",
+        )
+    )
+    secretless = [p.value for p in SECRETLESS_PROVIDERS]
+    rules.append(
+        CelRule(
+            f"!(self.provider in {secretless}) || !has(self.verification) || "
+            "!(has(self.verification.secretRef) || has(self.verification.managedSecretRef))",
+            f"providers {', '.join(secretless)} take no verification secret: it would be ignored",
+        )
+    )
+    for name in VERIFICATION_OPTIONAL_FIELDS:
+        users = [p.value for p in providers_reading(name)]
+        rules.append(
+            CelRule(
+                f"!has(self.verification) || !has(self.verification.{name})"
+                f" || self.provider in {users}",
+                f"verification.{name} is used only by provider(s) {', '.join(users)}",
+            )
+        )
+    rules.append(
+        CelRule(
+            "!has(self.auth) || !(self.provider == 'vonage' || (self.provider == 'token' && "
+            "(!has(self.verification) || !has(self.verification.tokenScheme) || "
+            "self.verification.tokenScheme != 'header')))",
+            _AUTH_CONFLICT,
+        )
+    )
+    return rules
+
+
 class WebhookSourceSpec(ApiModel):
     """The desired endpoint: provider, verification, limits, storage and exposure."""
 
-    model_config = ConfigDict(
-        json_schema_extra=cel_rules(
-            CelRule("self.provider != 'jwt' || has(self.auth)", "provider jwt requires auth"),
-            CelRule(
-                "self.provider != 'hmac' || (has(self.verification) && "
-                "has(self.verification.header))",
-                "provider hmac requires verification.header",
-            ),
-            CelRule(
-                f"self.provider in {[p.value for p in SECRETLESS_PROVIDERS]} || "
-                "(has(self.verification) && (has(self.verification.secretRef) || "
-                "has(self.verification.managedSecretRef)))",
-                "this provider requires verification.secretRef or verification.managedSecretRef",
-            ),
-        )
-    )
+    model_config = ConfigDict(json_schema_extra=cel_rules(*_provider_cel_rules()))
 
     provider: Provider = Field(
         description="The sender's signature scheme: standard covers Standard Webhooks, Svix and "
-        "Clerk; hmac is a configurable HMAC; jwt accepts a bearer token only."
+        "Clerk; hmac is a configurable HMAC; jwt accepts a bearer token only; token a shared "
+        "token (weaker than a signature, for senders that cannot sign). See docs/receiver.md."
     )
     path: str | None = Field(
         default=None,
@@ -232,17 +321,31 @@ class WebhookSourceSpec(ApiModel):
 
     @model_validator(mode="after")
     def _provider_rules(self) -> Self:
-        secret = self.verification.secret_ref or self.verification.managed_secret_ref
-        lacks = provider_lacks(
-            self.provider,
+        v = self.verification
+        fields = {name for name, attr in VERIFICATION_OPTIONAL_FIELDS.items() if getattr(v, attr)}
+        facts = SourceFacts(
             auth=self.auth is not None,
-            header=bool(self.verification.header),
-            secret=secret is not None,
+            secret=(v.secret_ref or v.managed_secret_ref) is not None,
+            fields=frozenset(fields),
+            token_scheme=v.token_scheme or TokenScheme.BEARER,
+            public_key=v.public_key,
         )
-        if lacks == NEEDS_SECRET:
-            lacks = "verification.secretRef or verification.managedSecretRef"
+        refused = provider_refuses(self.provider, facts)
+        if refused is not None:
+            raise ValueError(refused)
+        if self.exposure.ingress is not None:
+            # The receiver is given the URL derived from the Ingress (builders.receiver_config).
+            facts = SourceFacts(
+                auth=facts.auth,
+                secret=facts.secret,
+                fields=frozenset(fields | {"publicUrl"}),
+                token_scheme=facts.token_scheme,
+            )
+        lacks = provider_lacks(self.provider, facts)
         if lacks is not None:
-            raise ValueError(f"provider {self.provider.value} requires {lacks}")
+            raise ValueError(
+                f"provider {self.provider.value} requires {NEED_WORDS.get(lacks, lacks.value)}"
+            )
         return self
 
 

@@ -6,6 +6,24 @@ from collections.abc import Sequence
 
 from dfm_operator.api import WebhookSource
 from webhook_server.config import SecretSource, SourceConfig, VerificationConfig
+from webhook_server.verify.registry import PROVIDERS
+
+
+def ingress_url(source: WebhookSource) -> str | None:
+    """The source's public URL through its Ingress (https when the Ingress has TLS), if any."""
+    ingress = source.spec.exposure.ingress
+    if ingress is None:
+        return None
+    scheme = "https" if ingress.tls_secret_name else "http"
+    return f"{scheme}://{ingress.host}{source.route}"
+
+
+def public_url(source: WebhookSource) -> str | None:
+    """The URL a provider that signs it (twilio, mandrill) calls: ``verification.publicUrl``,
+    else the Ingress's. Never the Host a request arrives with, nor X-Forwarded-* headers."""
+    if "publicUrl" not in PROVIDERS[source.spec.provider].fields:
+        return None
+    return source.spec.verification.public_url or ingress_url(source)
 
 
 def build_source_config(source: WebhookSource, secrets: Sequence[SecretSource]) -> SourceConfig:
@@ -30,6 +48,8 @@ def build_source_config(source: WebhookSource, secrets: Sequence[SecretSource]) 
             id_header=v.id_header,
             type_header=v.type_header,
             public_key=v.public_key,
+            public_url=public_url(source),
+            token_scheme=v.token_scheme,
         ),
         auth=spec.auth,
         limits=spec.limits,

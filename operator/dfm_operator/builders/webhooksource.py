@@ -17,7 +17,7 @@ from dfm_operator.builders.meta import (
     standard_labels,
 )
 from dfm_operator.builders.pods import restricted_container_security, restricted_pod_security
-from dfm_operator.builders.receiver_config import build_source_config
+from dfm_operator.builders.receiver_config import build_source_config, ingress_url
 from dfm_operator.settings import OperatorSettings
 from webhook_server.config import DatabaseConfig, ReceiverConfig, SecretSource, queued_bytes_for
 
@@ -356,9 +356,4 @@ def endpoints(source: WebhookSource, settings: OperatorSettings) -> tuple[str, s
     port = source.spec.exposure.service.port
     host = f"{receiver_name(source)}.{source.metadata.namespace}.svc"
     internal = f"http://{host}{'' if port == 80 else f':{port}'}{source.route}"
-    ingress = source.spec.exposure.ingress
-    external = None
-    if ingress is not None:
-        scheme = "https" if ingress.tls_secret_name else "http"
-        external = f"{scheme}://{ingress.host}{source.route}"
-    return internal, external
+    return internal, ingress_url(source)

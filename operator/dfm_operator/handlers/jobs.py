@@ -2,7 +2,7 @@
 
 Generic over the owning kind: a Job carries the ``app.kubernetes.io/component`` label of its
 CronJob's pod template, and :data:`RECORDERS` maps that component to the service that records
-the outcome (a BackupSchedule's today; a SyncSchedule's joins here).
+the outcome (a BackupSchedule's, a SyncSchedule's).
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from dfm_operator import constants as c
 from dfm_operator.handlers.events import emitter
 from dfm_operator.kernel import Context, EmitFn
 from dfm_operator.kube import KubeError
-from dfm_operator.services import backupschedule, jobs
+from dfm_operator.services import backupschedule, jobs, syncschedule
 
 Recorder = Callable[[Context, jobs.JobOutcome, Callable[[dict[str, Any]], EmitFn]], Awaitable[None]]
-RECORDERS: dict[str, Recorder] = {c.BACKUP_COMPONENT: backupschedule.record_backup_job}
+RECORDERS: dict[str, Recorder] = {
+    c.BACKUP_COMPONENT: backupschedule.record_backup_job,
+    c.SYNC_COMPONENT: syncschedule.record_sync_job,
+}
 JOB_LABELS = {c.LABEL_MANAGED_BY: c.MANAGED_BY}
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
-"""SyncSchedule and BackupSchedule handlers. A SyncSchedule's service says NotSupportedYet for
-now; a BackupSchedule is reconciled into its CronJob (the Jobs it runs: handlers.jobs)."""
+"""BackupSchedule handlers: a BackupSchedule is reconciled into its CronJob (the Jobs it runs:
+handlers.jobs). SyncSchedule's are in handlers.syncschedule."""
 
 from __future__ import annotations
 
@@ -8,22 +8,13 @@ from typing import Any
 import kopf
 
 from dfm_operator import constants as c
-from dfm_operator.api import BackupSchedule, SyncSchedule
+from dfm_operator.api import BackupSchedule
 from dfm_operator.handlers.events import emitter
 from dfm_operator.kernel import Context, InvalidSpec, Retry
 from dfm_operator.services import backupschedule
-from dfm_operator.services.syncschedule import reconcile_sync_schedule
 
-SYNC = SyncSchedule.names.plural
 BACKUP = BackupSchedule.names.plural
 DRIFT_CHECK_SECONDS = 300.0
-
-
-@kopf.on.resume(c.GROUP, c.VERSION, SYNC)
-@kopf.on.create(c.GROUP, c.VERSION, SYNC)
-@kopf.on.update(c.GROUP, c.VERSION, SYNC)
-async def sync_schedule(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
-    await reconcile_sync_schedule(memo.ctx, body, emitter(body))
 
 
 async def _reconcile_backup(ctx: Context, body: Any) -> None:

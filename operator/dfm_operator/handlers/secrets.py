@@ -1,5 +1,6 @@
-"""Secret events: wake the ManagedSecrets and reconcile the WebhookSources and BackupSchedules
-that use the Secret."""
+"""Secret events: wake the ManagedSecrets; reconcile the WebhookSources and BackupSchedules that
+use the Secret, and the SyncSchedules whose token (a ManagedSecret's Secret) or sink's database
+it is."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import kopf
 from dfm_operator import constants as c
 from dfm_operator.handlers.events import emitter
 from dfm_operator.kernel import InvalidSpec, Retry
-from dfm_operator.services import backupschedule, managedsecret, webhooksource
+from dfm_operator.services import backupschedule, managedsecret, syncschedule, webhooksource
 
 
 @kopf.on.event("", "v1", "secrets")
@@ -25,8 +26,12 @@ async def secret_changed(memo: kopf.Memo, namespace: str | None, name: str, **kw
         managedsecret.wake(memo.ctx, namespace, owner)
     body: kopf.Body = kwargs["body"]
     owners = body.get("metadata", {}).get("ownerReferences") or []
+    syncs: kopf.Index[Any, str] = kwargs["syncs_by_ref"]
+    sync_names: set[str] = set()
     for ref in webhooksource.names_of_secret(name, owners):
+        sync_names.update(syncs.get((namespace, "token", ref), []))
         for owner in sources.get((namespace, ref), []):
+            sync_names.update(syncs.get((namespace, "sink", owner), []))
             await webhooksource.reconcile_by_name(
                 memo.ctx, namespace, owner, emitter, kwargs["secret_names"], apply=True
             )
@@ -39,3 +44,5 @@ async def secret_changed(memo: kopf.Memo, namespace: str | None, name: str, **kw
                 await backupschedule.reconcile_backup_schedule(
                     memo.ctx, schedule, emitter(schedule)
                 )
+    for sync_name in sorted(sync_names):
+        await syncschedule.reconcile_by_name(memo.ctx, namespace, sync_name, emitter, apply=True)

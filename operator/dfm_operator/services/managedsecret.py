@@ -49,7 +49,6 @@ from dfm_operator.kernel import (
 )
 from dfm_operator.kube import Invalid, KubeError
 from dfm_operator.rotation import (
-    ACCESS_TOKEN,
     ANNOTATION_LAST_ROTATION,
     ANNOTATION_ROTATE_NOW_HANDLED,
     ANNOTATION_SCHEDULED_SLOT,
@@ -72,7 +71,7 @@ from dfm_operator.rotation import (
     scheduled_slot,
     without_previous,
 )
-from webhook_server.secrets import CURRENT, PREVIOUS, PREVIOUS_EXPIRES_AT
+from webhook_server.secrets import ACCESS_TOKEN, CURRENT, PREVIOUS, PREVIOUS_EXPIRES_AT
 
 T = TypeVar("T")
 
