@@ -35,6 +35,7 @@ from webhook_server.config import (
     ReceiverConfig,
     SecretSource,
     SourceConfig,
+    queued_bytes_for,
     secret_problem,
 )
 from webhook_server.verify.registry import PROVIDERS, Signing
@@ -62,20 +63,28 @@ def secrets_dir(data_dir: Path) -> Iterator[Path]:
     removes those of runs that are gone first. A run holds an exclusive lock on its directory's
     ``.lock`` for as long as it lives: a directory whose lock can be taken belongs to nobody (a
     reused pid does not fool it), while a second ``dfm local`` running at the same time keeps its
-    own.
+    own. Starts take turns, so that no start looks at a directory whose run has not locked it
+    yet.
     """
     parent = data_dir / SECRETS_DIR
     parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     parent.chmod(0o700)
-    for stale in parent.iterdir():
-        if stale.is_dir() and _unowned(stale):
-            shutil.rmtree(stale, ignore_errors=True)
     root = parent / str(os.getpid())
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(mode=0o700)
-    lock = os.open(root / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    # Starts take turns (``secrets/.lock``): between a run's mkdir and the lock on its directory,
+    # another start would take the new directory for a killed run's and remove it.
+    starting = os.open(parent / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     try:
+        fcntl.flock(starting, fcntl.LOCK_EX)
+        for stale in parent.iterdir():
+            if stale.is_dir() and _unowned(stale):
+                shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(mode=0o700)
+        lock = os.open(root / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(starting)  # and with it the lock
+    try:
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -232,9 +241,8 @@ def build_config(
 ) -> tuple[ReceiverConfig, dict[str, Path]]:
     sources, files = source_configs(paths, secrets_root)
     try:
-        config = ReceiverConfig(
-            host=host, port=port, sources=sources, database=DatabaseConfig(url=database_url)
-        )
+        database = DatabaseConfig(url=database_url, max_queued_bytes=queued_bytes_for(sources))
+        config = ReceiverConfig(host=host, port=port, sources=sources, database=database)
     except ValidationError as exc:
         raise ManifestError(describe_validation_error(exc)) from exc
     return config, files

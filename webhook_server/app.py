@@ -1,9 +1,10 @@
 """The receiver's aiohttp application: one route per source, health, metrics.
 
-Per request: content encoding -> unverified-request budget -> size limit and body deadline ->
-bearer token (when configured) -> signature -> the source's rate limit -> dedupe and durable store
--> 2xx. The 2xx is sent only after the event's batch has committed. A response given before the
-body was read closes the connection: a refused body is never drained (nor decompressed).
+Per request: content encoding -> unverified-request budget (or, when it is empty, the verification
+lane) -> size limit, body budget and body deadline -> bearer token (when configured) -> signature
+-> the source's rate limit -> dedupe and durable store -> 2xx. The 2xx is sent only after the
+event's batch has committed. A response given before the body was read closes the connection: a
+refused body is never drained (nor decompressed).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from webhook_server.admission import Admission, BodyBudgetSpent, BodyReader, ByteBudget
 from webhook_server.auth import JwtAuthenticator
 from webhook_server.bodies import read_limited
 from webhook_server.config import Provider, ReceiverConfig, ServerConfig, SourceConfig
@@ -136,6 +138,7 @@ SOURCES = web.AppKey("sources", dict[str, SourceRuntime])
 SOURCES_BY_PATH = web.AppKey("sources_by_path", dict[str, SourceRuntime])
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
+ADMISSION = web.AppKey("admission", Admission)
 REQUEST_ID = web.RequestKey("request_id", str)
 OUTCOME = web.RequestKey("outcome", str)
 EVENT_ID = web.RequestKey("event_id", str)
@@ -283,26 +286,92 @@ def _apply_cors(request: web.Request, runtime: SourceRuntime, response: web.Stre
 # -- handlers ------------------------------------------------------------------------------------
 
 
-async def _read_body(request: web.Request, limit: int, deadline_seconds: float) -> bytes:
-    """The whole body, at most ``limit`` bytes (413), within ``deadline_seconds`` of the end of
-    the headers (408). A client that goes away, or a body that ends early, is its own outcome."""
+async def _read_body(
+    request: web.Request,
+    limit: int,
+    deadline_seconds: float,
+    budget: ByteBudget,
+    too_large: Problem | None = None,
+) -> bytes:
+    """The whole body, at most ``limit`` bytes (413, or ``too_large``), within
+    ``deadline_seconds`` of the end of the headers (408). A client that goes away, or a body that
+    ends early, is its own outcome.
+
+    A body still arriving holds what it has received in ``budget`` until it is read; past the
+    budget, 503 (see ``webhook_server.admission``). One that came with its head holds nothing:
+    it is read at once.
+    """
     content = request.content
     try:
         if content.is_eof():
-            # It all came with the headers (the usual webhook): no timer needed.
+            # It all came with the headers (the usual webhook): no timer, no budget.
             body = await read_limited(content, request.content_length, limit)
         else:
-            async with asyncio.timeout(deadline_seconds):
-                body = await read_limited(content, request.content_length, limit)
+            reader = BodyReader(budget, content)
+            try:
+                async with asyncio.timeout(deadline_seconds):
+                    body = await read_limited(
+                        content, request.content_length, limit, on_chunk=reader.take
+                    )
+            finally:
+                reader.release()
     except TimeoutError:
         raise Problem(
             408, "the request body did not arrive in time", outcome="body_timeout"
         ) from None
+    except BodyBudgetSpent:
+        raise Problem(
+            503,
+            "too many request bodies in progress, retry later",
+            outcome="body_budget",
+            headers={"Retry-After": "1"},
+        ) from None
     except _BODY_CUT:
         raise Problem(400, "the request body ended early", outcome="disconnected") from None
     if body is None:
-        raise Problem(413, "request body too large", outcome="too_large")
+        raise too_large or Problem(413, "request body too large", outcome="too_large")
     return body
+
+
+async def _read_unverified(
+    request: web.Request, runtime: SourceRuntime, token: bool, retry_after: int
+) -> bytes:
+    """The body of a request not verified yet.
+
+    With a token of the source's unverified budget: up to ``limits.maxBodyBytes``. Without one
+    (a flood spent it), through the verification lane: a body of at most
+    ``server.verificationLane.maxBodyBytes`` is still read and verified — at once when it came
+    with its head, else in one of the lane's slots (a few per client address) — so that signed
+    deliveries get through an unsigned flood; anything else is 429, its body unread.
+    """
+    server = request.app[CONFIG].server
+    admission = request.app[ADMISSION]
+    limit = runtime.config.limits.max_body_bytes
+    if token:
+        return await _read_body(request, limit, server.body_timeout_seconds, admission.bodies)
+    refused = Problem(
+        429,
+        "too many unverified requests",
+        outcome="unverified_rate_limited",
+        headers={"Retry-After": str(retry_after)},
+    )
+    limit = min(limit, admission.lane_max_body_bytes)
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise refused
+    if request.content.is_eof():
+        return await _read_body(
+            request, limit, server.body_timeout_seconds, admission.bodies, too_large=refused
+        )
+    client = admission.clients.of(request.remote, request.headers)
+    if not admission.lane.enter(client):
+        raise refused
+    try:
+        return await _read_body(
+            request, limit, server.body_timeout_seconds, admission.bodies, too_large=refused
+        )
+    finally:
+        admission.lane.leave(client)
 
 
 def _reject(runtime: SourceRuntime, metrics: ReceiverMetrics, rejected: Rejected) -> Problem:
@@ -337,17 +406,8 @@ async def receive(request: web.Request) -> web.Response:
             headers={"Accept-Encoding": "identity"},
         )
     unverified = runtime.unverified
-    allowed, retry_after = unverified.take()
-    if not allowed:
-        raise Problem(
-            429,
-            "too many unverified requests",
-            outcome="unverified_rate_limited",
-            headers={"Retry-After": str(retry_after)},
-        )
-    body = await _read_body(
-        request, source.limits.max_body_bytes, app[CONFIG].server.body_timeout_seconds
-    )
+    token, retry_after = unverified.take()
+    body = await _read_unverified(request, runtime, token, retry_after)
 
     claims: dict[str, Any] | None = None
     if runtime.authenticator is not None:
@@ -366,7 +426,8 @@ async def receive(request: web.Request) -> web.Response:
         raise _reject(runtime, metrics, result)
     assert isinstance(result, Verified)
     # Authentic: the unverified budget gets its token back, the source's own budget pays.
-    unverified.give_back()
+    if token:
+        unverified.give_back()
     allowed, retry_after = runtime.bucket.take()
     if not allowed:
         raise Problem(
@@ -496,9 +557,20 @@ async def readyz(request: web.Request) -> web.Response:
         # Informational, like auth: ingest never waits for forwarding. Without a usable signing
         # secret nothing is sent; events are still stored and their deliveries wait.
         checks["forwardSigning"] = all(t.secrets.loaded for t in forwarder.targets.values())
-    ok = store_ok and secrets_ok
+    if store_ok and secrets_ok:
+        return web.json_response({"status": "ok", "checks": checks})
+    # Like every other non-2xx answer: problem+json (its checks as an extension member).
+    failing = ", ".join(name for name in ("database", "secrets") if not checks[name])
     return web.json_response(
-        {"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503
+        {
+            "type": "about:blank",
+            "title": "Service Unavailable",
+            "status": 503,
+            "detail": f"not ready: {failing}",
+            "checks": checks,
+        },
+        status=503,
+        content_type=PROBLEM_JSON,
     )
 
 
@@ -673,6 +745,7 @@ def create_app(
     app[CLOCK] = clock
     store = app[STORE] = Store(config.database, config.sources, metrics)
     access_log = app[ACCESS_LOG] = AccessLog()
+    app[ADMISSION] = Admission.build(config.server, largest)
     if any(source.forward is not None for source in config.sources):
         forwarder = Forwarder(
             config.forwarding, config.sources, store, metrics, access_log, clock=clock

@@ -7,15 +7,24 @@ before anything is read; otherwise the body is read in chunks until it ends or p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import aiohttp
 
 CHUNK_BYTES = 64 * 1024
 
 
 async def read_limited(
-    stream: aiohttp.StreamReader, content_length: int | None, limit: int
+    stream: aiohttp.StreamReader,
+    content_length: int | None,
+    limit: int,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> bytes | None:
-    """The whole body, or None when it is (or says it is) larger than ``limit`` bytes."""
+    """The whole body, or None when it is (or says it is) larger than ``limit`` bytes.
+
+    ``on_chunk`` is told the size of each chunk before it is kept, and may refuse it by raising
+    (the receiver counts what bodies being read hold; see ``webhook_server.admission``).
+    """
     if content_length is not None and content_length > limit:
         return None
     chunks: list[bytes] = []
@@ -24,5 +33,7 @@ async def read_limited(
         size += len(chunk)
         if size > limit:
             return None
+        if on_chunk is not None:
+            on_chunk(len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)

@@ -8,11 +8,12 @@ Field names are camelCase on the wire, like the custom resources they come from.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from webhook_server.keys import jwt_key, standard_webhooks_key
@@ -354,6 +355,7 @@ def secret_problem(provider: Provider, value: bytes) -> str | None:
 
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+DEFAULT_MAX_QUEUED_BYTES = 32 * 1024 * 1024
 
 
 class DatabaseConfig(Model):
@@ -376,7 +378,8 @@ class DatabaseConfig(Model):
     commit_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
     # Events waiting for or in a commit, and their bytes: past either, 503 at once.
     max_queued_events: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
-    max_queued_bytes: Annotated[int, Field(ge=1024, le=4 * 1024**3)] = 64 * 1024 * 1024
+    # (Sized with the server's limits against a 256 MiB container: docs/receiver.md, "Memory".)
+    max_queued_bytes: Annotated[int, Field(ge=1024, le=4 * 1024**3)] = DEFAULT_MAX_QUEUED_BYTES
 
     @model_validator(mode="after")
     def _one_url(self) -> Self:
@@ -394,11 +397,36 @@ class DatabaseConfig(Model):
         return Path(self.url_file).read_text().strip()
 
 
+def _cidr(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or CIDR") from None
+    return value
+
+
+class VerificationLaneConfig(Model):
+    """Where a request goes when its source's unverified budget is empty (docs/receiver.md)."""
+
+    # Bodies still arriving that are read at once, process-wide; and per client address.
+    slots: Annotated[int, Field(ge=1, le=4096)] = 32
+    slots_per_client: Annotated[int, Field(ge=1, le=4096)] = 2
+    # Larger bodies (by Content-Length, or as read) are refused with 429 instead.
+    max_body_bytes: Annotated[int, Field(ge=1, le=1024 * 1024)] = 65_536
+
+
+def queued_bytes_for(sources: list[SourceConfig]) -> int:
+    """``database.maxQueuedBytes`` for ``sources``: the default, raised to hold the largest body
+    (a queue smaller than a body is refused; docs/receiver.md says what that costs in memory)."""
+    return max([DEFAULT_MAX_QUEUED_BYTES, *(s.limits.max_body_bytes for s in sources)])
+
+
 class ServerConfig(Model):
     """Connection-level limits of the HTTP server (per process). See docs/receiver.md."""
 
-    # Open connections; past it the oldest idle one is closed to make room, and when none is
-    # idle the new one is answered 503 and closed. Lowered at start-up to fit the file limit.
+    # Open connections; past it the connection idle the longest is closed to make room, and when
+    # none is idle the new one is answered 503 and closed. Lowered at start-up to fit the file
+    # limit.
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 4096
     # From the connection's start (or the first byte of a later request) to the end of headers.
     header_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
@@ -406,10 +434,26 @@ class ServerConfig(Model):
     body_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     # A keep-alive connection with no request in progress is closed after this long.
     idle_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 75.0
-    # Bytes of the request line, of one header (name and value), and the number of headers.
+    # Bytes of the request line; of a header's name, and of its value (each); number of headers.
     max_request_line_bytes: Annotated[int, Field(ge=256, le=65_536)] = 8190
     max_header_bytes: Annotated[int, Field(ge=256, le=65_536)] = 20_480
     max_headers: Annotated[int, Field(ge=8, le=1024)] = 128
+    # Bytes of one request's head (request line and headers together): past it, 431.
+    max_head_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 32_768
+    # Bytes of every head still arriving at once (process-wide); see admission.ByteBudget.
+    head_budget_bytes: Annotated[int, Field(ge=64 * 1024, le=1024**3)] = 4 * 1024 * 1024
+    # Bytes of every body being read before its request is verified (process-wide).
+    body_budget_bytes: Annotated[int, Field(ge=64 * 1024, le=4 * 1024**3)] = 8 * 1024 * 1024
+    verification_lane: VerificationLaneConfig = Field(default_factory=VerificationLaneConfig)
+    # Addresses (CIDRs) of proxies whose X-Forwarded-For names the client, for the lane's
+    # per-client slots only. Empty: the TCP peer is the client.
+    trusted_proxies: list[Annotated[str, AfterValidator(_cidr)]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _budgets_hold_a_request(self) -> Self:
+        if self.head_budget_bytes < self.max_head_bytes:
+            raise ValueError("server.headBudgetBytes must be at least server.maxHeadBytes")
+        return self
 
 
 class ForwardingConfig(Model):
@@ -465,6 +509,18 @@ class ReceiverConfig(Model):
                 )
             seen[source.route] = source.key
             keys[source.key] = source.route
+        return self
+
+    @model_validator(mode="after")
+    def _queue_holds_a_body(self) -> Self:
+        # An event larger than the queue could never be queued: every delivery of it would be
+        # answered 503, and the provider would retry it forever.
+        for source in self.sources:
+            if source.limits.max_body_bytes > self.database.max_queued_bytes:
+                raise ValueError(
+                    f"source {source.key}: limits.maxBodyBytes ({source.limits.max_body_bytes}) "
+                    f"is larger than database.maxQueuedBytes ({self.database.max_queued_bytes})"
+                )
         return self
 
     @classmethod

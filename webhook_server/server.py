@@ -1,20 +1,32 @@
 """The receiver's HTTP server: aiohttp's protocol, with what an internet-facing server needs.
 
-aiohttp bounds neither the time to send a request's head nor the number of connections, and it
-answers requests its parser refuses with a ``text/plain`` 400 that echoes raw bytes, logging a
-traceback that quotes the request (credentials included). :class:`ReceiverProtocol` adds:
+aiohttp bounds neither the time to send a request's head, nor its total size, nor the number of
+connections, and it answers requests its parser refuses with a ``text/plain`` 400 that echoes raw
+bytes, logging a traceback that quotes the request (credentials included).
+:class:`ReceiverProtocol` adds:
 
 * a **head deadline** (``headerTimeoutSeconds``): from the connection's start, or from the first
   byte of a later request, to the end of its head; past it the connection is closed;
+* a **head size limit** (``maxHeadBytes``, request line and headers together; past it 431) and a
+  process-wide **head budget** (``headBudgetBytes``): bytes of heads still arriving, counted as
+  they are received; when it is spent, the connections whose heads have been arriving the longest
+  are closed to make room (:class:`webhook_server.admission.ByteBudget`);
 * an **idle deadline** (``idleTimeoutSeconds``): aiohttp's keep-alive timeout;
-* a **connection cap** (``maxConnections``): a new connection past it closes the oldest idle one
-  (one with no request in progress, as nginx reuses its keep-alive connections, and at least a
-  a quarter of a second old), and when there is none it is answered 503 and closed;
+* a **connection cap** (``maxConnections``): a new connection past it closes the connection idle
+  the longest (waiting for a request, as nginx reuses its keep-alive connections, for at least a
+  quarter of a second), and when there is none it is answered 503 and closed;
+* **one request at a time**: the bytes of a next request that arrive before the current one is
+  answered (HTTP pipelining, which no webhook sender uses) are not parsed; the connection is
+  closed once the current request is answered;
 * **problem+json** for parser refusals, logged as one JSON line with the error type only.
 
-The body's deadline is the application's (``webhook_server.app``), as is everything about a
-request once its head has arrived. Loop errors (an ``accept()`` that runs out of file
+The body's deadline and budget are the application's (``webhook_server.app``), as is everything
+about a request once its head has arrived. Loop errors (an ``accept()`` that runs out of file
 descriptors) become one JSON line per kind per 10 s instead of a traceback each.
+
+This relies on aiohttp's ``RequestHandler`` internals (``_INTERNALS`` below; checked at import,
+and their meaning by ``tests/integration/test_protocol_contract.py``), hence the bounded aiohttp
+range in ``pyproject.toml``.
 """
 
 from __future__ import annotations
@@ -23,18 +35,24 @@ import asyncio
 import contextlib
 import gc
 import json
+import re
 import resource
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+import aiohttp
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11, RawRequestMessage
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from webhook_server.admission import ByteBudget
 from webhook_server.app import (
     CONFIG,
     METRICS,
@@ -51,46 +69,126 @@ from webhook_server.metrics import ReceiverMetrics
 
 log = get_logger("dfm.server")
 
+# What this module uses of aiohttp's RequestHandler beyond its public API. Checked at import so
+# that an aiohttp that renamed one fails loudly instead of serving with a protocol that misjudges
+# its connections; what each means is tested against the real protocol.
+_INTERNALS = (
+    "_waiter",
+    "_messages",
+    "_request_count",
+    "_force_close",
+    "_close",
+    "_keepalive_handle",
+    "_process_keepalive",
+    "_handle_request",
+    "_loop",
+)
+_missing = [name for name in _INTERNALS if not hasattr(RequestHandler, name)]
+if _missing:  # pragma: no cover - only with an aiohttp outside the supported range
+    raise ImportError(
+        f"aiohttp {aiohttp.__version__} lacks RequestHandler.{', .'.join(_missing)}: "
+        "webhook_server.server supports the aiohttp range in pyproject.toml"
+    )
+
 # File descriptors kept for everything but client connections: the database pool, secret files,
 # the JWKS client, the listening socket, logs.
 RESERVED_FILES = 128
 # A hard file limit of "unlimited" is raised to this, not further.
 FILE_LIMIT_CEILING = 1_048_576
 LOOP_ERROR_INTERVAL_SECONDS = 10.0
+_HEAD_END = b"\r\n\r\n"
+
+# The worst case of one receiver process's memory, from its limits (docs/receiver.md, "Memory"):
+# figures measured on CPython 3.11 with aiohttp 3.14, rounded up. What a head or a queued event
+# holds costs about twice its bytes (the parsed copy beside the received one; the statement's copy
+# of a batch being inserted); a body being read about four times (the chunks, their join, the
+# stream's buffer, the allocator's slack).
+# `dfm receiver` idles at about 106 MiB (its command line imports more than the receiver needs).
+BASE_MEMORY_BYTES = 110 * 1024 * 1024
+CONNECTION_MEMORY_BYTES = 5 * 1024
+HEAD_MEMORY_FACTOR = 2
+BODY_MEMORY_FACTOR = 4
+QUEUE_MEMORY_FACTOR = 2
+_CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 
-def _over_capacity() -> bytes:
-    body = json.dumps(
-        {
-            "type": "about:blank",
-            "title": "Service Unavailable",
-            "status": 503,
-            "detail": "too many connections, retry later",
-        }
-    ).encode()
-    head = (
-        "HTTP/1.1 503 Service Unavailable\r\n"
-        "Content-Type: application/problem+json\r\n"
-        "Retry-After: 1\r\n"
-        "Connection: close\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+def memory_bound(config: ReceiverConfig, max_connections: int) -> int:
+    """What the limits of ``config`` let one process hold at worst, in bytes."""
+    server = config.server
+    largest_body = max((s.limits.max_body_bytes for s in config.sources), default=0)
+    return (
+        BASE_MEMORY_BYTES
+        + max_connections * CONNECTION_MEMORY_BYTES
+        + HEAD_MEMORY_FACTOR * server.head_budget_bytes
+        + BODY_MEMORY_FACTOR * max(server.body_budget_bytes, largest_body)
+        + QUEUE_MEMORY_FACTOR * config.database.max_queued_bytes
     )
+
+
+def memory_limit(paths: tuple[str, ...] = _CGROUP_MEMORY_LIMITS) -> int | None:
+    """The container's memory limit (cgroup v2, else v1), or None when there is none."""
+    for path in paths:
+        with contextlib.suppress(OSError, ValueError):
+            text = Path(path).read_text().strip()
+            if text == "max":
+                return None
+            limit = int(text)
+            return limit if limit < 2**60 else None
+    return None
+
+
+def raw_problem(
+    status: int, title: str, detail: str, *, retry_after: int | None = None, request_id: str = ""
+) -> bytes:
+    """A complete problem+json response with ``Connection: close``, as bytes for the socket: for
+    refusals made before aiohttp has a request to answer."""
+    problem: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    if request_id:
+        problem["requestId"] = request_id
+    problem["detail"] = detail
+    body = json.dumps(problem).encode()
+    head = f"HTTP/1.1 {status} {title}\r\nContent-Type: application/problem+json\r\n"
+    if retry_after is not None:
+        head += f"Retry-After: {retry_after}\r\n"
+    if request_id:
+        head += f"{REQUEST_ID_HEADER}: {request_id}\r\n"
+    head += f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
     return head.encode() + body
 
 
-# Sent to a connection past the cap when no idle one can make room: written straight to the
-# socket (no request was read), so it is built once.
-_OVER_CAPACITY = _over_capacity()
+# Written straight to the socket (no request was read), so built once.
+_OVER_CAPACITY = raw_problem(
+    503, "Service Unavailable", "too many connections, retry later", retry_after=1
+)
+_HEADS_BUSY = raw_problem(
+    503, "Service Unavailable", "too many request heads in progress, retry later", retry_after=1
+)
 
 
-# A connection this young is never closed to make room: time for a client that was just admitted
-# to send its request's head (a provider sends it within a round trip), so that clients
-# reconnecting as fast as they are closed cannot churn every new connection away.
+# A connection idle for less than this is never closed to make room: time for a client that was
+# just admitted to send its request's head (a provider sends it within a round trip), so that
+# clients reconnecting as fast as they are closed cannot churn every new connection away.
 EVICTION_GRACE_SECONDS = 0.25
+CLOSE_REASONS = (
+    "header_timeout",
+    "evicted",
+    "over_capacity",
+    "head_too_large",
+    "head_budget",
+    "pipelined",
+)
 
 
 class ConnectionGuard:
-    """The open connections of one server, oldest first, and the cap on their number."""
+    """The open connections of one server and the cap on their number.
+
+    Idle connections (waiting for a request: none being received, parsed or answered) are kept
+    apart from busy ones, in the order they became idle, so that the one idle the longest is found
+    in O(1). A connection is busy from the moment its request's head has been parsed (the protocol
+    says so from ``data_received``, before aiohttp hands the request to a task) until that
+    request has been answered. A connection still sending a head is idle: closing it loses no
+    request, and a slow head is what an attacker holding sockets sends.
+    """
 
     def __init__(
         self,
@@ -98,23 +196,31 @@ class ConnectionGuard:
         metrics: ReceiverMetrics,
         grace_seconds: float = EVICTION_GRACE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        head_budget_bytes: int = ServerConfig().head_budget_bytes,
     ) -> None:
         self.max_connections = max_connections
         self.metrics = metrics
         self.grace_seconds = grace_seconds
         self._clock = clock
-        # Insertion-ordered (oldest first), with when each was admitted.
-        self.open: dict[ReceiverProtocol, float] = {}
+        # Insertion-ordered: the first one has been idle the longest (the value: since when).
+        self._idle: dict[ReceiverProtocol, float] = {}
+        self._busy: dict[ReceiverProtocol, None] = {}
         self._closed = {
-            reason: metrics.connections_closed.labels(reason)
-            for reason in ("header_timeout", "evicted", "over_capacity")
+            reason: metrics.connections_closed.labels(reason) for reason in CLOSE_REASONS
         }
+        self.heads = ByteBudget(
+            head_budget_bytes, clock=clock, on_evict=lambda: self.closed("head_budget")
+        )
+
+    @property
+    def open(self) -> int:
+        return len(self._idle) + len(self._busy)
 
     def admit(self, protocol: ReceiverProtocol) -> bool:
-        """Room for ``protocol``: below the cap, or by closing the oldest idle connection that is
-        past its grace period; False (the caller refuses it) when there is none."""
+        """Room for ``protocol``: below the cap, or by closing the connection idle the longest if
+        it has been idle past the grace period; False (the caller refuses it) when there is none."""
         now = self._clock()
-        if len(self.open) >= self.max_connections:
+        if self.open >= self.max_connections:
             victim = self._evictable(now)
             if victim is None:
                 self.closed("over_capacity")
@@ -122,31 +228,59 @@ class ConnectionGuard:
             self.closed("evicted")
             self.forget(victim)
             victim.force_close()
-        self.open[protocol] = now
-        self.metrics.connections_open.set(len(self.open))
+        self._idle[protocol] = now
+        self.metrics.connections_open.set(self.open)
         return True
 
     def _evictable(self, now: float) -> ReceiverProtocol | None:
-        young = now - self.grace_seconds
-        for candidate, admitted in self.open.items():
-            if admitted > young:
-                return None  # the rest are younger still
-            if candidate.idle:
-                return candidate
+        for candidate, since in self._idle.items():
+            return candidate if since <= now - self.grace_seconds else None
         return None
 
+    def is_idle(self, protocol: ReceiverProtocol) -> bool:
+        return protocol in self._idle
+
+    def connections(self) -> list[ReceiverProtocol]:
+        return [*self._idle, *self._busy]
+
+    def busy(self, protocol: ReceiverProtocol) -> None:
+        if self._idle.pop(protocol, None) is not None:
+            self._busy[protocol] = None
+
+    def idle(self, protocol: ReceiverProtocol) -> None:
+        if protocol in self._busy:
+            del self._busy[protocol]
+            self._idle[protocol] = self._clock()
+
     def forget(self, protocol: ReceiverProtocol) -> None:
-        if self.open.pop(protocol, None) is not None:
-            self.metrics.connections_open.set(len(self.open))
+        self.heads.release(protocol)
+        if protocol in self._idle:
+            del self._idle[protocol]
+        elif protocol in self._busy:
+            del self._busy[protocol]
+        else:
+            return
+        self.metrics.connections_open.set(self.open)
 
     def closed(self, reason: str) -> None:
         self._closed[reason].inc()
 
 
 class ReceiverProtocol(RequestHandler):
-    """aiohttp's request handler with a head deadline, the connection cap and quiet refusals."""
+    """aiohttp's request handler with head limits, the connection cap and quiet refusals."""
 
-    __slots__ = ("_guard", "_head_timer", "_header_timeout", "_metrics", "_refused")
+    __slots__ = (
+        "_body_length",
+        "_guard",
+        "_head_bytes",
+        "_head_tail",
+        "_head_timer",
+        "_header_timeout",
+        "_max_head_bytes",
+        "_metrics",
+        "_payload",
+        "_refused",
+    )
 
     def __init__(
         self,
@@ -154,28 +288,42 @@ class ReceiverProtocol(RequestHandler):
         *,
         guard: ConnectionGuard,
         header_timeout: float,
+        max_head_bytes: int,
         metrics: ReceiverMetrics,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._header_timeout = header_timeout
+        self._max_head_bytes = max_head_bytes
         self._metrics = metrics
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        # The head being received: its bytes so far, and its last three (a CRLFCRLF that
+        # straddles two reads is still found).
+        self._head_bytes = 0
+        self._head_tail = b""
+        # The request whose head was parsed, until it is answered: its body, and the body's
+        # Content-Length (None when chunked).
+        self._payload: Any = None
+        self._body_length: int | None = 0
 
     # -- state --------------------------------------------------------------------------------
 
     @property
     def idle(self) -> bool:
-        """No request in progress nor parsed and waiting: closing it loses nothing."""
-        return not self._request_in_progress and not self._messages
+        """aiohttp's own notion (the one its keep-alive timeout acts on): waiting for a request,
+        none parsed and waiting to be handled. Not idle from the moment a head is parsed, through
+        the moment its request is taken from the queue, until it is answered."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._messages
 
     # -- connection lifecycle -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._guard.admit(self):
             self._refused = True
+            self._force_close = True
             assert isinstance(transport, asyncio.Transport)
             transport.write(_OVER_CAPACITY)
             transport.close()
@@ -193,27 +341,117 @@ class ReceiverProtocol(RequestHandler):
         if self._refused:
             return
         self._guard.forget(self)
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._cancel_head_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        while data and not (self._force_close or self._close):
+            payload = self._payload
+            if payload is None:
+                data = self._head_received(data)
+            elif not payload.is_eof():
+                data = self._body_received(data)
+            else:
+                # A next request before this one was answered: not parsed (it would be held in
+                # memory meanwhile); the connection closes once this request is answered.
+                self._guard.closed("pipelined")
+                self.close()
+                return
+
+    def _head_received(self, data: bytes) -> bytes:
+        """Feed a head (and the body that came with it); returns what is left to feed."""
+        end = self._head_end(data)
+        size = self._head_bytes + (len(data) if end < 0 else end)
+        if size > self._max_head_bytes:
+            self._refuse_head()
+            return b""
+        if end < 0 and not self._guard.heads.take(self, len(data)):
+            # The head goes on past this read: its bytes are held until it ends.
+            self._guard.closed("head_budget")
+            self._refuse(_HEADS_BUSY)
+            return b""
+        count = self._request_count
+        # One feed for the usual webhook, head and body in one read.
         super().data_received(data)
-        if self._head_timer is None:
-            # A later request's head began and is not complete yet: it gets the head deadline
-            # too (the first request's is armed at connection_made).
-            if data and self._request_count and self.idle and not self._force_close:
+        parsed = self._request_count - count
+        if not parsed:
+            if self._request_count and self._head_timer is None:
+                # A later request's head goes on past its first read: it gets the head deadline
+                # too, from now (the first request's is armed at connection_made).
                 self._head_timer = self._loop.call_at(
                     self._loop.time() + self._header_timeout, self._later_head_deadline
                 )
-        elif not self.idle:
-            self._head_timer.cancel()
-            self._head_timer = None
+            self._head_bytes = size
+            self._head_tail = (self._head_tail + data)[-3:] if len(data) < 3 else data[-3:]
+            return b""
+        self._head_done()
+        self._guard.busy(self)
+        message, payload = self._messages[-1]
+        if not isinstance(message, RawRequestMessage):
+            # Refused by the parser: answered 400, then closed; nothing more is parsed.
+            self.close()
+            return b""
+        self._payload = payload
+        if message.chunked:
+            self._body_length = None  # its end is the parser's to find
+            return b""
+        self._body_length = int(message.headers.get(hdrs.CONTENT_LENGTH) or 0)
+        if parsed > 1 or (end >= 0 and len(data) - end > self._body_length):
+            # A next request came in the same read: parsed already (this read at most), it is
+            # not served, and the connection closes once this request is answered.
+            self._guard.closed("pipelined")
+            self.close()
+        return b""
+
+    def _head_end(self, data: bytes) -> int:
+        """Where the head ends in ``data`` (just past its CRLFCRLF), or -1."""
+        tail = self._head_tail
+        if tail:
+            at = (tail + data[:3]).find(_HEAD_END)
+            if at >= 0:
+                return at + 4 - len(tail)
+        at = data.find(_HEAD_END)
+        return at + 4 if at >= 0 else -1
+
+    def _body_received(self, data: bytes) -> bytes:
+        """Feed the body (and nothing past its end); returns what follows it."""
+        if self._body_length is None:  # chunked: its end is the parser's to find
+            super().data_received(data)
+            return b""
+        left = self._body_length - self._payload.total_bytes
+        part = data if len(data) <= left else data[:left]
+        super().data_received(part)
+        return data[len(part) :]
+
+    def _head_done(self) -> None:
+        self._head_bytes = 0
+        self._head_tail = b""
+        self._guard.heads.release(self)
+        self._cancel_head_timer()
+
+    async def _handle_request(
+        self,
+        request: BaseRequest,
+        start_time: float | None,
+        request_handler: Callable[[BaseRequest], Awaitable[StreamResponse]],
+    ) -> tuple[StreamResponse, bool]:
+        try:
+            return await super()._handle_request(request, start_time, request_handler)
+        finally:
+            payload, self._payload = self._payload, None
+            if payload is not None and not payload.is_eof():
+                # Answered before its body was read: what follows is that body, never a request.
+                self.close()
+            elif not (self._force_close or self._close or self._messages):
+                self._guard.idle(self)
+
+    def evict(self) -> None:
+        """Closed to make room in the head budget (see ConnectionGuard.heads)."""
+        self.force_close()
 
     def _first_head_deadline(self) -> None:
         self._keepalive_handle = None
-        if self._request_count == 0 and self.idle:
+        if self._request_count == 0:
             self._head_timed_out()
         else:
             # The first request arrived in time: from here on, aiohttp's keep-alive deadline.
@@ -221,13 +459,42 @@ class ReceiverProtocol(RequestHandler):
 
     def _later_head_deadline(self) -> None:
         self._head_timer = None
-        if self.idle:
+        if self._payload is None:
             self._head_timed_out()
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
 
     def _head_timed_out(self) -> None:
         if not self._force_close:
             self._guard.closed("header_timeout")
             self.force_close()
+
+    def _refuse_head(self) -> None:
+        request_id = new_request_id()
+        log.warning(
+            "request refused: head too large",
+            request_id=request_id,
+            status=431,
+            limit=self._max_head_bytes,
+        )
+        self._metrics.requests.labels(UNROUTED, "head_too_large").inc()
+        self._guard.closed("head_too_large")
+        self._refuse(
+            raw_problem(
+                431,
+                "Request Header Fields Too Large",
+                f"the request line and headers must fit in {self._max_head_bytes} bytes",
+                request_id=request_id,
+            )
+        )
+
+    def _refuse(self, response: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(response)
+        self.force_close()
 
     # -- what aiohttp would write to stderr or echo to the client -----------------------------
 
@@ -239,15 +506,33 @@ class ReceiverProtocol(RequestHandler):
         message: str | None = None,
     ) -> StreamResponse:
         """A problem+json answer instead of aiohttp's text, which quotes the refused bytes; one
-        log line with the error's type (its text would quote the request, credentials too)."""
+        log line with the error's type (its text would quote the request, credentials too).
+
+        aiohttp calls this for what its parser refuses, and for a 500 or 504 raised outside the
+        application (whose middleware answers everything else): the two are logged and counted
+        apart."""
         request_id = new_request_id()
-        log.warning(
-            "request refused by the HTTP parser",
-            request_id=request_id,
-            status=status,
-            error=type(exc).__name__ if exc is not None else None,
-        )
-        self._metrics.requests.labels(UNROUTED, "malformed_http").inc()
+        error = type(exc).__name__ if exc is not None else None
+        if isinstance(exc, HttpProcessingError):
+            log.warning(
+                "request refused by the HTTP parser",
+                request_id=request_id,
+                status=status,
+                error=error,
+            )
+            self._metrics.requests.labels(UNROUTED, "malformed_http").inc()
+            # aiohttp answers a request it could not parse as HTTP/1.0; the receiver speaks 1.1.
+            with contextlib.suppress(AttributeError):
+                request._version = HttpVersion11
+                request._cache.pop("version", None)
+        else:
+            log.error(
+                "request failed outside the application",
+                request_id=request_id,
+                status=status,
+                error=error,
+            )
+            self._metrics.requests.labels(UNROUTED, "error").inc()
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
         detail = "the request is not valid HTTP/1.1" if status == 400 else ""
@@ -341,6 +626,7 @@ async def start(
         cap,
         metrics,
         grace_seconds=min(EVICTION_GRACE_SECONDS, server_config.header_timeout_seconds),
+        head_budget_bytes=server_config.head_budget_bytes,
     )
     loop = asyncio.get_running_loop()
     kwargs = handler_args(server_config) | {"access_log": None, "loop": loop}
@@ -348,7 +634,12 @@ async def start(
 
     def protocol() -> ReceiverProtocol:
         return ReceiverProtocol(
-            manager, guard=guard, header_timeout=header_timeout, metrics=metrics, **kwargs
+            manager,
+            guard=guard,
+            header_timeout=header_timeout,
+            max_head_bytes=server_config.max_head_bytes,
+            metrics=metrics,
+            **kwargs,
         )
 
     try:
@@ -365,12 +656,29 @@ async def start(
     return Listener(runner, server, guard, restore)
 
 
+# asyncio's messages name the callback or task they are about (its repr, with addresses and
+# arguments): only the words before the first such part are a kind, and are logged.
+_MESSAGE_DETAIL = re.compile(r"[<(\[{'\"=:]|0x|\d")
+MAX_LOOP_ERROR_KINDS = 64
+
+
+def loop_error_kind(message: str) -> str:
+    """The fixed words of an asyncio message: "Exception in callback TimerHandle(when=…)" is
+    "Exception in callback TimerHandle", "socket.accept() out of system resource" is
+    "socket.accept out of system resource"."""
+    message = message.replace("()", "")
+    cut = _MESSAGE_DETAIL.search(message)
+    return " ".join((message[: cut.start()] if cut else message).split())[:80]
+
+
 class LoopErrors:
     """The event loop's exception handler: one JSON line per kind of error per 10 s, with the
-    error's type and asyncio's fixed message, never a traceback (which could quote a request).
+    error's type and the fixed words of asyncio's message, never a traceback nor a repr (either
+    could quote a request).
 
     An ``accept()`` that fails for want of file descriptors is what this is mostly for: asyncio
     would log it with a traceback every time, which under a connection flood is thousands a second.
+    Kinds are bounded (``MAX_LOOP_ERROR_KINDS``; past it they are counted as one, "other").
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -380,8 +688,12 @@ class LoopErrors:
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
-        message = str(context.get("message") or "")[:120]
-        kind = (message, type(exc).__name__ if exc is not None else "")
+        kind = (
+            loop_error_kind(str(context.get("message") or "")),
+            type(exc).__name__ if exc is not None else "",
+        )
+        if kind not in self._last and len(self._last) >= MAX_LOOP_ERROR_KINDS:
+            kind = ("other", "")
         now = self._clock()
         last = self._last.get(kind)
         if last is not None and now - last < LOOP_ERROR_INTERVAL_SECONDS:
@@ -391,7 +703,7 @@ class LoopErrors:
         with contextlib.suppress(Exception):
             log.error(
                 "event loop error",
-                message=message,
+                message=kind[0],
                 error=kind[1] or None,
                 errno=getattr(exc, "errno", None),
                 suppressed=self._suppressed.pop(kind, 0),
@@ -423,12 +735,24 @@ async def _serve(config: ReceiverConfig, file_limit: int) -> None:
         shutdown_timeout=config.shutdown_timeout_seconds,
         file_limit=file_limit,
     )
+    bound = memory_bound(config, listener.guard.max_connections)
+    limit = memory_limit()
     log.info(
         "listening",
         port=listener.port,
         file_limit=file_limit,
         max_connections=listener.guard.max_connections,
+        memory_bound_mib=bound // 2**20,
+        memory_limit_mib=None if limit is None else limit // 2**20,
     )
+    if limit is not None and bound > limit:
+        log.warning(
+            "the memory limit is below what the receiver's limits allow at worst",
+            memory_bound_mib=bound // 2**20,
+            memory_limit_mib=limit // 2**20,
+            hint="lower server.* or database.maxQueuedBytes, or raise the container's limit "
+            "(docs/receiver.md, Memory)",
+        )
     for source in config.sources:
         log.info(
             "serving source", source=source.key, provider=source.provider.value, path=source.route

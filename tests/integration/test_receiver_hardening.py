@@ -7,6 +7,7 @@ Each test here failed before the receiver was hardened (issue 9); the comment at
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import io
 import json
@@ -20,10 +21,12 @@ from typing import Any
 import asyncpg
 import jwt as pyjwt
 import pytest
+from aiohttp.web_protocol import RequestHandler
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from webhook_server import logs
+from webhook_server import admission, logs
+from webhook_server import server as server_module
 from webhook_server.app import STORE, create_app
 from webhook_server.config import (
     AuthConfig,
@@ -75,6 +78,7 @@ class Response:
     def __init__(self, raw: bytes) -> None:
         head, _, self.body = raw.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
+        self.status_line = lines[0]
         self.status = int(lines[0].split()[1]) if lines[0] else 0
         self.headers = {
             k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
@@ -285,7 +289,7 @@ async def test_idle_and_slow_connections_at_the_cap_cannot_keep_out_a_signed_del
     # Past the eviction grace: a connection just admitted is not closed to make room.
     await asyncio.sleep(EVICTION_GRACE_SECONDS + 0.1)
     assert listener.guard.max_connections == 20
-    assert len(listener.guard.open) <= 20
+    assert listener.guard.open <= 20
     for n in range(10):
         body = f'{{"n":{n}}}'.encode()
         answer = await exchange(listener.port, request_bytes(body, signed(body, f"cap-{n}")))
@@ -299,6 +303,9 @@ async def test_idle_and_slow_connections_at_the_cap_cannot_keep_out_a_signed_del
 
 
 async def test_at_the_cap_with_every_connection_busy_a_new_one_gets_a_503(serve: Serve) -> None:
+    # Before (review): this waited 0.2 s, less than the eviction grace, so the 503 came from the
+    # grace and the test passed with every connection taken for idle. Now it waits past the
+    # grace: only their being busy (each in the middle of its body) keeps them open.
     listener, _ = await serve(server=ServerConfig(max_connections=3, body_timeout_seconds=30))
     body = b"x" * 1000
     busy = []
@@ -306,12 +313,16 @@ async def test_at_the_cap_with_every_connection_busy_a_new_one_gets_a_503(serve:
         reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
         writer.write(request_bytes(body, signed(body, f"busy-{n}"), close=False)[:-10])
         busy.append((reader, writer))
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(EVICTION_GRACE_SECONDS + 0.25)
     refused = await exchange(listener.port, b"")
     assert refused.status == 503
     assert refused.content_type == "application/problem+json"
     assert refused.json()["status"] == 503
-    for _, writer in busy:
+    # None of the busy ones was closed: each still gets its answer once its body is complete.
+    for n, (reader, writer) in enumerate(busy):
+        writer.write(request_bytes(body, signed(body, f"busy-{n}"), close=False)[-10:])
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200"), head
         writer.close()
 
 
@@ -357,6 +368,7 @@ async def test_a_request_the_parser_refuses_gets_problem_json_and_one_quiet_log_
     listener, _ = await serve()
     answer = await exchange(listener.port, MALFORMED[case])
     assert answer.status == 400
+    assert answer.status_line.startswith("HTTP/1.1 ")  # aiohttp's own: HTTP/1.0
     assert answer.content_type == "application/problem+json"
     problem = answer.json()
     assert problem["status"] == 400
@@ -537,7 +549,121 @@ async def test_an_unsigned_flood_does_not_starve_signed_deliveries(
     assert await db.fetchval("SELECT count(*) FROM webhook_events") == 20
 
 
-async def test_a_flood_past_the_unverified_budget_is_cut_off_before_its_body_is_read(
+async def test_a_flood_above_the_unverified_budget_still_lets_signed_deliveries_through(
+    serve: Serve, db: asyncpg.Connection
+) -> None:
+    # Before (review): every request spent an unverified token before its body was read, so a
+    # flood above unverifiedRequestsPerSecond got signed deliveries 429 too (flood.py: 6 of 10).
+    # Here the unsigned flood runs at 50/s against an unverified budget of 5/s (burst 5), and
+    # the signed deliveries at 5/s: past the budget, the verification lane reads and verifies
+    # small bodies anyway, and only the forgeries are refused.
+    source = github_source(
+        limits=LimitsConfig(
+            requests_per_second=5,
+            burst=20,
+            unverified_requests_per_second=5,
+            unverified_burst=5,
+        )
+    )
+    listener, _ = await serve(source)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    unsigned_statuses: list[int] = []
+    signed_statuses: list[int] = []
+
+    async def flood() -> None:
+        for n in range(200):  # 50/s for 4 s: eight times the unverified budget
+            await asyncio.sleep(max(0.0, started + n / 50 - loop.time()))
+            body = b'{"forged":true}'
+            answer = await exchange(listener.port, request_bytes(body, {"X-Noise": str(n)}))
+            unsigned_statuses.append(answer.status)
+
+    async def deliveries() -> None:
+        for n in range(20):
+            await asyncio.sleep(max(0.0, started + n / 5 - loop.time()))
+            body = f'{{"delivery":{n}}}'.encode()
+            answer = await exchange(listener.port, request_bytes(body, signed(body, f"ok-{n}")))
+            signed_statuses.append(answer.status)
+
+    await asyncio.gather(flood(), deliveries())
+    assert signed_statuses == [200] * 20
+    assert set(unsigned_statuses) == {401}  # verified (and refused) in the lane, not 429
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 20
+
+
+async def test_a_flood_far_above_the_default_budget_with_slow_bodies_cannot_take_every_lane_slot(
+    serve: Serve, db: asyncpg.Connection
+) -> None:
+    # Default limits (100/s, burst 200). The flood: unsigned requests, 20 at a time, from one
+    # client address, for as long as the deliveries go on; once it has emptied the unverified
+    # budget, the same client's slow bodies try to hold every slot of the verification lane.
+    # The receiver sits behind a trusted proxy (127.0.0.1), so X-Forwarded-For names the clients.
+    # The provider sends each delivery's head, then its body 300 ms later: the lane must find
+    # it a slot of its own.
+    listener, _ = await serve(
+        server=ServerConfig(trusted_proxies=["127.0.0.1/32"], body_timeout_seconds=60)
+    )
+    attacker = {"X-Forwarded-For": "203.0.113.66"}
+    provider = {"X-Forwarded-For": "192.30.252.1"}
+    flood_statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def flood(worker: int) -> None:
+        body = b'{"forged":true}'
+        for n in range(1000):  # bounded; stopped when the deliveries are done
+            if stop.is_set():
+                return
+            headers = attacker | {"X-Noise": f"{worker}-{n}"}
+            answer = await exchange(listener.port, request_bytes(body, headers))
+            flood_statuses.append(answer.status)
+
+    async def slow_body(n: int) -> asyncio.StreamWriter:
+        body = b"x" * 1000
+        _, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(request_bytes(body, attacker | {"X-N": str(n)}, close=False)[:-500])
+        await writer.drain()
+        return writer
+
+    async def deliver(n: int) -> int:
+        body = f'{{"delivery":{n}}}'.encode()
+        raw = request_bytes(body, signed(body, f"far-{n}") | provider)
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        try:
+            writer.write(raw[: -len(body)])
+            await writer.drain()
+            await asyncio.sleep(0.3)
+            writer.write(raw[-len(body) :])
+            return Response(await asyncio.wait_for(reader.read(), 10)).status
+        finally:
+            writer.close()
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    flooding = asyncio.gather(*(flood(worker) for worker in range(20)))
+    for _ in range(1000):  # until the burst of 200 and then some are spent: the budget is empty
+        if len(flood_statuses) >= 400:
+            break
+        await asyncio.sleep(0.01)
+    # Far more than every lane slot (those that find a token of the budget hold no slot).
+    slow = [await slow_body(n) for n in range(100)]
+    await asyncio.sleep(0.1)
+    signed_statuses = []
+    for n in range(10):
+        signed_statuses.append(await deliver(n))
+        await asyncio.sleep(0.05)
+    stop.set()
+    await flooding
+    elapsed = loop.time() - started
+    for writer in slow:
+        writer.close()
+    assert signed_statuses == [200] * 10
+    # Above the budget (200 + 100/s), and every forgery verified (401) in the lane.
+    assert len(flood_statuses) > 200 + 100 * elapsed
+    assert set(flood_statuses) == {401}
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 10
+
+
+async def test_past_the_unverified_budget_a_large_body_is_cut_off_before_it_is_read(
     serve: Serve,
 ) -> None:
     source = github_source(
@@ -548,9 +674,10 @@ async def test_a_flood_past_the_unverified_budget_is_cut_off_before_its_body_is_
     for n in range(2):
         answer = await exchange(listener.port, request_bytes(body, {"X-N": str(n)}))
         assert answer.status == 401
+    # Larger than the lane takes (64 KiB): refused on its head alone.
+    large = b"x" * 100_000
     reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
-    # Only the head: the refusal must not wait for (nor read) the body.
-    writer.write(request_bytes(body, {"X-N": "3"}, close=False)[: -len(body)])
+    writer.write(request_bytes(large, {"X-N": "3"}, close=False)[: -len(large)])
     await writer.drain()
     answer = Response(await closed_by_server(reader, 5))
     writer.close()
@@ -558,6 +685,23 @@ async def test_a_flood_past_the_unverified_budget_is_cut_off_before_its_body_is_
     assert answer.json()["detail"] == "too many unverified requests"
     assert int(answer.headers["retry-after"]) >= 1
     assert answer.headers["connection"] == "close"
+    # A small one whose body is still coming takes a lane slot; one client gets two at most.
+    held = []
+    for n in range(2):
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(request_bytes(body, {"X-N": f"held-{n}"}, close=False)[:-10])
+        held.append((reader, writer))
+    await asyncio.sleep(0.2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(request_bytes(body, {"X-N": "third"}, close=False)[:-10])
+    answer = Response(await closed_by_server(reader, 5))
+    writer.close()
+    assert answer.status == 429
+    for reader, writer in held:  # their bodies complete: verified (and refused)
+        writer.write(b"x" * 10)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 401"), head
+        writer.close()
 
 
 # -- 8. jwt sources: dedup per caller ------------------------------------------------------------
@@ -702,6 +846,8 @@ async def test_a_mounted_secret_that_can_never_verify_makes_the_receiver_not_rea
         listener.port, b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     assert ready.status == 503
+    assert ready.content_type == "application/problem+json"  # like every other non-2xx
+    assert ready.json()["status"] == 503
     assert ready.json()["checks"]["secrets"] is False
     assert "not a Standard Webhooks secret" in log_lines.getvalue()
     assert "n*t!" not in log_lines.getvalue()
@@ -740,3 +886,272 @@ async def test_readyz_waits_for_the_store_to_take_events_not_just_for_a_connecti
         assert (await client.get("/readyz")).status == 200
     finally:
         await holder.close()
+
+
+# -- review: what one unauthenticated client can make the receiver hold -------------------------
+
+
+def partial_head(size: int) -> bytes:
+    """A request head of about ``size`` bytes that never ends (headers of 4,000 bytes each)."""
+    lines = [b"POST /hooks/ci/gh HTTP/1.1\r\nHost: x\r\n"]
+    total = len(lines[0])
+    n = 0
+    while total < size:
+        line = b"X-H%d: " % n + b"a" * 4000 + b"\r\n"
+        lines.append(line)
+        total += len(line)
+        n += 1
+    return b"".join(lines)
+
+
+async def test_a_head_past_max_head_bytes_is_a_431_and_the_connection_is_closed(
+    serve: Serve, log_lines: io.StringIO
+) -> None:
+    # Before (review): nothing bounded a head's total size (each header's name and value were
+    # bounded apart): a 2.5 MB head was accepted, and 100 connections each sending 2.4 MB of head
+    # without ending it took the receiver from 68 to 383 MiB in 2 s.
+    listener, _ = await serve(server=ServerConfig(max_head_bytes=32_768))
+    over = b"GET /livez HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"v" * 20_000 + b"\r\n"
+    over += b"X-Pad-2: " + b"v" * 20_000 + b"\r\nConnection: close\r\n\r\n"
+    answer = await exchange(listener.port, over)
+    assert answer.status == 431
+    assert answer.status_line.startswith("HTTP/1.1 431")
+    assert answer.content_type == "application/problem+json"
+    assert answer.json()["requestId"] == answer.headers["x-request-id"]
+    # The review's 2.5 MB head: refused (and closed) at 32 KiB; the client, still sending, may
+    # see the close as a reset rather than read the 431 first. Never a 200.
+    whole = (
+        b"GET /livez HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(b"X-%d: " % n + b"v" * 20_000 + b"\r\n" for n in range(126))
+        + b"Connection: close\r\n\r\n"
+    )
+    with contextlib.suppress(ConnectionResetError):
+        assert (await exchange(listener.port, whole)).status == 431
+    # Never ended, sent in pieces: refused as soon as it passes the limit, not at its end.
+    connections = []
+    for _ in range(20):
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        head = partial_head(2_400_000)
+        for at in range(0, len(head), 16_384):
+            writer.write(head[at : at + 16_384])
+        connections.append((reader, writer))
+    for reader, writer in connections:
+        with contextlib.suppress(ConnectionResetError):
+            refused = Response(await closed_by_server(reader, 10))
+            assert refused.status == 431
+        writer.close()
+    assert listener.guard.heads.used == 0
+    assert 'reason="head_too_large"' in await metrics_text(listener.port)
+    # A head within the limit, in pieces, is served.
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    raw = request_bytes(b"{}", signed(b"{}", "pieces") | {"X-Pad": "p" * 20_000})
+    for at in range(0, len(raw), 1000):
+        writer.write(raw[at : at + 1000])
+        await writer.drain()
+    assert Response(await closed_by_server(reader, 10)).status == 200
+    writer.close()
+    assert "aaaa" not in log_lines.getvalue()
+
+
+async def test_heads_still_arriving_share_a_budget_and_the_oldest_make_room(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The head budget bounds what every connection's unfinished head holds together (a cap of
+    # 4,096 connections times 32 KiB would not fit a 256 MiB pod): past it, the newest is
+    # refused while the older are within their grace, and once they are past it they make room.
+    monkeypatch.setattr(admission, "BUDGET_GRACE_SECONDS", 0.5)
+    listener, _ = await serve(
+        server=ServerConfig(max_head_bytes=20_000, head_budget_bytes=64 * 1024)
+    )
+    held = []
+    for _ in range(4):  # 4 x 16 KB = 64,000 bytes: the budget is 65,536
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(partial_head(16_000))
+        await writer.drain()
+        held.append((reader, writer))
+    await asyncio.sleep(0.1)
+    assert listener.guard.heads.used >= 64_000
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(partial_head(16_000))
+    refused = Response(await closed_by_server(reader, 5))
+    writer.close()
+    assert refused.status == 503
+    assert int(refused.headers["retry-after"]) >= 1
+    assert all(not reader.at_eof() for reader, _ in held)
+    await asyncio.sleep(0.6)  # past the grace: the oldest unfinished head makes room
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(partial_head(16_000))
+    await writer.drain()
+    assert await closed_by_server(held[0][0], 5) == b""
+    assert not reader.at_eof()
+    writer.write(b"Connection: close\r\n\r\n")
+    assert Response(await closed_by_server(reader, 5)).status == 401  # unsigned
+    for _, other in held:
+        other.close()
+    writer.close()
+    assert 'reason="head_budget"} 2.0' in await metrics_text(listener.port)
+
+
+async def test_bodies_being_read_before_verification_share_a_budget(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before (review): 150 slow 1 MiB bodies (within the default unverified burst of 200) added
+    # 156 MiB. Now what bodies still arriving hold is counted, process-wide: past the budget the
+    # newest is answered 503 while the older are within their grace; past the grace, the ones
+    # that have been arriving the longest are evicted (503) to make room.
+    monkeypatch.setattr(admission, "BUDGET_GRACE_SECONDS", 0.5)
+    listener, _ = await serve(
+        github_source(limits=LimitsConfig(max_body_bytes=100_000)),
+        server=ServerConfig(body_budget_bytes=100_000),
+    )
+    body = b"x" * 90_000
+    slow = []
+    for n in range(2):  # 2 x 40,000 bytes held
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(request_bytes(body, {"X-N": str(n)}, close=False)[:-50_000])
+        await writer.drain()
+        slow.append((reader, writer))
+        await asyncio.sleep(0.1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(request_bytes(body, {"X-N": "new"}, close=False)[:-50_000])
+    refused = Response(await closed_by_server(reader, 5))
+    writer.close()
+    assert refused.status == 503
+    assert refused.json()["detail"] == "too many request bodies in progress, retry later"
+    assert refused.headers["retry-after"] == "1"
+    assert all(not reader.at_eof() for reader, _ in slow)
+    await asyncio.sleep(0.6)  # past the grace
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(request_bytes(body, {"X-N": "late"}, close=False)[:-50_000])
+    await writer.drain()
+    assert Response(await closed_by_server(slow[0][0], 5)).status == 503
+    writer.write(body[-50_000:])  # the rest arrives: the other slow one makes room too
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 401"), head  # read whole and verified (and refused)
+    assert Response(await closed_by_server(slow[1][0], 5)).status == 503
+    for _, other in slow:
+        other.close()
+    writer.close()
+    assert 'outcome="body_budget",source="ci/gh"} 3.0' in await metrics_text(listener.port)
+
+
+async def test_a_pipelined_request_is_not_parsed_and_the_connection_closes_after_the_answer(
+    serve: Serve, db: asyncpg.Connection
+) -> None:
+    # Bytes of a next request that come before the current one is answered are not parsed (the
+    # parser would hold them, past every head limit: a complete request followed by a long
+    # unfinished head in one read): the connection closes once the first is answered.
+    listener, _ = await serve()
+    first = request_bytes(b'{"n":1}', signed(b'{"n":1}', "pipe-1"), close=False)
+    second = request_bytes(b'{"n":2}', signed(b'{"n":2}', "pipe-2"), close=False)
+    for tail in (second, partial_head(200_000)):
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(first + tail)
+        raw = await closed_by_server(reader, 5)
+        writer.close()
+        assert raw.count(b"HTTP/1.1 ") == 1
+        assert Response(raw).status == 200
+    assert await db.fetchval("SELECT count(*) FROM webhook_events") == 1
+    assert 'reason="pipelined"} 2.0' in await metrics_text(listener.port)
+
+
+# -- review: the protocol's contract with aiohttp's RequestHandler -------------------------------
+# webhook_server.server relies on aiohttp internals (server._INTERNALS); these tests pin what
+# they mean against the real protocol, so an aiohttp upgrade that changes it fails here.
+
+
+def only_connection(listener: Listener) -> Any:
+    connections = listener.guard.connections()
+    assert len(connections) == 1
+    return connections[0]
+
+
+async def test_contract_a_connection_in_the_middle_of_a_body_is_not_idle(serve: Serve) -> None:
+    listener, _ = await serve()
+    _reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(b"POST /hooks/ci/gh HTTP/1.1\r\nHost: x\r\nX-A: ")
+    await asyncio.sleep(0.1)
+    protocol = only_connection(listener)
+    assert protocol.idle
+    assert listener.guard.is_idle(protocol)
+    body = b"x" * 1000
+    writer.write(b"a\r\n" + request_bytes(body, {}, close=False).split(b"\r\n", 2)[2][:-10])
+    await asyncio.sleep(0.1)
+    assert not protocol.idle
+    assert not listener.guard.is_idle(protocol)
+    writer.close()
+
+
+async def test_contract_a_request_taken_from_the_queue_is_not_idle_before_its_handler_runs(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before (review): "idle" was "no _request_in_progress and no _messages", but aiohttp's
+    # start() pops the message and creates the handler's task before _request_in_progress
+    # becomes True: in between, the connection looked idle and the cap could close it with its
+    # request (race.py: 100 of 400 rounds).
+    seen: list[tuple[bool, bool]] = []
+    handle = RequestHandler._handle_request
+
+    async def at_entry(self: Any, *args: Any) -> Any:
+        seen.append((self.idle, self._guard.is_idle(self)))
+        return await handle(self, *args)
+
+    monkeypatch.setattr(RequestHandler, "_handle_request", at_entry)
+    listener, _ = await serve()
+    answer = await exchange(
+        listener.port, b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert answer.status == 200
+    assert seen == [(False, False)]
+
+
+async def test_contract_a_kept_alive_connection_between_requests_is_idle(serve: Serve) -> None:
+    listener, _ = await serve()
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    await reader.readexactly(length)
+    await asyncio.sleep(0.05)
+    protocol = only_connection(listener)
+    assert protocol.idle
+    assert listener.guard.is_idle(protocol)
+    writer.close()
+
+
+async def test_the_cap_never_closes_a_connection_whose_request_was_just_parsed(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # race.py, in the suite: a cap of one, no grace; A sends a request, B connects within the
+    # same few loop iterations. Before, A was sometimes closed after its request had been parsed
+    # and taken, before its handler ran (100 of 400 rounds). A closed before its request was
+    # read at all is the ordinary race of closing an idle connection, and not counted here.
+    monkeypatch.setattr(server_module, "EVICTION_GRACE_SECONDS", 0.0)
+    taken = {"requests": 0, "closed": 0}
+    handle = RequestHandler._handle_request
+
+    async def at_entry(self: Any, *args: Any) -> Any:
+        taken["requests"] += 1
+        taken["closed"] += self._force_close or self.transport is None
+        return await handle(self, *args)
+
+    monkeypatch.setattr(RequestHandler, "_handle_request", at_entry)
+    listener, _ = await serve(server=ServerConfig(max_connections=1))
+    for n in range(200):
+        reader_a, writer_a = await asyncio.open_connection("127.0.0.1", listener.port)
+        await asyncio.sleep(0)
+        connect_b = asyncio.create_task(asyncio.open_connection("127.0.0.1", listener.port))
+        for _ in range(n % 4):
+            await asyncio.sleep(0)
+        writer_a.write(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        with contextlib.suppress(ConnectionResetError):
+            await asyncio.wait_for(reader_a.read(4096), 5)
+        reader_b, writer_b = await connect_b
+        writer_b.write(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        with contextlib.suppress(ConnectionResetError):
+            await asyncio.wait_for(reader_b.read(), 5)
+        writer_a.close()
+        writer_b.close()
+        await asyncio.sleep(0.01)
+    assert taken["requests"] >= 200
+    assert taken["closed"] == 0

@@ -171,3 +171,54 @@ async def test_a_stalled_database_means_bounded_503s_a_bounded_queue_and_nothing
     assert acknowledged <= stored  # 0 acknowledged events lost
     assert len(acknowledged) == 181
     assert count == len(stored) == 181  # and none stored twice
+
+
+async def test_the_queue_counts_stored_headers_and_keeps_no_event_for_its_deadlines(
+    own_postgres: EmbeddedPostgres,
+) -> None:
+    # Before (review): maxQueuedBytes counted payloads only, while every queued event also holds
+    # its stored headers (up to ~2.5 MB each before heads were bounded); and the deadline list
+    # kept each event, payload included, until everything ahead of it was resolved.
+    source = SourceConfig(
+        name="gh",
+        provider=Provider.GITHUB,
+        verification=VerificationConfig(secrets=[SecretSource(value=SECRET)]),
+        limits=LimitsConfig(max_body_bytes=16 * 1024),
+    )
+    database = DatabaseConfig(
+        url=own_postgres.url, commit_timeout_seconds=COMMIT_TIMEOUT, max_queued_bytes=32 * 1024
+    )
+    app = create_app(ReceiverConfig(port=0, sources=[source], database=database))
+    listener = await start(app, "127.0.0.1", 0, shutdown_timeout=2)
+    store = app[STORE]
+    assert await store.wait_ready(15)
+    url = f"http://127.0.0.1:{listener.port}{source.route}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await asyncio.to_thread(_signal_all, own_postgres, signal.SIGSTOP)
+
+            async def deliver(delivery: str) -> str:
+                body = b'{"small":true}'
+                headers = signed(body, delivery) | {"X-Padding": "p" * 20_000}
+                async with session.post(url, data=body, headers=headers) as resp:
+                    assert resp.status == 503
+                    return str((await resp.json())["detail"])
+
+            first = asyncio.create_task(deliver("headers-1"))
+            for _ in range(200):
+                if store.held()[0]:
+                    break
+                await asyncio.sleep(0.01)
+            events, held = store.held()
+            assert events == 1
+            assert held > 20_000  # the payload is 14 bytes: the headers are counted
+            assert all(
+                isinstance(deadline, float) and isinstance(future, asyncio.Future)
+                for deadline, future in store._deadlines
+            )
+            # A second such event would pass 32 KiB: refused at once, not queued.
+            assert await deliver("headers-2") == "event store overloaded, retry later"
+            assert await first == "event not committed in time, retry later"
+    finally:
+        await asyncio.to_thread(_signal_all, own_postgres, signal.SIGCONT)
+        await listener.stop()

@@ -22,6 +22,7 @@ from dfm_operator.builders.syncschedule import build_children as build_sync_chil
 from dfm_operator.builders.webhooksource import (
     ReceiverInputs,
     build_children,
+    build_config_map,
     config_hash,
     endpoints,
     obsolete_children,
@@ -142,6 +143,32 @@ def test_config_map_holds_paths_never_secret_values() -> None:
     mounted = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
     assert mounted == {"stripe-webhook", "events-db"}
     assert all("subPath" not in m for m in pod["containers"][0]["volumeMounts"])
+
+
+def test_config_map_states_the_caps_the_pod_runs_with_and_a_queue_that_holds_a_body() -> None:
+    # Issue 9 asks the caps be explicit: every server and store limit is rendered, defaults too;
+    # and a queue smaller than the source's largest body (which the config refuses) is raised
+    # to hold it.
+    config_map = build_config_map(
+        source(limits={"maxBodyBytes": 48 * 1024 * 1024}), ReceiverInputs(settings=SETTINGS)
+    )
+    config = yaml.safe_load(config_map["data"]["receiver.yaml"])
+    assert {
+        "maxConnections",
+        "headerTimeoutSeconds",
+        "bodyTimeoutSeconds",
+        "idleTimeoutSeconds",
+        "maxHeadBytes",
+        "headBudgetBytes",
+        "bodyBudgetBytes",
+        "verificationLane",
+        "trustedProxies",
+    } <= set(config["server"])
+    assert config["database"]["maxQueuedBytes"] == 48 * 1024 * 1024
+    default = yaml.safe_load(
+        build_config_map(source(), ReceiverInputs(settings=SETTINGS))["data"]["receiver.yaml"]
+    )
+    assert default["database"]["maxQueuedBytes"] == 32 * 1024 * 1024
 
 
 def test_rendered_examples_never_contain_the_example_secrets() -> None:

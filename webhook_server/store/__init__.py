@@ -188,7 +188,14 @@ class Outbox(Protocol):
 class _Pending:
     event: Event
     future: asyncio.Future[bool]
-    deadline: float
+    # What the event counts against maxQueuedBytes (see held_size).
+    size: int
+
+
+def held_size(event: Event) -> int:
+    """What one queued event counts against ``maxQueuedBytes``: its payload and its stored headers
+    at their JSON size (a name and a value in quotes, a colon, a comma: 6 characters each)."""
+    return len(event.payload) + sum(len(k) + len(v) + 6 for k, v in event.headers.items())
 
 
 @dataclass
@@ -203,9 +210,10 @@ class Store:
     sweep_interval_seconds: float = 0.1
     _pool: asyncpg.Pool | None = None
     _queue: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
-    # Every submitted event in submission order (so in deadline order), until it is resolved.
-    _deadlines: deque[_Pending] = field(default_factory=deque)
-    # Events (and their payload bytes) queued or in a commit.
+    # Every submitted event's deadline and future in submission order (so in deadline order),
+    # until it is resolved: not the event, whose payload is let go as soon as it is committed.
+    _deadlines: deque[tuple[float, asyncio.Future[bool]]] = field(default_factory=deque)
+    # Events (and their bytes, see held_size) queued or in a commit.
     _held_events: int = 0
     _held_bytes: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -332,25 +340,24 @@ class Store:
         """
         if self._closing or not self._ready.is_set():
             raise StoreUnavailable("event store not ready")
-        size = len(event.payload)
-        if (
+        size = held_size(event)
+        # One event is always taken into an empty queue, however large (its headers may push it
+        # past maxQueuedBytes, which the config keeps at least maxBodyBytes).
+        if self._held_events and (
             self._held_events >= self.config.max_queued_events
             or self._held_bytes + size > self.config.max_queued_bytes
         ):
             self.metrics.store_overloaded.inc()
             raise StoreOverloaded("too many events waiting for a commit")
-        loop = asyncio.get_running_loop()
-        pending = _Pending(
-            event, loop.create_future(), time.monotonic() + self.config.commit_timeout_seconds
-        )
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._held_events += 1
         self._held_bytes += size
-        self._deadlines.append(pending)
-        self._queue.put_nowait(pending)
-        return await pending.future
+        self._deadlines.append((time.monotonic() + self.config.commit_timeout_seconds, future))
+        self._queue.put_nowait(_Pending(event, future, size))
+        return await future
 
     def held(self) -> tuple[int, int]:
-        """Events waiting for or in a commit, and their payload bytes."""
+        """Events waiting for or in a commit, and their bytes (payloads and stored headers)."""
         return self._held_events, self._held_bytes
 
     async def _sweep_loop(self) -> None:
@@ -359,13 +366,13 @@ class Store:
         while True:
             await asyncio.sleep(self.sweep_interval_seconds)
             now = time.monotonic()
-            while deadlines and (deadlines[0].future.done() or deadlines[0].deadline <= now):
-                pending = deadlines.popleft()
-                if not pending.future.done():
+            while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):
+                _, future = deadlines.popleft()
+                if not future.done():
                     self.metrics.commit_timeouts.inc()
-                    pending.future.set_exception(CommitTimeout("no commit before the deadline"))
+                    future.set_exception(CommitTimeout("no commit before the deadline"))
                     # Nobody may be waiting any more (the client went away): never "unretrieved".
-                    pending.future.exception()
+                    future.exception()
 
     async def _writer_loop(self) -> None:
         """Take what is queued once a commit slot is free; up to ``writer_concurrency`` batches
@@ -390,7 +397,7 @@ class Store:
             slots.release()
             for pending in batch:
                 self._held_events -= 1
-                self._held_bytes -= len(pending.event.payload)
+                self._held_bytes -= pending.size
                 self._queue.task_done()
 
     async def _flush(self, batch: list[_Pending]) -> None:

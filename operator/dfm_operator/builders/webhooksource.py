@@ -19,7 +19,7 @@ from dfm_operator.builders.meta import (
 from dfm_operator.builders.pods import restricted_container_security, restricted_pod_security
 from dfm_operator.builders.receiver_config import build_source_config, ingress_url
 from dfm_operator.settings import OperatorSettings
-from webhook_server.config import DatabaseConfig, ReceiverConfig, SecretSource
+from webhook_server.config import DatabaseConfig, ReceiverConfig, SecretSource, queued_bytes_for
 
 DEFAULT_RESOURCES: dict[str, Any] = {
     "requests": {"cpu": "50m", "memory": "64Mi"},
@@ -114,11 +114,16 @@ def build_receiver_config(source: WebhookSource, inputs: ReceiverInputs) -> Rece
     # A ManagedSecret's directory: current, and during a rotation previous (+ its expiry).
     forward_signing = [SecretSource(dir=f"{c.SECRETS_DIR}/{forwarding}")] if forwarding else []
     db = database_secret(source, inputs.settings)
+    sources = [build_source_config(source, secrets, forward_signing)]
+    # Every limit of the server and the store is rendered (their defaults included), so the
+    # ConfigMap states the caps the pod runs with (docs/receiver.md).
     return ReceiverConfig(
         host="0.0.0.0",  # noqa: S104 - in a pod, the Service reaches the container's interface
         port=c.RECEIVER_PORT,
-        sources=[build_source_config(source, secrets, forward_signing)],
-        database=DatabaseConfig(url_file=f"{c.DATABASE_DIR}/{db.key}"),
+        sources=sources,
+        database=DatabaseConfig(
+            url_file=f"{c.DATABASE_DIR}/{db.key}", max_queued_bytes=queued_bytes_for(sources)
+        ),
     )
 
 
