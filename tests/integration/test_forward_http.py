@@ -195,6 +195,44 @@ async def test_garbage_and_silence_are_errors_not_hangs() -> None:
         await post(Pool("http://127.0.0.1:9/", max_idle=1))
 
 
+async def test_a_huge_head_is_an_error_and_stray_bytes_end_the_connection() -> None:
+    huge = b"HTTP/1.1 200 OK\r\n" + b"X-Filler: " + b"a" * (70 * 1024) + b"\r\n\r\n"
+    server, port = await raw_server(huge, close=False)
+    try:
+        with pytest.raises(AnswerError):
+            await post(Pool(f"http://127.0.0.1:{port}/", max_idle=1))
+    finally:
+        server.close()
+    # An answer followed by a second one nobody asked for: the first is the answer, and the
+    # connection is not trusted again (the next request opens a new one).
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            await reader.readexactly(7)  # the body post() sends
+            writer.write(
+                b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
+                b"HTTP/1.1 500 Surprise\r\nContent-Length: 0\r\n\r\n"
+            )
+            await writer.drain()
+
+    stray = await asyncio.start_server(handle, "127.0.0.1", 0)
+    pool = Pool(f"http://127.0.0.1:{stray.sockets[0].getsockname()[1]}/", max_idle=1)
+    try:
+        assert (await post(pool))[0] == 202
+        assert (await post(pool))[0] == 202
+        assert connections == 2
+    finally:
+        pool.close()
+        stray.close()
+
+
 def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])

@@ -4,8 +4,8 @@ Forwarding sends one request per event, so the client's cost per request is the 
 forwarding: aiohttp's ``ClientSession`` spends about 200 µs of CPU per request (tracing hooks,
 cookie jar, response objects), as much as receiving and storing the event. A delivery needs far
 less: write the request, read the answer's status line and headers, and frame (and drop) its
-body so the connection can be used again. This module does that on bare asyncio protocols, with
-TLS from the standard library, in a few tens of microseconds.
+body so the connection can be used again. This module does that on a bare asyncio protocol with
+httptools' parser (llhttp) and TLS from the standard library, in a few tens of microseconds.
 
 What it does not do, on purpose: follow redirects (a 3xx is an answer like any other), decompress
 (no ``Accept-Encoding`` is sent), read an answer's body beyond ``MAX_BODY_BYTES`` (the connection
@@ -29,11 +29,12 @@ from collections import deque
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+import httptools
+
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024
 IDLE_SECONDS = 2.0
 _INTERIM = range(100, 200)
-_NO_BODY = (204, 304)
 
 
 class AnswerError(Exception):
@@ -76,22 +77,22 @@ class Endpoint:
 
 
 class _Connection(asyncio.Protocol):
-    """One connection; reads exactly one answer per request."""
+    """One connection; reads exactly one answer per request. The answer is parsed by httptools
+    (llhttp, the parser Node.js uses); this class only keeps the limits and the reuse rules."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[Answer] | None = None
         self.answer: Answer | None = None
         self.reusable = True
         self.closed = False
         self.received_any = False
         self.idle_since = 0.0
-        # Body framing once the head is read: bytes left (LENGTH), or a chunked body.
-        self._left = 0
-        self._chunked = False
-        self._in_body = False
-        self._body_seen = 0
+        self._status = 0
+        self._retry_after: str | None = None
+        self._head_bytes = 0
+        self._body_bytes = 0
 
     # -- asyncio ---------------------------------------------------------------------------------
 
@@ -101,11 +102,17 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
-        self.buffer += data
+        if self.waiter is None or self.waiter.done():
+            self._fail(AnswerError("bytes nobody asked for"))  # do not trust the framing
+            return
         try:
-            self._parse()
-        except AnswerError as exc:
-            self._fail(exc)
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(AnswerError("the target switched protocols"))
+        except httptools.HttpParserError as exc:
+            # Our own callbacks' AnswerError comes back wrapped as the error's cause.
+            cause = exc.__cause__ or exc.__context__
+            self._fail(cause if isinstance(cause, AnswerError) else AnswerError("not HTTP/1.x"))
 
     def eof_received(self) -> bool:
         self.reusable = False
@@ -120,6 +127,48 @@ class _Connection(asyncio.Protocol):
             else:
                 self.waiter.set_exception(exc or ConnectionResetError("connection closed"))
 
+    # -- httptools callbacks -----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.answer is not None:
+            raise AnswerError("bytes after the answer")  # do not trust the framing
+        self._retry_after = None
+        self._head_bytes = 0
+        self._body_bytes = 0
+
+    def on_status(self, status: bytes) -> None:
+        self._count_head(status)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(name, value)
+        if name.lower() == b"retry-after":
+            self._retry_after = value.decode("latin-1").strip()
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status in _INTERIM:
+            return  # 100 Continue and friends: the real answer follows
+        self.answer = Answer(status, self._retry_after)
+        if not self.parser.should_keep_alive():
+            # Connection: close, HTTP/1.0, or a body that ends with the connection: the answer
+            # is known already and the connection cannot be used again.
+            self.reusable = False
+            self._finish()
+            self.close()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > MAX_BODY_BYTES and self.answer is not None:
+            # Not worth reading: the answer is known, the connection goes.
+            self.reusable = False
+            self._finish()
+            self.close()
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() in _INTERIM:
+            return
+        self._finish()
+
     # -- one exchange ----------------------------------------------------------------------------
 
     def send(self, request: bytes) -> asyncio.Future[Answer]:
@@ -127,7 +176,6 @@ class _Connection(asyncio.Protocol):
         self.waiter = asyncio.get_running_loop().create_future()
         self.answer = None
         self.received_any = False
-        self._in_body = False
         self.transport.write(request)
         return self.waiter
 
@@ -135,6 +183,11 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def _count_head(self, *parts: bytes) -> None:
+        self._head_bytes += sum(len(part) + 4 for part in parts)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise AnswerError("answer head too large")
 
     def _fail(self, exc: Exception) -> None:
         self.reusable = False
@@ -144,110 +197,8 @@ class _Connection(asyncio.Protocol):
 
     def _finish(self) -> None:
         assert self.answer is not None
-        if self.buffer:
-            self.reusable = False  # bytes nobody asked for: do not trust the framing
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(self.answer)
-
-    def _parse(self) -> None:
-        while True:
-            if self._in_body:
-                self._read_body()
-                return
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buffer) > MAX_HEAD_BYTES:
-                    raise AnswerError("answer head too large")
-                return
-            head = bytes(self.buffer[:end]).decode("latin-1")
-            del self.buffer[: end + 4]
-            status, headers = _parse_head(head)
-            if status in _INTERIM:
-                continue  # 100 Continue and friends: the real answer follows
-            self.answer = Answer(status, headers.get("retry-after"))
-            if "close" in headers.get("connection", "").lower():
-                self.reusable = False
-            if status in _NO_BODY:
-                self._finish()
-                return
-            if "chunked" in headers.get("transfer-encoding", "").lower():
-                self._chunked, self._body_seen = True, 0
-            elif "content-length" in headers:
-                try:
-                    self._left = int(headers["content-length"])
-                except ValueError:
-                    raise AnswerError("bad Content-Length") from None
-                self._chunked = False
-                if self._left > MAX_BODY_BYTES or self._left < 0:
-                    # Not worth reading: the answer is known, the connection goes.
-                    self.reusable = False
-                    self._finish()
-                    self.close()
-                    return
-            else:
-                # A body that ends when the connection does: the answer is known already.
-                self.reusable = False
-                self._finish()
-                self.close()
-                return
-            self._in_body = True
-
-    def _read_body(self) -> None:
-        if not self._chunked:
-            take = min(self._left, len(self.buffer))
-            del self.buffer[:take]
-            self._left -= take
-            if self._left == 0:
-                self._in_body = False
-                self._finish()
-            return
-        while True:
-            line_end = self.buffer.find(b"\r\n")
-            if line_end < 0:
-                if len(self.buffer) > 1024:
-                    raise AnswerError("bad chunk size line")
-                return
-            size_text = bytes(self.buffer[:line_end]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise AnswerError("bad chunk size") from None
-            if size == 0:
-                # Trailers (usually none) end with an empty line.
-                trailers_end = self.buffer.find(b"\r\n\r\n", line_end)
-                if trailers_end < 0:
-                    if len(self.buffer) > MAX_HEAD_BYTES:
-                        raise AnswerError("trailers too large")
-                    return
-                del self.buffer[: trailers_end + 4]
-                self._in_body = False
-                self._finish()
-                return
-            self._body_seen += size
-            if self._body_seen > MAX_BODY_BYTES:
-                self.reusable = False
-                self._in_body = False
-                self.buffer.clear()
-                self._finish()
-                self.close()
-                return
-            if len(self.buffer) < line_end + 2 + size + 2:
-                return
-            del self.buffer[: line_end + 2 + size + 2]
-
-
-def _parse_head(head: str) -> tuple[int, dict[str, str]]:
-    lines = head.split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise AnswerError("not an HTTP/1.x status line")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise AnswerError("bad header line")
-        headers[name.strip().lower()] = value.strip()
-    return int(parts[1]), headers
 
 
 class Pool:
