@@ -28,7 +28,12 @@ from webhook_server.backup.destinations import (
     S3Location,
     s3_client,
 )
-from webhook_server.backup.manifest import DUMP_SUFFIX, MANIFEST_SUFFIX, VerifyMethod
+from webhook_server.backup.manifest import (
+    DUMP_SUFFIX,
+    MANIFEST_SUFFIX,
+    VerifyMethod,
+    human_size,
+)
 from webhook_server.backup.tools import PG_BIN_DIR_ENV
 
 DATABASE_URL_ENV = "DFM_DATABASE_URL"
@@ -103,10 +108,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--max-age", metavar="DURATION", help="keep backups younger than this, e.g. 720h"
     )
     run.add_argument(
-        "--termination-log",
+        "--summary-file",
         type=Path,
         metavar="FILE",
-        help="also write the JSON summary here (a pod's /dev/termination-log)",
+        help="also write the JSON summary here (the job's /dev/termination-log)",
     )
     run.add_argument(
         "--workdir",
@@ -244,22 +249,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         )
     message = summary.to_message()
-    if args.termination_log is not None:
-        args.termination_log.write_text(message)
+    if args.summary_file is not None:
+        args.summary_file.write_text(message)
     print(message)
     if not summary.ok:
         print(f"dfm backup: error: {summary.stage}: {summary.error}", file=sys.stderr)
         return 1
     return 0
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -272,7 +268,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for m in manifests:
         verified = m.verification.method.value if m.verification else "-"
         taken = m.started_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-        rows.append((m.name, taken, _size(m.size_bytes), str(m.rows), verified, m.sha256[:16]))
+        rows.append((m.name, taken, human_size(m.size_bytes), str(m.rows), verified, m.sha256[:16]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -494,7 +494,7 @@ async def test_dfm_backup_run_list_restore(
     backups = tmp_path / "backups"
     ran = await asyncio.to_thread(
         _dfm, "backup", "run", "--to", str(backups), "--database-url", database_url,
-        "--name-prefix", "events", "--termination-log", str(log), "--keep-last", "2",
+        "--name-prefix", "events", "--summary-file", str(log), "--keep-last", "2",
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     summary = JobSummary.from_message(log.read_text())

@@ -14,6 +14,7 @@ from webhook_server.backup.manifest import (
     JobSummary,
     Manifest,
     backup_name,
+    human_size,
     name_time,
 )
 from webhook_server.backup.retention import to_delete
@@ -171,3 +172,16 @@ def test_table_data_entries_of_a_listing() -> None:
         "public.webhook_events_p20261204",
         "public.webhook_event_ids",
     }
+
+
+def test_sizes_read_as_people_read_them() -> None:
+    # One formatter for `dfm backup list` and the operator's BackupSucceeded Event.
+    assert [human_size(n) for n in (0, 1023, 1024, 1536, 5 * 2**20, 3 * 2**30, 2**45)] == [
+        "0 B",
+        "1023 B",
+        "1.0 KiB",
+        "1.5 KiB",
+        "5.0 MiB",
+        "3.0 GiB",
+        "32768.0 GiB",
+    ]

@@ -26,6 +26,16 @@ _NAME = re.compile(r"^(?P<prefix>[A-Za-z0-9][A-Za-z0-9._-]*)-(?P<stamp>\d{8}T\d{
 TERMINATION_MESSAGE_LIMIT = 4096
 
 
+def human_size(n: int) -> str:
+    """A byte count as people read it: ``512 B``, ``1.5 KiB`` … ``3.2 GiB``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
 class VerifyMethod(enum.StrEnum):
     """How a backup is proven restorable before it counts."""
 

@@ -22,7 +22,6 @@ DEFAULT_RESOURCES: dict[str, Any] = {
 }
 DATABASE_DIR = "/etc/dfm/database"
 WORK_DIR = "/work"
-TERMINATION_LOG = "/dev/termination-log"
 # A run missed by more than this (the controller was down) is skipped, not started late; without
 # a deadline a CronJob that missed 100 runs stops scheduling altogether.
 STARTING_DEADLINE_SECONDS = 3600
@@ -79,8 +78,8 @@ def _args(schedule: BackupSchedule) -> list[str]:
         schedule.metadata.name,
         "--verify",
         spec.verify.value,
-        "--termination-log",
-        TERMINATION_LOG,
+        "--summary-file",
+        c.TERMINATION_LOG,
     ]
     if spec.retention.keep_last is not None:
         args += ["--keep-last", str(spec.retention.keep_last)]
@@ -155,7 +154,7 @@ def build_backup_cronjob(schedule: BackupSchedule, settings: OperatorSettings) -
         "env": _env(schedule),
         "resources": schedule.spec.resources or DEFAULT_RESOURCES,
         "securityContext": restricted_container_security(),
-        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePath": c.TERMINATION_LOG,
         "terminationMessagePolicy": "File",
         "volumeMounts": mounts,
     }

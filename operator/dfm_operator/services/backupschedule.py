@@ -44,7 +44,7 @@ from dfm_operator.kernel import (
 )
 from dfm_operator.kube import Invalid, KubeError
 from dfm_operator.services.jobs import JobOutcome, finished_jobs, is_newer
-from webhook_server.backup.manifest import JobSummary
+from webhook_server.backup.manifest import JobSummary, human_size
 
 KIND = c.BACKUP_SCHEDULE
 FAILURE_REASONS = (c.REASON_BACKUP_FAILED, c.REASON_VERIFY_FAILED)
@@ -52,15 +52,6 @@ FAILURE_REASONS = (c.REASON_BACKUP_FAILED, c.REASON_VERIFY_FAILED)
 
 def _lock_key(namespace: str, name: str) -> str:
     return f"backupschedule:{namespace}/{name}"
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 # --- pure decisions ---------------------------------------------------------------------------
@@ -90,7 +81,7 @@ def ready_condition(schedule: BackupSchedule, status: BackupScheduleStatus) -> C
 
 def _describe(backup: BackupInfo) -> str:
     return (
-        f"{backup.name} in {backup.location}: {_size(backup.size_bytes)}, "
+        f"{backup.name} in {backup.location}: {human_size(backup.size_bytes)}, "
         f"verified by {backup.verification.value}"
     )
 
