@@ -351,12 +351,15 @@ def test_a_source_that_could_never_verify_is_refused_in_one_line(tmp_path: Path,
 
 
 def test_send_to_a_closed_port_fails_with_one_line(tmp_path: Path) -> None:
-    result = run_dfm(
-        "send",
-        str(EXAMPLES / "github.yaml"),
-        "--url",
-        f"http://127.0.0.1:{free_port()}/hooks/default/github",
-    )
+    # A port bound but not listening refuses connections, and nothing else can take it meanwhile.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        result = run_dfm(
+            "send",
+            str(EXAMPLES / "github.yaml"),
+            "--url",
+            f"http://127.0.0.1:{held.getsockname()[1]}/hooks/default/github",
+        )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
