@@ -390,6 +390,31 @@ async def test_an_unusable_destination_fails_the_run_before_the_dump(
     assert not (tmp_path / "w").exists() or not list((tmp_path / "w").iterdir())
 
 
+async def test_a_bucket_that_goes_away_after_the_dump_fails_the_upload_and_keeps_nothing(
+    database_url: str, tmp_path: Path, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The destination was fine when the run started (the check before the dump passes); by the
+    # time the dump is verified the bucket is gone: the run fails at the upload, says so without
+    # the credentials, and leaves no staged dump behind.
+    await fill(database_url)
+    workdir = tmp_path / "w"
+    destination = S3Destination(S3Location(s3.bucket, "p"), s3, workdir)
+    publish = destination.publish
+
+    def bucket_gone_then_publish(staged: Path, manifest: Manifest) -> None:
+        assert staged.stat().st_size == manifest.size_bytes > 0  # the dump was made
+        s3.delete_bucket(Bucket=s3.bucket)
+        publish(staged, manifest)
+
+    monkeypatch.setattr(destination, "publish", bucket_gone_then_publish)
+    summary = await run_backup(BackupRun(database_url, destination, "events"))
+    assert not summary.ok
+    assert summary.stage == "upload"
+    assert "NoSuchBucket" in (summary.error or "")
+    assert "test-secret-key-never-logged" not in summary.to_message()
+    assert list(workdir.iterdir()) == []
+
+
 # --- verification -----------------------------------------------------------------------------
 
 
