@@ -10,11 +10,12 @@ one-line error too.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from dfm_operator.kube import Kube, KubeError
+if TYPE_CHECKING:
+    from dfm_operator.kube import Kube
 
 PEERING_NAME = "df-middleware"
 PEERING_GROUP = "kopf.dev"
@@ -101,6 +102,10 @@ class PeeringNotReady(Exception):
 async def ensure_peering(kube: Kube, namespaces: Sequence[str]) -> list[str]:
     """Make sure kopf's peering object exists (one ClusterKopfPeering cluster-wide, a KopfPeering
     per watched namespace); returns what was created, raises PeeringNotReady otherwise."""
+    # Here, not at the top: `dfm crds` (and so every dfm command) imports this module for the
+    # peering CRDs, and the Kubernetes client costs a second of start-up to import.
+    from dfm_operator.kube import KubeError
+
     plural = "kopfpeerings" if namespaces else "clusterkopfpeerings"
     kind = "KopfPeering" if namespaces else "ClusterKopfPeering"
     standalone = "or run `dfm operator --standalone` (one replica, no coordination)"
