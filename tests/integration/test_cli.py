@@ -419,8 +419,13 @@ def test_render_prints_the_children_of_every_source_as_a_yaml_stream() -> None:
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
     assert ("Deployment", "github-receiver") in kinds
     assert ("ConfigMap", "stripe-receiver-config") in kinds
-    uids = {o["metadata"]["ownerReferences"][0]["uid"] for o in objects}
+    # Every child is owned, but a backup's claim: it outlives its BackupSchedule on purpose.
+    owned = [o for o in objects if o["kind"] != "PersistentVolumeClaim"]
+    uids = {o["metadata"]["ownerReferences"][0]["uid"] for o in owned}
     assert uids == {"00000000-0000-0000-0000-000000000000"}
+    [claim] = [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    assert "ownerReferences" not in claim["metadata"]
+    assert claim["metadata"]["labels"]["app.kubernetes.io/component"] == "backup-storage"
     assert "demo-github-secret-change-me" not in result.stdout
 
 
