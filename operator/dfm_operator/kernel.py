@@ -233,9 +233,13 @@ class Context:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _service_monitor_crd: bool | None = None
+    _slots: asyncio.Semaphore | None = None
     # The Ready (status, reason, generation) last announced per object uid: kopf sometimes hands
     # a handler a body older than our own status write, which would announce it a second time.
     announced: dict[str, tuple[str, str, int | None]] = field(default_factory=dict)
+    # Reconciles triggered by another object's event, waiting for their object's turn, by
+    # "<namespace>/<name>": later events join the waiting one (services.webhooksource._Turn).
+    waiting: dict[str, Any] = field(default_factory=dict)
     # What wakes a per-object scheduler early (a ManagedSecret's), by "<namespace>/<name>".
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
     # The event store's door: figures for status that only the database knows.
@@ -243,6 +247,13 @@ class Context:
 
     def lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
+
+    def reconcile_slot(self) -> asyncio.Semaphore:
+        """One of ``settings.max_concurrent_reconciles`` slots; take it inside the object's
+        lock (never the other way round), so that a slot is never held while waiting."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.settings.max_concurrent_reconciles)
+        return self._slots
 
     def wakeup(self, key: str) -> asyncio.Event:
         return self.wakeups.setdefault(key, asyncio.Event())

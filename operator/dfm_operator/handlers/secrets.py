@@ -15,7 +15,13 @@ from dfm_operator.kernel import InvalidSpec, Retry
 from dfm_operator.services import backupschedule, managedsecret, syncschedule, webhooksource
 
 
-@kopf.on.event("", "v1", "secrets")
+def _not_listed(event: kopf.RawEvent, **_: Any) -> bool:
+    """Not kopf's initial listing (type None): what uses a Secret found at start-up is
+    reconciled by its own resume handler (or daemon) anyway."""
+    return event.get("type") is not None
+
+
+@kopf.on.event("", "v1", "secrets", when=_not_listed)
 async def secret_changed(memo: kopf.Memo, namespace: str | None, name: str, **kwargs: Any) -> None:
     """A referenced Secret appeared, changed or went away."""
     if not namespace:
