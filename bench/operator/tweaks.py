@@ -39,6 +39,11 @@ Tweaks:
     A full ``gc.collect()`` every SECONDS.
 ``no-listing-secrets``
     ``secret_changed`` ignores kopf's initial listing of Secrets.
+``no-timers``
+    Unregisters every kopf timer and daemon (to size what the per-source timers hold; the
+    drift check and the store status then never run).
+``kopf-connections=N``
+    At most N connections in kopf's own aiohttp session (kopf's default: unlimited).
 ``workers=N``
     kopf's ``settings.queueing.worker_limit`` (default: unlimited): at most N objects of a kind
     processed at once, so that 1,000 sources found at start-up are not all in flight together.
@@ -54,6 +59,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,6 +68,8 @@ TWEAKS = (
     "memray=PATH",
     "rss-log=SECONDS",
     "census=MIB",
+    "no-timers",
+    "kopf-connections=N",
     "gc-collect=SECONDS",
     "no-listing-secrets",
     "cyaml",
@@ -323,6 +331,34 @@ def _census(step_mib: float) -> None:
     threading.Thread(target=watch, name="bench-census", daemon=True).start()
 
 
+def _no_timers() -> None:
+    from kopf._core.intents import registries
+
+    import dfm_operator.handlers  # noqa: F401 - registers them, to remove some
+
+    registry = registries.get_default_registry()
+    spawning = registry._spawning
+    for handler in list(spawning.get_all_handlers()):
+        spawning._handlers.remove(handler)
+
+
+def _kopf_connections(limit: int) -> None:
+    import aiohttp
+    from kopf._cogs.clients import auth
+
+    original = aiohttp.TCPConnector
+
+    class Limited(original):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if kwargs.get("limit") == 0:
+                kwargs["limit"] = limit
+            super().__init__(*args, **kwargs)
+
+    auth.aiohttp = types.SimpleNamespace(  # type: ignore[attr-defined]
+        **{**vars(aiohttp), "TCPConnector": Limited}
+    )
+
+
 def apply(tweaks: Sequence[str]) -> None:
     for tweak in tweaks:
         name, _, value = tweak.partition("=")
@@ -336,6 +372,10 @@ def apply(tweaks: Sequence[str]) -> None:
             _quiet_logs()
         elif name == "tracemalloc":
             _tracemalloc(int(value or 25))
+        elif name == "no-timers":
+            _no_timers()
+        elif name == "kopf-connections":
+            _kopf_connections(int(value))
         elif name == "census":
             _census(float(value or 25))
         elif name == "rss-log":

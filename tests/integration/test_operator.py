@@ -13,10 +13,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 import yaml
 from kopf.testing import KopfRunner
 
+from dfm_operator.handlers import webhooksource as handlers
 from dfm_operator.kernel import Context, OperatorMetrics
 from dfm_operator.kube import connect
 from dfm_operator.services.webhooksource import reconcile_webhook_source
@@ -289,6 +291,37 @@ async def test_no_more_than_max_concurrent_reconciles_sources_build_at_once(
     assert most == 2
     for name in names:
         assert k8s.get_object(CONFIGMAPS, NS, f"{name}-receiver-config") is not None
+
+
+async def test_the_periodic_timer_checks_drift_every_five_minutes_not_every_tick(
+    cluster: DfmKubernetesEmulator,
+) -> None:
+    # One kopf timer per source for both periods: every tick reads the event store, and only
+    # a tick at which the drift check is due re-asserts the children.
+    k8s = cluster
+    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    await k8s.create(WEBHOOKSOURCES, source(), NS)
+
+    def replicas() -> int:
+        return int(
+            (k8s.get_object(DEPLOYMENTS, NS, "stripe-main-receiver") or {})["spec"]["replicas"]
+        )
+
+    async with connect() as kube:
+        settings = OperatorSettings(store_status=False)
+        ctx = Context(kube=kube, settings=settings, metrics=OperatorMetrics())
+        body = k8s.get_object(WEBHOOKSOURCES, NS, "stripe-main") or {}
+        await reconcile_webhook_source(ctx, body, lambda *_: None)
+        await k8s.patch_object(DEPLOYMENTS, NS, "stripe-main-receiver", {"spec": {"replicas": 7}})
+        memo = kopf.Memo(ctx=ctx)  # kopf's per-object copy
+        live = k8s.get_object(WEBHOOKSOURCES, NS, "stripe-main") or {}
+        await handlers.periodic(memo=memo, body=kopf.Body(live), secret_names=None)
+        assert replicas() == 7, "the first tick only schedules the drift check"
+        assert memo.drift_check_due > asyncio.get_running_loop().time() + 200
+        memo.drift_check_due = 0.0  # five minutes later
+        await handlers.periodic(memo=memo, body=kopf.Body(live), secret_names=None)
+        assert replicas() == 1, "the hand edit undone"
+        assert memo.drift_check_due > asyncio.get_running_loop().time() + 200
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import kopf
@@ -9,7 +10,7 @@ import kopf
 from dfm_operator import constants as c
 from dfm_operator.api import WebhookSource
 from dfm_operator.handlers.events import emitter
-from dfm_operator.kernel import Context, InvalidSpec, Retry
+from dfm_operator.kernel import Context, InvalidSpec, Retry, object_key
 from dfm_operator.services import webhooksource as service
 
 DRIFT_CHECK_SECONDS = 300.0
@@ -40,31 +41,27 @@ async def reconcile(memo: kopf.Memo, body: kopf.Body, reason: str, **kwargs: Any
     await _run(memo, body, kwargs["secret_names"], prune=reason != kopf.Reason.CREATE)
 
 
-@kopf.timer(
-    c.GROUP,
-    c.VERSION,
-    PLURAL,
-    interval=DRIFT_CHECK_SECONDS,
-    initial_delay=DRIFT_CHECK_SECONDS,
-    idle=30,
-)
-async def drift_check(memo: kopf.Memo, body: kopf.Body, **kwargs: Any) -> None:
-    """Re-assert every child: repairs hand edits that no watch event reports."""
-    await _run(memo, body, kwargs["secret_names"])
+@kopf.timer(c.GROUP, c.VERSION, PLURAL, interval=STORE_STATUS_SECONDS, initial_delay=5)
+async def periodic(memo: kopf.Memo, body: kopf.Body, **kwargs: Any) -> None:
+    """One timer per source, for two periods (each kopf timer is a task and its state for as
+    long as the source exists):
 
+    - every 30 s, status.forward, status.lastEventTime and the Forwarding condition from the
+      event store (receivers cannot write status; see docs/operator.md). Never raises: a
+      failure to read the store is itself the status (Forwarding=Unknown);
+    - every 5 minutes, the drift check: re-assert every child, which repairs hand edits that
+      no watch event reports. Not while a reconcile of the source runs or waits (it does the
+      same); a failed one is tried again at the next tick.
 
-@kopf.timer(
-    c.GROUP,
-    c.VERSION,
-    PLURAL,
-    interval=STORE_STATUS_SECONDS,
-    initial_delay=5,
-)
-async def store_status(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
-    """status.forward, status.lastEventTime and the Forwarding condition, from the event store
-    (receivers cannot write status; see docs/operator.md). Never raises: a failure to read the
-    store is itself the status (Forwarding=Unknown)."""
-    await service.refresh_store_status(memo.ctx, body, emitter(body))
+    ``memo`` is kopf's per-object copy: the next drift check's time lives with the source.
+    """
+    ctx: Context = memo.ctx
+    await service.refresh_store_status(ctx, body, emitter(body))
+    now = time.monotonic()
+    due: float = memo.setdefault("drift_check_due", now + DRIFT_CHECK_SECONDS)
+    if now >= due and not ctx.lock(object_key(body)).locked():
+        await _run(memo, body, kwargs["secret_names"])
+        memo.drift_check_due = time.monotonic() + DRIFT_CHECK_SECONDS
 
 
 @kopf.on.delete(c.GROUP, c.VERSION, PLURAL, optional=True)
