@@ -9,7 +9,7 @@ import kopf
 
 from dfm_operator import constants as c
 from dfm_operator.api import WebhookSource
-from dfm_operator.handlers.events import emitter
+from dfm_operator.handlers.events import detached_context, emitter
 from dfm_operator.kernel import Context, InvalidSpec, Retry, object_key
 from dfm_operator.services import webhooksource as service
 
@@ -96,10 +96,10 @@ async def deployment_changed(
     owner = service.owner_of(body)
     if owner is not None and namespace:
         deleted = event.get("type") == "DELETED"
-        live = None if deleted else dict(event.get("object") or {})
-        await service.reconcile_by_name(
+        live = None if deleted else event.get("object")
+        service.request_reconcile(
             memo.ctx, namespace, owner, emitter, kwargs["secret_names"], apply=deleted,
-            deployment=live,
+            deployment=live, context=detached_context(),
         )  # fmt: skip
 
 
@@ -118,6 +118,7 @@ async def child_deleted(
     """A child deleted by hand: re-create it (edits are undone by the drift check)."""
     owner = service.owner_of(body)
     if owner is not None and namespace:
-        await service.reconcile_by_name(
-            memo.ctx, namespace, owner, emitter, kwargs["secret_names"], apply=True
-        )
+        service.request_reconcile(
+            memo.ctx, namespace, owner, emitter, kwargs["secret_names"], apply=True,
+            context=detached_context(),
+        )  # fmt: skip

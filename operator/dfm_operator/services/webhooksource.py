@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import contextvars
 import logging
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
@@ -129,6 +130,50 @@ class _Turn:
     def join(self, apply: bool, deployment: dict[str, Any] | None) -> None:
         self.apply = self.apply or apply
         self.deployment = deployment  # the newest event's (None: read when it runs)
+
+
+def request_reconcile(
+    ctx: Context,
+    namespace: str,
+    name: str,
+    emit_for: Callable[[dict[str, Any]], EmitFn],
+    known_secrets: Container[tuple[str, str]] | None,
+    *,
+    apply: bool,
+    deployment: Mapping[str, Any] | None = None,
+    context: contextvars.Context | None = None,
+) -> None:
+    """``reconcile_by_name`` in the background (in ``context``): returns at once, so that the
+    event's handler (and kopf's worker, which holds the event) are done while the turn waits
+    for the source's lock and a slot. Of the Deployment only its gist is kept meanwhile."""
+    key = f"{namespace}/{name}"
+    gist = None if deployment is None else deployment_gist(deployment)
+    waiting: _Turn | None = ctx.waiting.get(key)
+    if waiting is not None:
+        waiting.join(apply, gist)
+        return
+    ctx.spawn(
+        reconcile_by_name(
+            ctx, namespace, name, emit_for, known_secrets, apply=apply, deployment=gist
+        ),
+        name=f"reconcile WebhookSource {key}",
+        context=context,
+    )
+
+
+def deployment_gist(live: Mapping[str, Any]) -> dict[str, Any]:
+    """What a status refresh reads of a live Deployment (``policies.deployment_progress``,
+    ``policies.needs_reapply``, readyReplicas), without the rest of the object."""
+    spec = live.get("spec") or {}
+    template_meta = (spec.get("template") or {}).get("metadata") or {}
+    return {
+        "metadata": {"generation": (live.get("metadata") or {}).get("generation")},
+        "spec": {
+            "replicas": spec.get("replicas"),
+            "template": {"metadata": {"annotations": dict(template_meta.get("annotations") or {})}},
+        },
+        "status": dict(live.get("status") or {}),
+    }
 
 
 async def reconcile_by_name(
