@@ -37,8 +37,6 @@ Tweaks:
     statistics every tenth line).
 ``gc-collect=SECONDS``
     A full ``gc.collect()`` every SECONDS.
-``no-listing-secrets``
-    ``secret_changed`` ignores kopf's initial listing of Secrets.
 ``no-timers``
     Unregisters every kopf timer and daemon (to size what the per-source timers hold; the
     drift check and the store status then never run).
@@ -71,7 +69,6 @@ TWEAKS = (
     "no-timers",
     "kopf-connections=N",
     "gc-collect=SECONDS",
-    "no-listing-secrets",
     "cyaml",
     "no-trust-env",
     "secret-index",
@@ -265,25 +262,6 @@ def _gc_collect(every: float) -> None:
         asyncio.get_running_loop().create_task(loop())
 
 
-def _no_listing_secrets() -> None:
-    from kopf._core.intents import registries
-
-    import dfm_operator.handlers.secrets as module
-
-    original = module.secret_changed
-
-    async def secret_changed(*args: Any, **kwargs: Any) -> None:
-        if kwargs["event"].get("type") is None:  # kopf's initial listing
-            return
-        await original(*args, **kwargs)
-
-    # kopf registered the function at import: swap it in the registry.
-    registry = registries.get_default_registry()
-    for handler in registry._watching.get_all_handlers():
-        if handler.fn is original:
-            object.__setattr__(handler, "fn", secret_changed)
-
-
 def _census(step_mib: float) -> None:
     import collections
     import gc
@@ -382,8 +360,6 @@ def apply(tweaks: Sequence[str]) -> None:
             _rss_log(float(value or 1))
         elif name == "gc-collect":
             _gc_collect(float(value or 1))
-        elif name == "no-listing-secrets":
-            _no_listing_secrets()
         elif name == "memray":
             _memray(value)
         elif name == "workers":
