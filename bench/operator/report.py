@@ -137,3 +137,34 @@ def report(ours: Result, base: Result | None, *, setup: str, top: int = 15) -> s
                 out.append(f"[{r.label}] CRASHED: {r.crashed}")
             out.append(f"[{r.label}] log: {r.log_path} (exit code {r.exit_code})")
     return "\n".join(out)
+
+
+def summary(runs: Sequence[tuple[bool, Result, Result | None]]) -> str:
+    """Both creation orders side by side: time to all Ready and peak RSS, against the targets."""
+    rows = []
+    for before, ours, base in runs:
+        peak_mb = mib_to_mb(ours.peak_rss_mb)
+        rows.append(
+            [
+                "all existing at start-up" if before else "created one by one",
+                fmt(ours.ready_s, "s")
+                if ours.ready_s is not None
+                else f"{ours.ready}/{ours.sources}",
+                verdict(ours.ready_s, TARGET_SECONDS),
+                f"{fmt(ours.peak_rss_mb, 'MiB')} = {fmt(peak_mb, 'MB')}",
+                verdict(peak_mb, TARGET_RSS_MB),
+                fmt(base.peak_rss_mb, "MiB") if base is not None else "—",
+                fmt(ours.other_cpu_s, "s"),
+            ]
+        )
+    header = [
+        "creation order",
+        "all Ready",
+        f"≤ {TARGET_SECONDS:g} s",
+        "peak RSS",
+        f"≤ {TARGET_RSS_MB:g} MB",
+        "kopf floor peak",
+        "noise CPU",
+    ]
+    n = runs[0][1].sources
+    return f"Both creation orders, {n} WebhookSources:\n" + table(rows, header)

@@ -2,8 +2,10 @@
 
 Runs the scenario (see :mod:`bench.operator.scenario`) with ``dfm operator``, then with the
 baseline (``kopf run bench/operator/baseline_operator.py``: kopf's floor, it only marks each
-source Ready), and prints a table with the ratios and PASS/MISS per target. Exits 0 unless
-something crashed: a benchmark reports, it does not assert.
+source Ready), and prints a table with the ratios and PASS/MISS per target. It does so for both
+creation orders (``--order``): the sources created one by one once the operator watches, and all
+of them existing when it starts; then one summary of both. Exits 0 unless something crashed: a
+benchmark reports, it does not assert.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.operator.report import report
+from bench.operator.report import report, summary
 from bench.operator.scenario import Result, Scenario, run_scenario, say
 
 BASELINE_MODULE = Path(__file__).resolve().with_name("baseline_operator.py")
@@ -24,6 +26,7 @@ VENV_BIN = Path(sys.executable).parent
 OPERATOR_ARGS = ("operator", "--standalone", "-A", "--metrics-port", "0", "--liveness", "")
 # What dfm operator watches before it can react to a source, its Secret and its Deployment.
 DFM_WATCHES = ("webhooksources", "deployments", "secrets")
+ORDERS = ("after", "before", "both")
 
 
 def dfm_command(tweaks: Sequence[str] = ()) -> tuple[str, ...]:
@@ -66,9 +69,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seconds from a Deployment change to its availability (0: at once)",
     )
     p.add_argument(
+        "--order",
+        choices=ORDERS,
+        default="both",
+        help=(
+            "after: the sources are created once the operator watches (one by one); before: "
+            "they all exist when it starts; both (default): one after the other"
+        ),
+    )
+    p.add_argument(
         "--create-before-start",
-        action="store_true",
-        help="create the sources before launching the operator (default: once it watches)",
+        dest="order",
+        action="store_const",
+        const="before",
+        help="the same as --order before",
     )
     p.add_argument("--concurrency", type=int, default=16, help="creates in flight (16)")
     p.add_argument("--no-baseline", action="store_true", help="skip the kopf-floor baseline")
@@ -105,8 +119,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def setup_line(args: argparse.Namespace) -> str:
-    order = "before the operator started" if args.create_before_start else "once it watched"
+def setup_line(args: argparse.Namespace, before: bool) -> str:
+    order = "before the operator started" if before else "once it watched"
     emulator = "as is" if args.pure_emulator else "apply bodies parsed as JSON"
     tweaks = f"; tweaks: {', '.join(args.tweak)}" if args.tweak else ""
     tweaks += f"; env: {' '.join(args.env)}" if args.env else ""
@@ -120,7 +134,11 @@ def setup_line(args: argparse.Namespace) -> str:
 async def amain(args: argparse.Namespace, workdir: Path) -> int:
 
     def scenario(
-        label: str, command: Sequence[str], watches: Sequence[str], env: dict[str, str]
+        label: str,
+        command: Sequence[str],
+        watches: Sequence[str],
+        env: dict[str, str],
+        before: bool,
     ) -> Scenario:
         return Scenario(
             label=label,
@@ -130,7 +148,7 @@ async def amain(args: argparse.Namespace, workdir: Path) -> int:
             workdir=workdir,
             watches=watches,
             rollout_delay=args.rollout_delay,
-            create_before_start=args.create_before_start,
+            create_before_start=before,
             concurrency=args.concurrency,
             fast_apply=not args.pure_emulator,
             dump_requests=args.dump_requests,
@@ -138,16 +156,27 @@ async def amain(args: argparse.Namespace, workdir: Path) -> int:
         )
 
     label = "dfm operator" + (" +tweaks" if args.tweak else "")
-    say(f"{label}: {args.sources} WebhookSources (timeout {args.timeout:g} s) ...")
     env = dict(item.split("=", 1) for item in args.env)
-    ours = await run_scenario(scenario(label, dfm_command(args.tweak), DFM_WATCHES, env))
-    base: Result | None = None
-    if not args.no_baseline:
-        say("baseline (kopf floor) ...")
-        command = baseline_command(quiet=args.baseline_quiet)
-        base = await run_scenario(scenario("baseline", command, ("webhooksources",), {}))
-    print(report(ours, base, setup=setup_line(args)), flush=True)
-    crashed = ours.crashed or (base.crashed if base else None)
+    orders = [False, True] if args.order == "both" else [args.order == "before"]
+    runs: list[tuple[bool, Result, Result | None]] = []
+    crashed = False
+    for before in orders:
+        when = "all existing at start-up" if before else "created one by one"
+        say(f"{label}: {args.sources} WebhookSources, {when} (timeout {args.timeout:g} s) ...")
+        command = dfm_command(args.tweak)
+        ours = await run_scenario(scenario(label, command, DFM_WATCHES, env, before))
+        base: Result | None = None
+        if not args.no_baseline:
+            say(f"baseline (kopf floor), {when} ...")
+            command = baseline_command(quiet=args.baseline_quiet)
+            base = await run_scenario(
+                scenario("baseline", command, ("webhooksources",), {}, before)
+            )
+        print(report(ours, base, setup=setup_line(args, before)), "", sep="\n", flush=True)
+        runs.append((before, ours, base))
+        crashed = crashed or bool(ours.crashed or (base.crashed if base else None))
+    if len(runs) > 1:
+        print(summary(runs), flush=True)
     return 1 if crashed else 0
 
 

@@ -119,7 +119,8 @@ class Scenario:
 
     @property
     def slug(self) -> str:
-        return self.label.replace(" ", "-").replace("+", "").replace("--", "-")
+        slug = self.label.replace(" ", "-").replace("+", "").replace("--", "-")
+        return slug + ("-at-start" if self.create_before_start else "")
 
 
 # --------------------------------------------------------------------------- the operator process

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +27,8 @@ from dfm_operator.conditions import ConditionUpdate, find, merge_conditions
 from dfm_operator.eventstore import EventStores
 from dfm_operator.kube import Kube
 from dfm_operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
 
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 # Reasons whose arrival deserves a Warning event.
@@ -233,16 +237,54 @@ class Context:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _service_monitor_crd: bool | None = None
+    _slots: asyncio.Semaphore | None = None
     # The Ready (status, reason, generation) last announced per object uid: kopf sometimes hands
     # a handler a body older than our own status write, which would announce it a second time.
     announced: dict[str, tuple[str, str, int | None]] = field(default_factory=dict)
+    # Reconciles triggered by another object's event, waiting for their object's turn, by
+    # "<namespace>/<name>": later events join the waiting one (services.webhooksource._Turn).
+    waiting: dict[str, Any] = field(default_factory=dict)
+    # Work handed off by event handlers (``spawn``), until it is done.
+    background: set[asyncio.Task[None]] = field(default_factory=set)
     # What wakes a per-object scheduler early (a ManagedSecret's), by "<namespace>/<name>".
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
     # The event store's door: figures for status that only the database knows.
     eventstores: EventStores = field(default_factory=EventStores)
 
+    def spawn(
+        self,
+        coro: Coroutine[Any, Any, None],
+        name: str,
+        context: contextvars.Context | None = None,
+    ) -> None:
+        """Run ``coro`` in the background (an event handler hands work off, so that kopf lets
+        go of the event while the work waits its turn), in ``context`` (default: a copy of the
+        current one); its failure is logged, and :meth:`stop_background` cancels what is left
+        at shutdown."""
+        task = asyncio.get_running_loop().create_task(coro, name=name, context=context)
+        self.background.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("%s failed: %s", task.get_name(), exc, exc_info=exc)
+
+    async def stop_background(self) -> None:
+        tasks = list(self.background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
+
+    def reconcile_slot(self) -> asyncio.Semaphore:
+        """One of ``settings.max_concurrent_reconciles`` slots; take it inside the object's
+        lock (never the other way round), so that a slot is never held while waiting."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.settings.max_concurrent_reconciles)
+        return self._slots
 
     def wakeup(self, key: str) -> asyncio.Event:
         return self.wakeups.setdefault(key, asyncio.Event())

@@ -25,3 +25,7 @@ class OperatorSettings(BaseSettings):
     # status; false when the operator cannot reach the databases (then those fields stay unset).
     store_status: bool = True
     cluster_domain: str = "cluster.local"
+    # WebhookSource reconciliations that build and apply children at once; the others wait
+    # (queued by kopf, holding no children nor requests). Bounds the operator's memory when many
+    # sources need work together, e.g. 1,000 found at start-up.
+    max_concurrent_reconciles: int = Field(default=32, ge=1)

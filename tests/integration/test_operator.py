@@ -13,10 +13,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 import yaml
 from kopf.testing import KopfRunner
 
+from dfm_operator.handlers import webhooksource as handlers
 from dfm_operator.kernel import Context, OperatorMetrics
 from dfm_operator.kube import connect
 from dfm_operator.services.webhooksource import reconcile_webhook_source
@@ -198,6 +200,128 @@ async def test_missing_secret_is_reported_and_heals_when_it_appears(
     await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_y"), NS)
     await wait_ready(k8s, "late", "False", "DeploymentUnavailable")
     assert k8s.get_object(DEPLOYMENTS, NS, "late-receiver") is not None
+
+
+def configmap_applies(k8s: DfmKubernetesEmulator) -> int:
+    """Server-side applies of receiver ConfigMaps the emulator has served so far."""
+    return sum(
+        1
+        for request in k8s
+        if request.method is not None
+        and request.method.value == "PATCH"
+        and "/configmaps/" in request.url.path
+        and request.headers.get("Content-Type", "").startswith("application/apply-patch")
+    )
+
+
+async def quiet(k8s: DfmKubernetesEmulator, seconds: float = 2.0) -> None:
+    """Until the emulator has served no request for ``seconds`` (at most 30 s)."""
+    seen, since = len(list(k8s)), asyncio.get_running_loop().time()
+
+    def settled() -> bool:
+        nonlocal seen, since
+        now, count = asyncio.get_running_loop().time(), len(list(k8s))
+        if count != seen:
+            seen, since = count, now
+        return now - since >= seconds
+
+    await k8s.wait_for(settled, seconds=30, what="the operator quiet")
+
+
+async def test_an_operator_started_over_existing_sources_reconciles_each_once(
+    cluster: DfmKubernetesEmulator,
+) -> None:
+    # A restart over many sources: the Secret and Deployments kopf lists at start-up must not
+    # each reconcile their sources again (the work, and the memory held, tripled).
+    k8s = cluster
+    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    names = [f"src-{i}" for i in range(3)]
+    for name in names:
+        await k8s.create(WEBHOOKSOURCES, source(name), NS)
+    async with kopf_running(OPERATOR) as runner:
+        for name in names:
+            await wait_ready(k8s, name, "False", "DeploymentUnavailable")
+        await quiet(k8s)
+        assert configmap_applies(k8s) == len(names), "one full reconcile per source"
+        # Events after the listing still count: the Secret changes, every source re-applies.
+        await k8s.patch_object(SECRETS, NS, "stripe-webhook", {"stringData": {"secret": "new"}})
+        await k8s.wait_for(
+            lambda: configmap_applies(k8s) == 2 * len(names), seconds=20, what="re-applied"
+        )
+    assert runner.exception is None
+
+
+async def test_no_more_than_max_concurrent_reconciles_sources_build_at_once(
+    cluster: DfmKubernetesEmulator,
+) -> None:
+    k8s = cluster
+    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    names = [f"src-{i}" for i in range(6)]
+    for name in names:
+        await k8s.create(WEBHOOKSOURCES, source(name), NS)
+    gate, inside, most = asyncio.Event(), 0, 0
+
+    async with connect() as kube:
+        real_apply = kube.apply
+
+        async def apply(obj: dict[str, Any]) -> dict[str, Any]:
+            nonlocal inside, most
+            inside += 1
+            most = max(most, inside)
+            try:
+                await gate.wait()
+                return await real_apply(obj)
+            finally:
+                inside -= 1
+
+        kube.apply = apply  # type: ignore[method-assign]
+        settings = OperatorSettings(max_concurrent_reconciles=2)
+        ctx = Context(kube=kube, settings=settings, metrics=OperatorMetrics())
+        bodies = [k8s.get_object(WEBHOOKSOURCES, NS, name) or {} for name in names]
+        tasks = [
+            asyncio.create_task(reconcile_webhook_source(ctx, body, lambda *_: None))
+            for body in bodies
+        ]
+        await k8s.wait_for(lambda: inside == 2, what="two reconciliations applying")
+        for _ in range(20):  # give the other four every chance to start too
+            await asyncio.sleep(0)
+        assert inside == 2
+        gate.set()
+        await asyncio.gather(*tasks)
+    assert most == 2
+    for name in names:
+        assert k8s.get_object(CONFIGMAPS, NS, f"{name}-receiver-config") is not None
+
+
+async def test_the_periodic_timer_checks_drift_every_five_minutes_not_every_tick(
+    cluster: DfmKubernetesEmulator,
+) -> None:
+    # One kopf timer per source for both periods: every tick reads the event store, and only
+    # a tick at which the drift check is due re-asserts the children.
+    k8s = cluster
+    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    await k8s.create(WEBHOOKSOURCES, source(), NS)
+
+    def replicas() -> int:
+        return int(
+            (k8s.get_object(DEPLOYMENTS, NS, "stripe-main-receiver") or {})["spec"]["replicas"]
+        )
+
+    async with connect() as kube:
+        settings = OperatorSettings(store_status=False)
+        ctx = Context(kube=kube, settings=settings, metrics=OperatorMetrics())
+        body = k8s.get_object(WEBHOOKSOURCES, NS, "stripe-main") or {}
+        await reconcile_webhook_source(ctx, body, lambda *_: None)
+        await k8s.patch_object(DEPLOYMENTS, NS, "stripe-main-receiver", {"spec": {"replicas": 7}})
+        memo = kopf.Memo(ctx=ctx)  # kopf's per-object copy
+        live = k8s.get_object(WEBHOOKSOURCES, NS, "stripe-main") or {}
+        await handlers.periodic(memo=memo, body=kopf.Body(live), secret_names=None)
+        assert replicas() == 7, "the first tick only schedules the drift check"
+        assert memo.drift_check_due > asyncio.get_running_loop().time() + 200
+        memo.drift_check_due = 0.0  # five minutes later
+        await handlers.periodic(memo=memo, body=kopf.Body(live), secret_names=None)
+        assert replicas() == 1, "the hand edit undone"
+        assert memo.drift_check_due > asyncio.get_running_loop().time() + 200
 
 
 @pytest.mark.parametrize(

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextvars
+import importlib
 from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
 
 from dfm_operator.kernel import EmitFn
+
+# kopf's own: the cause of the handler being invoked (it holds the whole event). With another
+# kopf that lacks it, background work keeps the cause alive; nothing else changes.
+_cause_var: contextvars.ContextVar[Any] | None = getattr(
+    importlib.import_module("kopf._core.actions.execution"), "cause_var", None
+)
 
 
 def emitter(body: Mapping[str, Any]) -> EmitFn:
@@ -18,3 +26,13 @@ def emitter(body: Mapping[str, Any]) -> EmitFn:
         kopf.event(target, type=type_, reason=reason, message=message)
 
     return emit
+
+
+def detached_context() -> contextvars.Context:
+    """The handler's context for work it hands off (``Context.spawn``): kopf's Event posting
+    still works from there, but the invoked handler's cause, and with it the event's body, is
+    not kept alive by work that waits its turn."""
+    context = contextvars.copy_context()
+    if _cause_var is not None:
+        context.run(_cause_var.set, None)
+    return context

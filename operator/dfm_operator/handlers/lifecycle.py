@@ -46,6 +46,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     ctx = memo.get("ctx")
     if isinstance(ctx, Context):
+        await ctx.stop_background()
         await ctx.kube.api.close()
         await ctx.eventstores.close()
     http = memo.get("http")

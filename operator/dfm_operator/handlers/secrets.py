@@ -10,12 +10,18 @@ from typing import Any
 import kopf
 
 from dfm_operator import constants as c
-from dfm_operator.handlers.events import emitter
+from dfm_operator.handlers.events import detached_context, emitter
 from dfm_operator.kernel import InvalidSpec, Retry
 from dfm_operator.services import backupschedule, managedsecret, syncschedule, webhooksource
 
 
-@kopf.on.event("", "v1", "secrets")
+def _not_listed(event: kopf.RawEvent, **_: Any) -> bool:
+    """Not kopf's initial listing (type None): what uses a Secret found at start-up is
+    reconciled by its own resume handler (or daemon) anyway."""
+    return event.get("type") is not None
+
+
+@kopf.on.event("", "v1", "secrets", when=_not_listed)
 async def secret_changed(memo: kopf.Memo, namespace: str | None, name: str, **kwargs: Any) -> None:
     """A referenced Secret appeared, changed or went away."""
     if not namespace:
@@ -32,9 +38,10 @@ async def secret_changed(memo: kopf.Memo, namespace: str | None, name: str, **kw
         sync_names.update(syncs.get((namespace, "token", ref), []))
         for owner in sources.get((namespace, ref), []):
             sync_names.update(syncs.get((namespace, "sink", owner), []))
-            await webhooksource.reconcile_by_name(
-                memo.ctx, namespace, owner, emitter, kwargs["secret_names"], apply=True
-            )
+            webhooksource.request_reconcile(
+                memo.ctx, namespace, owner, emitter, kwargs["secret_names"], apply=True,
+                context=detached_context(),
+            )  # fmt: skip
     backups: kopf.Index[Any, str] = kwargs["backups_by_secret"]
     for owner in backups.get((namespace, name), []):
         schedule = await memo.ctx.kube.get(c.API_VERSION, c.BACKUP_SCHEDULE, namespace, owner)

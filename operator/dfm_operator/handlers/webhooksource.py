@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import kopf
 
 from dfm_operator import constants as c
 from dfm_operator.api import WebhookSource
-from dfm_operator.handlers.events import emitter
-from dfm_operator.kernel import Context, InvalidSpec, Retry
+from dfm_operator.handlers.events import detached_context, emitter
+from dfm_operator.kernel import Context, InvalidSpec, Retry, object_key
 from dfm_operator.services import webhooksource as service
 
 DRIFT_CHECK_SECONDS = 300.0
@@ -40,31 +41,27 @@ async def reconcile(memo: kopf.Memo, body: kopf.Body, reason: str, **kwargs: Any
     await _run(memo, body, kwargs["secret_names"], prune=reason != kopf.Reason.CREATE)
 
 
-@kopf.timer(
-    c.GROUP,
-    c.VERSION,
-    PLURAL,
-    interval=DRIFT_CHECK_SECONDS,
-    initial_delay=DRIFT_CHECK_SECONDS,
-    idle=30,
-)
-async def drift_check(memo: kopf.Memo, body: kopf.Body, **kwargs: Any) -> None:
-    """Re-assert every child: repairs hand edits that no watch event reports."""
-    await _run(memo, body, kwargs["secret_names"])
+@kopf.timer(c.GROUP, c.VERSION, PLURAL, interval=STORE_STATUS_SECONDS, initial_delay=5)
+async def periodic(memo: kopf.Memo, body: kopf.Body, **kwargs: Any) -> None:
+    """One timer per source, for two periods (each kopf timer is a task and its state for as
+    long as the source exists):
 
+    - every 30 s, status.forward, status.lastEventTime and the Forwarding condition from the
+      event store (receivers cannot write status; see docs/operator.md). Never raises: a
+      failure to read the store is itself the status (Forwarding=Unknown);
+    - every 5 minutes, the drift check: re-assert every child, which repairs hand edits that
+      no watch event reports. Not while a reconcile of the source runs or waits (it does the
+      same); a failed one is tried again at the next tick.
 
-@kopf.timer(
-    c.GROUP,
-    c.VERSION,
-    PLURAL,
-    interval=STORE_STATUS_SECONDS,
-    initial_delay=5,
-)
-async def store_status(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
-    """status.forward, status.lastEventTime and the Forwarding condition, from the event store
-    (receivers cannot write status; see docs/operator.md). Never raises: a failure to read the
-    store is itself the status (Forwarding=Unknown)."""
-    await service.refresh_store_status(memo.ctx, body, emitter(body))
+    ``memo`` is kopf's per-object copy: the next drift check's time lives with the source.
+    """
+    ctx: Context = memo.ctx
+    await service.refresh_store_status(ctx, body, emitter(body))
+    now = time.monotonic()
+    due: float = memo.setdefault("drift_check_due", now + DRIFT_CHECK_SECONDS)
+    if now >= due and not ctx.lock(object_key(body)).locked():
+        await _run(memo, body, kwargs["secret_names"])
+        memo.drift_check_due = time.monotonic() + DRIFT_CHECK_SECONDS
 
 
 @kopf.on.delete(c.GROUP, c.VERSION, PLURAL, optional=True)
@@ -84,7 +81,14 @@ async def secret_names(namespace: str | None, name: str, **_: Any) -> Any:
     return {(namespace, name): True}
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
+def _not_listed(event: kopf.RawEvent, **_: Any) -> bool:
+    """Not kopf's initial listing (type None): at start-up every source is reconciled by its
+    resume handler, so reconciling it again for each of its children and Secrets found there
+    would only double the work, and the memory held while 1,000 sources are in flight."""
+    return event.get("type") is not None
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS, when=_not_listed)
 async def deployment_changed(
     memo: kopf.Memo, body: kopf.Body, event: kopf.RawEvent, namespace: str | None, **kwargs: Any
 ) -> None:
@@ -92,10 +96,10 @@ async def deployment_changed(
     owner = service.owner_of(body)
     if owner is not None and namespace:
         deleted = event.get("type") == "DELETED"
-        live = None if deleted else dict(event.get("object") or {})
-        await service.reconcile_by_name(
+        live = None if deleted else event.get("object")
+        service.request_reconcile(
             memo.ctx, namespace, owner, emitter, kwargs["secret_names"], apply=deleted,
-            deployment=live,
+            deployment=live, context=detached_context(),
         )  # fmt: skip
 
 
@@ -114,6 +118,7 @@ async def child_deleted(
     """A child deleted by hand: re-create it (edits are undone by the drift check)."""
     owner = service.owner_of(body)
     if owner is not None and namespace:
-        await service.reconcile_by_name(
-            memo.ctx, namespace, owner, emitter, kwargs["secret_names"], apply=True
-        )
+        service.request_reconcile(
+            memo.ctx, namespace, owner, emitter, kwargs["secret_names"], apply=True,
+            context=detached_context(),
+        )  # fmt: skip
