@@ -392,6 +392,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         standalone=args.standalone,
         log_format=args.log_format,
         verbose=args.verbose,
+        tracing=_tracing("dfm-operator"),
     )
     return 0
 

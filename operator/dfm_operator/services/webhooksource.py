@@ -84,7 +84,7 @@ async def reconcile_webhook_source(
     Raises InvalidSpec (permanent) or Retry (transient).
     """
     key = object_key(body)
-    async with measured(ctx, c.WEBHOOK_SOURCE) as result:
+    async with measured(ctx, c.WEBHOOK_SOURCE, body) as result:
         try:
             async with ctx.lock(key):
                 ready = await _reconcile(
