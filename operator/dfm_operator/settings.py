@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dfm_operator.api.common import SecretKeyRef
+
+
+class WorkloadTracing(BaseModel):
+    """OpenTelemetry for the receivers and sync jobs the operator builds (the chart's
+    ``tracing.*``, as ``DFM_TRACING__*``): rendered as their ``OTEL_*`` environment. No endpoint:
+    off. The operator's own tracing is its ``OTEL_*`` environment (the chart sets both)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # An OTLP/HTTP base URL (/v1/traces is appended), e.g. http://otel-collector.monitoring:4318.
+    endpoint: str = ""
+    sampler: str = "parentbased_always_on"
+    sampler_arg: str = ""
+    # Extra resource attributes, "key=value,key=value" (OTEL_RESOURCE_ATTRIBUTES' format).
+    resource_attributes: str = ""
 
 
 class OperatorSettings(BaseSettings):
@@ -25,3 +40,4 @@ class OperatorSettings(BaseSettings):
     # status; false when the operator cannot reach the databases (then those fields stay unset).
     store_status: bool = True
     cluster_domain: str = "cluster.local"
+    tracing: WorkloadTracing = Field(default_factory=WorkloadTracing)

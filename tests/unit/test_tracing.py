@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,8 +18,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from dfm_operator.builders.syncschedule import build_children as build_sync_children
+from dfm_operator.builders.webhooksource import ReceiverInputs, build_children
 from dfm_operator.kernel import Context, InvalidSpec, OperatorMetrics, measured
-from dfm_operator.settings import OperatorSettings
+from dfm_operator.settings import OperatorSettings, WorkloadTracing
+from tests.unit import test_builders, test_syncschedule
 from webhook_server import logs, tracing
 from webhook_server.forward.request import build_headers
 from webhook_server.tracing import Tracing, TracingConfigError, from_env
@@ -212,3 +216,44 @@ def test_log_lines_carry_the_active_spans_ids(
     assert "trace_id" not in outside
     assert inside["trace_id"] == f"{context.trace_id:032x}"
     assert inside["span_id"] == f"{context.span_id:016x}"
+
+
+def _container(children: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    [child] = [ch for ch in children if ch["kind"] == kind]
+    spec = child["spec"]["jobTemplate"]["spec"] if kind == "CronJob" else child["spec"]
+    [container] = spec["template"]["spec"]["containers"]
+    return cast(dict[str, Any], container)
+
+
+def test_receivers_and_sync_jobs_get_the_charts_tracing_as_otel_env() -> None:
+    off = OperatorSettings()
+    on = OperatorSettings(
+        tracing=WorkloadTracing(
+            endpoint="http://otel-collector.monitoring:4318",
+            sampler="parentbased_traceidratio",
+            sampler_arg="0.25",
+            resource_attributes="deployment.environment=prod",
+        )
+    )
+    hooks = test_builders.source()
+    assert "env" not in _container(
+        build_children(hooks, ReceiverInputs(settings=off)), "Deployment"
+    )
+    receiver = _container(build_children(hooks, ReceiverInputs(settings=on)), "Deployment")
+    assert {e["name"]: e["value"] for e in receiver["env"]} == {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.monitoring:4318",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_SERVICE_NAME": "dfm-receiver",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.25",
+        "OTEL_RESOURCE_ATTRIBUTES": "k8s.namespace.name=payments,"
+        "k8s.deployment.name=stripe-main-receiver,dfm.webhooksource=stripe-main,"
+        "deployment.environment=prod",
+    }
+    sync_inputs = replace(test_syncschedule.inputs(), settings=on)
+    job = _container(build_sync_children(test_syncschedule.schedule(), sync_inputs), "CronJob")
+    env = {e["name"]: e["value"] for e in job["env"]}
+    assert env["OTEL_SERVICE_NAME"] == "dfm-sync"
+    assert env["OTEL_RESOURCE_ATTRIBUTES"].startswith("k8s.namespace.name=crm,")
+    # What the receiver does with it: tracing on, named as the operator said.
+    assert tracing.configured(env)
