@@ -61,6 +61,7 @@ class Options:
     py_spy: str | None
     keep: bool
     tracing: bool = True
+    trace_ratio: float = 1.0
 
 
 # -- /proc accounting ----------------------------------------------------------------------------
@@ -577,7 +578,8 @@ def _start_servers(
     recv = Target("receiver (durable)", "receiver", receiver, postgres_pid, collect=True)
     started = _Started(baseline, receiver, base, recv, postgres_pid, log_file, gc_file)
     if opts.tracing:
-        say("bench: starting a no-op OTLP collector and the receiver traced at 100 %")
+        ratio = f"{opts.trace_ratio:.0%}"
+        say(f"bench: starting a no-op OTLP collector and the receiver traced at {ratio}")
         collector = start_server("collector", workdir)
         servers.append(collector)
         collector.wait_ready()
@@ -589,13 +591,14 @@ def _start_servers(
                 "--name", TRACED_SOURCE_NAME, "--path", SOURCE_PATH,
                 "--log", str(workdir / "traced.log"), "--log-level", opts.receiver_log_level,
                 "--trace-endpoint", f"http://127.0.0.1:{collector.port}",
+                "--trace-ratio", str(opts.trace_ratio),
                 *(["--gc-freeze"] if opts.gc_freeze else []),
             ],
         )  # fmt: skip
         servers.append(traced)
         traced.wait_ready()
         started.traced = Target(
-            "receiver (traced 100%)", "traced", traced, postgres_pid, collect=True
+            f"receiver (traced {ratio})", "traced", traced, postgres_pid, collect=True
         )
         started.collector = collector
     return started
@@ -734,7 +737,7 @@ def _report(
         f"{verdict(ratio >= RATIO_TARGET)}   (median of the per-round ratios)"
     )
     if traced is not None:
-        _print_traced(base, recv, traced, measured)
+        _print_traced(base, recv, traced, measured, opts.trace_ratio)
     p99_ok = paced_m.result.p99_ms <= P99_TARGET_MS and paced_m.result.other == 0
     print(
         f"p99 at {opts.paced_fraction:.0%} of max: {paced_m.result.p99_ms:.2f} ms   "
@@ -755,8 +758,10 @@ def _median(values: list[float]) -> float:
     return ordered[(len(ordered) - 1) // 2] if ordered else 0.0
 
 
-def _print_traced(base: Target, recv: Target, traced: Target, measured: _Measured) -> None:
-    """Tracing on (every request sampled, spans exported) beside off, paired by round."""
+def _print_traced(
+    base: Target, recv: Target, traced: Target, measured: _Measured, ratio: float
+) -> None:
+    """Tracing on (requests sampled at ``ratio``, spans exported) beside off, paired by round."""
     on = _median(
         [t.result.rate / b.result.rate if b.result.rate else 0.0
          for b, t in zip(base.rounds, traced.rounds, strict=True)]
@@ -766,7 +771,7 @@ def _print_traced(base: Target, recv: Target, traced: Target, measured: _Measure
          for r, t in zip(recv.rounds, traced.rounds, strict=True)]
     )  # fmt: skip
     print(
-        f"events/s ratio traced receiver/baseline: {on:.2f}   (tracing on, sampled 100 %, "
+        f"events/s ratio traced receiver/baseline: {on:.2f}   (tracing on, sampled {ratio:.0%}, "
         f"OTLP/HTTP to a no-op collector); traced/untraced receiver: {cost:.2f}"
     )
     missing = len(set(traced.acked)) - measured.traced_found
@@ -892,6 +897,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="skip the third target: the receiver tracing every request (OTLP to a no-op sink)",
     )
+    parser.add_argument(
+        "--trace-ratio",
+        type=float,
+        default=1.0,
+        help="the share of requests the traced receiver samples (default 1: every one)",
+    )
     args = parser.parse_args(argv)
     return run(
         Options(
@@ -911,5 +922,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             py_spy=args.py_spy,
             keep=args.keep,
             tracing=not args.no_tracing,
+            trace_ratio=args.trace_ratio,
         )
     )

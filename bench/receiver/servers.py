@@ -9,8 +9,9 @@
     real signature verification, real durable batched store, JSON logs (one access log line a
     request) written to a file. With ``--forward-url URL --forward-secret WHSEC`` the source
     forwards every stored event there (bench/forward), and ``--name`` tells the sources apart.
-    With ``--trace-endpoint URL`` it traces every request (``OTEL_TRACES_SAMPLER=always_on``)
-    and exports the spans over OTLP/HTTP there, as ``dfm receiver`` does when ``OTEL_*`` say so.
+    With ``--trace-endpoint URL`` it traces every request (``OTEL_TRACES_SAMPLER=always_on``;
+    ``--trace-ratio R`` samples that share instead) and exports the spans over OTLP/HTTP there,
+    as ``dfm receiver`` does when ``OTEL_*`` say so.
 
 ``python -m bench.receiver.servers collector --port P``
     a no-op OTLP/HTTP endpoint: answers every ``POST /v1/traces`` with an empty
@@ -118,6 +119,7 @@ def run_receiver(
     forward_url: str = "",
     forward_secret: str = "",
     trace_endpoint: str = "",
+    trace_ratio: float = 1.0,
 ) -> None:
     import os
 
@@ -161,7 +163,8 @@ def run_receiver(
     if trace_endpoint:
         os.environ.update(
             OTEL_EXPORTER_OTLP_ENDPOINT=trace_endpoint,
-            OTEL_TRACES_SAMPLER="always_on",
+            OTEL_TRACES_SAMPLER="always_on" if trace_ratio >= 1 else "traceidratio",
+            OTEL_TRACES_SAMPLER_ARG=str(trace_ratio),
             OTEL_SERVICE_NAME="dfm-receiver-bench",
         )
         traced = tracing.from_env("dfm-receiver")
@@ -185,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default=SOURCE_NAME, help="the source's name")
     parser.add_argument("--forward-url", default="", help="forward every event there")
     parser.add_argument("--forward-secret", default="", help="the whsec_ signing secret")
-    parser.add_argument("--trace-endpoint", default="", help="trace every request, export there")
+    parser.add_argument("--trace-endpoint", default="", help="trace requests, export there")
+    parser.add_argument("--trace-ratio", type=float, default=1.0, help="the share sampled")
     parser.add_argument("--gc-stats", default="", help="write GC pause statistics here at exit")
     parser.add_argument(
         "--gc-freeze",
@@ -215,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 forward_url=args.forward_url,
                 forward_secret=args.forward_secret,
                 trace_endpoint=args.trace_endpoint,
+                trace_ratio=args.trace_ratio,
             )
     return 0
 

@@ -35,7 +35,7 @@ from webhook_server import logs
 from webhook_server.app import STORE, create_app
 from webhook_server.config import DatabaseConfig, ForwardingConfig, ReceiverConfig
 from webhook_server.store import Event, insert_events
-from webhook_server.tracing import Tracing, current_ids
+from webhook_server.tracing import Tracing, current_ids, format_traceparent
 
 INCOMING_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 INCOMING = f"00-{INCOMING_TRACE}-00f067aa0ba902b7-01"
@@ -285,3 +285,46 @@ async def test_tracing_off_stores_no_trace_and_still_continues_the_providers(
 async def _delivered(db: asyncpg.Connection, event_id: str) -> bool:
     state = await db.fetchval("SELECT state FROM webhook_deliveries WHERE event_id = $1", event_id)
     return bool(state == "delivered")
+
+
+async def test_a_sync_run_is_a_trace_whose_pages_its_forwarded_items_continue(
+    database_url: str,
+    spans: tuple[Tracing, InMemorySpanExporter],
+    db: asyncpg.Connection,
+) -> None:
+    """A SyncSchedule's run and pages are spans; each stored item's delivery carries its page's
+    context, so its forward attempt will be that page's child."""
+    from aiohttp.test_utils import TestServer as Served
+
+    from tests.fake_api import FakeApi, contacts
+    from tests.integration import test_sync
+    from webhook_server.store.migrations import apply_migrations
+
+    tracing, exported = spans
+    await apply_migrations(db)
+    await db.execute(
+        "INSERT INTO webhook_sources (source, retention_days, last_seen_at, forward)"
+        " VALUES ($1, 30, now(), true)",
+        test_sync.SINK,
+    )
+    api = Served(FakeApi(contacts(7), "cursor", page_size=5).app())
+    await api.start_server()
+    try:
+        base = str(api.make_url("")).rstrip("/")
+        summary = await test_sync.run(
+            test_sync.config(base, database_url, "cursor"), tracing=tracing
+        )
+    finally:
+        await api.close()
+    assert summary.succeeded
+    run = one(exported, "dfm.sync.run")
+    pages = by_name(exported, "dfm.sync.page")
+    assert run.attributes is not None
+    assert run.attributes["dfm.sync.result"] == "Succeeded"
+    assert run.attributes["dfm.sync.run_id"] == summary.run_id
+    assert [p.attributes["dfm.sync.stored"] for p in pages if p.attributes] == [5, 2]
+    assert {parent_id(p) for p in pages} == {ids(run)[1]}
+    rows = await db.fetch("SELECT event_id, trace_parent FROM webhook_deliveries ORDER BY event_id")
+    assert len(rows) == 7
+    first, second = (format_traceparent(p.context) for p in pages if p.context is not None)
+    assert [r["trace_parent"] for r in rows] == [first] * 5 + [second] * 2
