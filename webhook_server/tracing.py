@@ -233,7 +233,18 @@ class Tracing:
         context: Context | None = None,
     ) -> Iterator[Span]:
         """A span current for the block; an exception marks it ERROR with its type only (an
-        exception's text can quote what it choked on)."""
+        exception's text can quote what it choked on).
+
+        Inside a span that is not sampled (and without an explicit ``context``), no span is
+        made: every sampler the SDK takes from ``OTEL_TRACES_SAMPLER`` would drop the child too
+        (the parent-based ones follow the parent, the ratio one decides by the same trace id),
+        and a dropped span still costs tens of microseconds. The block gets the current span.
+        """
+        if context is None:
+            current = self._current()
+            if not current.is_recording() and current.get_span_context().is_valid:
+                yield current
+                return
         with self.tracer.start_as_current_span(
             name,
             context=context,
@@ -247,6 +258,11 @@ class Tracing:
             except BaseException as exc:
                 self.failed(span, exc)
                 raise
+
+    def _current(self) -> Span:
+        from opentelemetry import trace
+
+        return trace.get_current_span()
 
     def failed(self, span: Span, exc: BaseException) -> None:
         outcome = getattr(exc, "outcome", None)
