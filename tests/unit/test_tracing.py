@@ -16,6 +16,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import StatusCode
 
 from dfm_operator.builders.syncschedule import build_children as build_sync_children
@@ -257,3 +258,29 @@ def test_receivers_and_sync_jobs_get_the_charts_tracing_as_otel_env() -> None:
     assert env["OTEL_RESOURCE_ATTRIBUTES"].startswith("k8s.namespace.name=crm,")
     # What the receiver does with it: tracing on, named as the operator said.
     assert tracing.configured(env)
+
+
+def test_an_unsampled_request_makes_no_child_spans_and_its_context_flows_on() -> None:
+    """Not sampled (here by the provider's traceparent, flags 00): verify and store reuse the
+    server span, so the delivery continues the same (unsampled) trace and costs no spans."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    traced = Tracing(provider)
+    unsampled = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"}
+    with (
+        traced.server_span(
+            "POST", "/hooks/a/b", unsampled, scheme="http", remote=None, source="a/b"
+        ) as server,
+        traced.span("dfm.store") as store,
+    ):
+        assert store is server
+        stored = tracing.format_traceparent(store.get_span_context())
+    assert not exporter.get_finished_spans()
+    assert stored.startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+    assert stored.endswith("-00")
+    headers: dict[str, str] = {}
+    with traced.forward_span("http://consumer:8080/events", stored, {}) as sent:
+        traced.inject(headers, sent)
+    assert headers["traceparent"].split("-")[1::2] == ["4bf92f3577b34da6a3ce929d0e0e4736", "00"]
+    provider.shutdown()
