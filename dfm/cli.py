@@ -23,6 +23,7 @@ from dfm.manifests import ManifestError, describe_validation_error
 if TYPE_CHECKING:
     from webhook_server.sync.config import SyncConfig
     from webhook_server.sync.summary import RunSummary
+    from webhook_server.tracing import Tracing
 
 
 class CliError(Exception):
@@ -229,9 +230,31 @@ def cmd_local(args: argparse.Namespace) -> int:
     logs.configure(json=args.log_format == "json")
     # Validate the manifests before starting anything.
     local.build_config(args.filename, host=args.host, port=args.port, database_url="postgresql://")
-    with _database(args.database_url, "local") as url:
-        asyncio.run(local.serve(args.filename, host=args.host, port=args.port, database_url=url))
+    tracing = _tracing("dfm-receiver")
+    try:
+        with _database(args.database_url, "local") as url:
+            serving = local.serve(
+                args.filename, host=args.host, port=args.port, database_url=url, tracing=tracing
+            )
+            asyncio.run(serving)
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
     return 0
+
+
+def _tracing(service: str) -> Tracing | None:
+    """Tracing as ``OTEL_*`` configures it (None when it does not); log lines carry the active
+    span's ids from now on."""
+    from webhook_server import logs, tracing
+
+    try:
+        configured = tracing.from_env(service)
+    except tracing.TracingConfigError as exc:
+        raise CliError(str(exc)) from None
+    if configured is not None:
+        logs.with_trace_ids(tracing.current_ids)
+    return configured
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -283,7 +306,12 @@ def cmd_receiver(args: argparse.Namespace) -> int:
         config = ReceiverConfig.load(args.config)
     except (OSError, ValidationError, yaml.YAMLError) as exc:
         raise CliError(f"{args.config}: invalid receiver config: {_first_error(exc)}") from exc
-    server.run(config)
+    tracing = _tracing("dfm-receiver")
+    try:
+        server.run(config, tracing=tracing)
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
     return 0
 
 
@@ -364,6 +392,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         standalone=args.standalone,
         log_format=args.log_format,
         verbose=args.verbose,
+        tracing=_tracing("dfm-operator"),
     )
     return 0
 
@@ -404,14 +433,20 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def _sync(config: SyncConfig, summary_file: str | None, *, local: bool) -> int:
     from webhook_server.sync.runner import run_sync
 
+    tracing = _tracing("dfm-sync")
+
     async def main() -> RunSummary:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        return await run_sync(config, stop=stop)
+        return await run_sync(config, stop=stop, tracing=tracing)
 
-    summary = asyncio.run(main())
+    try:
+        summary = asyncio.run(main())
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
     if summary_file:
         _write_summary(summary_file, summary)
     if local:

@@ -3,8 +3,9 @@
 It listens where ``spec.forward.url`` points (host and port of the URL unless given), checks
 every request's Standard Webhooks signature with the signing secret from the same manifests
 (``current``, and ``previous`` until ``previous-expires-at``, as a consumer should during a
-rotation) and prints one line per request. It answers 2xx for a valid signature (or the status
-asked for with ``--status``, to watch retries and the circuit breaker), 401 otherwise.
+rotation) and prints one line per request (webhook-id, type, attempt, trace id). It answers
+2xx for a valid signature (or the status asked for with ``--status``, to watch retries and the
+circuit breaker), 401 otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from aiohttp import web
 from dfm.local import source_configs
 from dfm.manifests import ManifestError, load_documents, secrets, webhook_sources
 from dfm.send import pick_source
+from webhook_server import tracing
 from webhook_server.config import VerificationConfig
 from webhook_server.verify import Rejected, standard
 
@@ -73,11 +75,19 @@ def describe(request_headers: dict[str, str], body: bytes, verdict: str, status:
         f"webhook-id={request_headers.get('webhook-id', '-')}",
         f"type={request_headers.get('dfm-event-type', '-')}",
         f"attempt={request_headers.get('dfm-attempt', '-')}",
+        f"trace={_trace_id(request_headers.get(tracing.TRACEPARENT))}",
         f"bytes={len(body)}",
         f"signature={verdict}",
         f"-> {status}",
     ]
     return " ".join(fields)
+
+
+def _trace_id(traceparent: str | None) -> str:
+    """The trace id a delivery's ``traceparent`` names: the one to look the event up by in the
+    receiver's traces and logs."""
+    parsed = tracing.parse(traceparent)
+    return parsed[0] if parsed is not None else "-"
 
 
 def build_app(

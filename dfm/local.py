@@ -38,6 +38,7 @@ from webhook_server.config import (
     queued_bytes_for,
     secret_problem,
 )
+from webhook_server.tracing import Tracing
 from webhook_server.verify.registry import PROVIDERS, Signing
 
 DATABASE_URL_ENV = "DFM_DATABASE_URL"
@@ -293,7 +294,14 @@ def banner(config: ReceiverConfig, files: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
-async def serve(paths: Sequence[str], *, host: str, port: int, database_url: str) -> None:
+async def serve(
+    paths: Sequence[str],
+    *,
+    host: str,
+    port: int,
+    database_url: str,
+    tracing: Tracing | None = None,
+) -> None:
     """Serve until SIGINT/SIGTERM, applying manifest edits live.
 
     A Secret edit is written to the secret files and reloaded in place (no restart, exactly like
@@ -309,7 +317,7 @@ async def serve(paths: Sequence[str], *, host: str, port: int, database_url: str
             paths, host=host, port=port, database_url=database_url, secrets_root=root
         )
         while True:
-            app = create_app(config)
+            app = create_app(config, tracing=tracing)
             listener = await server.start(app, host, port, shutdown_timeout=5)
             print(banner(config, files), file=sys.stderr, flush=True)
             restart = False

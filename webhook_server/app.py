@@ -46,6 +46,7 @@ from webhook_server.store import (
     StoreOverloaded,
     StoreUnavailable,
 )
+from webhook_server.tracing import Tracing
 from webhook_server.verify import PROVIDERS, VERIFIERS, Reason, Rejected, Verified, Verifier
 
 log = get_logger("dfm.receiver")
@@ -115,6 +116,8 @@ class SourceRuntime:
     metrics: ReceiverMetrics
     # Headers never stored for this source besides the usual ones (its signature, timestamp).
     extra_sensitive: set[str] = field(default_factory=set)
+    # Spans (webhook_server.tracing), when tracing is on.
+    tracing: Tracing | None = None
     _outcomes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -141,6 +144,8 @@ ACCESS_LOG = web.AppKey("access_log", AccessLog)
 ADMISSION = web.AppKey("admission", Admission)
 REQUEST_ID = web.RequestKey("request_id", str)
 OUTCOME = web.RequestKey("outcome", str)
+# Set only when tracing is on.
+TRACING = web.AppKey("tracing", Tracing)
 EVENT_ID = web.RequestKey("event_id", str)
 
 
@@ -243,6 +248,34 @@ async def request_context(
             latency_ms=round(elapsed * 1000, 2),
         )
     return response
+
+
+@web.middleware
+async def trace_requests(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The server span of each request to a source (outside ``request_context``, so that its
+    access log line carries the span's ids); installed only when tracing is on."""
+    runtime = _runtime_for(request)
+    if runtime is None:
+        return await handler(request)
+    tracing = request.app[TRACING]
+    with tracing.server_span(
+        request.method,
+        runtime.config.route,
+        request.headers,
+        scheme=request.scheme,
+        remote=request.remote,
+        source=runtime.config.key,
+    ) as span:
+        response = await handler(request)
+        tracing.answered(
+            span,
+            response.status,
+            outcome=request.get(OUTCOME),
+            request_id=request.get(REQUEST_ID, ""),
+        )
+        return response
 
 
 def _count_unrouted(
@@ -409,22 +442,15 @@ async def receive(request: web.Request) -> web.Response:
     token, retry_after = unverified.take()
     body = await _read_unverified(request, runtime, token, retry_after)
 
-    claims: dict[str, Any] | None = None
-    if runtime.authenticator is not None:
-        authenticated = await runtime.authenticator.authenticate(request.headers)
-        if isinstance(authenticated, Rejected):
-            raise _reject(runtime, metrics, authenticated)
-        claims = authenticated
-
     now = app[CLOCK]()
-    # The query string as sent (percent-escapes kept): Twilio and Mandrill sign the URL.
-    query = request.raw_path.partition("?")[2]
-    result = runtime.verify(
-        request.headers, body, runtime.secrets.valid_at(now), source.verification, now, query
-    )
-    if isinstance(result, Rejected):
-        raise _reject(runtime, metrics, result)
-    assert isinstance(result, Verified)
+    if runtime.tracing is None:
+        claims, result = await _verify(request, runtime, body, now)
+    else:
+        claims, result = await runtime.tracing.traced(
+            "dfm.verify",
+            {"dfm.source": source.key, "dfm.provider": source.provider.value},
+            _verify(request, runtime, body, now),
+        )
     # Authentic: the unverified budget gets its token back, the source's own budget pays.
     if token:
         unverified.give_back()
@@ -504,6 +530,30 @@ async def receive(request: web.Request) -> web.Response:
     if result.event_count is not None:
         answer["eventCount"] = result.event_count
     return web.json_response(answer)
+
+
+async def _verify(
+    request: web.Request, runtime: SourceRuntime, body: bytes, now: float
+) -> tuple[dict[str, Any] | None, Verified]:
+    """The bearer token's claims (when the source asks for one) and the signature's verdict;
+    a rejection is raised as its Problem."""
+    metrics = request.app[METRICS]
+    claims: dict[str, Any] | None = None
+    if runtime.authenticator is not None:
+        authenticated = await runtime.authenticator.authenticate(request.headers)
+        if isinstance(authenticated, Rejected):
+            raise _reject(runtime, metrics, authenticated)
+        claims = authenticated
+    # The query string as sent (percent-escapes kept): Twilio and Mandrill sign the URL.
+    query = request.raw_path.partition("?")[2]
+    result = runtime.verify(
+        request.headers, body, runtime.secrets.valid_at(now), runtime.config.verification, now,
+        query,
+    )  # fmt: skip
+    if isinstance(result, Rejected):
+        raise _reject(runtime, metrics, result)
+    assert isinstance(result, Verified)
+    return claims, result
 
 
 def _subject(source: SourceConfig, claims: dict[str, Any] | None) -> str:
@@ -732,18 +782,22 @@ def create_app(
     *,
     metrics: ReceiverMetrics | None = None,
     clock: Callable[[], float] = time.time,
+    tracing: Tracing | None = None,
 ) -> web.Application:
+    """The receiver; ``tracing`` (webhook_server.tracing.from_env) turns spans on."""
     metrics = metrics or ReceiverMetrics()
     largest = max((s.limits.max_body_bytes for s in config.sources), default=1024 * 1024)
     app = web.Application(
-        middlewares=[request_context],
+        middlewares=[request_context] if tracing is None else [trace_requests, request_context],
         client_max_size=largest + 1,
         handler_args=handler_args(config.server),
     )
     app[CONFIG] = config
     app[METRICS] = metrics
     app[CLOCK] = clock
-    store = app[STORE] = Store(config.database, config.sources, metrics)
+    store = app[STORE] = Store(config.database, config.sources, metrics, tracing=tracing)
+    if tracing is not None:
+        app[TRACING] = tracing
     access_log = app[ACCESS_LOG] = AccessLog()
     app[ADMISSION] = Admission.build(config.server, largest)
     if any(source.forward is not None for source in config.sources):
@@ -751,6 +805,7 @@ def create_app(
             config.forwarding, config.sources, store, metrics, access_log, clock=clock
         )
         store.outbox = forwarder
+        forwarder.tracing = tracing
         app[FORWARDER] = forwarder
     sources: dict[str, SourceRuntime] = {}
     for source in config.sources:
@@ -760,6 +815,7 @@ def create_app(
         if PROVIDERS[source.provider].answers_head:
             resource.add_route("HEAD", probe)
         sources[resource.canonical] = build_runtime(source, clock, metrics)
+        sources[resource.canonical].tracing = tracing
     app[SOURCES] = sources
     app[SOURCES_BY_PATH] = {rt.config.route: rt for rt in sources.values()}
     app.router.add_get("/livez", livez)

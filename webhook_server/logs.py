@@ -5,12 +5,27 @@ from __future__ import annotations
 import json as jsonlib
 import logging
 import sys
+from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import structlog
 
-_state: dict[str, Any] = {"stream": None, "level": logging.INFO, "json": True}
+_state: dict[str, Any] = {"stream": None, "level": logging.INFO, "json": True, "trace_ids": None}
+
+
+def with_trace_ids(current_ids: Callable[[], dict[str, str]] | None) -> None:
+    """Add ``trace_id`` and ``span_id`` (from ``current_ids``: the active span's, or nothing)
+    to every log line from now on, access log lines included; None stops it. Set by whoever
+    turns tracing on, before the loggers (and the app's AccessLog) are made."""
+    _state["trace_ids"] = current_ids
+
+
+def _trace_ids(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    current = _state["trace_ids"]
+    if current is not None:
+        event_dict.update(current())
+    return event_dict
 
 
 def configure(level: str = "INFO", *, json: bool = True, stream: TextIO | None = None) -> None:
@@ -21,6 +36,7 @@ def configure(level: str = "INFO", *, json: bool = True, stream: TextIO | None =
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _trace_ids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             structlog.processors.format_exc_info,
@@ -45,11 +61,14 @@ class AccessLog:
 
     def __init__(self) -> None:
         self.enabled = _state["level"] <= logging.INFO
+        self.trace_ids: Callable[[], dict[str, str]] | None = _state["trace_ids"]
 
     def write(self, **fields: Any) -> None:
         if not self.enabled:
             return
         record = {"event": "request", "level": "info", "ts": _now(), **fields}
+        if self.trace_ids is not None:
+            record.update(self.trace_ids())
         line = jsonlib.dumps(record, separators=(",", ":"), default=str)
         (_state["stream"] or sys.stdout).write(line + "\n")
 

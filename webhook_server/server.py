@@ -66,6 +66,7 @@ from webhook_server.app import (
 from webhook_server.config import ReceiverConfig, ServerConfig
 from webhook_server.logs import get_logger
 from webhook_server.metrics import ReceiverMetrics
+from webhook_server.tracing import Tracing
 
 log = get_logger("dfm.server")
 
@@ -713,18 +714,18 @@ class LoopErrors:
 # -- the process ---------------------------------------------------------------------------------
 
 
-def run(config: ReceiverConfig) -> None:
+def run(config: ReceiverConfig, *, tracing: Tracing | None = None) -> None:
     """Serve until SIGTERM/SIGINT; then stop accepting, finish in-flight requests, flush, close."""
     file_limit = raise_file_limit()
-    asyncio.run(_serve(config, file_limit))
+    asyncio.run(_serve(config, file_limit, tracing))
 
 
-async def _serve(config: ReceiverConfig, file_limit: int) -> None:
+async def _serve(config: ReceiverConfig, file_limit: int, tracing: Tracing | None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    app = create_app(config)
+    app = create_app(config, tracing=tracing)
     # Everything built so far lives as long as the process: keep it out of the collector's
     # generations, which shortens the full collections that stall the loop under load.
     gc.freeze()

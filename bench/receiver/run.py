@@ -36,6 +36,7 @@ from webhook_server.verify.github import DELIVERY_HEADER
 
 REPO = Path(__file__).resolve().parents[2]
 RATIO_TARGET = 0.5
+TRACED_SOURCE_NAME = "bench-traced"
 P99_TARGET_MS = 25.0
 PACED_FRACTION = 0.8  # the fraction of the max rate the p99 target is set at
 OTHER_CPU_WARNING = 15.0  # percent of one CPU used by processes outside the benchmark
@@ -59,6 +60,8 @@ class Options:
     profile: bool
     py_spy: str | None
     keep: bool
+    tracing: bool = True
+    trace_ratio: float = 1.0
 
 
 # -- /proc accounting ----------------------------------------------------------------------------
@@ -317,11 +320,11 @@ class Measured:
     rss_peak: float
 
 
-async def count_stored(url: str, acked: list[str]) -> tuple[int, int]:
+async def count_stored(url: str, acked: list[str], name: str = SOURCE_NAME) -> tuple[int, int]:
     """(rows of the bench source in webhook_events, how many of ``acked`` are among them)."""
     conn = await asyncpg.connect(url)
     try:
-        source = f"{SOURCE_NAMESPACE}/{SOURCE_NAME}"
+        source = f"{SOURCE_NAMESPACE}/{name}"
         rows = await conn.fetchval("SELECT count(*) FROM webhook_events WHERE source = $1", source)
         found = await conn.fetchval(
             "SELECT count(*) FROM webhook_events WHERE source = $1 AND event_id = ANY($2::text[])",
@@ -532,6 +535,9 @@ class _Started:
     postgres_pid: int
     log_file: Path
     gc_file: Path
+    # With tracing (the default): the same receiver tracing every request, and its collector.
+    traced: Target | None = None
+    collector: Server | None = None
 
 
 def _start_servers(
@@ -570,7 +576,32 @@ def _start_servers(
     receiver.wait_ready()
     base = Target("baseline (no-op)", "baseline", baseline, None, collect=False)
     recv = Target("receiver (durable)", "receiver", receiver, postgres_pid, collect=True)
-    return _Started(baseline, receiver, base, recv, postgres_pid, log_file, gc_file)
+    started = _Started(baseline, receiver, base, recv, postgres_pid, log_file, gc_file)
+    if opts.tracing:
+        ratio = f"{opts.trace_ratio:.0%}"
+        say(f"bench: starting a no-op OTLP collector and the receiver traced at {ratio}")
+        collector = start_server("collector", workdir)
+        servers.append(collector)
+        collector.wait_ready()
+        traced = start_server(
+            "receiver",
+            workdir,
+            [
+                "--database-url", postgres.url, "--secret", secret,
+                "--name", TRACED_SOURCE_NAME, "--path", SOURCE_PATH,
+                "--log", str(workdir / "traced.log"), "--log-level", opts.receiver_log_level,
+                "--trace-endpoint", f"http://127.0.0.1:{collector.port}",
+                "--trace-ratio", str(opts.trace_ratio),
+                *(["--gc-freeze"] if opts.gc_freeze else []),
+            ],
+        )  # fmt: skip
+        servers.append(traced)
+        traced.wait_ready()
+        started.traced = Target(
+            f"receiver (traced {ratio})", "traced", traced, postgres_pid, collect=True
+        )
+        started.collector = collector
+    return started
 
 
 @dataclass
@@ -585,6 +616,10 @@ class _Measured:
     rows: int
     found: int
     log_lines: int
+    # The traced receiver's stored rows and acknowledged ids found, and what its collector got.
+    traced_rows: int = 0
+    traced_found: int = 0
+    exported: dict[str, int] = field(default_factory=dict)
 
 
 def _measure(
@@ -600,8 +635,11 @@ def _measure(
     postgres_pid, log_file = started.postgres_pid, started.log_file
     # Interleaved rounds: a slow spell of a shared machine hits both targets alike.
     bench_start = datetime.now(UTC)
+    traced = started.traced
     base.warm(load)
     recv.warm(load)
+    if traced is not None:
+        traced.warm(load)
     profiles: list[tuple[str, profile.Summary | None]] = []
     paced_rounds: list[Measured] = []
     paced_windows: list[tuple[datetime, datetime]] = []
@@ -628,16 +666,32 @@ def _measure(
                 rss_peak=memory_mib(receiver.pid, "VmHWM"),
             )
         )
+        if traced is not None:
+            traced.measure(load)
     batches, mean_batch = batch_stats(receiver)
     baseline.stop()
     code = receiver.stop()
     say(f"  receiver stopped (exit {code}); counting stored events")
     rows, found = asyncio.run(count_stored(postgres.url, recv.acked))
     log_lines = sum(1 for _ in log_file.open("rb")) if log_file.is_file() else 0
-    return _Measured(
+    measured = _Measured(
         started, bench_start, profiles, paced_rounds, paced_windows, batches, mean_batch, rows,
         found, log_lines,
     )  # fmt: skip
+    if traced is not None and started.collector is not None:
+        traced.server.stop()  # exports what it still holds before it exits
+        measured.traced_rows, measured.traced_found = asyncio.run(
+            count_stored(postgres.url, traced.acked, TRACED_SOURCE_NAME)
+        )
+        measured.exported = collector_stats(started.collector)
+    return measured
+
+
+def collector_stats(collector: Server) -> dict[str, int]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{collector.port}/stats", timeout=5) as resp:
+        stats: dict[str, int] = json.loads(resp.read())
+    return stats
 
 
 def _report(
@@ -674,12 +728,16 @@ def _report(
         f"load average before {load_before}, after {loadavg()}"
     )
     print()
-    print(table([base_m, recv_m, paced_m]))
+    traced = measured.started.traced
+    rows = [base_m, recv_m] + ([traced.median()] if traced is not None else []) + [paced_m]
+    print(table(rows))
     print()
     print(
         f"events/s ratio receiver/baseline: {ratio:.2f}   (target >= {RATIO_TARGET})  "
         f"{verdict(ratio >= RATIO_TARGET)}   (median of the per-round ratios)"
     )
+    if traced is not None:
+        _print_traced(base, recv, traced, measured, opts.trace_ratio)
     p99_ok = paced_m.result.p99_ms <= P99_TARGET_MS and paced_m.result.other == 0
     print(
         f"p99 at {opts.paced_fraction:.0%} of max: {paced_m.result.p99_ms:.2f} ms   "
@@ -693,6 +751,36 @@ def _report(
     )
     _print_rounds(base, recv, paced_rounds, paced_windows, postgres)
     _print_durability(opts, measured, use_wrk, postgres)
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2] if ordered else 0.0
+
+
+def _print_traced(
+    base: Target, recv: Target, traced: Target, measured: _Measured, ratio: float
+) -> None:
+    """Tracing on (requests sampled at ``ratio``, spans exported) beside off, paired by round."""
+    on = _median(
+        [t.result.rate / b.result.rate if b.result.rate else 0.0
+         for b, t in zip(base.rounds, traced.rounds, strict=True)]
+    )  # fmt: skip
+    cost = _median(
+        [t.result.rate / r.result.rate if r.result.rate else 0.0
+         for r, t in zip(recv.rounds, traced.rounds, strict=True)]
+    )  # fmt: skip
+    print(
+        f"events/s ratio traced receiver/baseline: {on:.2f}   (tracing on, sampled {ratio:.0%}, "
+        f"OTLP/HTTP to a no-op collector); traced/untraced receiver: {cost:.2f}"
+    )
+    missing = len(set(traced.acked)) - measured.traced_found
+    exported = measured.exported
+    print(
+        f"  traced receiver: {len(traced.acked):,} answers 200, acknowledged but not stored: "
+        f"{missing}  {verdict(missing == 0)}; the collector got {exported.get('requests', 0):,} "
+        f"export requests, {exported.get('bytes', 0) / 2**20:,.1f} MiB of spans"
+    )
 
 
 def _print_rounds(
@@ -804,6 +892,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy both servers in round 1")
     parser.add_argument("--py-spy", default=None, help="path of py-spy (default: from PATH)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, scripts)")
+    parser.add_argument(
+        "--no-tracing",
+        action="store_true",
+        help="skip the third target: the receiver tracing every request (OTLP to a no-op sink)",
+    )
+    parser.add_argument(
+        "--trace-ratio",
+        type=float,
+        default=1.0,
+        help="the share of requests the traced receiver samples (default 1: every one)",
+    )
     args = parser.parse_args(argv)
     return run(
         Options(
@@ -822,5 +921,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             profile=args.profile,
             py_spy=args.py_spy,
             keep=args.keep,
+            tracing=not args.no_tracing,
+            trace_ratio=args.trace_ratio,
         )
     )

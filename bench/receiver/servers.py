@@ -9,6 +9,14 @@
     real signature verification, real durable batched store, JSON logs (one access log line a
     request) written to a file. With ``--forward-url URL --forward-secret WHSEC`` the source
     forwards every stored event there (bench/forward), and ``--name`` tells the sources apart.
+    With ``--trace-endpoint URL`` it traces every request (``OTEL_TRACES_SAMPLER=always_on``;
+    ``--trace-ratio R`` samples that share instead) and exports the spans over OTLP/HTTP there,
+    as ``dfm receiver`` does when ``OTEL_*`` say so.
+
+``python -m bench.receiver.servers collector --port P``
+    a no-op OTLP/HTTP endpoint: answers every ``POST /v1/traces`` with an empty
+    ExportTraceServiceResponse without decoding it (as cheap as a collector can be), and counts
+    requests and bytes at ``GET /stats``.
 """
 
 from __future__ import annotations
@@ -76,6 +84,29 @@ def run_baseline(port: int, path: str) -> None:
     web.run_app(baseline_app(path), host=HOST, port=port, access_log=None, print=None)
 
 
+def collector_app() -> web.Application:
+    seen = {"requests": 0, "bytes": 0}
+
+    async def export(request: web.Request) -> web.Response:
+        seen["bytes"] += len(await request.read())
+        seen["requests"] += 1
+        # An empty ExportTraceServiceResponse is zero bytes of protobuf.
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(seen)
+
+    app = web.Application(client_max_size=64 * 2**20)
+    app.router.add_post("/v1/traces", export)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/readyz", stats)
+    return app
+
+
+def run_collector(port: int) -> None:
+    web.run_app(collector_app(), host=HOST, port=port, access_log=None, print=None)
+
+
 def run_receiver(
     port: int,
     path: str,
@@ -87,8 +118,12 @@ def run_receiver(
     name: str = SOURCE_NAME,
     forward_url: str = "",
     forward_secret: str = "",
+    trace_endpoint: str = "",
+    trace_ratio: float = 1.0,
 ) -> None:
-    from webhook_server import logs, server
+    import os
+
+    from webhook_server import logs, server, tracing
     from webhook_server.config import (
         DatabaseConfig,
         ForwardConfig,
@@ -124,12 +159,26 @@ def run_receiver(
         database=DatabaseConfig(url=database_url),
         shutdown_timeout_seconds=10.0,
     )
-    server.run(config)
+    traced = None
+    if trace_endpoint:
+        os.environ.update(
+            OTEL_EXPORTER_OTLP_ENDPOINT=trace_endpoint,
+            OTEL_TRACES_SAMPLER="always_on" if trace_ratio >= 1 else "traceidratio",
+            OTEL_TRACES_SAMPLER_ARG=str(trace_ratio),
+            OTEL_SERVICE_NAME="dfm-receiver-bench",
+        )
+        traced = tracing.from_env("dfm-receiver")
+        logs.with_trace_ids(tracing.current_ids)
+    try:
+        server.run(config, tracing=traced)
+    finally:
+        if traced is not None:
+            traced.shutdown()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.receiver.servers")
-    parser.add_argument("kind", choices=["baseline", "receiver"])
+    parser.add_argument("kind", choices=["baseline", "receiver", "collector"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--path", default=SOURCE_PATH)
     parser.add_argument("--database-url", default="")
@@ -139,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default=SOURCE_NAME, help="the source's name")
     parser.add_argument("--forward-url", default="", help="forward every event there")
     parser.add_argument("--forward-secret", default="", help="the whsec_ signing secret")
+    parser.add_argument("--trace-endpoint", default="", help="trace requests, export there")
+    parser.add_argument("--trace-ratio", type=float, default=1.0, help="the share sampled")
     parser.add_argument("--gc-stats", default="", help="write GC pause statistics here at exit")
     parser.add_argument(
         "--gc-freeze",
@@ -154,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with gc_pauses(args.gc_stats):
         if args.kind == "baseline":
             run_baseline(args.port, args.path)
+        elif args.kind == "collector":
+            run_collector(args.port)
         else:
             run_receiver(
                 args.port,
@@ -165,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name=args.name,
                 forward_url=args.forward_url,
                 forward_secret=args.forward_secret,
+                trace_endpoint=args.trace_endpoint,
+                trace_ratio=args.trace_ratio,
             )
     return 0
 

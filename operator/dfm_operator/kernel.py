@@ -27,6 +27,7 @@ from dfm_operator.conditions import ConditionUpdate, find, merge_conditions
 from dfm_operator.eventstore import EventStores
 from dfm_operator.kube import Kube
 from dfm_operator.settings import OperatorSettings
+from webhook_server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +251,8 @@ class Context:
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
     # The event store's door: figures for status that only the database knows.
     eventstores: EventStores = field(default_factory=EventStores)
+    # Spans of reconciles (webhook_server.tracing), when OTEL_* turns tracing on.
+    tracing: Tracing | None = None
 
     def spawn(
         self,
@@ -338,22 +341,41 @@ def validation_message(error: ValidationError) -> str:
 
 
 @contextlib.asynccontextmanager
-async def measured(ctx: Context, kind: str) -> AsyncIterator[list[str]]:
-    """Count one reconciliation of ``kind`` and time it.
+async def measured(
+    ctx: Context, kind: str, body: Mapping[str, Any] | None = None
+) -> AsyncIterator[list[str]]:
+    """Count one reconciliation of ``kind`` and time it; with tracing on, it is a
+    ``reconcile <kind>`` span too (the object's namespace, name and generation; no spec).
 
     The block sets the result (``ready``, ``not_ready``, ``invalid``) in the yielded list;
     anything else that leaves the block counts as ``error``.
     """
     started = time.perf_counter()
     result = ["error"]
-    try:
-        yield result
-    except InvalidSpec:
-        result[0] = "invalid"
-        raise
-    finally:
-        ctx.metrics.reconciliations.labels(kind, result[0]).inc()
-        ctx.metrics.duration.labels(kind).observe(time.perf_counter() - started)
+    span: Any = None
+    with contextlib.ExitStack() as stack:
+        if ctx.tracing is not None:
+            span = stack.enter_context(ctx.tracing.span(f"reconcile {kind}", _span_of(kind, body)))
+        try:
+            yield result
+        except InvalidSpec:
+            result[0] = "invalid"
+            raise
+        finally:
+            ctx.metrics.reconciliations.labels(kind, result[0]).inc()
+            ctx.metrics.duration.labels(kind).observe(time.perf_counter() - started)
+            if span is not None:
+                span.set_attribute("dfm.result", result[0])
+
+
+def _span_of(kind: str, body: Mapping[str, Any] | None) -> dict[str, Any]:
+    meta = (body or {}).get("metadata") or {}
+    return {
+        "dfm.kind": kind,
+        "k8s.namespace.name": meta.get("namespace"),
+        "dfm.name": meta.get("name"),
+        "dfm.generation": meta.get("generation"),
+    }
 
 
 async def write_status(

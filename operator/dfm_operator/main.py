@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import kopf
 
 from dfm_operator.peering import PEERING_NAME
+from webhook_server.tracing import Tracing
 
 __all__ = ["PEERING_NAME", "configure_logging", "run"]
 # At DEBUG, the Kubernetes client logs every response body, Secrets' data included: it never gets
@@ -36,11 +37,23 @@ def run(
     standalone: bool,
     log_format: str = "json",
     verbose: bool = False,
+    tracing: Tracing | None = None,
 ) -> None:
+    """Run the controller; ``tracing`` (webhook_server.tracing.from_env) traces reconciles."""
     import dfm_operator.handlers  # noqa: F401 - registers the handlers
 
     configure_logging(log_format=log_format, verbose=verbose)
-    memo = kopf.Memo(metrics_port=metrics_port)
+    memo = kopf.Memo(metrics_port=metrics_port, tracing=tracing)
+    try:
+        _operate(namespaces, liveness, standalone, memo)
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
+
+
+def _operate(
+    namespaces: Sequence[str], liveness: str | None, standalone: bool, memo: kopf.Memo
+) -> None:
     asyncio.run(
         kopf.operator(
             clusterwide=not namespaces,

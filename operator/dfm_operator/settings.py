@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dfm_operator.api.common import SecretKeyRef
+
+
+class WorkloadTracing(BaseModel):
+    """OpenTelemetry for the receivers and sync jobs the operator builds (the chart's
+    ``tracing.*``, as ``DFM_TRACING__*``): rendered as their ``OTEL_*`` environment. No endpoint:
+    off. The operator's own tracing is its ``OTEL_*`` environment (the chart sets both)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # An OTLP/HTTP base URL (/v1/traces is appended), e.g. http://otel-collector.monitoring:4318.
+    endpoint: str = ""
+    sampler: str = "parentbased_always_on"
+    sampler_arg: str = ""
+    # Extra resource attributes, "key=value,key=value" (OTEL_RESOURCE_ATTRIBUTES' format).
+    resource_attributes: str = ""
 
 
 class OperatorSettings(BaseSettings):
@@ -29,3 +44,4 @@ class OperatorSettings(BaseSettings):
     # (queued by kopf, holding no children nor requests). Bounds the operator's memory when many
     # sources need work together, e.g. 1,000 found at start-up.
     max_concurrent_reconciles: int = Field(default=32, ge=1)
+    tracing: WorkloadTracing = Field(default_factory=WorkloadTracing)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import socket
@@ -640,6 +641,7 @@ def test_dfm_local_forwards_and_dfm_consume_verifies_what_arrives(
         assert "signature=valid" in line
         assert "-> 200" in line
         assert "attempt=1" in line
+        assert re.search(r" trace=[0-9a-f]{32} ", line), line
     finally:
         consume.send_signal(signal.SIGINT)
         assert consume.wait(30) == 0

@@ -96,6 +96,13 @@ ALL_ON: JsonDict = {
             "labels": {"release": "prometheus"},
             "alertLabels": {"team": "platform"},
         },
+        "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Platform"}},
+    },
+    "tracing": {
+        "enabled": True,
+        "endpoint": "http://otel-collector.monitoring:4318",
+        "samplerArg": "0.25",
+        "resourceAttributes": {"deployment.environment": "prod"},
     },
 }
 NAMESPACED: JsonDict = {**copy.deepcopy(ALL_ON), "watchNamespaces": ["payments", "crm"]}
@@ -233,6 +240,9 @@ def test_kubernetes_validate_is_strict(helm: str) -> None:
         (["--set", "metrics.serviceMonitor.enabled=1"], "/metrics/serviceMonitor/enabled"),
         (["--set", "metrics.prometheusRule.signatureFailureRatio=2"], "signatureFailureRatio"),
         (["--set-json", 'operator.resources={"request":{}}'], "'request' not allowed"),
+        (["--set", "tracing.enabled=true"], "/tracing/endpoint"),
+        (["--set", "tracing.sampler=sometimes"], "/tracing/sampler"),
+        (["--set-string", "tracing.samplerArg=1.5"], "/tracing/samplerArg"),
     ],
     ids=lambda v: v if isinstance(v, str) else " ".join(v),
 )
@@ -734,3 +744,91 @@ def test_install_guide_commands_match_what_the_chart_renders(helm: str) -> None:
         for doc in yaml.safe_load_all(file.read_text()):
             if doc and doc.get("kind") == "WebhookSource":
                 assert doc["metadata"]["namespace"] == namespace, f"{file.name}: not in {namespace}"
+
+
+# --- the Grafana dashboard ---------------------------------------------------------------------
+
+
+def _dashboard(docs: list[JsonDict]) -> JsonDict | None:
+    found = [
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["labels"].get("grafana_dashboard") == "1"
+    ]
+    if not found:
+        return None
+    [config_map] = found
+    return config_map
+
+
+def _panels(panels: list[JsonDict]) -> list[JsonDict]:
+    flat = []
+    for panel in panels:
+        flat.append(panel)
+        flat.extend(_panels(panel.get("panels", [])))
+    return flat
+
+
+def test_the_dashboard_is_off_by_default(helm: str) -> None:
+    assert _dashboard(render(helm)) is None
+
+
+def test_the_dashboard_uses_only_exported_metrics(helm: str) -> None:
+    """What the sidecar loads is the chart's JSON, and each query names metrics the receiver or
+    the operator exports (a renamed metric fails here, not on an empty panel in production)."""
+    config_map = _dashboard(render(helm, ALL_ON))
+    assert config_map is not None
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Platform"}
+    [(name, text)] = config_map["data"].items()
+    assert name == "df-middleware.json"
+    dashboard = json.loads(text)
+    assert dashboard == json.loads((CHART / "dashboards" / "df-middleware.json").read_text())
+    panels = _panels(dashboard["panels"])
+    queries = [t["expr"] for p in panels for t in p.get("targets", [])] + [
+        v["definition"] for v in dashboard["templating"]["list"] if v["type"] == "query"
+    ]
+    used = {m for q in queries for m in re.findall(r"\bdfm_[a-z_]+", q)}
+    exported = _exported_metric_names()
+    assert used - exported == set(), "the dashboard queries metrics nobody exports"
+    # Every part of the project has its panels.
+    for prefix in ("receiver", "forward", "operator", "managedsecret", "syncschedule", "backup"):
+        assert any(m.startswith(f"dfm_{prefix}") for m in used), prefix
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    for panel in panels:
+        if panel["type"] != "row":
+            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+            assert panel["targets"], panel["title"]
+
+
+# --- tracing -------------------------------------------------------------------------------------
+
+
+def test_tracing_values_reach_the_operator_and_the_workloads_it_builds(
+    helm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from webhook_server import tracing
+
+    env = {e["name"]: e.get("value") for e in _operator(render(helm, ALL_ON))["env"]}
+    own = {k: v for k, v in env.items() if k.startswith("OTEL_") and v is not None}
+    assert tracing.configured(own)
+    assert own["OTEL_SERVICE_NAME"] == "dfm-operator"
+    assert own["OTEL_RESOURCE_ATTRIBUTES"] == (
+        f"k8s.namespace.name={NAMESPACE},k8s.deployment.name={RELEASE}-df-middleware,"
+        "deployment.environment=prod"
+    )
+    for name, value in env.items():
+        if name.startswith("DFM_TRACING__") and value is not None:
+            monkeypatch.setenv(name, value)
+    settings = OperatorSettings().tracing
+    assert settings.endpoint == "http://otel-collector.monitoring:4318"
+    assert (settings.sampler, settings.sampler_arg) == ("parentbased_traceidratio", "0.25")
+    assert settings.resource_attributes == "deployment.environment=prod"
+
+    operator_only = copy.deepcopy(ALL_ON)
+    operator_only["tracing"]["receivers"] = False
+    env = {e["name"]: e.get("value") for e in _operator(render(helm, operator_only))["env"]}
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in env
+    assert not [name for name in env if name.startswith("DFM_TRACING")]
+    default = {e["name"] for e in _operator(render(helm))["env"]}
+    assert not [name for name in default if name.startswith(("OTEL_", "DFM_TRACING"))]

@@ -56,7 +56,7 @@ async def test_valid_deliveries_get_the_asked_status_and_forgeries_401(aiohttp_c
     first, second = out.getvalue().splitlines()
     assert summary(first) == {
         "webhook-id": "evt_1", "type": "order.paid", "attempt": "3", "bytes": "21",
-        "signature": "valid",
+        "signature": "valid", "trace": headers["traceparent"].split("-")[1],
     }  # fmt: skip
     assert "-> 503" in first
     assert summary(second)["signature"] == "INVALID"

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from webhook_server import tracing
 from webhook_server.config import ForwardConfig, ForwardingConfig, Provider, SourceConfig
 from webhook_server.forward import policy
 from webhook_server.forward.http import AnswerError, Pool
@@ -210,6 +211,8 @@ class Forwarder:
         self._recorder_idle.set()
         self._running = False
         self._closing = False
+        # Spans (webhook_server.tracing), when tracing is on.
+        self.tracing: tracing.Tracing | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -311,6 +314,9 @@ class Forwarder:
                     headers=event.headers,
                     attempts=0,
                     lease_until=until,
+                    traceparent=(
+                        None if event.trace is None else tracing.format_traceparent(event.trace)
+                    ),
                 )
             )
 
@@ -395,9 +401,13 @@ class Forwarder:
             source=target.key,
             event_type=item.event_type,
             attempt=attempt,
+            parent=item.traceparent,
         )
         started = time.perf_counter()
-        status, retry_after, outcome = await self._send(target, item, headers)
+        if self.tracing is None:
+            status, retry_after, outcome = await self._send(target, item, headers)
+        else:
+            status, retry_after, outcome = await self._send_traced(target, item, headers, attempt)
         elapsed = time.perf_counter() - started
         now = self._clock()
         at = _utc(now)
@@ -476,6 +486,24 @@ class Forwarder:
         except (OSError, AnswerError):  # refused, reset, DNS, TLS, not HTTP
             return None, None, policy.Outcome.CONNECTION_ERROR
         return answer.status, answer.retry_after, policy.classify(answer.status)
+
+    async def _send_traced(
+        self, target: Target, item: Claimed, headers: dict[str, str], attempt: int
+    ) -> tuple[int | None, str | None, policy.Outcome]:
+        """``_send`` in a client span, whose ``traceparent`` the target gets."""
+        assert self.tracing is not None
+        attributes = {
+            "dfm.source": target.key,
+            "dfm.webhook_id": item.webhook_id,
+            "dfm.attempt": attempt,
+            "http.request.resend_count": attempt - 1 if attempt > 1 else None,
+        }
+        parent = item.traceparent or item.headers.get(tracing.TRACEPARENT)
+        with self.tracing.forward_span(target.forward.url, parent, attributes) as span:
+            self.tracing.inject(headers, span)
+            status, retry_after, outcome = await self._send(target, item, headers)
+            self.tracing.forwarded(span, status, outcome.value)
+        return status, retry_after, outcome
 
     def _defer(self, target: Target, items: Sequence[Claimed], seconds: float) -> None:
         """Put deliveries back without an attempt, due in ``seconds``."""

@@ -7,7 +7,9 @@ Headers (docs/receiver.md, "Forwarding"):
 * ``webhook-timestamp`` — when this attempt was signed (unix seconds);
 * ``webhook-signature`` — ``v1,<base64 HMAC-SHA256>`` of ``{id}.{timestamp}.{body}`` per valid
   signing secret: current and, during a ManagedSecret rotation's grace period, previous;
-* ``traceparent`` — the event's incoming trace continued, or a new one (webhook_server.tracing);
+* ``traceparent`` — the trace the delivery continues (the span that stored its event, or the
+  provider's own ``traceparent``), or a new one; with tracing on, the attempt's span replaces it
+  (webhook_server.tracing);
 * ``content-type`` — as the provider sent it (``application/json`` when it sent none);
 * ``dfm-source``, ``dfm-event-type`` (when known), ``dfm-attempt`` — for routing and logs.
 """
@@ -49,9 +51,11 @@ def build_headers(
     source: str,
     event_type: str | None,
     attempt: int,
+    parent: str | None = None,
 ) -> dict[str, str]:
     """The headers of one attempt; ``keys`` must not be empty (an unsigned delivery is never
-    sent). ``stored_headers`` are the event's headers as stored (lower-case names)."""
+    sent). ``stored_headers`` are the event's headers as stored (lower-case names); ``parent``
+    the delivery's own trace context (``webhook_deliveries.trace_parent``), which comes first."""
     if not keys:
         raise ValueError("no signing key: deliveries are never sent unsigned")
     timestamp = str(int(now))
@@ -62,7 +66,9 @@ def build_headers(
         standard.ID_HEADER: webhook_id,
         standard.TIMESTAMP_HEADER: timestamp,
         standard.SIGNATURE_HEADER: standard.signature_header(payload, keys, webhook_id, timestamp),
-        tracing.TRACEPARENT: tracing.child_traceparent(stored_headers.get(tracing.TRACEPARENT)),
+        tracing.TRACEPARENT: tracing.child_traceparent(
+            parent or stored_headers.get(tracing.TRACEPARENT)
+        ),
         SOURCE_HEADER: source,
         ATTEMPT_HEADER: str(attempt),
     }

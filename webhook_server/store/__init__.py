@@ -21,16 +21,22 @@ from collections import deque
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncpg
 
+from webhook_server import tracing
 from webhook_server.config import DatabaseConfig, SourceConfig
 from webhook_server.logs import get_logger
 from webhook_server.metrics import ReceiverMetrics
 from webhook_server.store import outbox, partitions
 from webhook_server.store.migrations import apply_migrations
 from webhook_server.store.outbox import Lease
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
+
+    from webhook_server.tracing import Tracing
 
 log = get_logger("dfm.store")
 
@@ -98,15 +104,18 @@ class Event:
     # A signed one-time value no other event may use before ``replay_until`` (Mailgun's token).
     replay_key: str | None = None
     replay_until: datetime | None = None
+    # With tracing on: the span that stored it (its request's ``dfm.store``, or a sync page),
+    # which its batch links to and its delivery continues (``webhook_deliveries.trace_parent``).
+    trace: SpanContext | None = field(default=None, compare=False)
 
 
 _INSERT = """
 WITH incoming AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
                          $5::text[], $6::bytea[], $7::jsonb[], $8::text[], $9::integer[],
-                         $10::text[])
+                         $10::text[], $14::text[])
         AS t(source, event_id, event_type, received_at, request_id, payload, headers, subject,
-             event_count, webhook_id)
+             event_count, webhook_id, trace_parent)
 ), fresh AS (
     INSERT INTO webhook_event_ids (source, subject, event_id, received_at)
     SELECT source, subject, event_id, received_at FROM incoming
@@ -117,9 +126,9 @@ WITH incoming AS (
     -- statement, so an acknowledged event always has one.
     INSERT INTO webhook_deliveries
         (source, subject, event_id, received_at, webhook_id, next_attempt_at, lease_until,
-         leased_by)
+         leased_by, trace_parent)
     SELECT i.source, i.subject, i.event_id, i.received_at, i.webhook_id, i.received_at,
-           $12::timestamptz, $13::text
+           $12::timestamptz, $13::text, i.trace_parent
     FROM incoming i JOIN fresh f USING (source, subject, event_id)
     WHERE CASE WHEN $11::text[] IS NULL
                THEN EXISTS (SELECT 1 FROM webhook_sources s
@@ -205,6 +214,8 @@ class Store:
     metrics: ReceiverMetrics
     # The forwarder, when a source forwards (set before start()).
     outbox: Outbox | None = None
+    # Spans (webhook_server.tracing), when tracing is on.
+    tracing: Tracing | None = None
     statement_timeout_seconds: float = 10.0
     # How often the sweeper fails requests past their commit deadline (the overshoot bound).
     sweep_interval_seconds: float = 0.1
@@ -338,6 +349,8 @@ class Store:
         Raises StoreUnavailable when it could not be committed: StoreOverloaded at once when too
         much already waits, CommitTimeout when the deadline passed first.
         """
+        if self.tracing is not None and event.trace is None:
+            return await self.tracing.submit(self.submit, event)
         if self._closing or not self._ready.is_set():
             raise StoreUnavailable("event store not ready")
         size = held_size(event)
@@ -392,7 +405,11 @@ class Store:
 
     async def _flush_in_slot(self, batch: list[_Pending], slots: asyncio.Semaphore) -> None:
         try:
-            await self._flush(batch)
+            if self.tracing is None:
+                await self._flush(batch)
+            else:
+                async with self.tracing.batch([p.event.trace for p in batch]):
+                    await self._flush(batch)
         finally:
             slots.release()
             for pending in batch:
@@ -612,12 +629,16 @@ async def insert_events(
         None if lease is None else lease.owner,
     )
     if not any(e.replay_key is not None for e in ordered):
-        rows = await conn.fetch(_INSERT, *_insert_args(ordered), *outbox_args)
+        rows = await conn.fetch(_INSERT, *_insert_args(ordered), *outbox_args, _trace_args(ordered))
         return {(r["source"], r["subject"], r["event_id"]) for r in rows}, set()
     async with conn.transaction():
         replayed = await _claim_replay_keys(conn, ordered)
         kept = [e for e in ordered if _key(e) not in replayed]
-        rows = await conn.fetch(_INSERT, *_insert_args(kept), *outbox_args) if kept else []
+        rows = (
+            await conn.fetch(_INSERT, *_insert_args(kept), *outbox_args, _trace_args(kept))
+            if kept
+            else []
+        )
     return {(r["source"], r["subject"], r["event_id"]) for r in rows}, replayed
 
 
@@ -673,6 +694,13 @@ def _insert_args(events: list[Event]) -> tuple[list[Any], ...]:
         [1 if e.event_count is None else e.event_count for e in events],
         [outbox.webhook_id(e.source, e.subject, e.event_id) for e in events],
     )
+
+
+def _trace_args(events: list[Event]) -> list[str | None] | None:
+    """Each event's ``trace_parent`` for its delivery; None (every one NULL) when untraced."""
+    if all(e.trace is None for e in events):
+        return None
+    return [None if e.trace is None else tracing.format_traceparent(e.trace) for e in events]
 
 
 async def _claim_replay_keys(conn: Any, events: list[Event]) -> set[_Key]:

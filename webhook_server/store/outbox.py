@@ -80,6 +80,8 @@ class Claimed:
     headers: dict[str, str]
     attempts: int
     lease_until: datetime
+    # The trace context the delivery continues (webhook_deliveries.trace_parent), if any.
+    traceparent: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str, datetime]:
@@ -121,7 +123,8 @@ WITH due AS (
     FROM due
     WHERE d.source = due.source AND d.subject = due.subject AND d.event_id = due.event_id
       AND d.received_at = due.received_at
-    RETURNING d.source, d.subject, d.event_id, d.received_at, d.webhook_id, d.attempts
+    RETURNING d.source, d.subject, d.event_id, d.received_at, d.webhook_id, d.attempts,
+              d.trace_parent
 )
 SELECT l.*, e.event_type, e.payload, e.headers::text AS headers
 FROM leased l
@@ -151,6 +154,7 @@ async def claim(conn: Any, source: str, now: datetime, limit: int, lease: Lease)
             headers=json.loads(r["headers"]),
             attempts=r["attempts"],
             lease_until=lease.until,
+            traceparent=r["trace_parent"],
         )
         for r in rows
     ]

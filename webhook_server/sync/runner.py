@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 import uuid
@@ -64,6 +65,7 @@ from webhook_server.sync.summary import (
     RunSummary,
     SyncFailure,
 )
+from webhook_server.tracing import ACTIVE_TRACING, Tracing
 
 log = get_logger("dfm.sync")
 
@@ -142,9 +144,41 @@ async def run_sync(
     sleep: SleepFn = asyncio.sleep,
     clock: Clock | None = None,
     stop: asyncio.Event | None = None,
+    tracing: Tracing | None = None,
 ) -> RunSummary:
     """Run one sync and say how it went; never raises for what went wrong upstream or in the
-    store (the summary says it). ``stop`` set interrupts the run (a signal, in the CLI)."""
+    store (the summary says it). ``stop`` set interrupts the run (a signal, in the CLI).
+
+    With ``tracing``, the run is a ``dfm.sync.run`` span and each committed page a
+    ``dfm.sync.page`` span, whose context the page's events carry to their deliveries."""
+    run = _run_sync(config, token=token, session=session, sleep=sleep, clock=clock, stop=stop)
+    if tracing is None:
+        return await run
+    attributes = {"dfm.sync.schedule": config.schedule, "dfm.source": config.sink.source}
+    with tracing.span("dfm.sync.run", attributes) as span:
+        token_ = ACTIVE_TRACING.set(tracing)
+        try:
+            summary = await run
+        finally:
+            ACTIVE_TRACING.reset(token_)
+        span.set_attribute("dfm.sync.run_id", summary.run_id)
+        span.set_attribute("dfm.sync.result", summary.result)
+        span.set_attribute("dfm.sync.reason", summary.reason)
+        span.set_attribute("dfm.sync.stored", summary.stored)
+        if not summary.succeeded:
+            tracing.error(span, summary.reason)
+    return summary
+
+
+async def _run_sync(
+    config: SyncConfig,
+    *,
+    token: TokenSource | None,
+    session: aiohttp.ClientSession | None,
+    sleep: SleepFn,
+    clock: Clock | None,
+    stop: asyncio.Event | None,
+) -> RunSummary:
     clock = clock or Clock()
     summary = RunSummary(config.schedule, uuid.uuid4().hex, clock.now())
     source = token if token is not None else token_source(config.token)
@@ -353,7 +387,18 @@ async def _walk(
             # This page's items are good: keep them, and this page as the resume point.
             following, problem = request, exc
         run_watermark = _watermark_of(http, items, run_watermark)
-        fresh = await _commit(conn, schedule, events, following, run_watermark, received_at)
+        tracing = ACTIVE_TRACING.get()
+        if tracing is None:
+            fresh = await _commit(conn, schedule, events, following, run_watermark, received_at)
+        else:
+            fresh = await tracing.sync_page(
+                {"dfm.sync.schedule": schedule, "dfm.sync.page": request.number + 1},
+                events,
+                functools.partial(
+                    _commit, conn, schedule, following=following, run_watermark=run_watermark,
+                    now=received_at,
+                ),
+            )  # fmt: skip
         summary.pages += 1
         summary.items += len(items)
         summary.stored += fresh

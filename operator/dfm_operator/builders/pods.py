@@ -3,9 +3,11 @@ the CronJob skeleton that scheduled jobs (syncs, backups) are built on. Pure, li
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from dfm_operator import constants as c
+from dfm_operator.settings import WorkloadTracing
 
 
 def restricted_container_security() -> dict[str, Any]:
@@ -17,6 +19,29 @@ def restricted_container_security() -> dict[str, Any]:
         "runAsNonRoot": True,
         "capabilities": {"drop": ["ALL"]},
     }
+
+
+def tracing_env(
+    tracing: WorkloadTracing, service: str, attributes: Mapping[str, str]
+) -> list[dict[str, str]]:
+    """The ``OTEL_*`` environment of a workload (webhook_server.tracing reads it); none when
+    tracing is off. ``attributes`` (the object it serves) come before the chart's extra ones."""
+    if not tracing.endpoint:
+        return []
+    resource = ",".join(
+        [f"{key}={value}" for key, value in attributes.items()]
+        + ([tracing.resource_attributes] if tracing.resource_attributes else [])
+    )
+    env = [
+        {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": tracing.endpoint},
+        {"name": "OTEL_EXPORTER_OTLP_PROTOCOL", "value": "http/protobuf"},
+        {"name": "OTEL_SERVICE_NAME", "value": service},
+        {"name": "OTEL_TRACES_SAMPLER", "value": tracing.sampler},
+        {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": resource},
+    ]
+    if tracing.sampler_arg:
+        env.append({"name": "OTEL_TRACES_SAMPLER_ARG", "value": tracing.sampler_arg})
+    return env
 
 
 def restricted_pod_security(uid: int = c.RECEIVER_UID) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from dfm_operator.builders.pods import (
     build_cronjob,
     restricted_container_security,
     restricted_pod_security,
+    tracing_env,
 )
 from dfm_operator.settings import OperatorSettings
 from webhook_server.config import DatabaseConfig
@@ -202,6 +203,17 @@ def build_sync_cronjob(schedule: SyncSchedule, inputs: SyncInputs) -> dict[str, 
         "securityContext": restricted_container_security(),
         "volumeMounts": mounts,
     }
+    env = tracing_env(
+        settings.tracing,
+        "dfm-sync",
+        {
+            "k8s.namespace.name": schedule.metadata.namespace,
+            "k8s.cronjob.name": cronjob_name(schedule),
+            "dfm.syncschedule": schedule.metadata.name,
+        },
+    )
+    if env:
+        container["env"] = env
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 30,

@@ -16,7 +16,11 @@ from dfm_operator.builders.meta import (
     selector_labels,
     standard_labels,
 )
-from dfm_operator.builders.pods import restricted_container_security, restricted_pod_security
+from dfm_operator.builders.pods import (
+    restricted_container_security,
+    restricted_pod_security,
+    tracing_env,
+)
 from dfm_operator.builders.receiver_config import build_source_config, ingress_url
 from dfm_operator.settings import OperatorSettings
 from webhook_server.config import DatabaseConfig, ReceiverConfig, SecretSource, queued_bytes_for
@@ -200,6 +204,17 @@ def build_deployment(
         "securityContext": restricted_container_security(),
         "volumeMounts": mounts,
     }
+    env = tracing_env(
+        settings.tracing,
+        "dfm-receiver",
+        {
+            "k8s.namespace.name": source.metadata.namespace,
+            "k8s.deployment.name": receiver_name(source),
+            "dfm.webhooksource": source.metadata.name,
+        },
+    )
+    if env:
+        container["env"] = env
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 30,

@@ -34,7 +34,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     port = memo.get("metrics_port")
     if port:
         start_http_server(int(port), registry=metrics.registry)
-    memo.ctx = Context(kube=Kube(await load_client()), settings=OperatorSettings(), metrics=metrics)
+    memo.ctx = Context(
+        kube=Kube(await load_client()),
+        settings=OperatorSettings(),
+        metrics=metrics,
+        tracing=memo.get("tracing"),
+    )
     # For OAuth token endpoints; never the Kubernetes API (that is kube.py's).
     # The context (with the schedulers' wake-up events, shared by the schedulers and the Secret
     # handlers that wake them) is made here, before any object is seen: kopf gives every object

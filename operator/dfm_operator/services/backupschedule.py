@@ -163,7 +163,7 @@ def plan_outcome(
 
 async def reconcile_backup_schedule(ctx: Context, body: Mapping[str, Any], emit: EmitFn) -> bool:
     """Converge one BackupSchedule; returns whether it is Ready. Raises InvalidSpec or Retry."""
-    async with measured(ctx, KIND) as result:
+    async with measured(ctx, KIND, body) as result:
         meta = body.get("metadata") or {}
         async with ctx.lock(_lock_key(str(meta.get("namespace")), str(meta.get("name")))):
             ready = await _reconcile(ctx, body, emit)

@@ -635,7 +635,7 @@ async def reconcile_managed_secret(
     ctx: Context, body: Mapping[str, Any], emit: EmitFn, session: aiohttp.ClientSession
 ) -> Outcome:
     """Converge one ManagedSecret; raises InvalidSpec (permanent) or Retry (transient)."""
-    async with measured(ctx, c.MANAGED_SECRET) as result:
+    async with measured(ctx, c.MANAGED_SECRET, body) as result:
         async with ctx.lock(f"managedsecret:{object_key(body)}"):
             outcome = await _reconcile(ctx, body, emit, session)
         result[0] = "ready" if outcome.ready else "not_ready"

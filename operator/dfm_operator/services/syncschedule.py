@@ -75,7 +75,7 @@ async def reconcile_sync_schedule(
     (permanent) or Retry."""
     meta = body.get("metadata") or {}
     namespace, name = str(meta.get("namespace")), str(meta.get("name"))
-    async with measured(ctx, c.SYNC_SCHEDULE) as result:
+    async with measured(ctx, c.SYNC_SCHEDULE, body) as result:
         async with ctx.lock(f"syncschedule:{namespace}/{name}"):
             try:
                 fresh = await ctx.kube.get(c.API_VERSION, c.SYNC_SCHEDULE, namespace, name)

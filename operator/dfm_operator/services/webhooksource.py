@@ -105,7 +105,7 @@ async def _measured_reconcile(
     prune: bool = False,
 ) -> bool:
     """``_reconcile``, counted and timed; the caller holds the source's lock and a slot."""
-    async with measured(ctx, c.WEBHOOK_SOURCE) as result:
+    async with measured(ctx, c.WEBHOOK_SOURCE, body) as result:
         try:
             ready = await _reconcile(
                 ctx, body, emit, apply=apply, known_secrets=known_secrets, live=live, prune=prune
