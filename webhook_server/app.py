@@ -142,6 +142,8 @@ ADMISSION = web.AppKey("admission", Admission)
 REQUEST_ID = web.RequestKey("request_id", str)
 OUTCOME = web.RequestKey("outcome", str)
 EVENT_ID = web.RequestKey("event_id", str)
+# Set by a handler that counts and logs its request itself (webhook_server.events_api).
+LOGGED = web.RequestKey("logged", bool)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -223,6 +225,8 @@ async def request_context(
         # Answered before the body was read (refused): close rather than drain it.
         response.force_close()
     response.headers[REQUEST_ID_HEADER] = request_id
+    if request.get(LOGGED):
+        return response
     if runtime is None and response.status in _UNROUTED_OUTCOMES:
         runtime = request.app[SOURCES_BY_PATH].get(request.path)
         if runtime is None:
@@ -765,6 +769,11 @@ def create_app(
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
+    if any(source.events_api is not None for source in config.sources):
+        # Imported here: it builds on this module (and only a receiver that has it needs it).
+        from webhook_server.events_api import mount
+
+        mount(app)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_forward_ctx)
     app.cleanup_ctx.append(_auth_ctx)

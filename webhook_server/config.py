@@ -193,6 +193,40 @@ class AuthConfig(Model):
         return self
 
 
+# A scope name as OAuth writes them: no spaces (a space separates scopes in a "scope" claim).
+ScopeName = Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,128}$")]
+EVENTS_API_PREFIX = "/events"
+
+
+class EventsApiConfig(Model):
+    """The Events API of a source (webhook_server.events_api): its stored events listed, read
+    and replayed over HTTP. Absent: the API does not exist for the source (closed unless
+    configured).
+
+    Tokens are checked like ``auth`` (the same verifier): ``auth`` says whose tokens, and the
+    scopes in ``scopeClaim`` (an OAuth ``scope`` string separated by spaces, or a list of
+    strings) say what a token may do: ``readScope`` lists and reads events (payloads only when
+    asked for), ``replayScope`` re-queues deliveries.
+    """
+
+    auth: AuthConfig
+    scope_claim: Annotated[str, Field(min_length=1, max_length=128)] = "scope"
+    read_scope: ScopeName = "events:read"
+    replay_scope: ScopeName = "events:replay"
+    # Requests to the API of this source, per receiver process, counted before the token is
+    # checked (a flood of bad tokens must not cost a JWKS fetch each).
+    requests_per_second: Annotated[float, Field(gt=0, le=10_000)] = 10.0
+    burst: Annotated[int, Field(ge=1, le=100_000)] = 20
+    # Events one bulk replay may re-queue; a larger selection is refused (narrow it).
+    max_bulk_replay: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+
+    @model_validator(mode="after")
+    def _distinct_scopes(self) -> Self:
+        if self.read_scope == self.replay_scope:
+            raise ValueError("readScope and replayScope must differ")
+        return self
+
+
 class LimitsConfig(Model):
     """Per-source request limits, per receiver process.
 
@@ -281,6 +315,7 @@ class SourceConfig(Model):
     cors: CorsConfig = Field(default_factory=CorsConfig)
     retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
     forward: ForwardConfig | None = None
+    events_api: EventsApiConfig | None = None
 
     @property
     def key(self) -> str:
@@ -295,6 +330,10 @@ class SourceConfig(Model):
     def _provider_rules(self) -> Self:
         if self.path is not None and not self.path.startswith("/"):
             raise ValueError("path must start with '/'")
+        if self.path is not None and (
+            self.path == EVENTS_API_PREFIX or self.path.startswith(EVENTS_API_PREFIX + "/")
+        ):
+            raise ValueError(f"path must not be under {EVENTS_API_PREFIX}: the Events API's")
         # Imported here: the registry imports the verifiers, which import this module.
         from webhook_server.verify.registry import SourceFacts, provider_problem
 

