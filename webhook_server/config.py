@@ -209,16 +209,35 @@ class EventsApiConfig(Model):
     asked for), ``replayScope`` re-queues deliveries.
     """
 
-    auth: AuthConfig
-    scope_claim: Annotated[str, Field(min_length=1, max_length=128)] = "scope"
-    read_scope: ScopeName = "events:read"
-    replay_scope: ScopeName = "events:replay"
-    # Requests to the API of this source, per receiver process, counted before the token is
-    # checked (a flood of bad tokens must not cost a JWKS fetch each).
-    requests_per_second: Annotated[float, Field(gt=0, le=10_000)] = 10.0
-    burst: Annotated[int, Field(ge=1, le=100_000)] = 20
-    # Events one bulk replay may re-queue; a larger selection is refused (narrow it).
-    max_bulk_replay: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    auth: AuthConfig = Field(
+        description="Whose tokens: a JWKS URL or PEM public key, issuer, audiences, authorized "
+        "parties and algorithms, as spec.auth."
+    )
+    scope_claim: Annotated[str, Field(min_length=1, max_length=128)] = Field(
+        default="scope",
+        description="The claim that holds the token's scopes: a string of scopes separated by "
+        "spaces (OAuth's scope) or a list of strings.",
+    )
+    read_scope: ScopeName = Field(
+        default="events:read",
+        description="The scope that allows listing and reading events (payloads included, "
+        "when asked for).",
+    )
+    replay_scope: ScopeName = Field(
+        default="events:replay", description="The scope that allows replaying deliveries."
+    )
+    # Counted before the token is checked (a flood of bad tokens must not cost a JWKS fetch each).
+    requests_per_second: Annotated[float, Field(gt=0, le=10_000)] = Field(
+        default=10.0,
+        description="Requests to this source's Events API per second, per receiver pod.",
+    )
+    burst: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=20, description="Requests allowed at once above the rate, per receiver pod."
+    )
+    max_bulk_replay: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=10_000,
+        description="Events one bulk replay may re-queue; a larger selection is refused.",
+    )
 
     @model_validator(mode="after")
     def _distinct_scopes(self) -> Self:
