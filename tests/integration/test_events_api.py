@@ -694,3 +694,37 @@ async def test_tokens_and_payloads_never_reach_the_logs(
         ("list", 403, "forbidden"),
     ]
     assert api[0]["subject"] == "user_ops"
+
+
+async def test_a_replay_of_an_old_event_is_not_expired_before_it_is_attempted(
+    db: asyncpg.Connection,
+) -> None:
+    """forward.maxAgeSeconds counts from the replay for a replayed delivery: an event older than
+    it is re-queued, claimed and given its full budget, not dead-lettered again at once."""
+    from webhook_server.store import apply_migrations, register_sources
+    from webhook_server.store import outbox as table
+    from webhook_server.store.events import requeue
+
+    await apply_migrations(db)
+    now = datetime.now(UTC)
+    old = now - timedelta(days=2)
+    await create_partitions(db, {old.date(), now.date()})
+    await register_sources(db, [("ci/gh", 30)], now, forwarding={"ci/gh"})
+    await insert_events(db, [_event("ancient", old)])
+    await db.execute("UPDATE webhook_deliveries SET state = 'dead', dead_at = $1", old)
+    assert await table.expire(db, "ci/gh", now, 3600) == 0
+
+    [key] = await requeue(db, [("ci/gh", "", "ancient", old)], now)
+    assert key[2] == "ancient"
+    # A second replay while it is pending does nothing.
+    assert await requeue(db, [key], now) == []
+    assert await table.expire(db, "ci/gh", now + timedelta(minutes=59), 3600) == 0
+    backlog = await table.backlog(db, "ci/gh")
+    assert (backlog.pending, backlog.oldest_pending) == (1, now)
+    [claimed] = await table.claim(
+        db, "ci/gh", now, 10, table.Lease("r1", now + timedelta(minutes=1))
+    )
+    assert (claimed.attempts, claimed.requeued_at, claimed.age_from) == (0, now, now)
+    assert claimed.webhook_id == webhook_id("ci/gh", "", "ancient")
+    # Past maxAge from the replay (and nobody holding it), it is dead-lettered as usual.
+    assert await table.expire(db, "ci/gh", now + timedelta(hours=2), 3600) == 1
