@@ -160,8 +160,9 @@ def _operation(
             response = problem_response(
                 problem.status, request[REQUEST_ID], problem.detail, problem.headers
             )
-        except web.HTTPException:
-            raise
+        except web.HTTPException as exc:
+            outcome = _OUTCOMES.get(exc.status, "error")
+            response = problem_response(exc.status, request[REQUEST_ID])
         except Exception as exc:
             outcome = "error"
             # The type only: an exception's text can quote what it choked on.
