@@ -481,7 +481,9 @@ class ForwardStatus(StatusModel):
         int, Field(ge=0, description="Dead-lettered deliveries kept (until retention).")
     ]
     oldest_pending_time: Timestamp | None = Field(
-        default=None, description="When the event of the oldest pending delivery was received."
+        default=None,
+        description="When the event of the oldest pending delivery was received (or, for a "
+        "replay, re-queued).",
     )
     last_delivery_time: Timestamp | None = Field(
         default=None, description="When a delivery last succeeded."
