@@ -728,3 +728,35 @@ async def test_a_replay_of_an_old_event_is_not_expired_before_it_is_attempted(
     assert claimed.webhook_id == webhook_id("ci/gh", "", "ancient")
     # Past maxAge from the replay (and nobody holding it), it is dead-lettered as usual.
     assert await table.expire(db, "ci/gh", now + timedelta(hours=2), 3600) == 1
+
+
+async def test_replays_racing_each_other_requeue_a_delivery_once(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    from webhook_server.store import apply_migrations, register_sources
+    from webhook_server.store.events import EventFilter, replay_bulk, requeue
+
+    await apply_migrations(db)
+    now = datetime.now(UTC)
+    await create_partitions(db, {now.date()})
+    await register_sources(db, [("ci/gh", 30)], now, forwarding={"ci/gh"})
+    await insert_events(db, [_event(f"race-{n}", now - timedelta(seconds=n)) for n in range(50)])
+    await db.execute("UPDATE webhook_deliveries SET state = 'dead', dead_at = $1", now)
+    keys = [("ci/gh", "", f"race-{n}", now - timedelta(seconds=n)) for n in range(50)]
+    others = [await asyncpg.connect(database_url) for _ in range(3)]
+    try:
+        single, bulk_a, bulk_b = await asyncio.gather(
+            requeue(others[0], keys, now),
+            replay_bulk(others[1], EventFilter(state="dead"), now, max_events=100),
+            replay_bulk(others[2], EventFilter(state="dead"), now, max_events=100),
+        )
+    finally:
+        for conn in others:
+            await conn.close()
+    # Every delivery was re-queued by exactly one of them.
+    assert len(single) + bulk_a.requeued + bulk_b.requeued == 50
+    counts = await db.fetchrow(
+        "SELECT count(*) FILTER (WHERE replays = 1) AS once, "
+        "count(*) FILTER (WHERE state = 'pending') AS pending FROM webhook_deliveries"
+    )
+    assert (counts["once"], counts["pending"]) == (50, 50)
