@@ -41,6 +41,9 @@ MAX_PAYLOAD_PAGE_SIZE = 20
 DEFAULT_PAGE_SIZE = 50
 
 EventKey = tuple[str, str, str, datetime]
+# Far above the longest id of a storable event (source, subject and event id of at most a few
+# hundred characters each, 4 bytes a character at worst, in base64).
+MAX_ID_CHARS = 16_384
 
 
 class BadEventId(ValueError):
@@ -51,13 +54,15 @@ def encode_id(key: EventKey) -> str:
     """The opaque, URL-safe id of the event ``key`` (also a list cursor)."""
     source, subject, event_id, received_at = key
     micros = _micros(received_at)
-    raw = json.dumps([source, subject, event_id, micros], separators=(",", ":")).encode()
+    raw = json.dumps(
+        [source, subject, event_id, micros], separators=(",", ":"), ensure_ascii=False
+    ).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_id(text: str) -> EventKey:
     """The key an :func:`encode_id` id names; raises :class:`BadEventId` for anything else."""
-    if not text or len(text) > 2048:
+    if not text or len(text) > MAX_ID_CHARS:
         raise BadEventId("not an event id")
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
