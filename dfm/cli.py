@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import yaml
 from pydantic import ValidationError
 
-from dfm import backup_cmd, crds_cmd
+from dfm import backup_cmd, crds_cmd, events_cmd
 from dfm.manifests import ManifestError, describe_validation_error
 
 if TYPE_CHECKING:
@@ -196,6 +196,7 @@ def parser() -> argparse.ArgumentParser:
     _add_sync(sub)
     crds_cmd.add_parser(sub)
     backup_cmd.add_parser(sub)
+    events_cmd.add_parser(sub)
     return top
 
 
@@ -479,6 +480,7 @@ COMMANDS = {
     "sync": cmd_sync,
     "crds": crds_cmd.run,
     "backup": backup_cmd.run,
+    "events": events_cmd.run,
 }
 
 

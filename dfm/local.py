@@ -290,6 +290,11 @@ def banner(config: ReceiverConfig, files: dict[str, Path]) -> str:
             consume = [_program(), "consume", str(files[source.key]), "--name", source.name]
             lines.append(f"      forwards to {source.forward.url} (signed, Standard Webhooks)")
             lines.append(f"      consume: {shlex.join(consume)}")
+        if source.events_api is not None:
+            lines.append(
+                f"      events API: GET {base}/events?source={source.key} (bearer JWT with "
+                f"{source.events_api.read_scope}); or: dfm events list --source {source.key}"
+            )
     lines.append(f"  health: {base}/readyz   metrics: {base}/metrics")
     return "\n".join(lines)
 

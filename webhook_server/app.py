@@ -147,6 +147,8 @@ OUTCOME = web.RequestKey("outcome", str)
 # Set only when tracing is on.
 TRACING = web.AppKey("tracing", Tracing)
 EVENT_ID = web.RequestKey("event_id", str)
+# Set by a handler that counts and logs its request itself (webhook_server.events_api).
+LOGGED = web.RequestKey("logged", bool)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -228,6 +230,8 @@ async def request_context(
         # Answered before the body was read (refused): close rather than drain it.
         response.force_close()
     response.headers[REQUEST_ID_HEADER] = request_id
+    if request.get(LOGGED):
+        return response
     if runtime is None and response.status in _UNROUTED_OUTCOMES:
         runtime = request.app[SOURCES_BY_PATH].get(request.path)
         if runtime is None:
@@ -821,6 +825,11 @@ def create_app(
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
+    if any(source.events_api is not None for source in config.sources):
+        # Imported here: it builds on this module (and only a receiver that has it needs it).
+        from webhook_server.events_api import mount
+
+        mount(app)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_forward_ctx)
     app.cleanup_ctx.append(_auth_ctx)

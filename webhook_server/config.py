@@ -193,6 +193,59 @@ class AuthConfig(Model):
         return self
 
 
+# A scope name as OAuth writes them: no spaces (a space separates scopes in a "scope" claim).
+ScopeName = Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,128}$")]
+EVENTS_API_PREFIX = "/events"
+
+
+class EventsApiConfig(Model):
+    """The Events API of a source (webhook_server.events_api): its stored events listed, read
+    and replayed over HTTP. Absent: the API does not exist for the source (closed unless
+    configured).
+
+    Tokens are checked like ``auth`` (the same verifier): ``auth`` says whose tokens, and the
+    scopes in ``scopeClaim`` (an OAuth ``scope`` string separated by spaces, or a list of
+    strings) say what a token may do: ``readScope`` lists and reads events (payloads only when
+    asked for), ``replayScope`` re-queues deliveries.
+    """
+
+    auth: AuthConfig = Field(
+        description="Whose tokens: a JWKS URL or PEM public key, issuer, audiences, authorized "
+        "parties and algorithms, as spec.auth."
+    )
+    scope_claim: Annotated[str, Field(min_length=1, max_length=128)] = Field(
+        default="scope",
+        description="The claim that holds the token's scopes: a string of scopes separated by "
+        "spaces (OAuth's scope) or a list of strings.",
+    )
+    read_scope: ScopeName = Field(
+        default="events:read",
+        description="The scope that allows listing and reading events (payloads included, "
+        "when asked for).",
+    )
+    replay_scope: ScopeName = Field(
+        default="events:replay", description="The scope that allows replaying deliveries."
+    )
+    # Counted before the token is checked (a flood of bad tokens must not cost a JWKS fetch each).
+    requests_per_second: Annotated[float, Field(gt=0, le=10_000)] = Field(
+        default=10.0,
+        description="Requests to this source's Events API per second, per receiver pod.",
+    )
+    burst: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=20, description="Requests allowed at once above the rate, per receiver pod."
+    )
+    max_bulk_replay: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=10_000,
+        description="Events one bulk replay may re-queue; a larger selection is refused.",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_scopes(self) -> Self:
+        if self.read_scope == self.replay_scope:
+            raise ValueError("readScope and replayScope must differ")
+        return self
+
+
 class LimitsConfig(Model):
     """Per-source request limits, per receiver process.
 
@@ -281,6 +334,7 @@ class SourceConfig(Model):
     cors: CorsConfig = Field(default_factory=CorsConfig)
     retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
     forward: ForwardConfig | None = None
+    events_api: EventsApiConfig | None = None
 
     @property
     def key(self) -> str:
@@ -295,6 +349,10 @@ class SourceConfig(Model):
     def _provider_rules(self) -> Self:
         if self.path is not None and not self.path.startswith("/"):
             raise ValueError("path must start with '/'")
+        if self.path is not None and (
+            self.path == EVENTS_API_PREFIX or self.path.startswith(EVENTS_API_PREFIX + "/")
+        ):
+            raise ValueError(f"path must not be under {EVENTS_API_PREFIX}: the Events API's")
         # Imported here: the registry imports the verifiers, which import this module.
         from webhook_server.verify.registry import SourceFacts, provider_problem
 

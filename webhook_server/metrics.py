@@ -122,7 +122,8 @@ class ReceiverMetrics:
         )
         self.forward_delivery_latency = Histogram(
             "dfm_forward_delivery_latency_seconds",
-            "From an event's receipt to its successful delivery (all attempts and waits).",
+            "From an event's receipt (or its replay's re-queueing) to its successful delivery (all "
+            "attempts and waits).",
             ["source"],
             buckets=DELIVERY_BUCKETS,
             registry=r,
@@ -161,6 +162,19 @@ class ReceiverMetrics:
         self.forward_queued = Gauge(
             "dfm_forward_queued",
             "Deliveries this process holds in memory (queued or in flight).",
+            ["source"],
+            registry=r,
+        )
+        self.events_api_requests = Counter(
+            "dfm_events_api_requests",
+            "Events API requests by source, operation (list, show, replay, replay_bulk, "
+            "openapi) and outcome.",
+            ["source", "operation", "outcome"],
+            registry=r,
+        )
+        self.events_api_replays = Counter(
+            "dfm_events_api_replayed_deliveries",
+            "Deliveries re-queued through the Events API, by source.",
             ["source"],
             registry=r,
         )

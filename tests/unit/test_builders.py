@@ -296,6 +296,29 @@ def test_a_source_without_forward_has_no_forward_config() -> None:
     assert "forward" not in config["sources"][0]
 
 
+def test_the_events_api_is_rendered_only_when_set() -> None:
+    def rendered(s: WebhookSource) -> dict[str, Any]:
+        children = by_kind(build_children(s, ReceiverInputs(settings=SETTINGS)))
+        config: dict[str, Any] = yaml.safe_load(children["ConfigMap"]["data"]["receiver.yaml"])
+        # The receiver accepts what the operator renders.
+        ReceiverConfig.model_validate(config)
+        return config["sources"][0]
+
+    assert "eventsApi" not in rendered(source())
+    api = rendered(
+        source(
+            eventsApi={
+                "auth": {"jwksUrl": "https://clerk.example.com/.well-known/jwks.json",
+                         "issuer": "https://clerk.example.com", "audiences": ["ops"]},
+                "replayScope": "events:admin",
+            }
+        )
+    )["eventsApi"]  # fmt: skip
+    assert api["auth"]["jwksUrl"] == "https://clerk.example.com/.well-known/jwks.json"
+    assert api["auth"]["audiences"] == ["ops"]
+    assert (api["readScope"], api["replayScope"]) == ("events:read", "events:admin")
+
+
 def test_endpoints() -> None:
     assert endpoints(source(), SETTINGS) == (
         "http://stripe-main-receiver.payments.svc/hooks/payments/stripe-main",

@@ -248,13 +248,14 @@ def test_defaults_satisfy_their_own_schema(kind: str) -> None:
 @pytest.mark.parametrize("kind", sorted(CRDS))
 def test_every_field_is_described_for_kubectl_explain(kind: str) -> None:
     # AuthConfig, LimitsConfig and CorsConfig come from webhook_server.config without
-    # field descriptions; their fields are described on the field that holds them.
+    # field descriptions; their fields are described on the field that holds them (auth twice:
+    # spec.auth and spec.eventsApi.auth).
     undescribed = {
         path
         for path, node in nodes(schema_of(kind)["properties"]["spec"], ".spec")
         if "description" not in node and not path.endswith("[]") and not path.endswith(".*")
     }
-    inherited = {".spec.auth.", ".spec.limits.", ".spec.cors."}
+    inherited = {".spec.auth.", ".spec.limits.", ".spec.cors.", ".spec.eventsApi.auth."}
     assert {p for p in undescribed if not any(p.startswith(i) for i in inherited)} == set()
 
 
@@ -506,6 +507,30 @@ INVALID: dict[str, tuple[JsonDict, bool]] = {
         True,
     ),
     "auth without key source": (_source(provider="jwt", auth={"issuer": "x"}), True),
+    "events api with two key sources": (
+        _source(
+            provider="github",
+            verification=SECRET,
+            eventsApi={"auth": {"jwksUrl": "https://x.example/jwks.json", "publicKey": "x"}},
+        ),
+        True,
+    ),
+    "events api with one scope for both": (
+        _source(
+            provider="github",
+            verification=SECRET,
+            eventsApi={
+                "auth": {"jwksUrl": "https://x.example/jwks.json"},
+                "readScope": "events",
+                "replayScope": "events",
+            },
+        ),
+        True,
+    ),
+    "path under the events api": (
+        _source(provider="github", verification=SECRET, path="/events/mine"),
+        True,
+    ),
     # The provider rules of webhook_server.verify.registry, one case per CEL rule.
     "twilio without a public URL or an Ingress": (
         _source(provider="twilio", verification=SECRET),
@@ -649,6 +674,15 @@ VALID: dict[str, JsonDict] = {
     "managed secret name with dots": _named(_managed(type="random", random=RANDOM), "a.b.c"),
     "hmac with header": _source(provider="hmac", verification={**SECRET, "header": "X-Sig"}),
     "jwt with jwks": _source(provider="jwt", auth={"jwksUrl": "https://x.example/jwks.json"}),
+    "events api": _source(
+        provider="github",
+        verification=SECRET,
+        path="/eventsful",
+        eventsApi={
+            "auth": {"jwksUrl": "https://x.example/jwks.json", "audiences": ["ops"]},
+            "scopeClaim": "permissions",
+        },
+    ),
     "highlevel without secret": _source(provider="highlevel"),
     "twilio behind an Ingress": _source(
         provider="twilio",

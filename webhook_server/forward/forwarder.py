@@ -414,7 +414,7 @@ class Forwarder:
         if outcome is policy.Outcome.DELIVERED:
             target.breaker.record_success()
             target.last_delivered_at = at
-            target.latency.observe(max(now - item.received_at.timestamp(), 0.0))
+            target.latency.observe(max(now - item.age_from.timestamp(), 0.0))
         else:
             target.breaker.record_failure()
             target.last_failure_at = at
@@ -424,7 +424,7 @@ class Forwarder:
         decision = policy.decide(
             outcome,
             attempts=attempt,
-            received_at=item.received_at,
+            received_at=item.age_from,
             now=at,
             retry_after=parse_retry_after(retry_after, at) if retry_after else None,
             forward=forward,

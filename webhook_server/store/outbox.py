@@ -82,10 +82,18 @@ class Claimed:
     lease_until: datetime
     # The trace context the delivery continues (webhook_deliveries.trace_parent), if any.
     traceparent: str | None = None
+    # When a replay re-queued it (webhook_server.store.events), else None.
+    requeued_at: datetime | None = None
 
     @property
     def key(self) -> tuple[str, str, str, datetime]:
         return (self.source, self.subject, self.event_id, self.received_at)
+
+    @property
+    def age_from(self) -> datetime:
+        """Where its age (for ``maxAgeSeconds`` and the delivery latency) counts from: its
+        re-queueing for a replay, else its event's receipt."""
+        return self.requeued_at or self.received_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +132,7 @@ WITH due AS (
     WHERE d.source = due.source AND d.subject = due.subject AND d.event_id = due.event_id
       AND d.received_at = due.received_at
     RETURNING d.source, d.subject, d.event_id, d.received_at, d.webhook_id, d.attempts,
-              d.trace_parent
+              d.trace_parent, d.requeued_at
 )
 SELECT l.*, e.event_type, e.payload, e.headers::text AS headers
 FROM leased l
@@ -155,6 +163,7 @@ async def claim(conn: Any, source: str, now: datetime, limit: int, lease: Lease)
             attempts=r["attempts"],
             lease_until=lease.until,
             traceparent=r["trace_parent"],
+            requeued_at=r["requeued_at"],
         )
         for r in rows
     ]
@@ -223,14 +232,16 @@ async def release(conn: Any, owner: str, keys: Sequence[tuple[str, str, str, dat
 
 
 async def expire(conn: Any, source: str, now: datetime, max_age_seconds: float) -> int:
-    """Dead-letter the pending deliveries of ``source`` older than ``max_age_seconds`` that no
-    one holds (a delivery in flight is decided by its holder); returns how many."""
+    """Dead-letter the pending deliveries of ``source`` older than ``max_age_seconds`` (counted
+    from their re-queueing when replayed) that no one holds (a delivery in flight is decided by
+    its holder); returns how many."""
     result: str = await conn.execute(
         """UPDATE webhook_deliveries
            SET state = 'dead', dead_at = $2::timestamptz, last_error = 'expired',
                lease_until = NULL, leased_by = NULL
            WHERE state = 'pending' AND source = $1
-             AND received_at < $2::timestamptz - make_interval(secs => $3::double precision)
+             AND COALESCE(requeued_at, received_at)
+                 < $2::timestamptz - make_interval(secs => $3::double precision)
              AND (lease_until IS NULL OR lease_until <= $2)""",
         source,
         now,
@@ -253,7 +264,7 @@ async def backlog(conn: Any, source: str) -> Backlog:
         """SELECT
                (SELECT count(*) FROM webhook_deliveries
                 WHERE state = 'pending' AND source = $1) AS pending,
-               (SELECT min(received_at) FROM webhook_deliveries
+               (SELECT min(COALESCE(requeued_at, received_at)) FROM webhook_deliveries
                 WHERE state = 'pending' AND source = $1) AS oldest,
                (SELECT count(*) FROM webhook_deliveries
                 WHERE state = 'dead' AND source = $1) AS dead""",

@@ -44,7 +44,7 @@ SELECT
     (SELECT coalesce(array_agg(state ORDER BY replica), '{}') FROM webhook_forward_circuits
      WHERE source = $1 AND updated_at >= $2) AS circuits
 FROM (SELECT count(*) AS pending, count(*) FILTER (WHERE attempts > 0) AS retrying,
-             min(received_at) AS oldest_pending_at
+             min(COALESCE(requeued_at, received_at)) AS oldest_pending_at
       FROM webhook_deliveries WHERE state = 'pending' AND source = $1) p,
      (SELECT count(*) AS dead, count(*) FILTER (WHERE dead_at >= $3) AS dead_recently
       FROM webhook_deliveries WHERE state = 'dead' AND source = $1) d

@@ -26,9 +26,11 @@ from dfm_operator.api.common import (
 from dfm_operator.api.names import WEBHOOK_SOURCE_NAME, NameRule
 from dfm_operator.constants import WEBHOOK_SOURCE
 from webhook_server.config import (
+    EVENTS_API_PREFIX,
     VERIFICATION_OPTIONAL_FIELDS,
     AuthConfig,
     CorsConfig,
+    EventsApiConfig,
     HeaderName,
     HmacAlgorithm,
     LimitsConfig,
@@ -371,7 +373,14 @@ class WebhookSourceSpec(ApiModel):
     path: str | None = Field(
         default=None,
         pattern=r"^/[A-Za-z0-9._~/-]*$",
-        description="The endpoint's URL path (default: /hooks/<namespace>/<name>).",
+        description="The endpoint's URL path (default: /hooks/<namespace>/<name>); not under "
+        "/events (the Events API's).",
+        json_schema_extra=cel_rules(
+            CelRule(
+                f"self != '{EVENTS_API_PREFIX}' && !self.startsWith('{EVENTS_API_PREFIX}/')",
+                f"path must not be under {EVENTS_API_PREFIX}: the Events API's",
+            )
+        ),
     )
     verification: Verification = Field(default_factory=Verification)
     auth: AuthConfig | None = Field(
@@ -401,6 +410,26 @@ class WebhookSourceSpec(ApiModel):
         description="The receiver container's resources (requests and limits), as in a Pod.",
     )
     exposure: Exposure = Field(default_factory=Exposure)
+    events_api: EventsApiConfig | None = Field(
+        default=None,
+        description="The Events API on the receiver (GET /events, GET /events/{id}, POST "
+        "/events/{id}/replay, POST /events/replay; docs/events-api.md): who may call it (auth: "
+        "a JWKS URL or PEM public key, issuer, audiences, authorized parties, as spec.auth), "
+        "the scopes that allow reading and replaying (scopeClaim, readScope, replayScope), and "
+        "its request budget per pod. Absent: the API does not exist (its paths answer 404). "
+        "Reached through the receiver's Service; the Ingress routes only spec.path.",
+        json_schema_extra=cel_rules(
+            CelRule(
+                "has(self.auth.jwksUrl) != has(self.auth.publicKey)",
+                "set exactly one of auth.jwksUrl or auth.publicKey",
+            ),
+            CelRule(
+                "!has(self.readScope) || !has(self.replayScope) || "
+                "self.readScope != self.replayScope",
+                "readScope and replayScope must differ",
+            ),
+        ),
+    )
 
     @model_validator(mode="after")
     def _provider_rules(self) -> Self:
@@ -413,6 +442,10 @@ class WebhookSourceSpec(ApiModel):
             token_scheme=v.token_scheme or TokenScheme.BEARER,
             public_key=v.public_key,
         )
+        if self.path is not None and (
+            self.path == EVENTS_API_PREFIX or self.path.startswith(EVENTS_API_PREFIX + "/")
+        ):
+            raise ValueError(f"path must not be under {EVENTS_API_PREFIX}: the Events API's")
         refused = provider_refuses(self.provider, facts)
         if refused is not None:
             raise ValueError(refused)
@@ -448,7 +481,9 @@ class ForwardStatus(StatusModel):
         int, Field(ge=0, description="Dead-lettered deliveries kept (until retention).")
     ]
     oldest_pending_time: Timestamp | None = Field(
-        default=None, description="When the event of the oldest pending delivery was received."
+        default=None,
+        description="When the event of the oldest pending delivery was received (or, for a "
+        "replay, re-queued).",
     )
     last_delivery_time: Timestamp | None = Field(
         default=None, description="When a delivery last succeeded."

@@ -92,4 +92,5 @@ def build_source_config(
         cors=spec.cors,
         retention_days=spec.store.retention_days,
         forward=build_forward_config(source, forward_signing),
+        events_api=spec.events_api,
     )
