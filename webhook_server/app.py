@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
+import orjson
 from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -175,6 +176,24 @@ def _check_event_field(value: str | None, what: str) -> None:
         )
 
 
+def json_response(
+    data: Mapping[str, Any],
+    status: int = 200,
+    *,
+    content_type: str = "application/json",
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """``data`` as a UTF-8 JSON body, encoded by orjson (aiohttp's json_response goes through
+    ``json.dumps`` and a text body: about four times the cost)."""
+    return web.Response(
+        body=orjson.dumps(data),
+        status=status,
+        content_type=content_type,
+        charset="utf-8",
+        headers=headers,
+    )
+
+
 def problem_response(
     status: int, request_id: str, detail: str = "", headers: Mapping[str, str] | None = None
 ) -> web.Response:
@@ -186,7 +205,7 @@ def problem_response(
     }
     if detail:
         body["detail"] = detail
-    return web.json_response(body, status=status, content_type=PROBLEM_JSON, headers=headers)
+    return json_response(body, status, content_type=PROBLEM_JSON, headers=headers)
 
 
 # -- middleware ----------------------------------------------------------------------------------
@@ -233,14 +252,14 @@ async def request_context(
         elapsed = time.perf_counter() - started
         runtime.count(outcome)
         runtime.latency.observe(elapsed)
-        request.app[ACCESS_LOG].write(
-            request_id=request_id,
-            source=runtime.config.key,
-            method=request.method,
-            status=response.status,
-            outcome=outcome,
-            event_id=request.get(EVENT_ID),
-            latency_ms=round(elapsed * 1000, 2),
+        request.app[ACCESS_LOG].request(
+            request_id,
+            runtime.config.key,
+            request.method,
+            response.status,
+            outcome,
+            request.get(EVENT_ID),
+            round(elapsed * 1000, 2),
         )
     return response
 
@@ -251,13 +270,14 @@ def _count_unrouted(
     """A 404 or 405 off every source's path: counted and logged under a fixed label, with
     neither the path nor anything else the client chose."""
     request.app[METRICS].requests.labels(UNROUTED, outcome).inc()
-    request.app[ACCESS_LOG].write(
-        request_id=request_id,
-        source=UNROUTED,
-        method=request.method if request.method in hdrs.METH_ALL else "OTHER",
-        status=status,
-        outcome=outcome,
-        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+    request.app[ACCESS_LOG].request(
+        request_id,
+        UNROUTED,
+        request.method if request.method in hdrs.METH_ALL else "OTHER",
+        status,
+        outcome,
+        None,
+        round((time.perf_counter() - started) * 1000, 2),
     )
 
 
@@ -438,7 +458,7 @@ async def receive(request: web.Request) -> web.Response:
         )
     if result.challenge is not None:
         request[OUTCOME] = "challenge"
-        return web.json_response({"challenge": result.challenge})
+        return json_response({"challenge": result.challenge})
 
     _check_event_field(result.event_id, "the event id")
     _check_event_field(result.event_type, "the event type")
@@ -503,7 +523,7 @@ async def receive(request: web.Request) -> web.Response:
     }
     if result.event_count is not None:
         answer["eventCount"] = result.event_count
-    return web.json_response(answer)
+    return json_response(answer)
 
 
 def _subject(source: SourceConfig, claims: dict[str, Any] | None) -> str:
@@ -542,7 +562,7 @@ async def probe(request: web.Request) -> web.Response:
 
 
 async def livez(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -558,10 +578,10 @@ async def readyz(request: web.Request) -> web.Response:
         # secret nothing is sent; events are still stored and their deliveries wait.
         checks["forwardSigning"] = all(t.secrets.loaded for t in forwarder.targets.values())
     if store_ok and secrets_ok:
-        return web.json_response({"status": "ok", "checks": checks})
+        return json_response({"status": "ok", "checks": checks})
     # Like every other non-2xx answer: problem+json (its checks as an extension member).
     failing = ", ".join(name for name in ("database", "secrets") if not checks[name])
-    return web.json_response(
+    return json_response(
         {
             "type": "about:blank",
             "title": "Service Unavailable",

@@ -59,6 +59,7 @@ class Options:
     profile: bool
     py_spy: str | None
     keep: bool
+    floor: bool = True
 
 
 # -- /proc accounting ----------------------------------------------------------------------------
@@ -419,6 +420,65 @@ class Target:
         return ordered[(len(ordered) - 1) // 2]
 
 
+FLOOR_HMAC = "+ HMAC verify"
+FLOOR_COMMIT = "+ batched commit"
+
+
+def floor_batch_mean(floors: Sequence[Target]) -> float:
+    """Mean events per commit of the commit floor (its /stats), 0 when it was not measured."""
+    for floor in floors:
+        if floor.name == FLOOR_COMMIT:
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            url = f"http://127.0.0.1:{floor.server.port}/stats"
+            with opener.open(url, timeout=5) as resp:
+                stats = json.loads(resp.read())
+            return float(stats["events"]) / stats["batches"] if stats["batches"] else 0.0
+    return 0.0
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2] if ordered else 0.0
+
+
+def _per_request_us(m: Measured) -> float:
+    return m.cpu.server * 1e4 / m.result.rate if m.result.rate else 0.0
+
+
+def floor_table(base: Target, floors: Sequence[Target], recv: Target, measured: _Measured) -> str:
+    """Each layer of the floor beside the no-op baseline and the receiver: events/s and server
+    CPU per request of its median round, and its ratio to the baseline (median of the per-round
+    ratios, as for the receiver's verdict)."""
+    head = (
+        f"{'floor breakdown':<44}{'events/s':>10}{'x no-op':>9}{'server CPU us/req':>19}"
+        f"{'x floor':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    commit_floor = next((f for f in floors if f.name == FLOOR_COMMIT), None)
+    floor_rate = commit_floor.median().result.rate if commit_floor else 0.0
+    rows: list[tuple[str, Target]] = [("bare aiohttp (the no-op baseline)", base)]
+    for floor in floors:
+        label = floor.name
+        if floor.name == FLOOR_COMMIT:
+            label += f" (mean {measured.floor_mean_batch:.1f} events per commit)"
+        rows.append((label, floor))
+    rows.append((f"receiver: everything (mean {measured.mean_batch:.1f} events per commit)", recv))
+    for label, target in rows:
+        m = target.median()
+        ratio = _median(
+            [
+                r.result.rate / b.result.rate if b.result.rate else 0.0
+                for b, r in zip(base.rounds, target.rounds, strict=True)
+            ]
+        )
+        to_floor = m.result.rate / floor_rate if floor_rate else 0.0
+        lines.append(
+            f"{label:<44}{m.result.rate:>10,.0f}{ratio:>9.2f}{_per_request_us(m):>19.0f}"
+            f"{to_floor:>9.2f}"
+        )
+    return "\n".join(lines)
+
+
 def batch_stats(server: Server) -> tuple[int, float]:
     """(batches written, mean batch size) from the receiver's /metrics."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -532,6 +592,8 @@ class _Started:
     postgres_pid: int
     log_file: Path
     gc_file: Path
+    # The floor's layers between the two (bare aiohttp + HMAC, + a batched commit), when measured.
+    floors: list[Target] = field(default_factory=list)
 
 
 def _start_servers(
@@ -566,11 +628,23 @@ def _start_servers(
         ],
     )
     servers.append(receiver)
-    baseline.wait_ready()
-    receiver.wait_ready()
+    floors: list[Target] = []
+    if opts.floor:
+        hmac_floor = start_server("floor-hmac", workdir, ["--secret", secret])
+        servers.append(hmac_floor)
+        commit_floor = start_server(
+            "floor-commit", workdir, ["--secret", secret, "--database-url", postgres.url]
+        )
+        servers.append(commit_floor)
+        floors = [
+            Target(FLOOR_HMAC, "floor-hmac", hmac_floor, None, collect=False),
+            Target(FLOOR_COMMIT, "floor-commit", commit_floor, postgres_pid, collect=False),
+        ]
+    for server in servers:
+        server.wait_ready()
     base = Target("baseline (no-op)", "baseline", baseline, None, collect=False)
     recv = Target("receiver (durable)", "receiver", receiver, postgres_pid, collect=True)
-    return _Started(baseline, receiver, base, recv, postgres_pid, log_file, gc_file)
+    return _Started(baseline, receiver, base, recv, postgres_pid, log_file, gc_file, floors)
 
 
 @dataclass
@@ -582,6 +656,7 @@ class _Measured:
     paced_windows: list[tuple[datetime, datetime]]
     batches: int
     mean_batch: float
+    floor_mean_batch: float
     rows: int
     found: int
     log_lines: int
@@ -601,6 +676,8 @@ def _measure(
     # Interleaved rounds: a slow spell of a shared machine hits both targets alike.
     bench_start = datetime.now(UTC)
     base.warm(load)
+    for floor in started.floors:
+        floor.warm(load)
     recv.warm(load)
     profiles: list[tuple[str, profile.Summary | None]] = []
     paced_rounds: list[Measured] = []
@@ -608,6 +685,8 @@ def _measure(
     for number in range(opts.rounds):
         sampler = py_spy if number == 0 else None  # py-spy slows what it samples: once
         profiles.append((base.name, base.measure(load, sampler)))
+        for floor in started.floors:
+            floor.measure(load)
         profiles.append((recv.name, recv.measure(load, sampler)))
         # The paced run follows the closed-loop one it is a fraction of, so both see the
         # machine in the same state.
@@ -629,14 +708,17 @@ def _measure(
             )
         )
     batches, mean_batch = batch_stats(receiver)
+    floor_mean_batch = floor_batch_mean(started.floors)
     baseline.stop()
+    for floor in started.floors:
+        floor.server.stop()
     code = receiver.stop()
     say(f"  receiver stopped (exit {code}); counting stored events")
     rows, found = asyncio.run(count_stored(postgres.url, recv.acked))
     log_lines = sum(1 for _ in log_file.open("rb")) if log_file.is_file() else 0
     return _Measured(
-        started, bench_start, profiles, paced_rounds, paced_windows, batches, mean_batch, rows,
-        found, log_lines,
+        started, bench_start, profiles, paced_rounds, paced_windows, batches, mean_batch,
+        floor_mean_batch, rows, found, log_lines,
     )  # fmt: skip
 
 
@@ -692,6 +774,9 @@ def _report(
         f"{opts.paced_fraction:.0%} of that round's events/s)"
     )
     _print_rounds(base, recv, paced_rounds, paced_windows, postgres)
+    if measured.started.floors:
+        print()
+        print(floor_table(base, measured.started.floors, recv, measured))
     _print_durability(opts, measured, use_wrk, postgres)
 
 
@@ -804,6 +889,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy both servers in round 1")
     parser.add_argument("--py-spy", default=None, help="path of py-spy (default: from PATH)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, scripts)")
+    parser.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="skip the floor breakdown (bare aiohttp + HMAC, + a batched commit)",
+    )
     args = parser.parse_args(argv)
     return run(
         Options(
@@ -822,5 +913,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             profile=args.profile,
             py_spy=args.py_spy,
             keep=args.keep,
+            floor=args.floor,
         )
     )

@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 import asyncpg
+import orjson
 
 from webhook_server.config import DatabaseConfig, SourceConfig
 from webhook_server.logs import get_logger
@@ -668,11 +669,21 @@ def _insert_args(events: list[Event]) -> tuple[list[Any], ...]:
         [e.received_at for e in events],
         [e.request_id for e in events],
         [e.payload for e in events],
-        [json.dumps(e.headers) for e in events],
+        [_headers_json(e.headers) for e in events],
         [e.subject for e in events],
         [1 if e.event_count is None else e.event_count for e in events],
         [outbox.webhook_id(e.source, e.subject, e.event_id) for e in events],
     )
+
+
+def _headers_json(headers: dict[str, str]) -> str:
+    """Stored headers as JSON text: orjson (a tenth of ``json.dumps``'s cost on the writer), or
+    ``json.dumps`` for what orjson refuses (a lone surrogate), so that such an event fails alone
+    with the data error PostgreSQL gives it, as before, rather than its whole batch."""
+    try:
+        return orjson.dumps(headers).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(headers)
 
 
 async def _claim_replay_keys(conn: Any, events: list[Event]) -> set[_Key]:
