@@ -296,8 +296,11 @@ def _allow_header(exc: web.HTTPException) -> dict[str, str]:
 
 
 def _apply_cors(request: web.Request, runtime: SourceRuntime, response: web.StreamResponse) -> None:
+    allowed = runtime.config.cors.allowed_origins
+    if not allowed:
+        return
     origin = request.headers.get("Origin")
-    if origin and origin in runtime.config.cors.allowed_origins:
+    if origin and origin in allowed:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Vary"] = "Origin"
         response.headers["Access-Control-Expose-Headers"] = REQUEST_ID_HEADER
