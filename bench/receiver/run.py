@@ -60,6 +60,8 @@ class Options:
     py_spy: str | None
     keep: bool
     floor: bool = True
+    # Another checkout of the repository whose receiver is measured in the same rounds (A/B).
+    compare: str | None = None
 
 
 # -- /proc accounting ----------------------------------------------------------------------------
@@ -197,12 +199,16 @@ class Server:
         return self.process.returncode
 
 
-def start_server(kind: str, workdir: Path, extra: Sequence[str] = ()) -> Server:
+def start_server(
+    kind: str, workdir: Path, extra: Sequence[str] = (), checkout: Path = REPO, log: str = ""
+) -> Server:
+    """``kind`` from ``bench.receiver.servers`` of ``checkout`` (its code is imported first: the
+    working directory leads ``sys.path``)."""
     port = free_port()
-    out = (workdir / f"{kind}.out").open("wb")
+    out = (workdir / f"{log or kind}.out").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.receiver.servers", kind, "--port", str(port), *extra],
-        cwd=REPO,
+        cwd=checkout,
         stdout=out,
         stderr=subprocess.STDOUT,
     )
@@ -421,6 +427,8 @@ class Target:
 
 
 FLOOR_HMAC = "+ HMAC verify"
+COMPARE = "receiver of --compare"
+COMPARE_SOURCE_NAME = "bench-compare"
 FLOOR_COMMIT = "+ batched commit"
 
 
@@ -450,7 +458,7 @@ def floor_table(base: Target, floors: Sequence[Target], recv: Target, measured: 
     CPU per request of its median round, and its ratio to the baseline (median of the per-round
     ratios, as for the receiver's verdict)."""
     head = (
-        f"{'floor breakdown':<44}{'events/s':>10}{'x no-op':>9}{'server CPU us/req':>19}"
+        f"{'floor breakdown':<56}{'events/s':>10}{'x no-op':>9}{'server CPU us/req':>19}"
         f"{'x floor':>9}"
     )
     lines = [head, "-" * len(head)]
@@ -473,10 +481,27 @@ def floor_table(base: Target, floors: Sequence[Target], recv: Target, measured: 
         )
         to_floor = m.result.rate / floor_rate if floor_rate else 0.0
         lines.append(
-            f"{label:<44}{m.result.rate:>10,.0f}{ratio:>9.2f}{_per_request_us(m):>19.0f}"
+            f"{label:<56}{m.result.rate:>10,.0f}{ratio:>9.2f}{_per_request_us(m):>19.0f}"
             f"{to_floor:>9.2f}"
         )
     return "\n".join(lines)
+
+
+def compare_line(recv: Target, compare: Target) -> str:
+    """A/B against the receiver of --compare, paired by round like the verdict's ratio."""
+    rates = [
+        r.result.rate / c.result.rate if c.result.rate else 0.0
+        for r, c in zip(recv.rounds, compare.rounds, strict=True)
+    ]
+    cpu = [
+        _per_request_us(r) / _per_request_us(c) if _per_request_us(c) else 0.0
+        for r, c in zip(recv.rounds, compare.rounds, strict=True)
+    ]
+    return (
+        f"A/B this receiver / the --compare one: events/s {_median(rates):.2f} "
+        f"(rounds {' '.join(f'{x:.2f}' for x in rates)}), server CPU per request "
+        f"{_median(cpu):.2f} (rounds {' '.join(f'{x:.2f}' for x in cpu)})"
+    )
 
 
 def batch_stats(server: Server) -> tuple[int, float]:
@@ -640,6 +665,18 @@ def _start_servers(
             Target(FLOOR_HMAC, "floor-hmac", hmac_floor, None, collect=False),
             Target(FLOOR_COMMIT, "floor-commit", commit_floor, postgres_pid, collect=False),
         ]
+    if opts.compare:
+        # The same receiver setup from another checkout, under its own source (its own rows).
+        other = start_server(
+            "receiver",
+            workdir,
+            ["--database-url", postgres.url, "--secret", secret, "--name", COMPARE_SOURCE_NAME,
+             "--log", str(workdir / "compare.log"), "--log-level", opts.receiver_log_level],
+            checkout=Path(opts.compare),
+            log="compare",
+        )  # fmt: skip
+        servers.append(other)
+        floors.append(Target(COMPARE, "compare", other, postgres_pid, collect=False))
     for server in servers:
         server.wait_ready()
     base = Target("baseline (no-op)", "baseline", baseline, None, collect=False)
@@ -777,6 +814,9 @@ def _report(
     if measured.started.floors:
         print()
         print(floor_table(base, measured.started.floors, recv, measured))
+    compare = next((f for f in measured.started.floors if f.name == COMPARE), None)
+    if compare is not None:
+        print(compare_line(recv, compare))
     _print_durability(opts, measured, use_wrk, postgres)
 
 
@@ -890,6 +930,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--py-spy", default=None, help="path of py-spy (default: from PATH)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, scripts)")
     parser.add_argument(
+        "--compare",
+        default=None,
+        metavar="DIR",
+        help="A/B: also measure the receiver of another checkout (e.g. `git archive` of an "
+        "earlier commit) in the same interleaved rounds; shown in the floor table",
+    )
+    parser.add_argument(
         "--no-floor",
         dest="floor",
         action="store_false",
@@ -914,5 +961,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             py_spy=args.py_spy,
             keep=args.keep,
             floor=args.floor,
+            compare=args.compare,
         )
     )
