@@ -325,10 +325,15 @@ async def _read_body(
     it is read at once.
     """
     content = request.content
+    body: bytes | None
     try:
         if content.is_eof():
-            # It all came with the headers (the usual webhook): no timer, no budget.
-            body = await read_limited(content, request.content_length, limit)
+            # It all came with the headers (the usual webhook), so it is in memory already:
+            # taken as it is, with no timer, no budget and no await (reading it chunk by chunk
+            # through the async iterator was a fifth of the app's time per request).
+            body = content.read_nowait(-1)
+            if len(body) > limit:
+                body = None
         else:
             reader = BodyReader(budget, content)
             try:
