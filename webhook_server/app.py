@@ -18,7 +18,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -119,13 +119,16 @@ class SourceRuntime:
     _outcomes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Computed once (SourceConfig.key formats it on every call).
+        self.key = self.config.key
         # Labelled children resolved once: labels() costs more than the increment itself.
-        self.latency = self.metrics.latency.labels(self.config.key)
+        self.latency = self.metrics.latency.labels(self.key)
+        self.stored_headers = HeaderFilter(self.extra_sensitive)
 
     def count(self, outcome: str) -> None:
         child = self._outcomes.get(outcome)
         if child is None:
-            child = self._outcomes[outcome] = self.metrics.requests.labels(self.config.key, outcome)
+            child = self._outcomes[outcome] = self.metrics.requests.labels(self.key, outcome)
         child.inc()
 
 
@@ -152,13 +155,39 @@ def _sensitive(lower_name: str) -> bool:
 
 
 def stored_headers(headers: Mapping[str, str], extra_sensitive: set[str]) -> dict[str, str]:
-    kept: dict[str, str] = {}
-    for name, value in headers.items():
+    """The headers of a request that are stored with its event (lower-case names)."""
+    return HeaderFilter(extra_sensitive)(headers)
+
+
+class HeaderFilter:
+    """``stored_headers`` for one source, deciding once per header name as sent: senders repeat
+    the same names, so each request costs a dict lookup per header. At most ``MAX_NAMES`` names
+    are remembered (a client choosing new names each time gets them decided every time)."""
+
+    MAX_NAMES = 1024
+
+    def __init__(self, extra_sensitive: Collection[str]) -> None:
+        self._extra = frozenset(extra_sensitive)
+        # The name as sent -> its lower-case name when kept, "" when dropped.
+        self._decided: dict[str, str] = {}
+
+    def __call__(self, headers: Mapping[str, str]) -> dict[str, str]:
+        decided = self._decided
+        kept: dict[str, str] = {}
+        for name, value in headers.items():
+            lower = decided.get(name)
+            if lower is None:
+                lower = self._decide(name)
+            if lower:
+                kept[lower] = value if value.isascii() else _printable(value)
+        return kept
+
+    def _decide(self, name: str) -> str:
         lower = name.lower()
-        if lower in extra_sensitive or _sensitive(lower):
-            continue
-        kept[lower] = value if value.isascii() else _printable(value)
-    return kept
+        keep = "" if lower in self._extra or _sensitive(lower) else lower
+        if len(self._decided) < self.MAX_NAMES:
+            self._decided[name] = keep
+        return keep
 
 
 def _printable(value: str) -> str:
@@ -254,7 +283,7 @@ async def request_context(
         runtime.latency.observe(elapsed)
         request.app[ACCESS_LOG].request(
             request_id,
-            runtime.config.key,
+            runtime.key,
             request.method,
             response.status,
             outcome,
@@ -475,13 +504,13 @@ async def receive(request: web.Request) -> web.Response:
     event_id = result.event_id or "sha256:" + hashlib.sha256(body).hexdigest()
     request[EVENT_ID] = event_id
     event = Event(
-        source=source.key,
+        source=runtime.key,
         event_id=event_id,
         event_type=result.event_type,
         received_at=datetime.fromtimestamp(now, UTC),
         request_id=request[REQUEST_ID],
         payload=body,
-        headers=stored_headers(request.headers, runtime.extra_sensitive),
+        headers=runtime.stored_headers(request.headers),
         subject=subject,
         event_count=result.event_count,
         replay_key=result.replay_key,
