@@ -238,7 +238,7 @@ def run_receiver(
         VerificationConfig,
     )
 
-    # structlog's WriteLogger flushes every line: one write(2) a request, as on stdout in a pod.
+    # The access log goes to this file through its buffer (flushed every second), as to stdout.
     logs.configure(log_level, stream=open(log_file, "a"))  # noqa: SIM115 - lives with the process
     forward = None
     if forward_url:
