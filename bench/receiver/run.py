@@ -487,6 +487,20 @@ def floor_table(base: Target, floors: Sequence[Target], recv: Target, measured: 
     return "\n".join(lines)
 
 
+def cpu_per_event_line(base: Measured, recv: Measured) -> str:
+    """CPU per event of the median rounds: the server's, and PostgreSQL's for the receiver."""
+
+    def per_event(percent: float, m: Measured) -> float:
+        return percent * 1e4 / m.result.rate if m.result.rate else 0.0
+
+    server, postgres = per_event(recv.cpu.server, recv), per_event(recv.cpu.postgres, recv)
+    return (
+        f"CPU per event: receiver {server:.0f} us + PostgreSQL {postgres:.0f} us = "
+        f"{server + postgres:.0f} us; no-op baseline {per_event(base.cpu.server, base):.0f} us "
+        f"(median rounds; inflated when the machine is shared, see the other CPU column)"
+    )
+
+
 def compare_line(recv: Target, compare: Target) -> str:
     """A/B against the receiver of --compare, paired by round like the verdict's ratio."""
     rates = [
@@ -795,6 +809,7 @@ def _report(
     print()
     print(table([base_m, recv_m, paced_m]))
     print()
+    print(cpu_per_event_line(base_m, recv_m))
     print(
         f"events/s ratio receiver/baseline: {ratio:.2f}   (target >= {RATIO_TARGET})  "
         f"{verdict(ratio >= RATIO_TARGET)}   (median of the per-round ratios)"

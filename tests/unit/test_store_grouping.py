@@ -22,9 +22,11 @@ class FakeDatabase:
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
         self.gates: list[asyncio.Event] = []
+        self.more = asyncio.Event()
 
     async def insert(self, events: list[Event]) -> tuple[set[tuple[str, str, str]], set[object]]:
         self.batches.append([e.event_id for e in events])
+        self.more.set()
         gate = asyncio.Event()
         self.gates.append(gate)
         await gate.wait()
@@ -32,7 +34,8 @@ class FakeDatabase:
 
     async def started(self, count: int) -> None:
         while len(self.batches) < count:
-            await asyncio.sleep(0.001)
+            self.more.clear()
+            await self.more.wait()
 
 
 def _event(event_id: str) -> Event:
