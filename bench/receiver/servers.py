@@ -171,6 +171,10 @@ class FloorWriter:
             self.slots.release()
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    return None
+
+
 def floor_commit_app(path: str, secret: str, database_url: str) -> web.Application:
     verified = _github_verifier(secret)
     writer_key = web.AppKey("writer", FloorWriter)
@@ -194,7 +198,8 @@ def floor_commit_app(path: str, secret: str, database_url: str) -> web.Applicati
         return web.json_response({"batches": writer.batches, "events": writer.events})
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(database_url, min_size=2, max_size=4)
+        # No reset round trip when a connection is given back (as the receiver's writer).
+        pool = await asyncpg.create_pool(database_url, min_size=2, max_size=4, reset=_no_reset)
         assert pool is not None
         await pool.execute(
             f"CREATE TABLE IF NOT EXISTS {FLOOR_TABLE} "

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import time
 from collections import deque
@@ -43,6 +44,9 @@ log = get_logger("dfm.store")
 
 # A commit in flight longer than this no longer holds the next batch back (see the module doc).
 STALL_SECONDS = 0.005
+# Set while the writer gives back a connection whose insert left nothing to undo (see
+# Store._reset_connection): task-local, so no other user of the pool is affected.
+_CLEAN_RELEASE: contextvars.ContextVar[bool] = contextvars.ContextVar("clean", default=False)
 
 MAINTENANCE_LOCK_ID = 0x64666D02
 # Held (in the transaction that creates one partition) by whoever creates partitions: the
@@ -280,6 +284,7 @@ class Store:
             timeout=self.config.connect_timeout_seconds,
             command_timeout=self.statement_timeout_seconds,
             server_settings={"application_name": "dfm-receiver", "timezone": "UTC"},
+            reset=_reset_connection,
             **kwargs,
         )
         assert pool is not None
@@ -524,8 +529,7 @@ class Store:
         acquire_timeout = self.config.connect_timeout_seconds
         for attempt in range(3):
             try:
-                async with pool.acquire(timeout=acquire_timeout) as conn:
-                    return await insert_events(conn, events, forwarded=forwarded, lease=lease)
+                return await _insert_and_release(pool, acquire_timeout, events, forwarded, lease)
             except asyncpg.PostgresError as exc:
                 if not partition_missing(exc) or attempt == 2:
                     raise
@@ -626,6 +630,44 @@ class Store:
             "DELETE FROM webhook_forward_circuits WHERE updated_at < $1",
             now - timedelta(days=1),
         )
+
+
+async def _insert_and_release(
+    pool: asyncpg.Pool,
+    acquire_timeout: float,
+    events: list[Event],
+    forwarded: frozenset[str],
+    lease: Lease | None,
+) -> tuple[set[_Key], set[_Key]]:
+    """``insert_events`` on a pool connection, given back without asyncpg's reset round trip when
+    the insert succeeded (see ``_reset_connection``)."""
+    conn = await pool.acquire(timeout=acquire_timeout)
+    clean = False
+    try:
+        result = await insert_events(conn, events, forwarded=forwarded, lease=lease)
+        clean = True
+        return result
+    finally:
+        token = _CLEAN_RELEASE.set(clean)
+        try:
+            await pool.release(conn)
+        finally:
+            _CLEAN_RELEASE.reset(token)
+
+
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    """What the pool runs on a connection given back, after asyncpg has ended any transaction
+    left open. asyncpg's default sends ``get_reset_query()`` (advisory locks released, cursors
+    closed, ``UNLISTEN *``, ``RESET ALL``): one more round trip and one more transaction on the
+    server for every batch. A connection the writer gives back after a successful insert has
+    none of that to undo (one statement, or one transaction that committed; no session setting,
+    lock or cursor), so it skips it; every other release (maintenance, the forwarder, a failed
+    insert) gets asyncpg's query as before."""
+    if _CLEAN_RELEASE.get():
+        return
+    query = conn.get_reset_query()
+    if query:
+        await conn.execute(query)
 
 
 async def insert_events(
