@@ -162,9 +162,11 @@ def stored_headers(headers: Mapping[str, str], extra_sensitive: set[str]) -> dic
 class HeaderFilter:
     """``stored_headers`` for one source, deciding once per header name as sent: senders repeat
     the same names, so each request costs a dict lookup per header. At most ``MAX_NAMES`` names
-    are remembered (a client choosing new names each time gets them decided every time)."""
+    of at most ``MAX_NAME_CHARS`` are remembered (about 200 KiB per source at worst); a client
+    choosing new or long names gets them decided every time."""
 
     MAX_NAMES = 1024
+    MAX_NAME_CHARS = 64
 
     def __init__(self, extra_sensitive: Collection[str]) -> None:
         self._extra = frozenset(extra_sensitive)
@@ -185,7 +187,7 @@ class HeaderFilter:
     def _decide(self, name: str) -> str:
         lower = name.lower()
         keep = "" if lower in self._extra or _sensitive(lower) else lower
-        if len(self._decided) < self.MAX_NAMES:
+        if len(self._decided) < self.MAX_NAMES and len(name) <= self.MAX_NAME_CHARS:
             self._decided[name] = keep
         return keep
 
