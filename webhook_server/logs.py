@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json as jsonlib
 import logging
 import sys
+import time
 from collections.abc import Callable, MutableMapping
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 _state: dict[str, Any] = {"stream": None, "level": logging.INFO, "json": True, "trace_ids": None}
@@ -55,26 +55,69 @@ def get_logger(name: str) -> Any:
 class AccessLog:
     """One JSON line per request, on the hot path: no processor chain, no lock, no flush per line.
 
-    Lines go to the stream ``configure`` chose (stdout by default) through its buffer; a caller
-    flushes periodically and at shutdown (``flush``). Off when the level is above INFO.
+    A line is one ``orjson.dumps`` of a flat dict with a timestamp from a per-second cache (about
+    half the cost of ``json.dumps`` and ``datetime.isoformat``; bench/README.md). Lines go to the
+    stream ``configure`` chose (stdout by default) through its buffer; a caller flushes
+    periodically and at shutdown (``flush``). Off when the level is above INFO.
     """
 
     def __init__(self) -> None:
         self.enabled = _state["level"] <= logging.INFO
         self.trace_ids: Callable[[], dict[str, str]] | None = _state["trace_ids"]
 
-    def write(self, **fields: Any) -> None:
+    def request(
+        self,
+        request_id: str,
+        source: str,
+        method: str,
+        status: int,
+        outcome: str,
+        event_id: str | None,
+        latency_ms: float,
+    ) -> None:
+        """The receiver's line for one request (the hot path: no keyword dict to merge)."""
         if not self.enabled:
             return
-        record = {"event": "request", "level": "info", "ts": _now(), **fields}
+        record = {
+            "event": "request",
+            "level": "info",
+            "ts": utc_timestamp(),
+            "request_id": request_id,
+            "source": source,
+            "method": method,
+            "status": status,
+            "outcome": outcome,
+            "event_id": event_id,
+            "latency_ms": latency_ms,
+        }
         if self.trace_ids is not None:
             record.update(self.trace_ids())
-        line = jsonlib.dumps(record, separators=(",", ":"), default=str)
-        (_state["stream"] or sys.stdout).write(line + "\n")
+        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        (_state["stream"] or sys.stdout).write(line.decode())
+
+    def write(self, event: str = "request", **fields: Any) -> None:
+        """Any other line on the same stream (the forwarder's failed attempts)."""
+        if not self.enabled:
+            return
+        record = {"event": event, "level": "info", "ts": utc_timestamp(), **fields}
+        if self.trace_ids is not None:
+            record.update(self.trace_ids())
+        line = orjson.dumps(record, default=str, option=orjson.OPT_APPEND_NEWLINE)
+        (_state["stream"] or sys.stdout).write(line.decode())
 
     def flush(self) -> None:
         (_state["stream"] or sys.stdout).flush()
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+_second: list[Any] = [-1, ""]
+
+
+def utc_timestamp(now: float | None = None) -> str:
+    """``now`` (default: the clock) as RFC 3339 UTC with microseconds, ``...T12:34:56.789012Z``.
+    The date and time of day are formatted once per second."""
+    if now is None:
+        now = time.time()
+    whole = int(now)
+    if whole != _second[0]:
+        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{int((now - whole) * 1_000_000):06d}Z"

@@ -1,8 +1,20 @@
-"""Prometheus metrics of one receiver. Labels carry source keys and closed-set values only."""
+"""Prometheus metrics of one receiver. Labels carry source keys and closed-set values only.
+
+The two metrics every request updates (``dfm_receiver_requests`` and
+``dfm_receiver_request_duration_seconds``) are :class:`LoopCounter` and :class:`LoopHistogram`:
+plain numbers updated by the event loop's thread alone, read at scrape time. prometheus_client's
+own take a lock per update and go through several calls each (about 2 us a request, against
+0.3 us). Everything else is prometheus_client's.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -15,11 +27,112 @@ DELIVERY_BUCKETS = (
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 
+class LoopCounterChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("counters only go up")
+        self.value += amount
+
+
+class LoopCounter:
+    """A labelled counter updated from one thread (the event loop's), without a lock; exported
+    like prometheus_client's Counter (``<name>_total``). ``labels(...).inc()`` as there."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], LoopCounterChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> LoopCounterChild:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}")
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = LoopCounterChild()
+        return child
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> list[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            family.add_metric(values, child.value)
+        return [family]
+
+
+class LoopHistogramChild:
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        # One count per bucket (not cumulative) and one past the last bound (+Inf).
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self._bounds, amount)] += 1
+        self.sum += amount
+
+
+class LoopHistogram:
+    """A labelled histogram updated from one thread (the event loop's), without a lock; exported
+    like prometheus_client's Histogram (``_bucket`` with ``le``, ``_count``, ``_sum``)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = tuple(sorted(float(b) for b in buckets))
+        self._children: dict[tuple[str, ...], LoopHistogramChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> LoopHistogramChild:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}")
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = LoopHistogramChild(self.bounds)
+        return child
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> list[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            family.add_metric(values, list(_cumulative(self.bounds, child.counts)), child.sum)
+        return [family]
+
+
+def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> Iterator[tuple[str, float]]:
+    total = 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        total += count
+        yield floatToGoString(bound), float(total)  # type: ignore[no-untyped-call]
+
+
 class ReceiverMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "dfm_receiver_requests",
             "Webhook requests by source and outcome.",
             ["source", "outcome"],
@@ -37,7 +150,7 @@ class ReceiverMetrics:
             ["source"],
             registry=r,
         )
-        self.latency = Histogram(
+        self.latency = LoopHistogram(
             "dfm_receiver_request_duration_seconds",
             "Time from request start to response, by source.",
             ["source"],

@@ -38,6 +38,7 @@ import json
 import re
 import resource
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -672,6 +673,25 @@ def loop_error_kind(message: str) -> str:
     return " ".join((message[: cut.start()] if cut else message).split())[:80]
 
 
+def closed_listener_retry(context: dict[str, Any]) -> bool:
+    """Whether ``context`` is asyncio retrying ``accept()`` on a listening socket closed since.
+
+    After an ``accept()`` that ran out of file descriptors asyncio tries again a second later
+    (``_start_serving``); when the receiver stops in between, that retry meets the closed socket
+    and raises ValueError. Nothing failed: the listener was meant to be closed.
+    """
+    handle = context.get("handle")
+    callback = getattr(handle, "_callback", None)
+    return (
+        isinstance(context.get("exception"), ValueError)
+        and getattr(callback, "__name__", "") == "_start_serving"
+        and any(
+            isinstance(arg, socket.socket) and arg.fileno() == -1
+            for arg in getattr(handle, "_args", None) or ()
+        )
+    )
+
+
 class LoopErrors:
     """The event loop's exception handler: one JSON line per kind of error per 10 s, with the
     error's type and the fixed words of asyncio's message, never a traceback nor a repr (either
@@ -688,6 +708,8 @@ class LoopErrors:
         self._suppressed: dict[tuple[str, str], int] = {}
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if closed_listener_retry(context):
+            return
         exc = context.get("exception")
         kind = (
             loop_error_kind(str(context.get("message") or "")),

@@ -85,6 +85,8 @@ _INCLUSIVE = (
     "_read_body",
     "verify",
     "stored_headers",
+    "HeaderFilter.__call__",
+    "AccessLog.request",
     "Store.submit",
     "Store._writer_loop",
     "Store._insert",

@@ -62,6 +62,9 @@ class Options:
     keep: bool
     tracing: bool = True
     trace_ratio: float = 1.0
+    floor: bool = True
+    # Another checkout of the repository whose receiver is measured in the same rounds (A/B).
+    compare: str | None = None
 
 
 # -- /proc accounting ----------------------------------------------------------------------------
@@ -199,12 +202,16 @@ class Server:
         return self.process.returncode
 
 
-def start_server(kind: str, workdir: Path, extra: Sequence[str] = ()) -> Server:
+def start_server(
+    kind: str, workdir: Path, extra: Sequence[str] = (), checkout: Path = REPO, log: str = ""
+) -> Server:
+    """``kind`` from ``bench.receiver.servers`` of ``checkout`` (its code is imported first: the
+    working directory leads ``sys.path``)."""
     port = free_port()
-    out = (workdir / f"{kind}.out").open("wb")
+    out = (workdir / f"{log or kind}.out").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.receiver.servers", kind, "--port", str(port), *extra],
-        cwd=REPO,
+        cwd=checkout,
         stdout=out,
         stderr=subprocess.STDOUT,
     )
@@ -422,6 +429,98 @@ class Target:
         return ordered[(len(ordered) - 1) // 2]
 
 
+FLOOR_HMAC = "+ HMAC verify"
+COMPARE = "receiver of --compare"
+COMPARE_SOURCE_NAME = "bench-compare"
+FLOOR_COMMIT = "+ batched commit"
+
+
+def floor_batch_mean(floors: Sequence[Target]) -> float:
+    """Mean events per commit of the commit floor (its /stats), 0 when it was not measured."""
+    for floor in floors:
+        if floor.name == FLOOR_COMMIT:
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            url = f"http://127.0.0.1:{floor.server.port}/stats"
+            with opener.open(url, timeout=5) as resp:
+                stats = json.loads(resp.read())
+            return float(stats["events"]) / stats["batches"] if stats["batches"] else 0.0
+    return 0.0
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2] if ordered else 0.0
+
+
+def _per_request_us(m: Measured) -> float:
+    return m.cpu.server * 1e4 / m.result.rate if m.result.rate else 0.0
+
+
+def floor_table(base: Target, floors: Sequence[Target], recv: Target, measured: _Measured) -> str:
+    """Each layer of the floor beside the no-op baseline and the receiver: events/s and server
+    CPU per request of its median round, and its ratio to the baseline (median of the per-round
+    ratios, as for the receiver's verdict)."""
+    head = (
+        f"{'floor breakdown':<56}{'events/s':>10}{'x no-op':>9}{'server CPU us/req':>19}"
+        f"{'x floor':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    commit_floor = next((f for f in floors if f.name == FLOOR_COMMIT), None)
+    floor_rate = commit_floor.median().result.rate if commit_floor else 0.0
+    rows: list[tuple[str, Target]] = [("bare aiohttp (the no-op baseline)", base)]
+    for floor in floors:
+        label = floor.name
+        if floor.name == FLOOR_COMMIT:
+            label += f" (mean {measured.floor_mean_batch:.1f} events per commit)"
+        rows.append((label, floor))
+    rows.append((f"receiver: everything (mean {measured.mean_batch:.1f} events per commit)", recv))
+    for label, target in rows:
+        m = target.median()
+        ratio = _median(
+            [
+                r.result.rate / b.result.rate if b.result.rate else 0.0
+                for b, r in zip(base.rounds, target.rounds, strict=True)
+            ]
+        )
+        to_floor = m.result.rate / floor_rate if floor_rate else 0.0
+        lines.append(
+            f"{label:<56}{m.result.rate:>10,.0f}{ratio:>9.2f}{_per_request_us(m):>19.0f}"
+            f"{to_floor:>9.2f}"
+        )
+    return "\n".join(lines)
+
+
+def cpu_per_event_line(base: Measured, recv: Measured) -> str:
+    """CPU per event of the median rounds: the server's, and PostgreSQL's for the receiver."""
+
+    def per_event(percent: float, m: Measured) -> float:
+        return percent * 1e4 / m.result.rate if m.result.rate else 0.0
+
+    server, postgres = per_event(recv.cpu.server, recv), per_event(recv.cpu.postgres, recv)
+    return (
+        f"CPU per event: receiver {server:.0f} us + PostgreSQL {postgres:.0f} us = "
+        f"{server + postgres:.0f} us; no-op baseline {per_event(base.cpu.server, base):.0f} us "
+        f"(median rounds; inflated when the machine is shared, see the other CPU column)"
+    )
+
+
+def compare_line(recv: Target, compare: Target) -> str:
+    """A/B against the receiver of --compare, paired by round like the verdict's ratio."""
+    rates = [
+        r.result.rate / c.result.rate if c.result.rate else 0.0
+        for r, c in zip(recv.rounds, compare.rounds, strict=True)
+    ]
+    cpu = [
+        _per_request_us(r) / _per_request_us(c) if _per_request_us(c) else 0.0
+        for r, c in zip(recv.rounds, compare.rounds, strict=True)
+    ]
+    return (
+        f"A/B this receiver / the --compare one: events/s {_median(rates):.2f} "
+        f"(rounds {' '.join(f'{x:.2f}' for x in rates)}), server CPU per request "
+        f"{_median(cpu):.2f} (rounds {' '.join(f'{x:.2f}' for x in cpu)})"
+    )
+
+
 def batch_stats(server: Server) -> tuple[int, float]:
     """(batches written, mean batch size) from the receiver's /metrics."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -538,6 +637,8 @@ class _Started:
     # With tracing (the default): the same receiver tracing every request, and its collector.
     traced: Target | None = None
     collector: Server | None = None
+    # The floor's layers between the two (bare aiohttp + HMAC, + a batched commit), when measured.
+    floors: list[Target] = field(default_factory=list)
 
 
 def _start_servers(
@@ -572,11 +673,37 @@ def _start_servers(
         ],
     )
     servers.append(receiver)
-    baseline.wait_ready()
-    receiver.wait_ready()
+    floors: list[Target] = []
+    if opts.floor:
+        hmac_floor = start_server("floor-hmac", workdir, ["--secret", secret])
+        servers.append(hmac_floor)
+        commit_floor = start_server(
+            "floor-commit", workdir, ["--secret", secret, "--database-url", postgres.url]
+        )
+        servers.append(commit_floor)
+        floors = [
+            Target(FLOOR_HMAC, "floor-hmac", hmac_floor, None, collect=False),
+            Target(FLOOR_COMMIT, "floor-commit", commit_floor, postgres_pid, collect=False),
+        ]
+    if opts.compare:
+        # The same receiver setup from another checkout, under its own source (its own rows).
+        other = start_server(
+            "receiver",
+            workdir,
+            ["--database-url", postgres.url, "--secret", secret, "--name", COMPARE_SOURCE_NAME,
+             "--log", str(workdir / "compare.log"), "--log-level", opts.receiver_log_level],
+            checkout=Path(opts.compare),
+            log="compare",
+        )  # fmt: skip
+        servers.append(other)
+        floors.append(Target(COMPARE, "compare", other, postgres_pid, collect=False))
+    for server in servers:
+        server.wait_ready()
     base = Target("baseline (no-op)", "baseline", baseline, None, collect=False)
     recv = Target("receiver (durable)", "receiver", receiver, postgres_pid, collect=True)
-    started = _Started(baseline, receiver, base, recv, postgres_pid, log_file, gc_file)
+    started = _Started(
+        baseline, receiver, base, recv, postgres_pid, log_file, gc_file, floors=floors
+    )
     if opts.tracing:
         ratio = f"{opts.trace_ratio:.0%}"
         say(f"bench: starting a no-op OTLP collector and the receiver traced at {ratio}")
@@ -613,6 +740,7 @@ class _Measured:
     paced_windows: list[tuple[datetime, datetime]]
     batches: int
     mean_batch: float
+    floor_mean_batch: float
     rows: int
     found: int
     log_lines: int
@@ -637,6 +765,8 @@ def _measure(
     bench_start = datetime.now(UTC)
     traced = started.traced
     base.warm(load)
+    for floor in started.floors:
+        floor.warm(load)
     recv.warm(load)
     if traced is not None:
         traced.warm(load)
@@ -646,6 +776,8 @@ def _measure(
     for number in range(opts.rounds):
         sampler = py_spy if number == 0 else None  # py-spy slows what it samples: once
         profiles.append((base.name, base.measure(load, sampler)))
+        for floor in started.floors:
+            floor.measure(load)
         profiles.append((recv.name, recv.measure(load, sampler)))
         # The paced run follows the closed-loop one it is a fraction of, so both see the
         # machine in the same state.
@@ -669,14 +801,17 @@ def _measure(
         if traced is not None:
             traced.measure(load)
     batches, mean_batch = batch_stats(receiver)
+    floor_mean_batch = floor_batch_mean(started.floors)
     baseline.stop()
+    for floor in started.floors:
+        floor.server.stop()
     code = receiver.stop()
     say(f"  receiver stopped (exit {code}); counting stored events")
     rows, found = asyncio.run(count_stored(postgres.url, recv.acked))
     log_lines = sum(1 for _ in log_file.open("rb")) if log_file.is_file() else 0
     measured = _Measured(
-        started, bench_start, profiles, paced_rounds, paced_windows, batches, mean_batch, rows,
-        found, log_lines,
+        started, bench_start, profiles, paced_rounds, paced_windows, batches, mean_batch,
+        floor_mean_batch, rows, found, log_lines,
     )  # fmt: skip
     if traced is not None and started.collector is not None:
         traced.server.stop()  # exports what it still holds before it exits
@@ -732,6 +867,7 @@ def _report(
     rows = [base_m, recv_m] + ([traced.median()] if traced is not None else []) + [paced_m]
     print(table(rows))
     print()
+    print(cpu_per_event_line(base_m, recv_m))
     print(
         f"events/s ratio receiver/baseline: {ratio:.2f}   (target >= {RATIO_TARGET})  "
         f"{verdict(ratio >= RATIO_TARGET)}   (median of the per-round ratios)"
@@ -750,6 +886,12 @@ def _report(
         f"{opts.paced_fraction:.0%} of that round's events/s)"
     )
     _print_rounds(base, recv, paced_rounds, paced_windows, postgres)
+    if measured.started.floors:
+        print()
+        print(floor_table(base, measured.started.floors, recv, measured))
+    compare = next((f for f in measured.started.floors if f.name == COMPARE), None)
+    if compare is not None:
+        print(compare_line(recv, compare))
     _print_durability(opts, measured, use_wrk, postgres)
 
 
@@ -903,6 +1045,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1.0,
         help="the share of requests the traced receiver samples (default 1: every one)",
     )
+    parser.add_argument(
+        "--compare",
+        default=None,
+        metavar="DIR",
+        help="A/B: also measure the receiver of another checkout (e.g. `git archive` of an "
+        "earlier commit) in the same interleaved rounds; shown in the floor table",
+    )
+    parser.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="skip the floor breakdown (bare aiohttp + HMAC, + a batched commit)",
+    )
     args = parser.parse_args(argv)
     return run(
         Options(
@@ -923,5 +1078,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             keep=args.keep,
             tracing=not args.no_tracing,
             trace_ratio=args.trace_ratio,
+            floor=args.floor,
+            compare=args.compare,
         )
     )

@@ -4,6 +4,17 @@
     a no-op aiohttp app: reads the body, answers 200 JSON. Same aiohttp, same ``web.run_app``,
     same single process and event loop as the receiver.
 
+``python -m bench.receiver.servers floor-hmac --port P --secret S``
+    the no-op app plus the GitHub signature check (HMAC-SHA256 of the body, compared in constant
+    time): the floor of a verifying receiver.
+
+``python -m bench.receiver.servers floor-commit --port P --secret S --database-url U``
+    that plus a durable store reduced to its minimum: each verified body is queued, one writer
+    inserts whatever is queued in one statement (one commit per batch of N events, N the queue's
+    depth, up to two batches in flight) into a bare table keyed by the delivery id, and the 200
+    goes out after the commit. No dedup keys, headers, partitions, metrics or log: the floor of a
+    receiver that keeps the "2xx after commit" contract on this database.
+
 ``python -m bench.receiver.servers receiver --port P --database-url U --secret S --log F``
     the real receiver (``create_app`` via ``webhook_server.server.run``) with one GitHub source:
     real signature verification, real durable batched store, JSON logs (one access log line a
@@ -22,13 +33,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
+import hmac
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import asyncpg
 from aiohttp import web
 
 HOST = "127.0.0.1"
@@ -107,6 +121,135 @@ def run_collector(port: int) -> None:
     web.run_app(collector_app(), host=HOST, port=port, access_log=None, print=None)
 
 
+def _github_verifier(secret: str) -> Callable[[web.Request, bytes], bool]:
+    key = secret.encode()
+
+    def verified(request: web.Request, body: bytes) -> bool:
+        sent = request.headers.get("X-Hub-Signature-256", "")
+        expected = "sha256=" + hmac.digest(key, body, "sha256").hex()
+        return hmac.compare_digest(sent, expected)
+
+    return verified
+
+
+def floor_hmac_app(path: str, secret: str) -> web.Application:
+    verified = _github_verifier(secret)
+
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.read()
+        if not verified(request, body):
+            return web.json_response({"status": "unauthorized"}, status=401)
+        return web.json_response({"status": "ok"})
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_post(path, receive)
+    app.router.add_get("/readyz", ready)
+    return app
+
+
+FLOOR_TABLE = "bench_floor_events"
+
+
+class FloorWriter:
+    """Group commit at its simplest: whatever is queued when a slot is free goes in one INSERT
+    (its own transaction); each request's future is resolved once that commit returned."""
+
+    def __init__(self, pool: asyncpg.Pool, in_flight: int = 2) -> None:
+        self.pool = pool
+        self.queue: asyncio.Queue[tuple[str, bytes, asyncio.Future[None]]] = asyncio.Queue()
+        self.slots = asyncio.Semaphore(in_flight)
+        self.batches = 0
+        self.events = 0
+
+    async def submit(self, event_id: str, body: bytes) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((event_id, body, future))
+        await future
+
+    async def run(self) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        while True:
+            batch = [await self.queue.get()]
+            await self.slots.acquire()
+            while not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            task = asyncio.create_task(self._commit(batch))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    async def _commit(self, batch: list[tuple[str, bytes, asyncio.Future[None]]]) -> None:
+        try:
+            await self.pool.execute(
+                f"INSERT INTO {FLOOR_TABLE} (event_id, payload) "  # noqa: S608 - a constant
+                "SELECT * FROM unnest($1::text[], $2::bytea[]) ON CONFLICT DO NOTHING",
+                [e for e, _, _ in batch],
+                [b for _, b, _ in batch],
+            )
+        except Exception as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            self.batches += 1
+            self.events += len(batch)
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+        finally:
+            self.slots.release()
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    return None
+
+
+def floor_commit_app(path: str, secret: str, database_url: str) -> web.Application:
+    verified = _github_verifier(secret)
+    writer_key = web.AppKey("writer", FloorWriter)
+
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.read()
+        if not verified(request, body):
+            return web.json_response({"status": "unauthorized"}, status=401)
+        event_id = request.headers.get("X-GitHub-Delivery", "")
+        try:
+            await request.app[writer_key].submit(event_id, body)
+        except Exception:
+            return web.json_response({"status": "unavailable"}, status=503)
+        return web.json_response({"status": "stored", "eventId": event_id})
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def stats(request: web.Request) -> web.Response:
+        writer = request.app[writer_key]
+        return web.json_response({"batches": writer.batches, "events": writer.events})
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        # No reset round trip when a connection is given back (as the receiver's writer).
+        pool = await asyncpg.create_pool(database_url, min_size=2, max_size=4, reset=_no_reset)
+        assert pool is not None
+        await pool.execute(
+            f"CREATE TABLE IF NOT EXISTS {FLOOR_TABLE} "
+            "(event_id text PRIMARY KEY, payload bytea NOT NULL)"
+        )
+        writer = app[writer_key] = FloorWriter(pool)
+        task = asyncio.create_task(writer.run())
+        yield
+        task.cancel()
+        await pool.close()
+
+    app = web.Application()
+    app.router.add_post(path, receive)
+    app.router.add_get("/readyz", ready)
+    app.router.add_get("/stats", stats)
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
 def run_receiver(
     port: int,
     path: str,
@@ -135,7 +278,7 @@ def run_receiver(
         VerificationConfig,
     )
 
-    # structlog's WriteLogger flushes every line: one write(2) a request, as on stdout in a pod.
+    # The access log goes to this file through its buffer (flushed every second), as to stdout.
     logs.configure(log_level, stream=open(log_file, "a"))  # noqa: SIM115 - lives with the process
     forward = None
     if forward_url:
@@ -178,7 +321,9 @@ def run_receiver(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.receiver.servers")
-    parser.add_argument("kind", choices=["baseline", "receiver", "collector"])
+    parser.add_argument(
+        "kind", choices=["baseline", "floor-hmac", "floor-commit", "receiver", "collector"]
+    )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--path", default=SOURCE_PATH)
     parser.add_argument("--database-url", default="")
@@ -207,6 +352,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_baseline(args.port, args.path)
         elif args.kind == "collector":
             run_collector(args.port)
+        elif args.kind == "floor-hmac":
+            web.run_app(floor_hmac_app(args.path, args.secret), host=HOST, port=args.port,
+                        access_log=None, print=None)  # fmt: skip
+        elif args.kind == "floor-commit":
+            app = floor_commit_app(args.path, args.secret, args.database_url)
+            web.run_app(app, host=HOST, port=args.port, access_log=None, print=None)
         else:
             run_receiver(
                 args.port,

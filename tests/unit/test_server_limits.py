@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import socket
 from typing import Any
 from unittest.mock import Mock
 
@@ -358,3 +359,35 @@ def test_the_container_memory_limit_is_read_from_its_cgroup(tmp_path: Any) -> No
     v2.unlink()
     v1.write_text("9223372036854771712\n")  # cgroup v1's "unlimited"
     assert memory_limit((str(v2), str(v1))) is None
+
+
+def test_asyncio_retrying_accept_on_a_listener_closed_meanwhile_is_not_an_error(
+    log_stream: io.StringIO,
+) -> None:
+    # Found under load: after an accept() out of file descriptors, asyncio retries a second later;
+    # a receiver stopping in between met that retry on the closed socket and logged a ValueError.
+    loop = asyncio.new_event_loop()
+    listening = socket.socket()
+    try:
+        closed = socket.socket()
+        closed.close()
+        clock = Clock()
+        handler = LoopErrors(clock)
+        for sock, error in ((listening, ValueError("something else")),
+                            (closed, ValueError("Invalid file descriptor: -1"))):  # fmt: skip
+            clock.now += 60.0  # past the interval: each would be its own line
+            retry = loop.call_later(100, loop._start_serving, None, sock)  # type: ignore[attr-defined]
+            context = {
+                "message": "Exception in callback BaseSelectorEventLoop._start_serving(...)",
+                "exception": error,
+                "handle": retry,
+            }
+            handler(loop, context)
+            retry.cancel()
+    finally:
+        listening.close()
+        loop.close()
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    assert [(line["message"], line["error"]) for line in lines] == [
+        ("Exception in callback BaseSelectorEventLoop._start_serving", "ValueError")
+    ]

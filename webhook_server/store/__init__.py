@@ -4,6 +4,12 @@ A request is acknowledged only after the batch holding its event has committed. 
 takes whatever is queued when it is free (no timer: latency stays low when idle, batches grow
 under load), writes the batch in one statement, then resolves each request's future.
 
+Up to ``writerConcurrency`` batches commit at once, grouped by queue depth: with nothing in
+flight a batch starts at once; beside a commit in flight another starts once as many events wait
+as that commit holds, or once it has taken ``STALL_SECONDS`` (so a slow commit, a checkpoint's
+fsync, holds nobody behind it for longer than that). At moderate load this makes fewer, larger
+commits than starting whatever is queued the moment a slot is free, which costs less per event.
+
 Every wait is bounded, so a database that hangs (rather than fails) costs bounded latency and
 memory: events waiting for or in a commit are capped in number and bytes (past either, submit
 fails at once), and a request whose event has not committed within ``commitTimeoutSeconds`` is
@@ -15,15 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import time
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncpg
+import orjson
 
 from webhook_server import tracing
 from webhook_server.config import DatabaseConfig, SourceConfig
@@ -39,6 +47,12 @@ if TYPE_CHECKING:
     from webhook_server.tracing import Tracing
 
 log = get_logger("dfm.store")
+
+# A commit in flight longer than this no longer holds the next batch back (see the module doc).
+STALL_SECONDS = 0.005
+# Set while the writer gives back a connection whose insert left nothing to undo (see
+# Store._reset_connection): task-local, so no other user of the pool is affected.
+_CLEAN_RELEASE: contextvars.ContextVar[bool] = contextvars.ContextVar("clean", default=False)
 
 MAINTENANCE_LOCK_ID = 0x64666D02
 # Held (in the transaction that creates one partition) by whoever creates partitions: the
@@ -230,6 +244,9 @@ class Store:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _closing: bool = False
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # The writer waiting beside a commit in flight: set when enough events wait or a commit ends.
+    _group_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _group_depth: int = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -278,6 +295,7 @@ class Store:
             timeout=self.config.connect_timeout_seconds,
             command_timeout=self.statement_timeout_seconds,
             server_settings={"application_name": "dfm-receiver", "timezone": "UTC"},
+            reset=_reset_connection,
             **kwargs,
         )
         assert pool is not None
@@ -367,6 +385,8 @@ class Store:
         self._held_bytes += size
         self._deadlines.append((time.monotonic() + self.config.commit_timeout_seconds, future))
         self._queue.put_nowait(_Pending(event, future, size))
+        if self._group_depth and self._queue.qsize() + 1 >= self._group_depth:
+            self._group_wake.set()
         return await future
 
     def held(self) -> tuple[int, int]:
@@ -392,16 +412,50 @@ class Store:
         commit at once. Dedup stays exact across them: the second insert of an id waits for the
         first transaction on the unique key, then conflicts (or inserts, had the first failed)."""
         slots = asyncio.Semaphore(self.config.writer_concurrency)
-        flushing: set[asyncio.Task[None]] = set()
+        # Each batch in flight: when it started and how many events it holds.
+        flushing: dict[asyncio.Task[None], tuple[float, int]] = {}
         while True:
             first = await self._queue.get()
             await slots.acquire()
+            if flushing:
+                await self._group_beside(flushing)
             batch = [first]
             while len(batch) < self.config.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             task = asyncio.create_task(self._flush_in_slot(batch, slots))
-            flushing.add(task)
-            task.add_done_callback(flushing.discard)
+            flushing[task] = (time.monotonic(), len(batch))
+            task.add_done_callback(self._flush_done(flushing))
+
+    def _flush_done(
+        self, flushing: dict[asyncio.Task[None], tuple[float, int]]
+    ) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            flushing.pop(task, None)
+            self._group_wake.set()
+
+        return done
+
+    async def _group_beside(self, flushing: dict[asyncio.Task[None], tuple[float, int]]) -> None:
+        """Beside commits in flight, wait (one event is queued already) until as many events
+        wait as the largest of them holds, one of them ends, or the oldest has run
+        ``STALL_SECONDS``."""
+        # A batch just committed may not have run its done callback yet: not in flight.
+        in_flight = [value for task, value in flushing.items() if not task.done()]
+        if not in_flight:
+            return
+        oldest = min(started for started, _ in in_flight)
+        depth = max(size for _, size in in_flight)
+        left = oldest + STALL_SECONDS - time.monotonic()
+        if left <= 0 or self._queue.qsize() + 1 >= depth:
+            return
+        self._group_wake.clear()
+        self._group_depth = depth
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._group_wake.wait()
+        finally:
+            self._group_depth = 0
 
     async def _flush_in_slot(self, batch: list[_Pending], slots: asyncio.Semaphore) -> None:
         try:
@@ -492,8 +546,7 @@ class Store:
         acquire_timeout = self.config.connect_timeout_seconds
         for attempt in range(3):
             try:
-                async with pool.acquire(timeout=acquire_timeout) as conn:
-                    return await insert_events(conn, events, forwarded=forwarded, lease=lease)
+                return await _insert_and_release(pool, acquire_timeout, events, forwarded, lease)
             except asyncpg.PostgresError as exc:
                 if not partition_missing(exc) or attempt == 2:
                     raise
@@ -596,6 +649,44 @@ class Store:
         )
 
 
+async def _insert_and_release(
+    pool: asyncpg.Pool,
+    acquire_timeout: float,
+    events: list[Event],
+    forwarded: frozenset[str],
+    lease: Lease | None,
+) -> tuple[set[_Key], set[_Key]]:
+    """``insert_events`` on a pool connection, given back without asyncpg's reset round trip when
+    the insert succeeded (see ``_reset_connection``)."""
+    conn = await pool.acquire(timeout=acquire_timeout)
+    clean = False
+    try:
+        result = await insert_events(conn, events, forwarded=forwarded, lease=lease)
+        clean = True
+        return result
+    finally:
+        token = _CLEAN_RELEASE.set(clean)
+        try:
+            await pool.release(conn)
+        finally:
+            _CLEAN_RELEASE.reset(token)
+
+
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    """What the pool runs on a connection given back, after asyncpg has ended any transaction
+    left open. asyncpg's default sends ``get_reset_query()`` (advisory locks released, cursors
+    closed, ``UNLISTEN *``, ``RESET ALL``): one more round trip and one more transaction on the
+    server for every batch. A connection the writer gives back after a successful insert has
+    none of that to undo (one statement, or one transaction that committed; no session setting,
+    lock or cursor), so it skips it; every other release (maintenance, the forwarder, a failed
+    insert) gets asyncpg's query as before."""
+    if _CLEAN_RELEASE.get():
+        return
+    query = conn.get_reset_query()
+    if query:
+        await conn.execute(query)
+
+
 async def insert_events(
     conn: Any,
     events: Sequence[Event],
@@ -689,7 +780,7 @@ def _insert_args(events: list[Event]) -> tuple[list[Any], ...]:
         [e.received_at for e in events],
         [e.request_id for e in events],
         [e.payload for e in events],
-        [json.dumps(e.headers) for e in events],
+        [_headers_json(e.headers) for e in events],
         [e.subject for e in events],
         [1 if e.event_count is None else e.event_count for e in events],
         [outbox.webhook_id(e.source, e.subject, e.event_id) for e in events],
@@ -701,6 +792,16 @@ def _trace_args(events: list[Event]) -> list[str | None] | None:
     if all(e.trace is None for e in events):
         return None
     return [None if e.trace is None else tracing.format_traceparent(e.trace) for e in events]
+
+
+def _headers_json(headers: dict[str, str]) -> str:
+    """Stored headers as JSON text: orjson (a tenth of ``json.dumps``'s cost on the writer), or
+    ``json.dumps`` for what orjson refuses (a lone surrogate), so that such an event fails alone
+    with the data error PostgreSQL gives it, as before, rather than its whole batch."""
+    try:
+        return orjson.dumps(headers).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(headers)
 
 
 async def _claim_replay_keys(conn: Any, events: list[Event]) -> set[_Key]:

@@ -39,6 +39,9 @@ _MILLISECONDS_FROM = 100_000_000_000
 def signed_content(
     template: str, body: bytes, timestamp: str | None, event_id: str | None
 ) -> bytes:
+    if template == BODY:
+        # The usual scheme (GitHub, Shopify, most generic sources): the body alone, not copied.
+        return body
     values = {"timestamp": timestamp or "", "id": event_id or ""}
     parts = [
         header_bytes(_PLACEHOLDER.sub(lambda match: values[match.group(1)], part))

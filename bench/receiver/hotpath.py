@@ -1,0 +1,191 @@
+"""The receiver's per-request Python path, without sockets: ``python -m bench.receiver.hotpath``.
+
+Runs N signed GitHub deliveries through the app as aiohttp would call it (router, the
+``request_context`` middleware, ``receive``), with the real ``Store`` whose database round trip
+is replaced by building the statement's arguments (``_insert_args``, the writer's share of the
+CPU) and answering at once. No socket, no HTTP parsing or response writing (aiohttp's, the same
+in the no-op baseline), no PostgreSQL. It prints CPU microseconds per request.
+
+Because everything runs in one process and one loop, the figure is far steadier on a shared
+machine than the socket bench, which makes it the tool for A/B-ing a hot-path change:
+``--compare DIR`` runs the same loop against another checkout (``git archive`` of an earlier
+commit) in alternating child processes, and prints both medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class _Protocol:
+    """What a body's StreamReader asks of its connection (a Mock would cost more than the path)."""
+
+    _reading_paused = False
+    ssl_context = None
+    peername = ("127.0.0.1", 40000)
+    sockname = ("127.0.0.1", 8080)
+    transport = None
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        return None
+
+
+async def _measure(requests: int, body_bytes: int) -> float:
+    from aiohttp import streams, web
+    from aiohttp.http import HttpVersion11, RawRequestMessage
+    from multidict import CIMultiDict, CIMultiDictProxy
+    from yarl import URL
+
+    from bench.receiver.servers import SOURCE_NAME, SOURCE_NAMESPACE, SOURCE_PATH
+    from webhook_server import logs, store
+    from webhook_server.app import STORE, create_app, receive, request_context
+    from webhook_server.config import (
+        DatabaseConfig,
+        LimitsConfig,
+        Provider,
+        ReceiverConfig,
+        SecretSource,
+        SourceConfig,
+        VerificationConfig,
+    )
+
+    secret = "hotpath-secret"
+    logs.configure("INFO", stream=open(os.devnull, "w"))  # noqa: SIM115, ASYNC230 - once
+    source = SourceConfig(
+        namespace=SOURCE_NAMESPACE,
+        name=SOURCE_NAME,
+        provider=Provider.GITHUB,
+        path=SOURCE_PATH,
+        verification=VerificationConfig(secrets=[SecretSource(value=secret)]),
+        limits=LimitsConfig(requests_per_second=1e9, burst=1_000_000_000),
+    )
+    config = ReceiverConfig(sources=[source], database=DatabaseConfig(url="postgresql://x/y"))
+    app = create_app(config)
+    app.freeze()
+    writer: Any = app[STORE]
+
+    async def insert(events: list[Any]) -> tuple[set[Any], set[Any]]:
+        store._insert_args(events)  # the writer's CPU for a batch, without the round trip
+        return {(e.source, e.subject, e.event_id) for e in events}, set()
+
+    writer._insert = insert
+    writer._ready.set()
+    writer_task = asyncio.create_task(writer._writer_loop())
+    body = json.dumps({"zen": "x", "padding": "x" * body_bytes}).encode()[:body_bytes]
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    protocol = _Protocol()
+    url = URL(SOURCE_PATH)
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+
+    def request(number: int) -> Any:
+        """A parsed request as aiohttp's protocol hands it to the app (no Mock: costlier than
+        the path being measured)."""
+        payload = streams.StreamReader(protocol, 2**16, loop=loop)  # type: ignore[arg-type]
+        payload.feed_data(body)
+        payload.feed_eof()
+        headers = CIMultiDictProxy(
+            CIMultiDict(
+                {
+                    "Host": "127.0.0.1:8080",
+                    "User-Agent": "GitHub-Hookshot/044aadd",
+                    "Content-Type": "application/json",
+                    "Content-Length": str(len(body)),
+                    "Accept": "*/*",
+                    "X-GitHub-Event": "push",
+                    "X-GitHub-Delivery": f"hotpath-{number}",
+                    "X-GitHub-Hook-ID": "1",
+                    "X-Hub-Signature-256": signature,
+                }
+            )
+        )
+        raw = tuple((k.encode(), v.encode()) for k, v in headers.items())
+        message = RawRequestMessage(
+            "POST", SOURCE_PATH, HttpVersion11, headers, raw, False, None, False, False, url
+        )
+        return web.Request(message, payload, protocol, None, task, loop)  # type: ignore[arg-type]
+
+    async def one(req: Any) -> None:
+        match = await app.router.resolve(req)
+        match.add_app(app)
+        req._match_info = match
+        response = await request_context(req, receive)
+        assert response.status == 200, response.status
+
+    # As under load: 64 requests in flight at once, so commits are batched. Making the mocked
+    # requests (far costlier than the path itself) is not counted.
+    spent = 0.0
+    for first in range(0, requests, 64):
+        batch = [request(n) for n in range(first, min(first + 64, requests))]
+        started = time.process_time()
+        await asyncio.gather(*(one(r) for r in batch))
+        spent += time.process_time() - started
+    writer_task.cancel()
+    return spent / requests * 1e6
+
+
+def _child(checkout: Path, requests: int, body_bytes: int) -> float:
+    """This file run as a script in a child whose ``sys.path`` puts ``checkout`` first (before
+    the editable install), so its ``webhook_server`` is the one measured."""
+    env = os.environ | {"PYTHONPATH": str(checkout)}
+    out = subprocess.run(
+        [sys.executable, __file__, "--child",
+         "--requests", str(requests), "--body-bytes", str(body_bytes)],
+        cwd=checkout, env=env, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return float(out.split()[-1])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.receiver.hotpath")
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--body-bytes", type=int, default=1024)
+    parser.add_argument(
+        "--compare", action="append", default=[], metavar="DIR", help="another checkout; repeatable"
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(f"{asyncio.run(_measure(args.requests, args.body_bytes)):.3f}")
+        return 0
+    checkouts = [("this checkout", REPO)] + [(Path(d).name, Path(d)) for d in args.compare]
+    figures: dict[str, list[float]] = {name: [] for name, _ in checkouts}
+    for _ in range(args.rounds):
+        for name, checkout in checkouts:  # alternating, so a busy spell hits both
+            figures[name].append(_child(checkout, args.requests, args.body_bytes))
+    print(
+        f"app path (router, middleware, receive, store writer's arguments; no socket, no "
+        f"database), {args.requests:,} requests x {args.rounds} rounds, CPU us per request:"
+    )
+    for name, values in figures.items():
+        print(
+            f"  {name:<16} median {statistics.median(values):6.1f}   "
+            f"rounds {' '.join(f'{v:.1f}' for v in values)}"
+        )
+    mine = figures["this checkout"]
+    for name, values in list(figures.items())[1:]:
+        ratios = [a / b for a, b in zip(mine, values, strict=True)]
+        print(f"  this / {name}: median {statistics.median(ratios):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

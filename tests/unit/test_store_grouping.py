@@ -1,0 +1,114 @@
+"""How the store's writer groups events into commits beside a commit in flight.
+
+The database is replaced by a fake ``_insert`` whose commits end when the test says so: what is
+checked is which events go into which commit, and when a commit starts, not the storage (that is
+tested against PostgreSQL in tests/integration).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from webhook_server.config import DatabaseConfig
+from webhook_server.metrics import ReceiverMetrics
+from webhook_server.store import Event, Store
+
+
+class FakeDatabase:
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.gates: list[asyncio.Event] = []
+        self.more = asyncio.Event()
+
+    async def insert(self, events: list[Event]) -> tuple[set[tuple[str, str, str]], set[object]]:
+        self.batches.append([e.event_id for e in events])
+        self.more.set()
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+        return {(e.source, e.subject, e.event_id) for e in events}, set()
+
+    async def started(self, count: int) -> None:
+        while len(self.batches) < count:
+            self.more.clear()
+            await self.more.wait()
+
+
+def _event(event_id: str) -> Event:
+    return Event(
+        source="ns/a",
+        event_id=event_id,
+        event_type=None,
+        received_at=datetime.now(UTC),
+        request_id="r",
+        payload=b"{}",
+        headers={},
+    )
+
+
+@pytest.fixture
+async def writer() -> AsyncIterator[tuple[Store, FakeDatabase]]:
+    store = Store(DatabaseConfig(url="postgresql://unused/db"), [], ReceiverMetrics())
+    database = FakeDatabase()
+    store._insert = database.insert  # type: ignore[method-assign]
+    store._ready.set()
+    task = asyncio.create_task(store._writer_loop())
+    yield store, database
+    task.cancel()
+    for gate in database.gates:
+        gate.set()
+
+
+async def _submit(store: Store, *ids: str) -> list[asyncio.Task[bool]]:
+    tasks = [asyncio.create_task(store.submit(_event(i))) for i in ids]
+    await asyncio.sleep(0)
+    return tasks
+
+
+async def test_beside_a_commit_in_flight_the_next_waits_for_as_many_events(
+    writer: tuple[Store, FakeDatabase],
+) -> None:
+    store, database = writer
+    first = await _submit(store, "e1", "e2", "e3")
+    await database.started(1)
+    second = await _submit(store, "e4")
+    await asyncio.sleep(0)
+    second += await _submit(store, "e5", "e6")
+    await database.started(2)
+    # The second commit started while the first was still in flight, with three events, not one.
+    assert database.batches == [["e1", "e2", "e3"], ["e4", "e5", "e6"]]
+    assert not any(t.done() for t in first + second)
+    for gate in database.gates:
+        gate.set()
+    assert await asyncio.gather(*first, *second) == [True] * 6
+
+
+async def test_a_slow_commit_does_not_hold_the_next_batch_back(
+    writer: tuple[Store, FakeDatabase],
+) -> None:
+    store, database = writer
+    first = await _submit(store, "e1", "e2", "e3")
+    await database.started(1)
+    # One event only, the first commit never ends: the second starts anyway (after the stall
+    # bound), and is acknowledged on its own commit.
+    (lone,) = await _submit(store, "e4")
+    await asyncio.wait_for(database.started(2), timeout=10)
+    assert database.batches[1] == ["e4"]
+    database.gates[1].set()
+    assert await lone is True
+    assert not any(t.done() for t in first)
+
+
+async def test_with_nothing_in_flight_a_batch_starts_at_once(
+    writer: tuple[Store, FakeDatabase],
+) -> None:
+    store, database = writer
+    (only,) = await _submit(store, "e1")
+    await asyncio.wait_for(database.started(1), timeout=10)
+    assert database.batches == [["e1"]]
+    database.gates[0].set()
+    assert await only is True
