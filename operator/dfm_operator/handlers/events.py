@@ -11,11 +11,19 @@ import kopf
 
 from dfm_operator.kernel import EmitFn
 
-# kopf's own: the cause of the handler being invoked (it holds the whole event). With another
-# kopf that lacks it, background work keeps the cause alive; nothing else changes.
-_cause_var: contextvars.ContextVar[Any] | None = getattr(
-    importlib.import_module("kopf._core.actions.execution"), "cause_var", None
-)
+
+def _kopf_cause_var() -> contextvars.ContextVar[Any] | None:
+    """kopf's own (private): the cause of the handler being invoked, which holds the whole event.
+    With a kopf that lacks it, background work keeps the cause alive; nothing else changes."""
+    try:
+        module = importlib.import_module("kopf._core.actions.execution")
+    except ImportError:
+        return None
+    found = getattr(module, "cause_var", None)
+    return found if isinstance(found, contextvars.ContextVar) else None
+
+
+_cause_var = _kopf_cause_var()
 
 
 def emitter(body: Mapping[str, Any]) -> EmitFn:
