@@ -330,6 +330,23 @@ def _agent(channel: socket.socket) -> None:
     os._exit(0)
 
 
+def _image_under_volumes(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The image (this checkout, its Python) stays visible where a volume would hide it: a
+    checkout cloned under /tmp meets a Pod's emptyDir at /tmp. Such a path is bound again, over
+    the volume, at its own path (read-only with a read-only root)."""
+    volumes = [Path(m["target"]) for m in spec["mounts"]]
+    image = {Path(__file__).resolve().parents[2], Path(sys.prefix), Path(sys.base_prefix)}
+    return [
+        {
+            "source": str(path),
+            "target": str(path),
+            "readOnly": bool(spec.get("readOnlyRootFilesystem")),
+        }
+        for path in sorted(image)
+        if any(path != v and path.is_relative_to(v) for v in volumes)
+    ]
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     _die_with_parent()
@@ -349,7 +366,7 @@ def main() -> None:
     theirs.close()
 
     started_as_root = os.geteuid() == 0
-    mounts = spec["mounts"]
+    mounts = spec["mounts"] + _image_under_volumes(spec)
     _enter_namespaces()
     # Opened in the new mount namespace (a bind's source must be one of its mounts), before the
     # new root and the volumes hide the host's paths.
