@@ -268,7 +268,9 @@ async def test_a_target_that_fails_three_times_gets_it_on_the_fourth_attempt(
         assert 1.0 <= wait <= 2.0 ** (attempt - 1) + 0.01
         await asyncio.sleep(0.1)
         assert len(consumer.seen) == attempt  # nothing goes before it is due
-        clock.advance(wait)
+        # Just past the due time: the clock is a float and the row's time has microseconds, so
+        # advancing by exactly ``wait`` can land a rounding error short of due.
+        clock.advance(wait + 0.001)
     await eventually(lambda: _delivered(db, "d-1"), "the fourth attempt to succeed")
     row = await delivery(db, "d-1")
     assert (row["attempts"], row["last_status"], row["last_error"]) == (4, 200, None)
