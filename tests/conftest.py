@@ -49,3 +49,11 @@ async def database_url(postgres_server: str) -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the test's database, for reading what the code under test stored."""
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()

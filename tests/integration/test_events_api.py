@@ -13,7 +13,7 @@ import hmac
 import io
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -187,13 +187,6 @@ def make_receiver(database_url: str, aiohttp_client: ClientFactory) -> ClientFac
         return client
 
     return make
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
 
 
 async def send(client: TestClient[Any, Any], delivery: str, body: bytes | None = None) -> None:

@@ -167,13 +167,6 @@ def make_receiver(
     return make
 
 
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
-
-
 async def eventually(check: Callable[[], Awaitable[Any]], what: str, seconds: float = 15) -> Any:
     """Poll ``check`` until it returns something truthy (the test's only wall-clock wait)."""
     deadline = time.monotonic() + seconds

@@ -82,13 +82,6 @@ def make_client(
     return make
 
 
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
-
-
 async def test_signed_event_is_stored_byte_for_byte_and_redelivery_is_not_stored_twice(
     make_client: Any, db: asyncpg.Connection
 ) -> None:

@@ -91,13 +91,6 @@ def make_receiver(database_url: str, aiohttp_client: ClientFactory) -> Callable[
     return make
 
 
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
-
-
 def by_name(exported: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
     return [s for s in exported.get_finished_spans() if s.name == name]
 
