@@ -16,7 +16,6 @@ from tests.integration.test_events_api import (
     ClientFactory,
     Tokens,
     bearer,
-    db,  # noqa: F401 - a fixture
     jwks_url,  # noqa: F401 - a fixture
     make_receiver,  # noqa: F401 - a fixture
     rsa_key,  # noqa: F401 - a fixture
