@@ -124,7 +124,7 @@ async def test_replay_delivers_a_dead_letter_once_more_with_the_same_webhook_id(
     make_receiver: ClientFactory,  # noqa: F811
     database_url: str,
     consumer: Consumer,
-    db: asyncpg.Connection,  # noqa: F811
+    db: asyncpg.Connection,
 ) -> None:
     consumer.default = 500
     client = await make_receiver(source(None, consumer))
