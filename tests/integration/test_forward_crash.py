@@ -26,6 +26,7 @@ from webhook_server.config import (
     DatabaseConfig,
     ForwardConfig,
     ForwardingConfig,
+    LimitsConfig,
     Provider,
     ReceiverConfig,
     SecretSource,
@@ -43,7 +44,7 @@ MAX_CONCURRENCY = 4
 
 
 class Consumer:
-    """Slower than ingest (4 requests at a time, 10 ms each), so a backlog builds up."""
+    """Slower than ingest (4 requests at a time, 10 ms each on average), so a backlog builds up."""
 
     def __init__(self) -> None:
         self.bodies: dict[str, set[bytes]] = {}
@@ -128,6 +129,9 @@ async def test_a_receiver_killed_mid_delivery_loses_nothing(
         name="gh",
         provider=Provider.GITHUB,
         verification=VerificationConfig(secrets=[SecretSource(value=GITHUB_SECRET)]),
+        # Above the default 100 per second, so ingest outruns the consumer (at most 400 a
+        # second) and a backlog builds; at the default the consumer kept up with the limiter.
+        limits=LimitsConfig(requests_per_second=5_000, burst=5_000),
         forward=ForwardConfig(
             url=url,
             signing_secrets=[SecretSource(value=FORWARD_SECRET)],
@@ -175,7 +179,16 @@ async def test_a_receiver_killed_mid_delivery_loses_nothing(
             await wait_ready(session, base, first)
             senders = [asyncio.create_task(sender(session, n)) for n in range(SENDERS)]
             # Under load, with deliveries in flight and a backlog in memory and in the table.
-            await until(lambda: len(acked) >= 600 and sum(target.count.values()) >= 100, 30)
+            # The kill waits for a backlog too: a kill while the consumer is level with ingest
+            # would prove nothing about one.
+            await until(
+                lambda: (
+                    len(acked) >= 600
+                    and sum(target.count.values()) >= 100
+                    and len(acked - set(target.count)) >= 50
+                ),
+                60,
+            )
             first.send_signal(signal.SIGKILL)
             first.wait()
             stop.set()
