@@ -491,7 +491,9 @@ async def test_a_slow_endpoint_times_out(endpoint: Endpoint, mode: str) -> None:
     with pytest.raises(TokenEndpointUnavailable) as caught:
         await endpoint.token(timeout_seconds=FAST_TIMEOUT)
 
-    assert time.monotonic() - started < 1.0
+    # The 0.3 s asked for, not the 10 s default (the endpoint never answers): a bound a loaded
+    # machine does not reach by accident.
+    assert time.monotonic() - started < 3.0
     assert caught.value.code == "timeout"
     assert "0.3s" in str(caught.value)
 
