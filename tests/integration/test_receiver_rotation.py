@@ -159,11 +159,15 @@ async def test_reload_loop_outlives_an_unreadable_secret_and_a_failing_flush(
         assert await post(SECRET_A, "msg_1") == 200
         secret_file.unlink()
         secret_file.mkdir()  # read_bytes() now raises IsADirectoryError
-        await asyncio.sleep(0.3)
+        # The bad pass happened (waited for, not slept for: a loaded machine may take longer).
+        deadline = time.monotonic() + 30
+        while "secrets not reloaded" not in stream.getvalue():
+            assert time.monotonic() < deadline, "no reload pass met the unreadable secret"
+            await asyncio.sleep(0.05)
         flushes["fail_next"] = 1  # the pass that would pick up B starts with a failing flush
         secret_file.rmdir()
         secret_file.write_text(SECRET_B)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while await post(SECRET_B, "msg_2") != 200:
             assert time.monotonic() < deadline, "the rotated secret was never picked up"
             await asyncio.sleep(0.05)
