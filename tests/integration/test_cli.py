@@ -32,7 +32,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_ready(url: str, proc: subprocess.Popen[str], seconds: float = 60) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[str], seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -527,6 +527,9 @@ def test_dfm_local_applies_secret_and_source_edits_live(tmp_path: Path, database
         seen = log.mark()
         manifest.write_text(MANIFEST.format(secret=f"  current: {SECRET_B}", path="/hooks/new"))
         log.wait_for("sources changed, restarting", after=seen)
+        # The new app's banner (the first since the edit), printed once it listens: until the
+        # old one has stopped, its /readyz still answers (and it knows no /hooks/new).
+        log.wait_for("health:", after=seen)
         wait_ready(base + "/readyz", proc)
         assert _post_signed(base + "/hooks/new", SECRET_B, "m7") == 200
     finally:
@@ -562,6 +565,7 @@ def test_dfm_local_survives_broken_edits_and_a_file_deleted_and_written_again(
         seen = log.mark()
         manifest.write_text(MANIFEST.format(secret=f"  current: {SECRET_A}", path="/hooks/again"))
         log.wait_for("sources changed, restarting", after=seen)
+        log.wait_for("health:", after=seen)  # the new app's banner: it listens, the old stopped
         wait_ready(base + "/readyz", proc)
         assert _post_signed(base + "/hooks/again", SECRET_A, "again") == 200
     finally:
