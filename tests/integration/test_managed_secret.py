@@ -242,7 +242,7 @@ async def test_oauth_tokens_refresh_before_expiry_and_rotated_refresh_tokens_are
         # 6 s tokens refreshed 1 s early: the next one comes at about 5 s, with rt-1.
         await k8s.wait_for(
             lambda: secret_data(k8s, "ghl-oauth").get("access_token") == "at-2",
-            seconds=10,
+            seconds=30,
             what="a refresh before expiry",
         )
         assert secret_data(k8s, "ghl-oauth")["refresh_token"] == "rt-2"
@@ -257,7 +257,7 @@ async def test_oauth_tokens_refresh_before_expiry_and_rotated_refresh_tokens_are
                 condition(k8s, "ghl-oauth", "RotationFailed").get("reason")
                 == "RefreshTokenRejected"
             ),
-            seconds=10,
+            seconds=30,
             what="RefreshTokenRejected",
         )
         assert await k8s.wait_for(
@@ -276,7 +276,7 @@ async def test_oauth_tokens_refresh_before_expiry_and_rotated_refresh_tokens_are
         )
         await k8s.wait_for(
             lambda: condition(k8s, "ghl-oauth", "RotationFailed").get("status") == "False",
-            seconds=10,
+            seconds=30,
             what="recovery",
         )
         await k8s.wait_for(
@@ -300,7 +300,7 @@ async def test_token_endpoint_errors_are_retried_with_backoff(
                 condition(k8s, "flaky", "RotationFailed").get("reason")
                 == "TokenEndpointUnavailable"
             ),
-            seconds=10,
+            seconds=30,
             what="TokenEndpointUnavailable",
         )
         st = status(k8s, "flaky")
@@ -334,7 +334,7 @@ async def test_deleting_the_written_secret_wakes_the_scheduler_to_write_it_again
         await k8s.delete_object(SECRETS, NS, "woken")
         # The Secret watch wakes the scheduler: far sooner than its next planned look.
         second = await k8s.wait_for(
-            lambda: secret_data(k8s, "woken").get("current"), seconds=5, what="a new Secret"
+            lambda: secret_data(k8s, "woken").get("current"), seconds=30, what="a new Secret"
         )
         assert second != first
     assert runner.exception is None
@@ -350,7 +350,7 @@ async def test_new_client_credentials_end_a_client_rejection_at_once(
         await k8s.create(MANAGEDSECRETS, managed("creds", **spec), NS)
         await k8s.wait_for(
             lambda: condition(k8s, "creds", "RotationFailed").get("reason") == "ClientRejected",
-            seconds=10,
+            seconds=30,
             what="ClientRejected",
         )
         # The same refused request is not sent again before an hour has passed.
@@ -365,7 +365,7 @@ async def test_new_client_credentials_end_a_client_rejection_at_once(
         await k8s.patch_object(SECRETS, NS, "cc", {"stringData": {"client_secret": "cs"}})
         await k8s.wait_for(
             lambda: secret_data(k8s, "creds").get("access_token") == "at-1",
-            seconds=5,
+            seconds=30,
             what="a token with the new client credentials",
         )
         assert server.requests == 2
@@ -385,7 +385,7 @@ async def test_a_failed_secret_write_is_retried_so_the_rotated_refresh_token_sur
         await k8s.create(MANAGEDSECRETS, managed("durable", **spec), NS)
         await k8s.wait_for(
             lambda: secret_data(k8s, "durable").get("access_token") == "at-1",
-            seconds=8,
+            seconds=30,
             what="the token written after two failed writes",
         )
         assert secret_data(k8s, "durable")["refresh_token"] == "rt-1"
