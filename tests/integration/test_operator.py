@@ -364,10 +364,12 @@ async def test_the_dfm_operator_process_reconciles_and_serves_metrics_and_livene
 ) -> None:
     """`dfm operator` as a user runs it: its own process, talking HTTP to the API server."""
 
-    def free_port() -> int:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
+    def free_ports() -> tuple[int, int]:
+        # Both sockets held until both are picked: the kernel cannot hand one port out twice.
+        with socket.socket() as one, socket.socket() as two:
+            one.bind(("127.0.0.1", 0))
+            two.bind(("127.0.0.1", 0))
+            return int(one.getsockname()[1]), int(two.getsockname()[1])
 
     def fetch(url: str) -> tuple[int, str]:
         try:
@@ -377,7 +379,7 @@ async def test_the_dfm_operator_process_reconciles_and_serves_metrics_and_livene
             return 0, ""
 
     k8s = cluster
-    metrics_port, liveness_port = free_port(), free_port()
+    metrics_port, liveness_port = free_ports()
     log = (tmp_path / "operator.log").open("w")
     proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block; waits are threaded
         [

@@ -90,8 +90,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: each socket is held until all are picked, so that the
+    kernel cannot hand the same port out twice (``free_port()`` twice in a row can)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def wait_for(
-    what: str, probe: Callable[[], T | None], timeout: float = 30, every: float = 0.2
+    what: str, probe: Callable[[], T | None], timeout: float = 60, every: float = 0.2
 ) -> T:
     """``probe()``'s first truthy result; ControlPlaneError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -442,7 +455,7 @@ class ControlPlane:
         policy = self.workdir / "audit-policy.yaml"
         policy.write_text(yaml.safe_dump(AUDIT_POLICY))
 
-        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        etcd_port, peer_port, api_port = free_ports(3)
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
         self._spawn(

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.realkube.cluster import Api, ControlPlane, JsonDict, free_port, wait_for
+from tests.realkube.cluster import Api, ControlPlane, JsonDict, free_ports, wait_for
 from tests.realkube.tools import Tools
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,7 +128,7 @@ def run_operator(
         workdir / f"{release.name}-sa.kubeconfig", release.namespace, release.service_account
     )
     container = release.container
-    metrics_port, health_port = free_port(), free_port()
+    metrics_port, health_port = free_ports(2)
     args = []
     for arg in container["args"]:
         if arg.startswith("--metrics-port="):

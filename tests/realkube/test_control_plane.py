@@ -7,6 +7,11 @@ import pytest
 
 from tests.realkube.cluster import Api, ApiError, ControlPlane, wait_for
 
+# Whichever test of the package runs first starts the session's control plane inside its own
+# timeout (waits of up to 120 s for the API server and 120 s for the controller-manager): more
+# than the default 120 s, or a loaded machine's slow start fails that test.
+pytestmark = pytest.mark.timeout(600)
+
 
 def test_the_api_server_is_ready_and_is_the_built_version(control_plane: ControlPlane) -> None:
     admin = control_plane.admin()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.realkube.cluster import Api, ControlPlane
 from tests.realkube.running import (
     NOT_EXERCISED,
@@ -18,6 +20,11 @@ from tests.realkube.running import (
     unexplained_grants,
     used_grants,
 )
+
+# Whichever test of the package runs first starts the session's control plane inside its own
+# timeout (waits of up to 120 s for the API server and 120 s for the controller-manager): more
+# than the default 120 s, or a loaded machine's slow start fails that test.
+pytestmark = pytest.mark.timeout(600)
 
 ALLOW = {"authorization.k8s.io/decision": "allow"}
 FORBID = {"authorization.k8s.io/decision": "forbid"}

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.realkube.cluster import Api, ControlPlane, free_port, wait_for
+from tests.realkube.cluster import Api, ControlPlane, free_ports, wait_for
 from tests.realkube.kubelet import KubeletPlayer
 from tests.realkube.running import ROOT, clean_env, condition, kubectl, path_of
 from tests.realkube.tools import Tools
@@ -31,12 +31,13 @@ NS = "default"  # the examples' namespace
 
 
 def dfm_operator(kubeconfig: Path, log: Path) -> subprocess.Popen[bytes]:
+    metrics_port, liveness_port = free_ports(2)
     with log.open("wb") as out:
         return subprocess.Popen(
             [
                 sys.executable, "-m", "dfm.cli", "operator",
-                "--metrics-port", str(free_port()),
-                "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
+                "--metrics-port", str(metrics_port),
+                "--liveness", f"http://127.0.0.1:{liveness_port}/healthz",
             ],
             env=clean_env(KUBECONFIG=str(kubeconfig)),
             stdout=out,

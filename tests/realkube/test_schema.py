@@ -13,6 +13,11 @@ from tests.realkube.cluster import Api, ApiError, JsonDict
 from tests.realkube.running import Release, path_of
 from tests.unit.test_crds import INVALID, VALID, cel_failures, schema_of
 
+# Whichever test of the package runs first starts the session's control plane inside its own
+# timeout (waits of up to 120 s for the API server and 120 s for the controller-manager): more
+# than the default 120 s, or a loaded machine's slow start fails that test.
+pytestmark = pytest.mark.timeout(600)
+
 PLURALS = {
     "WebhookSource": "webhooksources",
     "ManagedSecret": "managedsecrets",
