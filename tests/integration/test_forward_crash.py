@@ -135,7 +135,9 @@ async def test_a_receiver_killed_mid_delivery_loses_nothing(
         forward=ForwardConfig(
             url=url,
             signing_secrets=[SecretSource(value=FORWARD_SECRET)],
-            timeout_seconds=0.5,
+            # Far above the consumer's 0-20 ms: an attempt that times out is sent again, a
+            # duplicate the crash did not cause, and a loaded machine reached 0.5 s.
+            timeout_seconds=2,
             max_concurrency=MAX_CONCURRENCY,
             backoff=BackoffConfig(min_seconds=0.1, max_seconds=0.5),
         ),
@@ -145,8 +147,9 @@ async def test_a_receiver_killed_mid_delivery_loses_nothing(
         port=port,
         sources=[source],
         database=DatabaseConfig(url=database_url),
-        # Short leases, so the restarted process takes over the dead one's deliveries quickly.
-        forwarding=ForwardingConfig(lease_seconds=2, poll_interval_seconds=0.05),
+        # Short leases (the shortest the 2 s timeout allows: four times it), so the restarted
+        # process takes over the dead one's deliveries quickly.
+        forwarding=ForwardingConfig(lease_seconds=8, poll_interval_seconds=0.05),
     )
     config_file = tmp_path / "receiver.yaml"
     config_file.write_text(config.dump_yaml())
@@ -219,7 +222,7 @@ async def test_a_receiver_killed_mid_delivery_loses_nothing(
             # answer lost), is delivered.
             await until(lambda: stored <= set(target.count), 90)
             # And recorded as such: what the dead process sent but never recorded is claimed
-            # again once its lease runs out (2 s), sent again and recorded by this one. The
+            # again once its lease runs out (8 s), sent again and recorded by this one. The
             # consumer may have it all before then, so stopping now would leave those pending.
             await until_delivered(database_url, len(stored), 90)
     finally:
