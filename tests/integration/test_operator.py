@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -419,17 +420,26 @@ async def test_the_dfm_operator_process_reconciles_and_serves_metrics_and_livene
         await k8s.wait_for(
             lambda: k8s.get_object(SECRETS, NS, "m"), seconds=20, what="the ManagedSecret's Secret"
         )
-        await asyncio.sleep(0.3)
+        expected = [
+            'dfm_managedsecret_rotations_total{kind="random",result="success"} 1.0',
+            'dfm_managedsecret_next_rotation_timestamp_seconds{name="m",namespace="payments"}',
+            'dfm_operator_reconciliations_total{kind="WebhookSource",result="ready"}',
+            'dfm_operator_webhooksources{ready="true"} 1.0',
+        ]
 
-        status, body = await asyncio.to_thread(fetch, f"http://127.0.0.1:{metrics_port}/metrics")
+        # The process counts after its writes (which the test has seen): its metrics are read
+        # until they show them (at most 30 s), rather than after a sleep a loaded machine may
+        # outlast; the assertions below say what is missing.
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        deadline = time.monotonic() + 30
+        while True:
+            status, body = await asyncio.to_thread(fetch, url)
+            if all(line in body for line in expected) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
         assert status == 200
-        assert 'dfm_managedsecret_rotations_total{kind="random",result="success"} 1.0' in body
-        assert (
-            'dfm_managedsecret_next_rotation_timestamp_seconds{name="m",namespace="payments"}'
-            in (body)
-        )
-        assert 'dfm_operator_reconciliations_total{kind="WebhookSource",result="ready"}' in body
-        assert 'dfm_operator_webhooksources{ready="true"} 1.0' in body
+        for line in expected:
+            assert line in body
         status, _ = await asyncio.to_thread(fetch, f"http://127.0.0.1:{liveness_port}/healthz")
         assert status == 200
     finally:
