@@ -20,16 +20,11 @@ from typing import IO
 import pytest
 
 from dfm.embedded_pg import EmbeddedPostgres
+from tests.tools import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 DFM = [sys.executable, "-m", "dfm.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_ready(url: str, proc: subprocess.Popen[str], seconds: float = 120) -> None:

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from dfm.embedded_pg import free_port
+from tests.tools import free_port
 from webhook_server.config import (
     BackoffConfig,
     DatabaseConfig,

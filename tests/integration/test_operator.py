@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from dfm_operator.services.webhooksource import reconcile_webhook_source
 from dfm_operator.settings import OperatorSettings
 from kube_emulator import DEPLOYMENTS, WEBHOOKSOURCES, DfmKubernetesEmulator
 from tests.kube.conftest_helpers import k8s, kopf_running, kubeconfig
+from tests.tools import free_ports
 
 __all__ = ["k8s", "kubeconfig"]  # pytest fixtures, imported for this module
 
@@ -365,13 +365,6 @@ async def test_the_dfm_operator_process_reconciles_and_serves_metrics_and_livene
 ) -> None:
     """`dfm operator` as a user runs it: its own process, talking HTTP to the API server."""
 
-    def free_ports() -> tuple[int, int]:
-        # Both sockets held until both are picked: the kernel cannot hand one port out twice.
-        with socket.socket() as one, socket.socket() as two:
-            one.bind(("127.0.0.1", 0))
-            two.bind(("127.0.0.1", 0))
-            return int(one.getsockname()[1]), int(two.getsockname()[1])
-
     def fetch(url: str) -> tuple[int, str]:
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
@@ -380,7 +373,7 @@ async def test_the_dfm_operator_process_reconciles_and_serves_metrics_and_livene
             return 0, ""
 
     k8s = cluster
-    metrics_port, liveness_port = free_ports()
+    metrics_port, liveness_port = free_ports(2)
     log = (tmp_path / "operator.log").open("w")
     proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block; waits are threaded
         [

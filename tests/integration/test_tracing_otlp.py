@@ -31,7 +31,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from standardwebhooks.webhooks import Webhook
 
-from tests.integration.test_cli import DFM, ROOT, free_port
+from tests.integration.test_cli import DFM, ROOT
+from tests.tools import free_port
 
 PROVIDER_SECRET = "whsec_f0WfAjd7HSFo6j89zIgxkTgyCdu/WPbF"
 FORWARD_SECRET = "whsec_vUHpHz5TFBOu+0P6NoXJBDoBQp/2umHp"

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.realkube.cluster import Api, ControlPlane, JsonDict, free_ports, wait_for
+from tests.realkube.cluster import Api, ControlPlane, JsonDict, wait_for
 from tests.realkube.tools import Tools
+from tests.tools import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "df-middleware"

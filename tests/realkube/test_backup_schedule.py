@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from tests.realkube.cluster import Api, ControlPlane, JsonDict, free_port, wait_for
+from tests.realkube.cluster import Api, ControlPlane, JsonDict, wait_for
 from tests.realkube.kubelet import KubeletPlayer
 from tests.realkube.running import (
     DFM,
@@ -34,6 +34,7 @@ from tests.realkube.running import (
     wait_ready,
 )
 from tests.realkube.tools import Tools
+from tests.tools import free_port
 from webhook_server.config import (
     DatabaseConfig,
     Provider,

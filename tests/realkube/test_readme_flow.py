@@ -22,10 +22,11 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.realkube.cluster import Api, ControlPlane, free_ports, wait_for
+from tests.realkube.cluster import Api, ControlPlane, wait_for
 from tests.realkube.kubelet import KubeletPlayer
 from tests.realkube.running import ROOT, clean_env, condition, kubectl, path_of
 from tests.realkube.tools import Tools
+from tests.tools import free_ports
 
 NS = "default"  # the examples' namespace
 
