@@ -183,7 +183,7 @@ def make_receiver(database_url: str, aiohttp_client: ClientFactory) -> ClientFac
         )
         app = create_app(config)
         client = await aiohttp_client(app)
-        assert await app[STORE].wait_ready(15), "store did not become ready"
+        assert await app[STORE].wait_ready(60), "store did not become ready"
         return client
 
     return make

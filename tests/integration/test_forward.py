@@ -161,14 +161,15 @@ def make_receiver(
         )
         app = create_app(config, clock=clock)
         client = await aiohttp_client(app)
-        assert await app[STORE].wait_ready(15), "store did not become ready"
+        assert await app[STORE].wait_ready(60), "store did not become ready"
         return client
 
     return make
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], what: str, seconds: float = 15) -> Any:
-    """Poll ``check`` until it returns something truthy (the test's only wall-clock wait)."""
+async def eventually(check: Callable[[], Awaitable[Any]], what: str, seconds: float = 30) -> Any:
+    """Poll ``check`` until it returns something truthy (the test's only wall-clock wait: its
+    deadline bounds the wait, a loaded machine only makes it longer)."""
     deadline = time.monotonic() + seconds
     while True:
         result = await check()

@@ -166,7 +166,7 @@ async def test_forward_state_reaches_status_events_and_kubectl(
         )
         app = create_app(config, clock=clock)
         client = await aiohttp_client(app)
-        assert await app[STORE].wait_ready(15)
+        assert await app[STORE].wait_ready(60)
         for n in range(5):
             body = f'{{"n": {n}}}'.encode()
             headers = SIGNERS[Provider.GITHUB](

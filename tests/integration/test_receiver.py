@@ -76,7 +76,7 @@ def make_client(
         )
         app = create_app(config, clock=clock)
         client = await aiohttp_client(app)
-        assert await app[STORE].wait_ready(15), "store did not become ready"
+        assert await app[STORE].wait_ready(60), "store did not become ready"
         return client
 
     return make
@@ -470,7 +470,7 @@ async def test_a_refused_event_fails_alone_and_its_batch_is_committed(
     )
     await store.start()
     try:
-        assert await store.wait_ready(15)
+        assert await store.wait_ready(60)
 
         def event(event_id: str, event_type: str = "push") -> Event:
             return Event(
@@ -715,7 +715,7 @@ async def test_shutdown_commits_every_accepted_event(
     config = ReceiverConfig(sources=[github_source()], database=DatabaseConfig(url=database_url))
     app = create_app(config)
     client = await aiohttp_client(app)
-    assert await app[STORE].wait_ready(15)
+    assert await app[STORE].wait_ready(60)
     import asyncio
 
     async def post(i: int) -> int:

@@ -130,7 +130,7 @@ async def serve(database_url: str) -> AsyncIterator[Serve]:
         app = create_app(config)
         listener = await start(app, "127.0.0.1", 0, shutdown_timeout=2, file_limit=file_limit)
         listeners.append(listener)
-        assert await app[STORE].wait_ready(15)
+        assert await app[STORE].wait_ready(60)
         return listener, app
 
     yield run
@@ -816,7 +816,7 @@ async def main() -> None:
     app = create_app(ReceiverConfig(port=0, sources=[source], database=database))
     # A cap that does not protect (as if the file limit were high), then a file limit that bites.
     listener = await server.start(app, "127.0.0.1", 0, shutdown_timeout=1, file_limit=100_000)
-    await app[STORE].wait_ready(15)
+    await app[STORE].wait_ready(60)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
     print(f"port={listener.port}", flush=True)
@@ -921,7 +921,7 @@ async def test_readyz_waits_for_the_store_to_take_events_not_just_for_a_connecti
         refused = await client.post(PATH, data=body, headers=signed(body, "early"))
         assert refused.status == 503
         await tx.rollback()
-        assert await store.wait_ready(15)
+        assert await store.wait_ready(60)
         assert (await client.get("/readyz")).status == 200
     finally:
         await holder.close()

@@ -50,7 +50,7 @@ def make_client(aiohttp_client: ClientFactory, database_url: str) -> ClientFacto
         )
         app = create_app(config, clock=clock)
         client = await aiohttp_client(app)
-        assert await app[STORE].wait_ready(15), "store did not become ready"
+        assert await app[STORE].wait_ready(60), "store did not become ready"
         return client
 
     return make

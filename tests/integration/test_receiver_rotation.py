@@ -79,7 +79,7 @@ async def test_previous_secret_is_accepted_only_until_it_expires(
         ReceiverConfig(sources=[source], database=DatabaseConfig(url=database_url)), clock=clock
     )
     client = await aiohttp_client(app)
-    assert await app[STORE].wait_ready(15)
+    assert await app[STORE].wait_ready(60)
     body = b'{"type":"user.created","data":{}}'
 
     async def post(secret: str, msg_id: str) -> int:
@@ -149,7 +149,7 @@ async def test_reload_loop_outlives_an_unreadable_secret_and_a_failing_flush(
 
         app[ACCESS_LOG].flush = flaky_flush  # type: ignore[method-assign]
         client = await aiohttp_client(app)
-        assert await app[STORE].wait_ready(15)
+        assert await app[STORE].wait_ready(60)
         body = b'{"type":"user.created","data":{}}'
 
         async def post(secret: str, msg_id: str) -> int:

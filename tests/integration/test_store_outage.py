@@ -57,7 +57,7 @@ async def test_database_down_means_503_then_recovery(
 ) -> None:
     source, app = github_receiver(own_postgres.url)
     client = await aiohttp_client(app)
-    assert await app[STORE].wait_ready(15)
+    assert await app[STORE].wait_ready(60)
     assert (
         await client.post(source.route, data=b"{}", headers=signed(b"{}", "before"))
     ).status == 200

@@ -96,7 +96,7 @@ async def test_a_stalled_database_means_bounded_503s_a_bounded_queue_and_nothing
     app = create_app(ReceiverConfig(port=0, sources=[source], database=database))
     listener = await start(app, "127.0.0.1", 0, shutdown_timeout=2)
     store = app[STORE]
-    assert await store.wait_ready(15)
+    assert await store.wait_ready(60)
     url = f"http://127.0.0.1:{listener.port}{source.route}"
     acknowledged: set[str] = set()
     peak = {"events": 0, "bytes": 0}
@@ -194,7 +194,7 @@ async def test_the_queue_counts_stored_headers_and_keeps_no_event_for_its_deadli
     app = create_app(ReceiverConfig(port=0, sources=[source], database=database))
     listener = await start(app, "127.0.0.1", 0, shutdown_timeout=2)
     store = app[STORE]
-    assert await store.wait_ready(15)
+    assert await store.wait_ready(60)
     url = f"http://127.0.0.1:{listener.port}{source.route}"
     try:
         async with aiohttp.ClientSession() as session:

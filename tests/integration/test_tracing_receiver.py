@@ -85,7 +85,7 @@ def make_receiver(database_url: str, aiohttp_client: ClientFactory) -> Callable[
         )
         app = create_app(config, tracing=tracing)
         client = await aiohttp_client(app)
-        assert await app[STORE].wait_ready(15), "store did not become ready"
+        assert await app[STORE].wait_ready(60), "store did not become ready"
         return client
 
     return make
