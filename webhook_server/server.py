@@ -652,8 +652,18 @@ async def start(
     previous = loop.get_exception_handler()
     loop.set_exception_handler(LoopErrors())
 
+    def after_stop(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # An accept() retry asyncio scheduled before the stop can still fire on the closed
+        # socket after it (a second later): dropped here too, everything else as before.
+        if closed_listener_retry(context):
+            return
+        if previous is None:
+            loop.default_exception_handler(context)
+        else:
+            previous(loop, context)
+
     def restore() -> None:
-        loop.set_exception_handler(previous)
+        loop.set_exception_handler(after_stop)
 
     return Listener(runner, server, guard, restore)
 

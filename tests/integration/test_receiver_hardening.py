@@ -822,6 +822,9 @@ async def main() -> None:
     print(f"port={listener.port}", flush=True)
     await asyncio.sleep(float(sys.argv[2]))
     await listener.stop()
+    # The loop runs on after the stop (as in `dfm local`, which restarts in the same loop): an
+    # accept() retry asyncio scheduled a second after a failed one meets the closed socket.
+    await asyncio.sleep(1.5)
 
 asyncio.run(main())
 """
