@@ -150,6 +150,20 @@ def json_object(body: bytes | str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def event_from_body(
+    body: bytes, event_id: str | None = None, event_type: str | None = None
+) -> Verified:
+    """The event named by the body's ``id`` and ``type`` where the headers (``event_id``,
+    ``event_type``; None or empty when absent) did not name it.
+
+    Callers check for both headers first: the body is parsed only when one is missing."""
+    event = json_object(body)
+    return Verified(
+        event_id=event_id or string_field(event, "id"),
+        event_type=event_type or string_field(event, "type"),
+    )
+
+
 def header_bytes(value: str) -> bytes:
     """A header value as the bytes the sender sent: aiohttp decodes header bytes as UTF-8 with
     ``surrogateescape``, so bytes that were not UTF-8 come back exactly instead of raising."""

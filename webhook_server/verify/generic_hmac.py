@@ -21,12 +21,11 @@ from webhook_server.verify.base import (
     Result,
     Verified,
     constant_time_any,
+    event_from_body,
     generic_sample,
     header_bytes,
     hmac_digest,
     is_timestamp,
-    json_object,
-    string_field,
     within_tolerance,
 )
 
@@ -107,11 +106,7 @@ def verify(
     if header_id is not None and event_type is not None:
         return Verified(event_id=header_id, event_type=event_type)
     # Only now parse the body: the headers usually say it all (GitHub, Shopify).
-    event = json_object(body)
-    return Verified(
-        event_id=header_id or string_field(event, "id"),
-        event_type=event_type or string_field(event, "type"),
-    )
+    return event_from_body(body, header_id, event_type)
 
 
 def sign(
