@@ -19,7 +19,9 @@ from webhook_server.verify.base import (
     Reason,
     Rejected,
     Result,
+    Signer,
     Verified,
+    Verifier,
     constant_time_any,
     event_from_body,
     generic_sample,
@@ -136,6 +138,38 @@ def sign(
     if settings.id_header:
         headers[settings.id_header] = msg_id
     return headers
+
+
+def preset_verifier(scheme: VerificationConfig) -> Verifier:
+    """The generic scheme with fixed settings, as a provider's own verifier (GitHub, Shopify):
+    the source's settings are not read."""
+
+    def verify_preset(
+        headers: Mapping[str, str],
+        body: bytes,
+        secrets: Sequence[bytes],
+        settings: VerificationConfig,
+        now: float,
+        query: str = "",
+    ) -> Result:
+        return verify(headers, body, secrets, scheme, now)
+
+    return verify_preset
+
+
+def preset_signer(scheme: VerificationConfig) -> Signer:
+    """The signer that goes with :func:`preset_verifier`."""
+
+    def sign_preset(
+        body: bytes,
+        secret: bytes,
+        settings: VerificationConfig,
+        now: float,
+        event_id: str | None,
+    ) -> dict[str, str]:
+        return sign(body, secret, scheme, now, event_id)
+
+    return sign_preset
 
 
 sample = generic_sample
