@@ -17,6 +17,7 @@ Every provider module exposes two pure functions:
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import hmac
@@ -133,6 +134,26 @@ def is_timestamp(raw: str) -> bool:
 
 def within_tolerance(timestamp: float, now: float, tolerance_seconds: int) -> bool:
     return abs(now - timestamp) <= tolerance_seconds
+
+
+def base64_signature(value: str, header: str, length: int | None = None) -> bytes | Rejected:
+    """A signature header's value, decoded: malformed unless it is base64 (of ``length`` bytes,
+    where the scheme fixes the length)."""
+    try:
+        signature = base64.b64decode(value, validate=True)
+    except ValueError:  # binascii.Error, or a character that is not ASCII
+        return Rejected(Reason.MALFORMED, f"malformed {header} header")
+    if length is not None and len(signature) != length:
+        return Rejected(Reason.MALFORMED, f"malformed {header} header")
+    return signature
+
+
+def base64_header(headers: Mapping[str, str], name: str) -> bytes | Rejected:
+    """The signature a provider sends base64-encoded, alone, in the header ``name``."""
+    value = headers.get(name, "").strip()
+    if not value:
+        return Rejected(Reason.MISSING_HEADER, f"missing {name} header")
+    return base64_signature(value, name)
 
 
 # What a body or header that is not JSON, or too deeply nested to parse, raises from json.loads.
