@@ -174,10 +174,10 @@ def json_object(body: bytes | str) -> dict[str, Any] | None:
 def event_from_body(
     body: bytes, event_id: str | None = None, event_type: str | None = None
 ) -> Verified:
-    """The event named by the body's ``id`` and ``type`` where the headers (``event_id``,
-    ``event_type``; None or empty when absent) did not name it.
+    """The event the headers named (``event_id``, ``event_type``; None or empty when absent),
+    with the body's ``id`` and ``type`` for what they did not name.
 
-    Callers check for both headers first: the body is parsed only when one is missing."""
+    This parses the body, so a caller whose headers named both answers without it."""
     event = json_object(body)
     return Verified(
         event_id=event_id or string_field(event, "id"),
