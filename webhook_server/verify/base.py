@@ -17,6 +17,7 @@ Every provider module exposes two pure functions:
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import hmac
@@ -135,6 +136,26 @@ def within_tolerance(timestamp: float, now: float, tolerance_seconds: int) -> bo
     return abs(now - timestamp) <= tolerance_seconds
 
 
+def base64_signature(value: str, header: str, length: int | None = None) -> bytes | Rejected:
+    """A signature header's value, decoded: malformed unless it is base64 (of ``length`` bytes,
+    where the scheme fixes the length)."""
+    try:
+        signature = base64.b64decode(value, validate=True)
+    except ValueError:  # binascii.Error, or a character that is not ASCII
+        return Rejected(Reason.MALFORMED, f"malformed {header} header")
+    if length is not None and len(signature) != length:
+        return Rejected(Reason.MALFORMED, f"malformed {header} header")
+    return signature
+
+
+def base64_header(headers: Mapping[str, str], name: str) -> bytes | Rejected:
+    """The signature a provider sends base64-encoded, alone, in the header ``name``."""
+    value = headers.get(name, "").strip()
+    if not value:
+        return Rejected(Reason.MISSING_HEADER, f"missing {name} header")
+    return base64_signature(value, name)
+
+
 # What a body or header that is not JSON, or too deeply nested to parse, raises from json.loads.
 # Nesting is bounded by the interpreter's recursion limit (about 1,000 levels): deeper input raises
 # RecursionError, which is caught like any other parse failure and never reaches the caller.
@@ -148,6 +169,20 @@ def json_object(body: bytes | str) -> dict[str, Any] | None:
     except JSON_ERRORS:
         return None
     return value if isinstance(value, dict) else None
+
+
+def event_from_body(
+    body: bytes, event_id: str | None = None, event_type: str | None = None
+) -> Verified:
+    """The event the headers named (``event_id``, ``event_type``; None or empty when absent),
+    with the body's ``id`` and ``type`` for what they did not name.
+
+    This parses the body, so a caller whose headers named both answers without it."""
+    event = json_object(body)
+    return Verified(
+        event_id=event_id or string_field(event, "id"),
+        event_type=event_type or string_field(event, "type"),
+    )
 
 
 def header_bytes(value: str) -> bytes:

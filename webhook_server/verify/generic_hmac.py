@@ -19,14 +19,15 @@ from webhook_server.verify.base import (
     Reason,
     Rejected,
     Result,
+    Signer,
     Verified,
+    Verifier,
     constant_time_any,
+    event_from_body,
     generic_sample,
     header_bytes,
     hmac_digest,
     is_timestamp,
-    json_object,
-    string_field,
     within_tolerance,
 )
 
@@ -107,11 +108,7 @@ def verify(
     if header_id is not None and event_type is not None:
         return Verified(event_id=header_id, event_type=event_type)
     # Only now parse the body: the headers usually say it all (GitHub, Shopify).
-    event = json_object(body)
-    return Verified(
-        event_id=header_id or string_field(event, "id"),
-        event_type=event_type or string_field(event, "type"),
-    )
+    return event_from_body(body, header_id, event_type)
 
 
 def sign(
@@ -141,6 +138,38 @@ def sign(
     if settings.id_header:
         headers[settings.id_header] = msg_id
     return headers
+
+
+def preset_verifier(scheme: VerificationConfig) -> Verifier:
+    """The generic scheme with fixed settings, as a provider's own verifier (GitHub, Shopify):
+    the source's settings are not read."""
+
+    def verify_preset(
+        headers: Mapping[str, str],
+        body: bytes,
+        secrets: Sequence[bytes],
+        settings: VerificationConfig,
+        now: float,
+        query: str = "",
+    ) -> Result:
+        return verify(headers, body, secrets, scheme, now)
+
+    return verify_preset
+
+
+def preset_signer(scheme: VerificationConfig) -> Signer:
+    """The signer that goes with :func:`preset_verifier`."""
+
+    def sign_preset(
+        body: bytes,
+        secret: bytes,
+        settings: VerificationConfig,
+        now: float,
+        event_id: str | None,
+    ) -> dict[str, str]:
+        return sign(body, secret, scheme, now, event_id)
+
+    return sign_preset
 
 
 sample = generic_sample

@@ -10,11 +10,10 @@ it is that, preset.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
 
 from webhook_server.config import SignatureEncoding, VerificationConfig
 from webhook_server.verify import generic_hmac
-from webhook_server.verify.base import Result, compact_json, json_object
+from webhook_server.verify.base import compact_json, json_object
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 DELIVERY_HEADER = "X-GitHub-Delivery"
@@ -32,16 +31,7 @@ SCHEME = VerificationConfig(
 # A key that only one kind of payload carries, so ``dfm send`` can label a sample sensibly.
 _EVENT_BY_KEY = (("zen", "ping"), ("pull_request", "pull_request"), ("commits", "push"))
 
-
-def verify(
-    headers: Mapping[str, str],
-    body: bytes,
-    secrets: Sequence[bytes],
-    settings: VerificationConfig,
-    now: float,
-    query: str = "",
-) -> Result:
-    return generic_hmac.verify(headers, body, secrets, SCHEME, now)
+verify = generic_hmac.preset_verifier(SCHEME)
 
 
 def sign(

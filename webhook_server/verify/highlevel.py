@@ -34,6 +34,7 @@ from webhook_server.verify.base import (
     Rejected,
     Result,
     Verified,
+    base64_signature,
     compact_json,
     iso_time,
     json_object,
@@ -90,10 +91,9 @@ def _verify_one(key: Ed25519PublicKey | RSAPublicKey, signature: bytes, body: by
 def _check(
     value: str, keys: Sequence[Ed25519PublicKey | RSAPublicKey], header: str, body: bytes
 ) -> Rejected | None:
-    try:
-        signature = base64.b64decode(value, validate=True)
-    except ValueError:  # binascii.Error, or a character that is not ASCII
-        return Rejected(Reason.MALFORMED, f"malformed {header} header")
+    signature = base64_signature(value, header)
+    if isinstance(signature, Rejected):
+        return signature
     if not keys:
         return Rejected(Reason.NO_SECRET, f"no public key for {header}")
     if any(_verify_one(key, signature, body) for key in keys):

@@ -26,6 +26,7 @@ from webhook_server.verify.base import (
     Reason,
     Rejected,
     Result,
+    base64_header,
     constant_time_any,
     describe_batch,
     hmac_digest,
@@ -53,13 +54,9 @@ def verify(
 ) -> Result:
     if not secrets or not settings.public_url:
         return Rejected(Reason.NO_SECRET, "no webhook key or publicUrl configured")
-    value = headers.get(SIGNATURE_HEADER, "").strip()
-    if not value:
-        return Rejected(Reason.MISSING_HEADER, f"missing {SIGNATURE_HEADER} header")
-    try:
-        given = base64.b64decode(value, validate=True)
-    except ValueError:  # binascii.Error, or a character that is not ASCII
-        return Rejected(Reason.MALFORMED, f"malformed {SIGNATURE_HEADER} header")
+    given = base64_header(headers, SIGNATURE_HEADER)
+    if isinstance(given, Rejected):
+        return given
     params = form_params(body)
     if params is None:
         return Rejected(Reason.MALFORMED, "the body is not a form")

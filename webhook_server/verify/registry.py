@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from webhook_server.config import Provider, TokenScheme, VerificationConfig
 from webhook_server.keys import check_highlevel_keys, standard_webhooks_key
@@ -82,11 +83,18 @@ def _standard_secret_problem(value: bytes) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class ProviderSpec:
+class Scheme(Protocol):
+    """A provider's module (``webhook_server.verify.<name>``): its verifier, signer and sample, as
+    ``webhook_server.verify.base`` describes them."""
+
     verify: Verifier
     sign: Signer
     sample: Sampler
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    scheme: Scheme
     # The README's provider table: what is checked, where the event id and type come from.
     checks: str
     event_id: str
@@ -109,30 +117,36 @@ class ProviderSpec:
     # This provider's section of docs/receiver.md (Markdown), if it has one.
     docs: str = field(default="", repr=False)
 
+    @property
+    def verify(self) -> Verifier:
+        return self.scheme.verify
+
+    @property
+    def sign(self) -> Signer:
+        return self.scheme.sign
+
+    @property
+    def sample(self) -> Sampler:
+        return self.scheme.sample
+
 
 HMAC_FIELDS = frozenset({"header", "timestampHeader", "idHeader", "typeHeader"})
 
 PROVIDERS: dict[Provider, ProviderSpec] = {
     Provider.GITHUB: ProviderSpec(
-        verify=github.verify,
-        sign=github.sign,
-        sample=github.sample,
+        scheme=github,
         checks="`X-Hub-Signature-256` (HMAC-SHA256, hex, `sha256=`)",
         event_id="`X-GitHub-Delivery`",
         event_type="`X-GitHub-Event`",
     ),
     Provider.STRIPE: ProviderSpec(
-        verify=stripe.verify,
-        sign=stripe.sign,
-        sample=stripe.sample,
+        scheme=stripe,
         checks="`Stripe-Signature` `t=…,v1=…` over `{t}.{body}`, any `v1`, timestamp tolerance",
         event_id="body `id`",
         event_type="body `type`",
     ),
     Provider.STANDARD: ProviderSpec(
-        verify=standard.verify,
-        sign=standard.sign,
-        sample=standard.sample,
+        scheme=standard,
         checks="Standard Webhooks `webhook-id/-timestamp/-signature` (`v1,<base64>`, any), "
         "`whsec_` secrets; also Svix/Clerk `svix-*` headers",
         event_id="`webhook-id`",
@@ -140,26 +154,20 @@ PROVIDERS: dict[Provider, ProviderSpec] = {
         secret_problem=_standard_secret_problem,
     ),
     Provider.SHOPIFY: ProviderSpec(
-        verify=shopify.verify,
-        sign=shopify.sign,
-        sample=shopify.sample,
+        scheme=shopify,
         checks="`X-Shopify-Hmac-Sha256` (base64)",
         event_id="`X-Shopify-Webhook-Id`",
         event_type="`X-Shopify-Topic`",
     ),
     Provider.SLACK: ProviderSpec(
-        verify=slack.verify,
-        sign=slack.sign,
-        sample=slack.sample,
+        scheme=slack,
         checks="`X-Slack-Signature` `v0=` over `v0:{ts}:{body}`, tolerance; answers "
         "`url_verification`",
         event_id="body `event_id`",
         event_type="`event.type` / `type`",
     ),
     Provider.HIGHLEVEL: ProviderSpec(
-        verify=highlevel.verify,
-        sign=highlevel.sign,
-        sample=highlevel.sample,
+        scheme=highlevel,
         checks="`X-GHL-Signature` (Ed25519) or legacy `X-WH-Signature` (RSA-SHA256) against "
         "HighLevel's published keys (`verification.publicKey` overrides)",
         event_id="body `webhookId`",
@@ -170,9 +178,7 @@ PROVIDERS: dict[Provider, ProviderSpec] = {
         public_key_problem=_highlevel_key_problem,
     ),
     Provider.HMAC: ProviderSpec(
-        verify=generic_hmac.verify,
-        sign=generic_hmac.sign,
-        sample=generic_hmac.sample,
+        scheme=generic_hmac,
         checks="any header, `sha1`/`sha256`/`sha512`, `hex`/`base64`, optional prefix, timestamp "
         "header and signed-content template",
         event_id="`idHeader` or body `id`",
@@ -181,9 +187,7 @@ PROVIDERS: dict[Provider, ProviderSpec] = {
         fields=HMAC_FIELDS,
     ),
     Provider.JWT: ProviderSpec(
-        verify=bearer.verify,
-        sign=bearer.sign,
-        sample=bearer.sample,
+        scheme=bearer,
         checks="no body signature; a bearer JWT is required (`spec.auth`)",
         event_id="`Idempotency-Key` or body `id`",
         event_type="body `type`",
@@ -191,9 +195,7 @@ PROVIDERS: dict[Provider, ProviderSpec] = {
         signing=Signing.BEARER_TOKEN,
     ),
     Provider.TWILIO: ProviderSpec(
-        verify=twilio.verify,
-        sign=twilio.sign,
-        sample=twilio.sample,
+        scheme=twilio,
         checks="`X-Twilio-Signature`: HMAC-SHA1 (auth token) over the public URL with its query "
         "string plus the sorted form parameters; JSON bodies through the URL's `bodySHA256`",
         event_id="`MessageSid:MessageStatus` (or `CallSid:CallStatus`, …), else a hash of the "
@@ -235,9 +237,7 @@ ever it re-encodes the form), hence the same id, and is never stored twice.
 """,
     ),
     Provider.TELNYX: ProviderSpec(
-        verify=telnyx.verify,
-        sign=telnyx.sign,
-        sample=telnyx.sample,
+        scheme=telnyx,
         checks="`telnyx-signature-ed25519` (Ed25519) over `{telnyx-timestamp}|{body}` with the "
         "account's `verification.publicKey`, tolerance",
         event_id="body `data.id`",
@@ -258,9 +258,7 @@ the body's `data.id`, the type `data.event_type` (`message.finalized`, `call.han
 """,
     ),
     Provider.VONAGE: ProviderSpec(
-        verify=vonage.verify,
-        sign=vonage.sign,
-        sample=vonage.sample,
+        scheme=vonage,
         checks="`Authorization: Bearer` JWT, HS256 only, with the signature secret; its "
         "`payload_hash` is the body's SHA-256; `iat` tolerance",
         event_id="`message_uuid:status` (or call `uuid:status`)",
@@ -281,9 +279,7 @@ retries are duplicates; the type is `message.delivered`, `call.answered`, … . 
 """,
     ),
     Provider.SENDGRID: ProviderSpec(
-        verify=sendgrid.verify,
-        sign=sendgrid.sign,
-        sample=sendgrid.sample,
+        scheme=sendgrid,
         checks="`X-Twilio-Email-Event-Webhook-Signature` (ECDSA P-256) over "
         "`{…-Timestamp}{body}` with `verification.publicKey`, tolerance; one batch per request",
         event_id="`sha256:` + the body's hash (the batch)",
@@ -311,9 +307,7 @@ events splits the array and keys on each event's `sg_event_id`.
 """,
     ),
     Provider.MAILGUN: ProviderSpec(
-        verify=mailgun.verify,
-        sign=mailgun.sign,
-        sample=mailgun.sample,
+        scheme=mailgun,
         checks="HMAC-SHA256 of `timestamp` + `token`, carried in the body (JSON `signature` "
         "object or form fields), tolerance; a token reused with another event is refused",
         event_id="body `event-data.id` (form: `Message-Id`)",
@@ -338,9 +332,7 @@ with the same token is a redelivery and is answered `duplicate`. The event id is
 """,
     ),
     Provider.MANDRILL: ProviderSpec(
-        verify=mandrill.verify,
-        sign=mandrill.sign,
-        sample=mandrill.sample,
+        scheme=mandrill,
         checks="`X-Mandrill-Signature`: HMAC-SHA1 (webhook key) over the webhook URL plus the "
         "sorted form parameters; one batch (`mandrill_events`) per request",
         event_id="`sha256:` + a hash of the signed parameters (the batch)",
@@ -367,9 +359,7 @@ same parameters, hence the same id: a duplicate, never a second event.
 """,
     ),
     Provider.TOKEN: ProviderSpec(
-        verify=shared_token.verify,
-        sign=shared_token.sign,
-        sample=shared_token.sample,
+        scheme=shared_token,
         checks="a shared token (`Authorization: Bearer`, a named header, or HTTP Basic), "
         "constant time; **no signature**",
         event_id="`idHeader` or body `id`",

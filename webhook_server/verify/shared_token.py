@@ -29,10 +29,9 @@ from webhook_server.verify.base import (
     Result,
     Verified,
     constant_time_any,
+    event_from_body,
     generic_sample,
     header_bytes,
-    json_object,
-    string_field,
 )
 
 AUTHORIZATION = "Authorization"
@@ -110,11 +109,7 @@ def verify(
     header_type = headers.get(settings.type_header, "").strip() if settings.type_header else ""
     if header_id and header_type:
         return Verified(event_id=header_id, event_type=header_type)
-    event = json_object(body)
-    return Verified(
-        event_id=header_id or string_field(event, "id"),
-        event_type=header_type or string_field(event, "type"),
-    )
+    return event_from_body(body, header_id, header_type)
 
 
 def sign(

@@ -9,11 +9,10 @@ Shopify's header names, so it is that, preset.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
 
 from webhook_server.config import SignatureEncoding, VerificationConfig
 from webhook_server.verify import generic_hmac
-from webhook_server.verify.base import Result, compact_json
+from webhook_server.verify.base import compact_json
 
 SIGNATURE_HEADER = "X-Shopify-Hmac-Sha256"
 WEBHOOK_ID_HEADER = "X-Shopify-Webhook-Id"
@@ -26,26 +25,8 @@ SCHEME = VerificationConfig(
     type_header=TOPIC_HEADER,
 )
 
-
-def verify(
-    headers: Mapping[str, str],
-    body: bytes,
-    secrets: Sequence[bytes],
-    settings: VerificationConfig,
-    now: float,
-    query: str = "",
-) -> Result:
-    return generic_hmac.verify(headers, body, secrets, SCHEME, now)
-
-
-def sign(
-    body: bytes,
-    secret: bytes,
-    settings: VerificationConfig,
-    now: float,
-    event_id: str | None,
-) -> dict[str, str]:
-    return generic_hmac.sign(body, secret, SCHEME, now, event_id)
+verify = generic_hmac.preset_verifier(SCHEME)
+sign = generic_hmac.preset_signer(SCHEME)
 
 
 def sample(now: float, event_id: str | None) -> tuple[bytes, str]:

@@ -30,6 +30,7 @@ from webhook_server.verify.base import (
     Rejected,
     Result,
     Verified,
+    base64_header,
     constant_time_any,
     header_bytes,
     hmac_digest,
@@ -91,13 +92,9 @@ def verify(
 ) -> Result:
     if not secrets or not settings.public_url:
         return Rejected(Reason.NO_SECRET, "no auth token or publicUrl configured")
-    value = headers.get(SIGNATURE_HEADER, "").strip()
-    if not value:
-        return Rejected(Reason.MISSING_HEADER, f"missing {SIGNATURE_HEADER} header")
-    try:
-        given = base64.b64decode(value, validate=True)
-    except ValueError:  # binascii.Error, or a character that is not ASCII
-        return Rejected(Reason.MALFORMED, f"malformed {SIGNATURE_HEADER} header")
+    given = base64_header(headers, SIGNATURE_HEADER)
+    if isinstance(given, Rejected):
+        return given
     algorithm = _algorithm(headers.get(SETTINGS_HEADER, ""))
     if algorithm is None:
         return Rejected(Reason.MALFORMED, f"unsupported algorithm in {SETTINGS_HEADER}")
