@@ -14,7 +14,7 @@ from typing import Any
 from dfm_operator import constants as c
 from dfm_operator.api import SyncSchedule
 from dfm_operator.api.common import SecretKeyRef
-from dfm_operator.builders.meta import object_meta, owner_reference, standard_labels
+from dfm_operator.builders.meta import object_meta, standard_labels
 from dfm_operator.builders.pods import (
     build_cronjob,
     config_volumes,
@@ -78,10 +78,7 @@ def _labels(schedule: SyncSchedule, settings: OperatorSettings) -> dict[str, str
 
 
 def _meta(schedule: SyncSchedule, name: str, settings: OperatorSettings) -> dict[str, Any]:
-    owner = owner_reference(
-        c.API_VERSION, c.SYNC_SCHEDULE, schedule.metadata.name, schedule.metadata.uid
-    )
-    return object_meta(name, schedule.metadata.namespace, _labels(schedule, settings), owner)
+    return object_meta(schedule, name, _labels(schedule, settings))
 
 
 def build_sync_config(

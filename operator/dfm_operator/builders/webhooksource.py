@@ -12,7 +12,6 @@ from dfm_operator.api import WebhookSource
 from dfm_operator.api.common import SecretKeyRef
 from dfm_operator.builders.meta import (
     object_meta,
-    owner_reference,
     selector_labels,
     standard_labels,
 )
@@ -100,10 +99,7 @@ def _selector(source: WebhookSource) -> dict[str, str]:
 
 
 def _meta(source: WebhookSource, name: str, settings: OperatorSettings) -> dict[str, Any]:
-    owner = owner_reference(
-        c.API_VERSION, c.WEBHOOK_SOURCE, source.metadata.name, source.metadata.uid
-    )
-    return object_meta(name, source.metadata.namespace, _labels(source, settings), owner)
+    return object_meta(source, name, _labels(source, settings))
 
 
 def build_receiver_config(source: WebhookSource, inputs: ReceiverInputs) -> ReceiverConfig:
