@@ -1,5 +1,6 @@
-"""Pod pieces every workload the operator creates shares: the restricted security profile and
-the CronJob skeleton that scheduled jobs (syncs, backups) are built on. Pure, like all builders."""
+"""Pod pieces the workloads the operator creates share: the restricted security profile, the pod
+and volumes of those that run from a config file (receivers, syncs), and the CronJob skeleton
+that scheduled jobs (syncs, backups) are built on. Pure, like all builders."""
 
 from __future__ import annotations
 
