@@ -13,7 +13,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -201,24 +201,24 @@ class OperatorMetrics:
 
     def forget_sync(self, namespace: str, name: str) -> None:
         """Drop a deleted SyncSchedule's series: a stale last success would alert forever."""
-        for gauge in (
-            self.sync_last_success,
-            self.sync_created,
-            self.sync_interval,
-            self.sync_suspended,
-            self.sync_failures,
-        ):
-            with contextlib.suppress(KeyError):
-                gauge.remove(namespace, name)
-        with contextlib.suppress(KeyError):
-            self.sync_duration.remove(namespace, name)
+        remove_series(
+            (
+                self.sync_last_success,
+                self.sync_created,
+                self.sync_interval,
+                self.sync_suspended,
+                self.sync_failures,
+                self.sync_duration,
+            ),
+            namespace,
+            name,
+        )
         for counter, values in (
             (self.sync_runs, ("succeeded", "failed")),
             (self.sync_items, ("stored", "duplicate")),
         ):
             for value in values:
-                with contextlib.suppress(KeyError):
-                    counter.remove(namespace, name, value)
+                remove_series((counter,), namespace, name, value)
 
     def source_ready(self, key: str, ready: bool | None) -> None:
         if ready is None:
@@ -228,6 +228,14 @@ class OperatorMetrics:
         ready_count = sum(self._ready.values())
         self.sources.labels("true").set(ready_count)
         self.sources.labels("false").set(len(self._ready) - ready_count)
+
+
+def remove_series(metrics: Iterable[Counter | Gauge | Histogram], *labels: str) -> None:
+    """Drop the series ``labels`` from each of ``metrics``, as when their object is deleted (a
+    value left behind would alert forever); one never written is no error."""
+    for metric in metrics:
+        with contextlib.suppress(KeyError):
+            metric.remove(*labels)
 
 
 @dataclass

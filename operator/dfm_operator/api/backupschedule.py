@@ -184,8 +184,3 @@ class BackupSchedule(CustomResource):
     kind: Literal["BackupSchedule"] = "BackupSchedule"
     spec: BackupScheduleSpec
     status: BackupScheduleStatus | None = None
-
-    @model_validator(mode="after")
-    def _name_fits(self) -> Self:
-        self.name_rule.check(self.metadata.name)
-        return self

@@ -6,14 +6,17 @@ import enum
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NamedTuple, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 from pydantic.alias_generators import to_camel
 
 from dfm_operator.constants import DEFAULT_NAMESPACE, DEFAULT_SECRET_KEY
+
+if TYPE_CHECKING:  # names.py builds on CelRule, defined here
+    from dfm_operator.api.names import NameRule
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -254,10 +257,17 @@ class CustomResource(ApiModel):
     """Base of the four kinds: their metadata and identity in the event store and logs."""
 
     names: ClassVar[KindNames]
+    name_rule: ClassVar[NameRule]
+    """What the kind's children make of its name (``api/names.py``)."""
 
     api_version: str
     kind: str
     metadata: ObjectMeta
+
+    @model_validator(mode="after")
+    def _name_fits_its_children(self) -> Self:
+        self.name_rule.check(self.metadata.name)
+        return self
 
     @property
     def key(self) -> str:

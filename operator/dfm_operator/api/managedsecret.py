@@ -225,11 +225,6 @@ class ManagedSecret(CustomResource):
     spec: ManagedSecretSpec
     status: ManagedSecretStatus | None = None
 
-    @model_validator(mode="after")
-    def _name_fits_its_children(self) -> Self:
-        self.name_rule.check(self.metadata.name)
-        return self
-
     @property
     def secret_name(self) -> str:
         """The name of the Secret this resource writes."""

@@ -282,11 +282,6 @@ class SyncSchedule(CustomResource):
     spec: SyncScheduleSpec
     status: SyncScheduleStatus | None = None
 
-    @model_validator(mode="after")
-    def _name_fits_its_children(self) -> Self:
-        self.name_rule.check(self.metadata.name)
-        return self
-
     @property
     def event_type(self) -> str:
         return self.spec.connector.http.event_type or self.metadata.name

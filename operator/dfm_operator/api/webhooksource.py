@@ -525,11 +525,6 @@ class WebhookSource(CustomResource):
     spec: WebhookSourceSpec
     status: WebhookSourceStatus | None = None
 
-    @model_validator(mode="after")
-    def _name_fits_its_children(self) -> Self:
-        self.name_rule.check(self.metadata.name)
-        return self
-
     @property
     def route(self) -> str:
         return self.spec.path or default_route(self.metadata.namespace, self.metadata.name)

@@ -165,11 +165,8 @@ def build_backup_cronjob(schedule: BackupSchedule, settings: OperatorSettings) -
         "volumes": volumes,
     }
     own = labels(schedule, settings)
-    owner = owner_reference(
-        c.API_VERSION, c.BACKUP_SCHEDULE, schedule.metadata.name, schedule.metadata.uid
-    )
     return build_cronjob(
-        metadata=object_meta(cronjob_name(schedule), schedule.metadata.namespace, own, owner),
+        metadata=object_meta(schedule, cronjob_name(schedule), own),
         pod_labels=own,
         schedule=schedule.spec.schedule,
         time_zone=schedule.spec.time_zone,
@@ -203,11 +200,7 @@ def build_backup_pvc(schedule: BackupSchedule, settings: OperatorSettings) -> di
         ),
     }
     if pvc.delete_with_schedule:
-        meta["ownerReferences"] = [
-            owner_reference(
-                c.API_VERSION, c.BACKUP_SCHEDULE, schedule.metadata.name, schedule.metadata.uid
-            )
-        ]
+        meta["ownerReferences"] = [owner_reference(schedule)]
     spec: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
         "resources": {"requests": {"storage": pvc.size}},

@@ -7,7 +7,7 @@ from typing import Any
 
 from dfm_operator import constants as c
 from dfm_operator.api.managedsecret import ManagedSecret
-from dfm_operator.builders.meta import object_meta, owner_reference, standard_labels
+from dfm_operator.builders.meta import object_meta, standard_labels
 
 COMPONENT = "managed-secret"
 
@@ -16,9 +16,6 @@ def build_secret(
     source: ManagedSecret, data: dict[str, str], annotations: dict[str, str], version: str
 ) -> dict[str, Any]:
     """The whole Secret as the operator owns it; keys not in ``data`` are removed by the apply."""
-    owner = owner_reference(
-        c.API_VERSION, c.MANAGED_SECRET, source.metadata.name, source.metadata.uid
-    )
     labels = standard_labels(
         source.metadata.name,
         "df-middleware-managed-secret",
@@ -26,7 +23,7 @@ def build_secret(
         version,
         {f"{c.GROUP}/managedsecret": source.metadata.name},
     )
-    meta = object_meta(source.secret_name, source.metadata.namespace, labels, owner)
+    meta = object_meta(source, source.secret_name, labels)
     meta["annotations"] = dict(sorted(annotations.items()))
     return {
         "apiVersion": "v1",

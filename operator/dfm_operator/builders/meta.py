@@ -5,17 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from dfm_operator import constants as c
+from dfm_operator.api.common import CustomResource
 
 # `dfm render` works offline, before the owner exists: its ownerReferences carry this uid.
 UNKNOWN_UID = "00000000-0000-0000-0000-000000000000"
 
 
-def owner_reference(api_version: str, kind: str, name: str, uid: str | None) -> dict[str, Any]:
+def owner_reference(owner: CustomResource) -> dict[str, Any]:
+    """The reference that makes ``owner`` a child's controller."""
     return {
-        "apiVersion": api_version,
-        "kind": kind,
-        "name": name,
-        "uid": uid or UNKNOWN_UID,
+        "apiVersion": c.API_VERSION,
+        "kind": owner.names.kind,
+        "name": owner.metadata.name,
+        "uid": owner.metadata.uid or UNKNOWN_UID,
         "controller": True,
         "blockOwnerDeletion": True,
     }
@@ -50,12 +52,11 @@ def standard_labels(
     }
 
 
-def object_meta(
-    name: str, namespace: str, labels: dict[str, str], owner: dict[str, Any]
-) -> dict[str, Any]:
+def object_meta(owner: CustomResource, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    """A child's metadata: in ``owner``'s namespace, controlled by it."""
     return {
         "name": name,
-        "namespace": namespace,
+        "namespace": owner.metadata.namespace,
         "labels": dict(labels),
-        "ownerReferences": [owner],
+        "ownerReferences": [owner_reference(owner)],
     }

@@ -1,5 +1,6 @@
-"""Pod pieces every workload the operator creates shares: the restricted security profile and
-the CronJob skeleton that scheduled jobs (syncs, backups) are built on. Pure, like all builders."""
+"""Pod pieces the workloads the operator creates share: the restricted security profile, the pod
+and volumes of those that run from a config file (receivers, syncs), and the CronJob skeleton
+that scheduled jobs (syncs, backups) are built on. Pure, like all builders."""
 
 from __future__ import annotations
 
@@ -52,6 +53,37 @@ def restricted_pod_security(uid: int = c.RECEIVER_UID) -> dict[str, Any]:
         "runAsGroup": uid,
         "fsGroup": uid,
         "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def config_volumes(
+    config_map: str, database: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The volumes, and their mounts, of a workload that runs from a config file: the ConfigMap
+    at CONFIG_DIR, a small in-memory /tmp (the root filesystem is read-only) and ``database``
+    (a Secret volume source) at DATABASE_DIR. Callers append their own."""
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": config_map}},
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+        {"name": "database", "secret": database},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": c.CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir
+        {"name": "database", "mountPath": c.DATABASE_DIR, "readOnly": True},
+    ]
+    return volumes, mounts
+
+
+def restricted_pod_spec(container: dict[str, Any], volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pod of a receiver or a sync run: its one container, no service account token (it
+    never calls the API server), the restricted profile, 30 s to finish on SIGTERM."""
+    return {
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": restricted_pod_security(),
+        "containers": [container],
+        "volumes": volumes,
     }
 
 

@@ -14,11 +14,12 @@ from typing import Any
 from dfm_operator import constants as c
 from dfm_operator.api import SyncSchedule
 from dfm_operator.api.common import SecretKeyRef
-from dfm_operator.builders.meta import object_meta, owner_reference, standard_labels
+from dfm_operator.builders.meta import object_meta, standard_labels
 from dfm_operator.builders.pods import (
     build_cronjob,
+    config_volumes,
     restricted_container_security,
-    restricted_pod_security,
+    restricted_pod_spec,
     tracing_env,
 )
 from dfm_operator.settings import OperatorSettings
@@ -77,10 +78,7 @@ def _labels(schedule: SyncSchedule, settings: OperatorSettings) -> dict[str, str
 
 
 def _meta(schedule: SyncSchedule, name: str, settings: OperatorSettings) -> dict[str, Any]:
-    owner = owner_reference(
-        c.API_VERSION, c.SYNC_SCHEDULE, schedule.metadata.name, schedule.metadata.uid
-    )
-    return object_meta(name, schedule.metadata.namespace, _labels(schedule, settings), owner)
+    return object_meta(schedule, name, _labels(schedule, settings))
 
 
 def build_sync_config(
@@ -149,19 +147,10 @@ def _volumes(
     schedule: SyncSchedule, inputs: SyncInputs
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     db = inputs.database
-    volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": config_map_name(schedule)}},
-        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
-        {
-            "name": "database",
-            "secret": {"secretName": db.name, "items": [{"key": db.key, "path": db.key}]},
-        },
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "config", "mountPath": c.CONFIG_DIR, "readOnly": True},
-        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir
-        {"name": "database", "mountPath": c.DATABASE_DIR, "readOnly": True},
-    ]
+    volumes, mounts = config_volumes(
+        config_map_name(schedule),
+        {"secretName": db.name, "items": [{"key": db.key, "path": db.key}]},
+    )
     if schedule.spec.connector.http.auth is not None and inputs.token_secret is not None:
         # Only the access token (not the refresh token beside it); optional, so that a run
         # while the Secret is missing says TokenUnavailable at once instead of never starting.
@@ -214,13 +203,6 @@ def build_sync_cronjob(schedule: SyncSchedule, inputs: SyncInputs) -> dict[str, 
     )
     if env:
         container["env"] = env
-    pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
-        "terminationGracePeriodSeconds": 30,
-        "securityContext": restricted_pod_security(),
-        "containers": [container],
-        "volumes": volumes,
-    }
     return build_cronjob(
         metadata=_meta(schedule, cronjob_name(schedule), settings),
         pod_labels=_labels(schedule, settings),
@@ -228,7 +210,7 @@ def build_sync_cronjob(schedule: SyncSchedule, inputs: SyncInputs) -> dict[str, 
         time_zone=spec.time_zone,
         suspend=spec.suspend,
         concurrency_policy=spec.concurrency_policy.value,
-        pod_spec=pod_spec,
+        pod_spec=restricted_pod_spec(container, volumes),
         starting_deadline_seconds=spec.starting_deadline_seconds,
         successful_jobs_history_limit=spec.successful_jobs_history_limit,
         failed_jobs_history_limit=spec.failed_jobs_history_limit,

@@ -12,13 +12,13 @@ from dfm_operator.api import WebhookSource
 from dfm_operator.api.common import SecretKeyRef
 from dfm_operator.builders.meta import (
     object_meta,
-    owner_reference,
     selector_labels,
     standard_labels,
 )
 from dfm_operator.builders.pods import (
+    config_volumes,
     restricted_container_security,
-    restricted_pod_security,
+    restricted_pod_spec,
     tracing_env,
 )
 from dfm_operator.builders.receiver_config import build_source_config, ingress_url
@@ -99,10 +99,7 @@ def _selector(source: WebhookSource) -> dict[str, str]:
 
 
 def _meta(source: WebhookSource, name: str, settings: OperatorSettings) -> dict[str, Any]:
-    owner = owner_reference(
-        c.API_VERSION, c.WEBHOOK_SOURCE, source.metadata.name, source.metadata.uid
-    )
-    return object_meta(name, source.metadata.namespace, _labels(source, settings), owner)
+    return object_meta(source, name, _labels(source, settings))
 
 
 def build_receiver_config(source: WebhookSource, inputs: ReceiverInputs) -> ReceiverConfig:
@@ -149,19 +146,9 @@ def config_hash(config_map: dict[str, Any]) -> str:
 def _volumes(
     source: WebhookSource, inputs: ReceiverInputs
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": config_map_name(source)}},
-        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
-        {
-            "name": "database",
-            "secret": {"secretName": database_secret(source, inputs.settings).name},
-        },
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "config", "mountPath": c.CONFIG_DIR, "readOnly": True},
-        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir
-        {"name": "database", "mountPath": c.DATABASE_DIR, "readOnly": True},
-    ]
+    volumes, mounts = config_volumes(
+        config_map_name(source), {"secretName": database_secret(source, inputs.settings).name}
+    )
     mounted: set[str] = set()
     for volume, secret in (
         ("signing", signing_secret_name(source, inputs)),
@@ -215,13 +202,7 @@ def build_deployment(
     )
     if env:
         container["env"] = env
-    pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
-        "terminationGracePeriodSeconds": 30,
-        "securityContext": restricted_pod_security(),
-        "containers": [container],
-        "volumes": volumes,
-    }
+    pod_spec = restricted_pod_spec(container, volumes)
     if source.spec.replicas > 1:
         pod_spec["topologySpreadConstraints"] = [
             {

@@ -9,8 +9,9 @@ import kopf
 
 from dfm_operator import constants as c
 from dfm_operator.api import BackupSchedule
+from dfm_operator.handlers.errors import kopf_errors
 from dfm_operator.handlers.events import emitter
-from dfm_operator.kernel import Context, InvalidSpec, Retry
+from dfm_operator.kernel import Context, Retry
 from dfm_operator.services import backupschedule
 
 BACKUP = BackupSchedule.names.plural
@@ -18,12 +19,8 @@ DRIFT_CHECK_SECONDS = 300.0
 
 
 async def _reconcile_backup(ctx: Context, body: Any) -> None:
-    try:
+    with kopf_errors():
         await backupschedule.reconcile_backup_schedule(ctx, body, emitter(body))
-    except InvalidSpec as exc:
-        raise kopf.PermanentError(str(exc)) from exc
-    except Retry as exc:
-        raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
 
 
 @kopf.on.resume(c.GROUP, c.VERSION, BACKUP)

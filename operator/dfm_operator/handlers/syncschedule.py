@@ -10,6 +10,7 @@ import kopf
 
 from dfm_operator import constants as c
 from dfm_operator.api import SyncSchedule, WebhookSource
+from dfm_operator.handlers.errors import kopf_errors
 from dfm_operator.handlers.events import emitter
 from dfm_operator.kernel import Context, InvalidSpec, Retry
 from dfm_operator.services import syncschedule as service
@@ -24,12 +25,8 @@ CHILD_LABELS = {c.LABEL_MANAGED_BY: c.MANAGED_BY, c.LABEL_COMPONENT: c.SYNC_COMP
 @kopf.on.update(c.GROUP, c.VERSION, PLURAL)
 async def reconcile(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
     ctx: Context = memo.ctx
-    try:
+    with kopf_errors():
         await service.reconcile_sync_schedule(ctx, body, emitter(body))
-    except InvalidSpec as exc:
-        raise kopf.PermanentError(str(exc)) from exc
-    except Retry as exc:
-        raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
 
 
 @kopf.timer(

@@ -9,8 +9,9 @@ import kopf
 
 from dfm_operator import constants as c
 from dfm_operator.api import WebhookSource
+from dfm_operator.handlers.errors import kopf_errors
 from dfm_operator.handlers.events import detached_context, emitter
-from dfm_operator.kernel import Context, InvalidSpec, Retry, object_key
+from dfm_operator.kernel import Context, object_key
 from dfm_operator.services import webhooksource as service
 
 DRIFT_CHECK_SECONDS = 300.0
@@ -22,14 +23,10 @@ PLURAL = WebhookSource.names.plural
 
 async def _run(memo: kopf.Memo, body: kopf.Body, known: Any, *, prune: bool = False) -> None:
     ctx: Context = memo.ctx
-    try:
+    with kopf_errors():
         await service.reconcile_webhook_source(
             ctx, body, emitter(body), known_secrets=known, prune=prune
         )
-    except InvalidSpec as exc:
-        raise kopf.PermanentError(str(exc)) from exc
-    except Retry as exc:
-        raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
 
 
 @kopf.on.resume(c.GROUP, c.VERSION, PLURAL)

@@ -12,7 +12,6 @@ twice.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +38,7 @@ from dfm_operator.kernel import (
     Retry,
     measured,
     plain_body,
+    remove_series,
     validation_message,
     write_status,
 )
@@ -358,17 +358,19 @@ def forget(ctx: Context, namespace: str, name: str, uid: str | None) -> None:
     """A deleted BackupSchedule: its series go (its CronJob goes with it, its claim stays
     unless deleteWithSchedule)."""
     m = ctx.metrics
-    for gauge in (
-        m.backup_last_success,
-        m.backup_last_size,
-        m.backup_last_verified,
-        m.backup_failures,
-        m.backup_verify_failing,
-        m.backup_created,
-        m.backup_suspended,
-    ):
-        with contextlib.suppress(KeyError):
-            gauge.remove(namespace, name)
+    remove_series(
+        (
+            m.backup_last_success,
+            m.backup_last_size,
+            m.backup_last_verified,
+            m.backup_failures,
+            m.backup_verify_failing,
+            m.backup_created,
+            m.backup_suspended,
+        ),
+        namespace,
+        name,
+    )
     if uid:
         ctx.announced.pop(uid, None)
 

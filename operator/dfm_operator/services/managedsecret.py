@@ -44,6 +44,7 @@ from dfm_operator.kernel import (
     measured,
     object_key,
     plain_body,
+    remove_series,
     validation_message,
     write_status,
 )
@@ -197,9 +198,8 @@ def _record_metrics(
 
 def forget_metrics(ctx: Context, namespace: str, name: str) -> None:
     """Drop a deleted ManagedSecret's series: a token expiry left behind alerts forever."""
-    for gauge in (ctx.metrics.next_rotation, ctx.metrics.token_expiry, ctx.metrics.refresh_before):
-        with contextlib.suppress(KeyError):
-            gauge.remove(namespace, name)
+    m = ctx.metrics
+    remove_series((m.next_rotation, m.token_expiry, m.refresh_before), namespace, name)
 
 
 async def _write(

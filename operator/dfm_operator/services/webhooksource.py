@@ -36,7 +36,7 @@ from dfm_operator.builders.webhooksource import (
     receiver_name,
     referenced_secrets,
 )
-from dfm_operator.conditions import ConditionUpdate
+from dfm_operator.conditions import ConditionUpdate, find
 from dfm_operator.eventstore import StoreUnreachable
 from dfm_operator.kernel import (
     Context,
@@ -261,8 +261,7 @@ async def refresh_store_status(ctx: Context, body: Mapping[str, Any], emit: Emit
 
 
 def _has_status(body: Mapping[str, Any]) -> bool:
-    conditions = (body.get("status") or {}).get("conditions") or []
-    return any(cond.get("type") == c.READY for cond in conditions)
+    return find((body.get("status") or {}).get("conditions") or [], c.READY) is not None
 
 
 async def _write_store_status(
@@ -303,10 +302,7 @@ async def _write_store_status(
 def _announce_forwarding(old_status: Mapping[str, Any], new: ConditionUpdate, emit: EmitFn) -> bool:
     """A Kubernetes Event when the Forwarding reason changes to a warning, or back from one;
     returns whether the reason changed."""
-    previous: Mapping[str, Any] = next(
-        (cond for cond in old_status.get("conditions") or [] if cond.get("type") == c.FORWARDING),
-        {},
-    )
+    previous = find(old_status.get("conditions") or [], c.FORWARDING) or {}
     if previous.get("reason") == new.reason:
         return False
     if new.reason in FORWARD_WARNINGS:
