@@ -112,6 +112,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+# How many ports a start tries when the one it picked was taken before PostgreSQL bound it (the
+# kernel also gives a free port out as an outgoing connection's source port).
+START_PORT_ATTEMPTS = 3
+_PORT_TAKEN = "Address already in use"
+
+
 def _ensure_system_user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(SYSTEM_USER)
@@ -148,11 +154,14 @@ class EmbeddedPostgres:
     # Whether this process is the server's owner: it started it, or adopted one whose owner died.
     _owner: bool = field(default=False, repr=False)
     _bin: Path | None = field(default=None, repr=False)
+    # Whether the port was picked here (port 0): then another is picked if it is taken.
+    _picked_port: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self.datadir = Path(self.datadir).resolve()
         if self.port == 0:
             self.port = free_port(self.host)
+            self._picked_port = True
         if os.geteuid() == 0:
             self._user = _ensure_system_user()
 
@@ -266,29 +275,47 @@ class EmbeddedPostgres:
                 self._claim()
         else:
             self._claim()
-            options = (
-                f"-h {self.host} -p {self.port} -k '' -c fsync=on -c max_connections=200"
-                " -c shared_buffers=128MB"
-            )
-            proc = self._run(
-                [
-                    "pg_ctl",
-                    "-D",
-                    str(self.pgdata),
-                    "-l",
-                    str(self.logfile),
-                    "-o",
-                    options,
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-                timeout=90,
-            )
-            self._check(proc, f"starting PostgreSQL (log: {self.logfile})")
+            for attempt in range(1, START_PORT_ATTEMPTS + 1):
+                logged = self._log_size()
+                proc = self._pg_ctl_start()
+                taken = (
+                    proc.returncode != 0
+                    and self._picked_port
+                    and attempt < START_PORT_ATTEMPTS
+                    and _PORT_TAKEN in self._log_since(logged)
+                )
+                if not taken:
+                    self._check(proc, f"starting PostgreSQL (log: {self.logfile})")
+                    break
+                self.port = free_port(self.host)
         self._wait_ready()
         self._create_database()
+
+    def _pg_ctl_start(self) -> subprocess.CompletedProcess[str]:
+        options = (
+            f"-h {self.host} -p {self.port} -k '' -c fsync=on -c max_connections=200"
+            " -c shared_buffers=128MB"
+        )
+        return self._run(
+            ["pg_ctl", "-D", str(self.pgdata), "-l", str(self.logfile), "-o", options,
+             "-w", "-t", "60", "start"],
+            timeout=90,
+        )  # fmt: skip
+
+    def _log_size(self) -> int:
+        try:
+            return self.logfile.stat().st_size
+        except OSError:
+            return 0
+
+    def _log_since(self, offset: int) -> str:
+        """What the server logged past ``offset`` (pg_ctl appends to the log)."""
+        try:
+            with self.logfile.open("rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def _running_port(self) -> int | None:
         try:
