@@ -13,7 +13,6 @@ import hmac
 import io
 import json
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,24 +28,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from openapi_spec_validator import validate
 
-from tests.integration.test_forward import (
-    Consumer,
-    eventually,
-    forward,
-    github_headers,
-)
-from tests.integration.test_forward import (
-    consumer as consumer,
-)
+from tests.integration.test_forward import eventually, forward, github_headers
+from tests.receivers import ClientFactory, Consumer
 from webhook_server import logs
-from webhook_server.app import STORE, create_app
 from webhook_server.config import (
     AuthConfig,
-    DatabaseConfig,
     EventsApiConfig,
-    ForwardingConfig,
     Provider,
-    ReceiverConfig,
     SecretSource,
     SourceConfig,
     VerificationConfig,
@@ -60,7 +48,6 @@ GITHUB_SECRET = "It's a Secret to Everybody"
 ISSUER = "https://clerk.example.test"
 AUDIENCE = "events-api"
 READ, REPLAY = "events:read", "events:replay"
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 # -- keys, tokens and the JWKS ------------------------------------------------------------------
@@ -169,24 +156,6 @@ def source(
         forward=forward(target, max_attempts=1) if target is not None else None,
         events_api=events_api,
     )
-
-
-@pytest.fixture
-def make_receiver(database_url: str, aiohttp_client: ClientFactory) -> ClientFactory:
-    async def make(*sources: SourceConfig) -> TestClient[Any, Any]:
-        config = ReceiverConfig(
-            sources=list(sources),
-            database=DatabaseConfig(url=database_url, maintenance_interval_seconds=3600),
-            forwarding=ForwardingConfig(
-                replica_id="r1", poll_interval_seconds=0.02, stats_interval_seconds=0.2
-            ),
-        )
-        app = create_app(config)
-        client = await aiohttp_client(app)
-        assert await app[STORE].wait_ready(60), "store did not become ready"
-        return client
-
-    return make
 
 
 async def send(client: TestClient[Any, Any], delivery: str, body: bytes | None = None) -> None:

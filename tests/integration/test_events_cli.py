@@ -13,18 +13,16 @@ import asyncpg
 
 from tests.integration.test_events_api import (
     READ,
-    ClientFactory,
     Tokens,
     bearer,
     jwks_url,  # noqa: F401 - a fixture
-    make_receiver,  # noqa: F401 - a fixture
     rsa_key,  # noqa: F401 - a fixture
     send,
     source,
     tokens,  # noqa: F401 - a fixture
 )
-from tests.integration.test_forward import Consumer, eventually
-from tests.integration.test_forward import consumer as consumer
+from tests.integration.test_forward import eventually
+from tests.receivers import ClientFactory, Consumer
 
 DFM = [sys.executable, "-m", "dfm.cli"]
 
@@ -44,7 +42,7 @@ async def dfm(*args: str) -> tuple[int, str, str]:
 
 
 async def test_list_and_show_for_people_and_scripts(
-    make_receiver: ClientFactory,  # noqa: F811
+    make_receiver: ClientFactory,
     database_url: str,
     jwks_url: str,  # noqa: F811
     tokens: Tokens,  # noqa: F811
@@ -121,7 +119,7 @@ async def test_a_database_without_an_event_store_is_said_so(postgres_server: str
 
 
 async def test_replay_delivers_a_dead_letter_once_more_with_the_same_webhook_id(
-    make_receiver: ClientFactory,  # noqa: F811
+    make_receiver: ClientFactory,
     database_url: str,
     consumer: Consumer,
     db: asyncpg.Connection,

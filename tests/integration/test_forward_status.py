@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 import yaml
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
 from dfm_operator.api import WebhookSource
 from dfm_operator.builders.receiver_config import build_source_config
@@ -24,6 +21,7 @@ from dfm_operator.settings import OperatorSettings
 from kube_emulator import MANAGEDSECRETS, WEBHOOKSOURCES, DfmKubernetesEmulator
 from kube_emulator.printing import table
 from tests.kube.conftest_helpers import k8s, kubeconfig
+from tests.receivers import ClientFactory, Clock, Consumer
 from webhook_server.app import STORE, create_app
 from webhook_server.config import (
     DatabaseConfig,
@@ -42,37 +40,6 @@ SECRETS = "v1/secrets"
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 GITHUB_SECRET = "status-test-secret"
 FORWARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Consumer:
-    def __init__(self) -> None:
-        self.status = 503
-        self.seen = 0
-
-    async def handle(self, request: web.Request) -> web.Response:
-        await request.read()
-        self.seen += 1
-        return web.Response(status=self.status)
-
-
-@pytest.fixture
-async def consumer() -> AsyncIterator[tuple[Consumer, str]]:
-    target = Consumer()
-    app = web.Application()
-    app.router.add_post("/events", target.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield target, str(server.make_url("/events"))
-    await server.close()
 
 
 def source_body(url: str, **forward: Any) -> dict[str, Any]:
@@ -126,17 +93,17 @@ async def test_forward_state_reaches_status_events_and_kubectl(
     k8s: DfmKubernetesEmulator,
     kubeconfig: Path,
     database_url: str,
-    consumer: tuple[Consumer, str],
+    consumer: Consumer,
     aiohttp_client: ClientFactory,
 ) -> None:
-    target, url = consumer
+    consumer.default = 503  # until the circuit has opened
     for file in sorted(CRD_DIR.glob("*.yaml")):
         k8s.install_crd(yaml.safe_load(file.read_text()))
     await k8s.create(SECRETS, secret("dfm-events-db", url=database_url), NS)
     await k8s.create(SECRETS, secret("orders-webhook", secret=GITHUB_SECRET), NS)
     await k8s.create(SECRETS, secret("orders-forward", current=FORWARD_SECRET), NS)
     await k8s.create(MANAGEDSECRETS, managed_secret("orders-forward"), NS)
-    await k8s.create(WEBHOOKSOURCES, source_body(url), NS)
+    await k8s.create(WEBHOOKSOURCES, source_body(consumer.url), NS)
     events: list[tuple[str, ...]] = []
 
     def emit(*event: str) -> None:
@@ -218,7 +185,7 @@ async def test_forward_state_reaches_status_events_and_kubectl(
         assert condition(live(k8s), "Ready")["status"] == "True"
 
         # The consumer is back: after the cool-down one probe, then the backlog drains.
-        target.status = 200
+        consumer.default = 200
         clock.now += 31
         db = await asyncpg.connect(database_url)
         try:
