@@ -21,6 +21,7 @@ from dfm_operator.settings import OperatorSettings
 from kube_emulator import MANAGEDSECRETS, WEBHOOKSOURCES, DfmKubernetesEmulator
 from kube_emulator.printing import table
 from tests.kube.conftest_helpers import k8s, kubeconfig
+from tests.kube.dfm import CRD_DIR, condition, install_crds
 from tests.receivers import ClientFactory, Clock, Consumer
 from webhook_server.app import STORE, create_app
 from webhook_server.config import (
@@ -37,7 +38,6 @@ __all__ = ["k8s", "kubeconfig"]  # pytest fixtures, imported for this module
 
 NS = "shop"
 SECRETS = "v1/secrets"
-CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 GITHUB_SECRET = "status-test-secret"
 FORWARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -73,13 +73,6 @@ async def until(check: Callable[[], Awaitable[Any]], what: str, seconds: float =
         await asyncio.sleep(0.05)
 
 
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    for found in (obj.get("status") or {}).get("conditions") or []:
-        if found["type"] == type_:
-            return dict(found)
-    return {}
-
-
 def columns(k8s: DfmKubernetesEmulator, obj: dict[str, Any], wide: bool = False) -> dict[str, Any]:
     """The row `kubectl get whs` prints for ``obj`` (the emulator's server-side printing)."""
     crd = yaml.safe_load((CRD_DIR / "webhooksources.dfm.dev.yaml").read_text())
@@ -97,8 +90,7 @@ async def test_forward_state_reaches_status_events_and_kubectl(
     aiohttp_client: ClientFactory,
 ) -> None:
     consumer.default = 503  # until the circuit has opened
-    for file in sorted(CRD_DIR.glob("*.yaml")):
-        k8s.install_crd(yaml.safe_load(file.read_text()))
+    install_crds(k8s)
     await k8s.create(SECRETS, secret("dfm-events-db", url=database_url), NS)
     await k8s.create(SECRETS, secret("orders-webhook", secret=GITHUB_SECRET), NS)
     await k8s.create(SECRETS, secret("orders-forward", current=FORWARD_SECRET), NS)
@@ -227,8 +219,7 @@ async def test_forward_state_reaches_status_events_and_kubectl(
 async def test_an_unreachable_event_store_is_forwarding_unknown(
     k8s: DfmKubernetesEmulator, kubeconfig: Path
 ) -> None:
-    for file in sorted(CRD_DIR.glob("*.yaml")):
-        k8s.install_crd(yaml.safe_load(file.read_text()))
+    install_crds(k8s)
     # A port nothing listens on: the operator cannot read the store.
     await k8s.create(
         SECRETS, secret("dfm-events-db", url="postgresql://dfm:pw@127.0.0.1:9/dfm"), NS

@@ -25,6 +25,7 @@ from dfm_operator.services.webhooksource import reconcile_webhook_source
 from dfm_operator.settings import OperatorSettings
 from kube_emulator import DEPLOYMENTS, WEBHOOKSOURCES, DfmKubernetesEmulator
 from tests.kube.conftest_helpers import k8s, kopf_running, kubeconfig
+from tests.kube.dfm import OPERATOR, install_crds, ready
 from tests.tools import free_ports
 
 __all__ = ["k8s", "kubeconfig"]  # pytest fixtures, imported for this module
@@ -35,8 +36,6 @@ SERVICES = "v1/services"
 SECRETS = "v1/secrets"
 PDBS = "policy/v1/poddisruptionbudgets"
 NETPOLS = "networking.k8s.io/v1/networkpolicies"
-CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
-OPERATOR = ["run", "-A", "--standalone", "-m", "dfm_operator.handlers"]
 
 
 def source(name: str = "stripe-main", **spec: Any) -> dict[str, Any]:
@@ -61,17 +60,9 @@ def secret(name: str, **data: str) -> dict[str, Any]:
     }
 
 
-def ready(obj: dict[str, Any] | None) -> dict[str, Any]:
-    for condition in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if condition["type"] == "Ready":
-            return dict(condition)
-    return {}
-
-
 @pytest.fixture
 async def cluster(k8s: DfmKubernetesEmulator, kubeconfig: Path) -> DfmKubernetesEmulator:
-    for file in sorted(CRD_DIR.glob("*.yaml")):
-        k8s.install_crd(yaml.safe_load(file.read_text()))
+    install_crds(k8s)
     await k8s.create(SECRETS, secret("dfm-events-db", url="postgresql://db/events"), NS)
     return k8s
 
