@@ -1,5 +1,6 @@
-"""Fixtures for the tests that run a real receiver: the receiver itself and a consumer it
-forwards to (a test module with a consumer of its own defines its own ``consumer``)."""
+"""Fixtures for the tests that run a real receiver: the receiver itself, a consumer it forwards
+to (a test module with a consumer of its own defines its own ``consumer``) and the loopback APIs
+a sync reads from."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from tests.receivers import ClientFactory, Consumer, serving
 from webhook_server.app import STORE, create_app
@@ -53,3 +54,12 @@ def make_receiver(database_url: str, aiohttp_client: ClientFactory) -> ClientFac
         return client
 
     return make
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[list[TestServer]]:
+    """The servers a test starts with tests.fake_api.serve, closed after it."""
+    servers: list[TestServer] = []
+    yield servers
+    for server in servers:
+        await server.close()

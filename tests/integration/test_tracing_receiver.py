@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -250,12 +251,11 @@ async def test_a_sync_run_is_a_trace_whose_pages_its_forwarded_items_continue(
     database_url: str,
     spans: tuple[Tracing, InMemorySpanExporter],
     db: asyncpg.Connection,
+    served: list[TestServer],
 ) -> None:
     """A SyncSchedule's run and pages are spans; each stored item's delivery carries its page's
     context, so its forward attempt will be that page's child."""
-    from aiohttp.test_utils import TestServer as Served
-
-    from tests.fake_api import FakeApi, contacts
+    from tests.fake_api import FakeApi, contacts, serve
     from tests.integration import test_sync
     from webhook_server.store.migrations import apply_migrations
 
@@ -266,15 +266,8 @@ async def test_a_sync_run_is_a_trace_whose_pages_its_forwarded_items_continue(
         " VALUES ($1, 30, now(), true)",
         test_sync.SINK,
     )
-    api = Served(FakeApi(contacts(7), "cursor", page_size=5).app())
-    await api.start_server()
-    try:
-        base = str(api.make_url("")).rstrip("/")
-        summary = await test_sync.run(
-            test_sync.config(base, database_url, "cursor"), tracing=tracing
-        )
-    finally:
-        await api.close()
+    base = await serve(FakeApi(contacts(7), "cursor", page_size=5), served)
+    summary = await test_sync.run(test_sync.config(base, database_url, "cursor"), tracing=tracing)
     assert summary.succeeded
     run = one(exported, "dfm.sync.run")
     pages = by_name(exported, "dfm.sync.page")
