@@ -220,16 +220,22 @@ async def quiet(k8s: DfmKubernetesEmulator, seconds: float = 2.0) -> None:
     await k8s.wait_for(settled, seconds=30, what="the operator quiet")
 
 
+async def create_sources(k8s: DfmKubernetesEmulator, count: int) -> list[str]:
+    """``count`` WebhookSources (src-0, src-1, …) and the Secret they verify with; their names."""
+    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    names = [f"src-{i}" for i in range(count)]
+    for name in names:
+        await k8s.create(WEBHOOKSOURCES, source(name), NS)
+    return names
+
+
 async def test_an_operator_started_over_existing_sources_reconciles_each_once(
     cluster: DfmKubernetesEmulator,
 ) -> None:
     # A restart over many sources: the Secret and Deployments kopf lists at start-up must not
     # each reconcile their sources again (the work, and the memory held, tripled).
     k8s = cluster
-    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
-    names = [f"src-{i}" for i in range(3)]
-    for name in names:
-        await k8s.create(WEBHOOKSOURCES, source(name), NS)
+    names = await create_sources(k8s, 3)
     async with kopf_running(OPERATOR) as runner:
         for name in names:
             await wait_ready(k8s, name, "False", "DeploymentUnavailable")
@@ -247,10 +253,7 @@ async def test_no_more_than_max_concurrent_reconciles_sources_build_at_once(
     cluster: DfmKubernetesEmulator,
 ) -> None:
     k8s = cluster
-    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
-    names = [f"src-{i}" for i in range(6)]
-    for name in names:
-        await k8s.create(WEBHOOKSOURCES, source(name), NS)
+    names = await create_sources(k8s, 6)
     gate, inside, most = asyncio.Event(), 0, 0
 
     async with connect() as kube:
