@@ -74,3 +74,16 @@ class Consumer:
 
     def ids(self) -> list[str]:
         return [s.headers["webhook-id"] for s in self.seen]
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], what: str, seconds: float = 30) -> Any:
+    """Poll ``check`` until it returns something truthy, which it returns (the tests' wall-clock
+    wait: its deadline bounds the wait, a loaded machine only makes it longer)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)

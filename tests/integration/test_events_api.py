@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from openapi_spec_validator import validate
 
-from tests.integration.test_forward import eventually, forward, github_headers
-from tests.receivers import ClientFactory, Consumer
+from tests.integration.test_forward import forward, github_headers
+from tests.receivers import ClientFactory, Consumer, eventually
 from webhook_server import logs
 from webhook_server.config import (
     AuthConfig,

@@ -21,8 +21,7 @@ from tests.integration.test_events_api import (
     source,
     tokens,  # noqa: F401 - a fixture
 )
-from tests.integration.test_forward import eventually
-from tests.receivers import ClientFactory, Consumer
+from tests.receivers import ClientFactory, Consumer, eventually
 
 DFM = [sys.executable, "-m", "dfm.cli"]
 

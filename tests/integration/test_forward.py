@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from tests.receivers import Clock, Consumer, Seen
+from tests.receivers import Clock, Consumer, Seen, eventually
 from webhook_server.app import FORWARDER, STORE
 from webhook_server.config import (
     BackoffConfig,
@@ -70,19 +69,6 @@ def github_headers(body: bytes, delivery: str) -> dict[str, str]:
     headers["Content-Type"] = "application/json"
     headers["X-GitHub-Event"] = "push"
     return headers
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], what: str, seconds: float = 30) -> Any:
-    """Poll ``check`` until it returns something truthy (the test's only wall-clock wait: its
-    deadline bounds the wait, a loaded machine only makes it longer)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def delivery(db: asyncpg.Connection, event_id: str) -> asyncpg.Record:

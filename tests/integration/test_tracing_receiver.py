@@ -23,12 +23,11 @@ from opentelemetry.trace import SpanContext, SpanKind, StatusCode, TraceFlags
 from tests.integration.test_forward import (
     FORWARD_SECRET,
     GITHUB_SECRET,
-    eventually,
     forward,
     github_headers,
     github_source,
 )
-from tests.receivers import Consumer
+from tests.receivers import Consumer, eventually
 from webhook_server import logs
 from webhook_server.store import Event, insert_events
 from webhook_server.tracing import Tracing, current_ids, format_traceparent
