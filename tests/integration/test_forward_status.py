@@ -3,9 +3,7 @@ receivers write (a real PostgreSQL) and puts the figures in status and `kubectl 
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +19,8 @@ from dfm_operator.settings import OperatorSettings
 from kube_emulator import MANAGEDSECRETS, WEBHOOKSOURCES, DfmKubernetesEmulator
 from kube_emulator.printing import table
 from tests.kube.conftest_helpers import k8s, kubeconfig
-from tests.kube.dfm import CRD_DIR, condition, install_crds
-from tests.receivers import ClientFactory, Clock, Consumer
+from tests.kube.dfm import CRD_DIR, condition, create_secret, install_crds
+from tests.receivers import ClientFactory, Clock, Consumer, eventually
 from webhook_server.app import STORE, create_app
 from webhook_server.config import (
     DatabaseConfig,
@@ -62,17 +60,6 @@ def source_body(url: str, **forward: Any) -> dict[str, Any]:
     }
 
 
-async def until(check: Callable[[], Awaitable[Any]], what: str, seconds: float = 20) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 def columns(k8s: DfmKubernetesEmulator, obj: dict[str, Any], wide: bool = False) -> dict[str, Any]:
     """The row `kubectl get whs` prints for ``obj`` (the emulator's server-side printing)."""
     crd = yaml.safe_load((CRD_DIR / "webhooksources.dfm.dev.yaml").read_text())
@@ -91,9 +78,9 @@ async def test_forward_state_reaches_status_events_and_kubectl(
 ) -> None:
     consumer.default = 503  # until the circuit has opened
     install_crds(k8s)
-    await k8s.create(SECRETS, secret("dfm-events-db", url=database_url), NS)
-    await k8s.create(SECRETS, secret("orders-webhook", secret=GITHUB_SECRET), NS)
-    await k8s.create(SECRETS, secret("orders-forward", current=FORWARD_SECRET), NS)
+    await create_secret(k8s, NS, "dfm-events-db", url=database_url)
+    await create_secret(k8s, NS, "orders-webhook", secret=GITHUB_SECRET)
+    await create_secret(k8s, NS, "orders-forward", current=FORWARD_SECRET)
     await k8s.create(MANAGEDSECRETS, managed_secret("orders-forward"), NS)
     await k8s.create(WEBHOOKSOURCES, source_body(consumer.url), NS)
     events: list[tuple[str, ...]] = []
@@ -135,9 +122,10 @@ async def test_forward_state_reaches_status_events_and_kubectl(
             assert response.status == 200
         db = await asyncpg.connect(database_url)
         try:
-            await until(
+            await eventually(
                 lambda: _fetch(db, "SELECT state = 'open' FROM webhook_forward_circuits"),
                 "the receiver's circuit to open",
+                seconds=20,
             )
         finally:
             await db.close()
@@ -181,15 +169,17 @@ async def test_forward_state_reaches_status_events_and_kubectl(
         clock.now += 31
         db = await asyncpg.connect(database_url)
         try:
-            await until(
+            await eventually(
                 lambda: _fetch(
                     db, "SELECT count(*) = 6 FROM webhook_deliveries WHERE state = 'delivered'"
                 ),
                 "the backlog to drain",
+                seconds=20,
             )
-            await until(
+            await eventually(
                 lambda: _fetch(db, "SELECT state = 'closed' FROM webhook_forward_circuits"),
                 "the circuit to close",
+                seconds=20,
             )
         finally:
             await db.close()
@@ -221,11 +211,9 @@ async def test_an_unreachable_event_store_is_forwarding_unknown(
 ) -> None:
     install_crds(k8s)
     # A port nothing listens on: the operator cannot read the store.
-    await k8s.create(
-        SECRETS, secret("dfm-events-db", url="postgresql://dfm:pw@127.0.0.1:9/dfm"), NS
-    )
-    await k8s.create(SECRETS, secret("orders-webhook", secret=GITHUB_SECRET), NS)
-    await k8s.create(SECRETS, secret("orders-forward", current=FORWARD_SECRET), NS)
+    await create_secret(k8s, NS, "dfm-events-db", url="postgresql://dfm:pw@127.0.0.1:9/dfm")
+    await create_secret(k8s, NS, "orders-webhook", secret=GITHUB_SECRET)
+    await create_secret(k8s, NS, "orders-forward", current=FORWARD_SECRET)
     await k8s.create(MANAGEDSECRETS, managed_secret("orders-forward"), NS)
     await k8s.create(WEBHOOKSOURCES, source_body("http://orders.shop.svc/events"), NS)
     events: list[tuple[str, ...]] = []
@@ -249,15 +237,6 @@ def live(k8s: DfmKubernetesEmulator) -> dict[str, Any]:
     obj = k8s.get_object(WEBHOOKSOURCES, NS, "orders")
     assert obj is not None
     return obj
-
-
-def secret(name: str, **data: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": NS},
-        "stringData": data,
-    }
 
 
 def managed_secret(name: str) -> dict[str, Any]:

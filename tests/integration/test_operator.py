@@ -25,7 +25,7 @@ from dfm_operator.services.webhooksource import reconcile_webhook_source
 from dfm_operator.settings import OperatorSettings
 from kube_emulator import DEPLOYMENTS, WEBHOOKSOURCES, DfmKubernetesEmulator
 from tests.kube.conftest_helpers import k8s, kopf_running, kubeconfig
-from tests.kube.dfm import OPERATOR, install_crds, ready
+from tests.kube.dfm import OPERATOR, create_secret, install_crds, ready
 from tests.tools import free_ports
 
 __all__ = ["k8s", "kubeconfig"]  # pytest fixtures, imported for this module
@@ -51,19 +51,10 @@ def source(name: str = "stripe-main", **spec: Any) -> dict[str, Any]:
     }
 
 
-def secret(name: str, **data: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": NS},
-        "stringData": data,
-    }
-
-
 @pytest.fixture
 async def cluster(k8s: DfmKubernetesEmulator, kubeconfig: Path) -> DfmKubernetesEmulator:
     install_crds(k8s)
-    await k8s.create(SECRETS, secret("dfm-events-db", url="postgresql://db/events"), NS)
+    await create_secret(k8s, NS, "dfm-events-db", url="postgresql://db/events")
     return k8s
 
 
@@ -97,7 +88,7 @@ async def test_lifecycle_create_ready_update_and_repair(
     cluster: DfmKubernetesEmulator, operator: KopfRunner
 ) -> None:
     k8s = cluster
-    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    await create_secret(k8s, NS, "stripe-webhook", secret="whsec_x")
     await k8s.create(WEBHOOKSOURCES, source(), NS)
 
     obj = await wait_ready(k8s, "stripe-main", "False", "DeploymentUnavailable", generation=1)
@@ -189,7 +180,7 @@ async def test_missing_secret_is_reported_and_heals_when_it_appears(
     )
     assert events[0]["type"] == "Warning"
 
-    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_y"), NS)
+    await create_secret(k8s, NS, "stripe-webhook", secret="whsec_y")
     await wait_ready(k8s, "late", "False", "DeploymentUnavailable")
     assert k8s.get_object(DEPLOYMENTS, NS, "late-receiver") is not None
 
@@ -222,7 +213,7 @@ async def quiet(k8s: DfmKubernetesEmulator, seconds: float = 2.0) -> None:
 
 async def create_sources(k8s: DfmKubernetesEmulator, count: int) -> list[str]:
     """``count`` WebhookSources (src-0, src-1, …) and the Secret they verify with; their names."""
-    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    await create_secret(k8s, NS, "stripe-webhook", secret="whsec_x")
     names = [f"src-{i}" for i in range(count)]
     for name in names:
         await k8s.create(WEBHOOKSOURCES, source(name), NS)
@@ -294,7 +285,7 @@ async def test_the_periodic_timer_checks_drift_every_five_minutes_not_every_tick
     # One kopf timer per source for both periods: every tick reads the event store, and only
     # a tick at which the drift check is due re-asserts the children.
     k8s = cluster
-    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    await create_secret(k8s, NS, "stripe-webhook", secret="whsec_x")
     await k8s.create(WEBHOOKSOURCES, source(), NS)
 
     def replicas() -> int:
@@ -387,7 +378,7 @@ async def test_the_dfm_operator_process_reconciles_and_serves_metrics_and_livene
         stderr=subprocess.STDOUT,
     )
     try:
-        await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_z"), NS)
+        await create_secret(k8s, NS, "stripe-webhook", secret="whsec_z")
         await k8s.create(WEBHOOKSOURCES, source("proc"), NS)
         await k8s.wait_for(
             lambda: k8s.get_object(DEPLOYMENTS, NS, "proc-receiver"),
@@ -500,7 +491,7 @@ async def test_a_spec_change_seen_first_through_a_deployment_event_updates_the_c
     # A Deployment event can reach the reconciler with the new spec before the update handler
     # does. The pods must not roll to a config hash whose ConfigMap is not written yet.
     k8s = cluster
-    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    await create_secret(k8s, NS, "stripe-webhook", secret="whsec_x")
     await k8s.create(WEBHOOKSOURCES, source(), NS)
     events: list[tuple[str, str, str]] = []
 
@@ -532,7 +523,7 @@ async def test_children_the_spec_no_longer_asks_for_are_deleted(
     # Removing exposure.ingress must stop the public route, not just clear the endpoint.
     k8s = cluster
     ingresses = "networking.k8s.io/v1/ingresses"
-    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    await create_secret(k8s, NS, "stripe-webhook", secret="whsec_x")
     exposed = source(replicas=2, exposure={"ingress": {"host": "hooks.example.com"}})
     await k8s.create(WEBHOOKSOURCES, exposed, NS)
     for gvp in (ingresses, PDBS):
@@ -565,7 +556,7 @@ async def test_a_servicemonitor_crd_removed_while_running_stops_being_used(
     monitors = "monitoring.coreos.com/v1/servicemonitors"
     monkeypatch.setenv("DFM_SERVICE_MONITOR", "true")
     k8s.set_servicemonitors(True)
-    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    await create_secret(k8s, NS, "stripe-webhook", secret="whsec_x")
     async with kopf_running(OPERATOR) as runner:
         await k8s.create(WEBHOOKSOURCES, source(), NS)
         await k8s.wait_for(

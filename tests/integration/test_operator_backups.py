@@ -18,7 +18,7 @@ from kopf.testing import KopfRunner
 
 from kube_emulator import BACKUPSCHEDULES, DfmKubernetesEmulator
 from tests.kube.conftest_helpers import k8s, kopf_running, kubeconfig
-from tests.kube.dfm import OPERATOR, install_crds, ready
+from tests.kube.dfm import OPERATOR, create_secret, install_crds, ready
 from webhook_server.backup.manifest import JobSummary, VerifyMethod
 
 __all__ = ["k8s", "kubeconfig"]  # pytest fixtures, imported for this module
@@ -49,13 +49,7 @@ def backup_schedule(name: str = "nightly", **spec: Any) -> dict[str, Any]:
 @pytest.fixture
 async def cluster(k8s: DfmKubernetesEmulator, kubeconfig: Path) -> DfmKubernetesEmulator:
     install_crds(k8s)
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "events-db", "namespace": NS},
-        "stringData": {"url": "postgresql://dfm:pw@db.payments.svc/events"},
-    }
-    await k8s.create(SECRETS, secret, NS)
+    await create_secret(k8s, NS, "events-db", url="postgresql://dfm:pw@db.payments.svc/events")
     return k8s
 
 
@@ -301,13 +295,7 @@ async def test_a_missing_secret_holds_the_schedule_until_it_appears(
         lambda: k8s.events(NS, name="offsite", reason="SecretNotFound"), what="a Warning"
     )
     # Created, but with only one of the two keys: still not usable.
-    creds = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "s3-creds", "namespace": NS},
-        "stringData": {"AWS_ACCESS_KEY_ID": "AKIA"},
-    }
-    await k8s.create(SECRETS, creds, NS)
+    await create_secret(k8s, NS, "s3-creds", AWS_ACCESS_KEY_ID="AKIA")
     obj = await k8s.wait_for(
         lambda: (
             "AWS_SECRET_ACCESS_KEY"

@@ -30,3 +30,14 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
 
 def ready(obj: dict[str, Any] | None) -> dict[str, Any]:
     return condition(obj, "Ready")
+
+
+async def create_secret(k8s: DfmKubernetesEmulator, namespace: str, name: str, **data: str) -> None:
+    """The Secret ``name`` in ``namespace``, holding ``data`` (given as stringData)."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": data,
+    }
+    await k8s.create("v1/secrets", body, namespace)
