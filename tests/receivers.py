@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -87,3 +88,8 @@ async def eventually(check: Callable[[], Awaitable[Any]], what: str, seconds: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def until_true(db: asyncpg.Connection, query: str, what: str) -> None:
+    """Wait (as :func:`eventually`) until ``query``, which selects one boolean, is true."""
+    await eventually(lambda: db.fetchval(query), what)

@@ -29,7 +29,7 @@ from jwt.algorithms import RSAAlgorithm
 from openapi_spec_validator import validate
 
 from tests.integration.test_forward import forward, github_headers
-from tests.receivers import ClientFactory, Consumer, eventually
+from tests.receivers import ClientFactory, Consumer, until_true
 from webhook_server import logs
 from webhook_server.config import (
     AuthConfig,
@@ -494,12 +494,11 @@ async def test_a_dead_lettered_event_is_delivered_once_more_with_the_same_webhoo
     client = await make_receiver(source(jwks_url, consumer))
     await send(client, "evt-dead")
 
-    async def dead() -> Any:
-        return await db.fetchval(
-            "SELECT state = 'dead' FROM webhook_deliveries WHERE event_id = 'evt-dead'"
-        )
-
-    await eventually(dead, "the delivery to be dead-lettered")
+    await until_true(
+        db,
+        "SELECT state = 'dead' FROM webhook_deliveries WHERE event_id = 'evt-dead'",
+        "the delivery to be dead-lettered",
+    )
     assert consumer.ids() == ["evt-dead"]
     page = await listed(client, tokens.make(), state="dead")
     [event] = page["items"]
@@ -515,12 +514,11 @@ async def test_a_dead_lettered_event_is_delivered_once_more_with_the_same_webhoo
     assert requeued["delivery"]["state"] in ("pending", "delivered")
     assert requeued["delivery"]["replays"] == 1
 
-    async def delivered() -> Any:
-        return await db.fetchval(
-            "SELECT state = 'delivered' FROM webhook_deliveries WHERE event_id = 'evt-dead'"
-        )
-
-    await eventually(delivered, "the replay to be delivered")
+    await until_true(
+        db,
+        "SELECT state = 'delivered' FROM webhook_deliveries WHERE event_id = 'evt-dead'",
+        "the replay to be delivered",
+    )
     # Once more, and with the same webhook-id (so the consumer can tell it is the same event).
     assert consumer.ids() == ["evt-dead", "evt-dead"]
     assert consumer.ids()[1] == webhook_id("ci/gh", "", "evt-dead")
@@ -547,10 +545,9 @@ async def test_bulk_replay_of_the_dead_letters(
     for n in range(3):
         await send(client, f"b{n}")
 
-    async def all_dead() -> Any:
-        return await db.fetchval("SELECT count(*) = 3 FROM webhook_deliveries WHERE state = 'dead'")
-
-    await eventually(all_dead, "three dead letters")
+    await until_true(
+        db, "SELECT count(*) = 3 FROM webhook_deliveries WHERE state = 'dead'", "three dead letters"
+    )
     replayer = tokens.make(REPLAY)
     # Nothing bounded selected: refused.
     await problem(await client.post("/events/replay", json={}, headers=bearer(replayer)), 400)
@@ -572,20 +569,21 @@ async def test_bulk_replay_of_the_dead_letters(
     assert response.status == 202, await response.text()
     assert (await response.json())["requeued"] == 3
 
-    async def all_delivered() -> Any:
-        return await db.fetchval(
-            "SELECT count(*) = 3 FROM webhook_deliveries WHERE state = 'delivered'"
-        )
-
-    await eventually(all_delivered, "three deliveries")
+    await until_true(
+        db,
+        "SELECT count(*) = 3 FROM webhook_deliveries WHERE state = 'delivered'",
+        "three deliveries",
+    )
     assert sorted(consumer.ids()) == sorted(["b0", "b1", "b2"] * 2)
 
     # A time range: every event in it, delivered ones too; more than maxBulkReplay: refused.
     since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     await send(client, "b3")
-    await eventually(
-        lambda: db.fetchval("SELECT state = 'delivered' FROM webhook_deliveries "
-                            "WHERE event_id = 'b3'"), "b3 delivered")  # fmt: skip
+    await until_true(
+        db,
+        "SELECT state = 'delivered' FROM webhook_deliveries WHERE event_id = 'b3'",
+        "b3 delivered",
+    )
     too_many = await client.post("/events/replay", json={"since": since}, headers=bearer(replayer))
     await problem(too_many, 422)
     assert await db.fetchval("SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'") == 0

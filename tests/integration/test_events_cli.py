@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import sys
-from typing import Any
 
 import asyncpg
 
@@ -21,7 +20,7 @@ from tests.integration.test_events_api import (
     source,
     tokens,  # noqa: F401 - a fixture
 )
-from tests.receivers import ClientFactory, Consumer, eventually
+from tests.receivers import ClientFactory, Consumer, until_true
 
 DFM = [sys.executable, "-m", "dfm.cli"]
 
@@ -128,10 +127,9 @@ async def test_replay_delivers_a_dead_letter_once_more_with_the_same_webhook_id(
     await send(client, "cli-dead")
     await send(client, "cli-dead-2")
 
-    async def dead() -> Any:
-        return await db.fetchval("SELECT count(*) = 2 FROM webhook_deliveries WHERE state = 'dead'")
-
-    await eventually(dead, "two dead letters")
+    await until_true(
+        db, "SELECT count(*) = 2 FROM webhook_deliveries WHERE state = 'dead'", "two dead letters"
+    )
     url = ["--database-url", database_url]
     code, out, _ = await dfm("events", "list", *url, "--state", "dead", "-o", "wide")
     assert code == 0
@@ -142,12 +140,11 @@ async def test_replay_delivers_a_dead_letter_once_more_with_the_same_webhook_id(
     assert code == 0, err
     assert out.strip() == "ci/gh cli-dead: re-queued"
 
-    async def delivered() -> Any:
-        return await db.fetchval(
-            "SELECT state = 'delivered' FROM webhook_deliveries WHERE event_id = 'cli-dead'"
-        )
-
-    await eventually(delivered, "the replay delivered")
+    await until_true(
+        db,
+        "SELECT state = 'delivered' FROM webhook_deliveries WHERE event_id = 'cli-dead'",
+        "the replay delivered",
+    )
     assert consumer.ids() == ["cli-dead", "cli-dead-2", "cli-dead"]
 
     # By selection: a dry run first, then the rest of the dead letters.
@@ -162,10 +159,9 @@ async def test_replay_delivers_a_dead_letter_once_more_with_the_same_webhook_id(
     assert code == 0, err
     assert "re-queued 1 deliveries" in out
 
-    async def all_delivered() -> Any:
-        return await db.fetchval(
-            "SELECT count(*) = 2 FROM webhook_deliveries WHERE state = 'delivered'"
-        )
-
-    await eventually(all_delivered, "both delivered")
+    await until_true(
+        db,
+        "SELECT count(*) = 2 FROM webhook_deliveries WHERE state = 'delivered'",
+        "both delivered",
+    )
     assert sorted(consumer.ids()) == ["cli-dead", "cli-dead", "cli-dead-2", "cli-dead-2"]
