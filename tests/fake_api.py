@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 HIGHLEVEL_VERSION = "2021-07-28"
 LOCATION_ID = "ve9EPM428h8vShlRW1KT"
@@ -200,3 +201,11 @@ class FakeApi:
         number = int(params.get("page", "1"))
         size = int(params.get("per_page", str(self.page_size)))
         return web.json_response({"items": items[(number - 1) * size : number * size]})
+
+
+async def serve(api: FakeApi, servers: list[TestServer]) -> str:
+    """Start ``api`` on loopback, closed with ``servers`` (the ``served`` fixture); its base URL."""
+    server = TestServer(api.app())
+    await server.start_server()
+    servers.append(server)
+    return str(server.make_url("")).rstrip("/")

@@ -1,14 +1,19 @@
-"""The command-line tools some tests run, found the way a dev install puts them; and ports for
-the processes tests start."""
+"""The command-line tools some tests run, found the way a dev install puts them; ports for the
+processes tests start; and scratch databases for tests that run outside an event loop."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import shutil
 import socket
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 
@@ -67,3 +72,23 @@ def free_ports(count: int) -> list[int]:
 def free_port() -> int:
     """One port for a process a test starts to bind later (see :func:`free_ports`)."""
     return free_ports(1)[0]
+
+
+@contextlib.contextmanager
+def scratch_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server at ``server_url`` (its URL), dropped after.
+
+    For synchronous tests (tests/conftest.py's ``database_url`` is the async fixture)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    base, _, _ = server_url.rpartition("/")
+    yield f"{base}/{name}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -13,7 +13,6 @@ import hmac
 import io
 import json
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,24 +28,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from openapi_spec_validator import validate
 
-from tests.integration.test_forward import (
-    Consumer,
-    eventually,
-    forward,
-    github_headers,
-)
-from tests.integration.test_forward import (
-    consumer as consumer,
-)
+from tests.integration.test_forward import forward, github_headers
+from tests.receivers import ClientFactory, Consumer, until_true
 from webhook_server import logs
-from webhook_server.app import STORE, create_app
 from webhook_server.config import (
     AuthConfig,
-    DatabaseConfig,
     EventsApiConfig,
-    ForwardingConfig,
     Provider,
-    ReceiverConfig,
     SecretSource,
     SourceConfig,
     VerificationConfig,
@@ -60,7 +48,6 @@ GITHUB_SECRET = "It's a Secret to Everybody"
 ISSUER = "https://clerk.example.test"
 AUDIENCE = "events-api"
 READ, REPLAY = "events:read", "events:replay"
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 # -- keys, tokens and the JWKS ------------------------------------------------------------------
@@ -169,24 +156,6 @@ def source(
         forward=forward(target, max_attempts=1) if target is not None else None,
         events_api=events_api,
     )
-
-
-@pytest.fixture
-def make_receiver(database_url: str, aiohttp_client: ClientFactory) -> ClientFactory:
-    async def make(*sources: SourceConfig) -> TestClient[Any, Any]:
-        config = ReceiverConfig(
-            sources=list(sources),
-            database=DatabaseConfig(url=database_url, maintenance_interval_seconds=3600),
-            forwarding=ForwardingConfig(
-                replica_id="r1", poll_interval_seconds=0.02, stats_interval_seconds=0.2
-            ),
-        )
-        app = create_app(config)
-        client = await aiohttp_client(app)
-        assert await app[STORE].wait_ready(60), "store did not become ready"
-        return client
-
-    return make
 
 
 async def send(client: TestClient[Any, Any], delivery: str, body: bytes | None = None) -> None:
@@ -525,12 +494,11 @@ async def test_a_dead_lettered_event_is_delivered_once_more_with_the_same_webhoo
     client = await make_receiver(source(jwks_url, consumer))
     await send(client, "evt-dead")
 
-    async def dead() -> Any:
-        return await db.fetchval(
-            "SELECT state = 'dead' FROM webhook_deliveries WHERE event_id = 'evt-dead'"
-        )
-
-    await eventually(dead, "the delivery to be dead-lettered")
+    await until_true(
+        db,
+        "SELECT state = 'dead' FROM webhook_deliveries WHERE event_id = 'evt-dead'",
+        "the delivery to be dead-lettered",
+    )
     assert consumer.ids() == ["evt-dead"]
     page = await listed(client, tokens.make(), state="dead")
     [event] = page["items"]
@@ -546,12 +514,11 @@ async def test_a_dead_lettered_event_is_delivered_once_more_with_the_same_webhoo
     assert requeued["delivery"]["state"] in ("pending", "delivered")
     assert requeued["delivery"]["replays"] == 1
 
-    async def delivered() -> Any:
-        return await db.fetchval(
-            "SELECT state = 'delivered' FROM webhook_deliveries WHERE event_id = 'evt-dead'"
-        )
-
-    await eventually(delivered, "the replay to be delivered")
+    await until_true(
+        db,
+        "SELECT state = 'delivered' FROM webhook_deliveries WHERE event_id = 'evt-dead'",
+        "the replay to be delivered",
+    )
     # Once more, and with the same webhook-id (so the consumer can tell it is the same event).
     assert consumer.ids() == ["evt-dead", "evt-dead"]
     assert consumer.ids()[1] == webhook_id("ci/gh", "", "evt-dead")
@@ -578,10 +545,9 @@ async def test_bulk_replay_of_the_dead_letters(
     for n in range(3):
         await send(client, f"b{n}")
 
-    async def all_dead() -> Any:
-        return await db.fetchval("SELECT count(*) = 3 FROM webhook_deliveries WHERE state = 'dead'")
-
-    await eventually(all_dead, "three dead letters")
+    await until_true(
+        db, "SELECT count(*) = 3 FROM webhook_deliveries WHERE state = 'dead'", "three dead letters"
+    )
     replayer = tokens.make(REPLAY)
     # Nothing bounded selected: refused.
     await problem(await client.post("/events/replay", json={}, headers=bearer(replayer)), 400)
@@ -603,20 +569,21 @@ async def test_bulk_replay_of_the_dead_letters(
     assert response.status == 202, await response.text()
     assert (await response.json())["requeued"] == 3
 
-    async def all_delivered() -> Any:
-        return await db.fetchval(
-            "SELECT count(*) = 3 FROM webhook_deliveries WHERE state = 'delivered'"
-        )
-
-    await eventually(all_delivered, "three deliveries")
+    await until_true(
+        db,
+        "SELECT count(*) = 3 FROM webhook_deliveries WHERE state = 'delivered'",
+        "three deliveries",
+    )
     assert sorted(consumer.ids()) == sorted(["b0", "b1", "b2"] * 2)
 
     # A time range: every event in it, delivered ones too; more than maxBulkReplay: refused.
     since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     await send(client, "b3")
-    await eventually(
-        lambda: db.fetchval("SELECT state = 'delivered' FROM webhook_deliveries "
-                            "WHERE event_id = 'b3'"), "b3 delivered")  # fmt: skip
+    await until_true(
+        db,
+        "SELECT state = 'delivered' FROM webhook_deliveries WHERE event_id = 'b3'",
+        "b3 delivered",
+    )
     too_many = await client.post("/events/replay", json={"since": since}, headers=bearer(replayer))
     await problem(too_many, 422)
     assert await db.fetchval("SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'") == 0

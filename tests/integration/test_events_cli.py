@@ -7,24 +7,20 @@ import asyncio
 import json
 import os
 import sys
-from typing import Any
 
 import asyncpg
 
 from tests.integration.test_events_api import (
     READ,
-    ClientFactory,
     Tokens,
     bearer,
     jwks_url,  # noqa: F401 - a fixture
-    make_receiver,  # noqa: F401 - a fixture
     rsa_key,  # noqa: F401 - a fixture
     send,
     source,
     tokens,  # noqa: F401 - a fixture
 )
-from tests.integration.test_forward import Consumer, eventually
-from tests.integration.test_forward import consumer as consumer
+from tests.receivers import ClientFactory, Consumer, until_true
 
 DFM = [sys.executable, "-m", "dfm.cli"]
 
@@ -44,7 +40,7 @@ async def dfm(*args: str) -> tuple[int, str, str]:
 
 
 async def test_list_and_show_for_people_and_scripts(
-    make_receiver: ClientFactory,  # noqa: F811
+    make_receiver: ClientFactory,
     database_url: str,
     jwks_url: str,  # noqa: F811
     tokens: Tokens,  # noqa: F811
@@ -121,7 +117,7 @@ async def test_a_database_without_an_event_store_is_said_so(postgres_server: str
 
 
 async def test_replay_delivers_a_dead_letter_once_more_with_the_same_webhook_id(
-    make_receiver: ClientFactory,  # noqa: F811
+    make_receiver: ClientFactory,
     database_url: str,
     consumer: Consumer,
     db: asyncpg.Connection,
@@ -131,10 +127,9 @@ async def test_replay_delivers_a_dead_letter_once_more_with_the_same_webhook_id(
     await send(client, "cli-dead")
     await send(client, "cli-dead-2")
 
-    async def dead() -> Any:
-        return await db.fetchval("SELECT count(*) = 2 FROM webhook_deliveries WHERE state = 'dead'")
-
-    await eventually(dead, "two dead letters")
+    await until_true(
+        db, "SELECT count(*) = 2 FROM webhook_deliveries WHERE state = 'dead'", "two dead letters"
+    )
     url = ["--database-url", database_url]
     code, out, _ = await dfm("events", "list", *url, "--state", "dead", "-o", "wide")
     assert code == 0
@@ -145,12 +140,11 @@ async def test_replay_delivers_a_dead_letter_once_more_with_the_same_webhook_id(
     assert code == 0, err
     assert out.strip() == "ci/gh cli-dead: re-queued"
 
-    async def delivered() -> Any:
-        return await db.fetchval(
-            "SELECT state = 'delivered' FROM webhook_deliveries WHERE event_id = 'cli-dead'"
-        )
-
-    await eventually(delivered, "the replay delivered")
+    await until_true(
+        db,
+        "SELECT state = 'delivered' FROM webhook_deliveries WHERE event_id = 'cli-dead'",
+        "the replay delivered",
+    )
     assert consumer.ids() == ["cli-dead", "cli-dead-2", "cli-dead"]
 
     # By selection: a dry run first, then the rest of the dead letters.
@@ -165,10 +159,9 @@ async def test_replay_delivers_a_dead_letter_once_more_with_the_same_webhook_id(
     assert code == 0, err
     assert "re-queued 1 deliveries" in out
 
-    async def all_delivered() -> Any:
-        return await db.fetchval(
-            "SELECT count(*) = 2 FROM webhook_deliveries WHERE state = 'delivered'"
-        )
-
-    await eventually(all_delivered, "both delivered")
+    await until_true(
+        db,
+        "SELECT count(*) = 2 FROM webhook_deliveries WHERE state = 'delivered'",
+        "both delivered",
+    )
     assert sorted(consumer.ids()) == ["cli-dead", "cli-dead", "cli-dead-2", "cli-dead-2"]

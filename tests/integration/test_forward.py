@@ -11,28 +11,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from webhook_server.app import FORWARDER, STORE, create_app
+from tests.receivers import Clock, Consumer, Seen, eventually
+from webhook_server.app import FORWARDER, STORE
 from webhook_server.config import (
     BackoffConfig,
     CircuitBreakerConfig,
-    DatabaseConfig,
     ForwardConfig,
-    ForwardingConfig,
     Provider,
-    ReceiverConfig,
     SecretSource,
     SourceConfig,
     VerificationConfig,
@@ -44,66 +37,6 @@ from webhook_server.verify import SIGNERS
 GITHUB_SECRET = "It's a Secret to Everybody"
 FORWARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 NEXT_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
-
-
-class Clock:
-    """Unix time the test moves; starts at the real time (partitions are made for today)."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@dataclass
-class Seen:
-    headers: dict[str, str]
-    body: bytes
-    at: float
-
-
-@dataclass
-class Consumer:
-    """The forward target: answers from ``script`` (then ``default``), records every request.
-
-    A script entry is a status, ``(status, headers)``, or ``"hang"`` (never answers).
-    """
-
-    script: deque[Any] = field(default_factory=deque)
-    default: Any = 200
-    seen: list[Seen] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    url: str = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.seen.append(Seen(dict(request.headers), body, time.time()))
-        self.arrived.set()
-        action = self.script.popleft() if self.script else self.default
-        if action == "hang":
-            await asyncio.Event().wait()
-        status, headers = action if isinstance(action, tuple) else (action, {})
-        return web.Response(status=status, text="ok", headers=headers)
-
-    def ids(self) -> list[str]:
-        return [s.headers["webhook-id"] for s in self.seen]
-
-
-@pytest.fixture
-async def consumer() -> AsyncIterator[Consumer]:
-    target = Consumer()
-    app = web.Application()
-    app.router.add_post("/events", target.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    target.url = str(server.make_url("/events"))
-    yield target
-    await server.close()
 
 
 def forward(consumer: Consumer, **overrides: Any) -> ForwardConfig:
@@ -136,48 +69,6 @@ def github_headers(body: bytes, delivery: str) -> dict[str, str]:
     headers["Content-Type"] = "application/json"
     headers["X-GitHub-Event"] = "push"
     return headers
-
-
-@pytest.fixture
-def make_receiver(
-    database_url: str, aiohttp_client: ClientFactory
-) -> Callable[..., Awaitable[TestClient[Any, Any]]]:
-    async def make(
-        *sources: SourceConfig,
-        clock: Callable[[], float] = time.time,
-        replica: str = "r1",
-        **forwarding: Any,
-    ) -> TestClient[Any, Any]:
-        settings: dict[str, Any] = {
-            "replica_id": replica,
-            "poll_interval_seconds": 0.02,
-            "stats_interval_seconds": 0.2,
-        }
-        settings.update(forwarding)
-        config = ReceiverConfig(
-            sources=list(sources),
-            database=DatabaseConfig(url=database_url, maintenance_interval_seconds=3600),
-            forwarding=ForwardingConfig(**settings),
-        )
-        app = create_app(config, clock=clock)
-        client = await aiohttp_client(app)
-        assert await app[STORE].wait_ready(60), "store did not become ready"
-        return client
-
-    return make
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], what: str, seconds: float = 30) -> Any:
-    """Poll ``check`` until it returns something truthy (the test's only wall-clock wait: its
-    deadline bounds the wait, a loaded machine only makes it longer)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def delivery(db: asyncpg.Connection, event_id: str) -> asyncpg.Record:

@@ -18,8 +18,8 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
+from tests.receivers import serving
 from tests.tools import free_port
 from webhook_server.config import (
     BackoffConfig,
@@ -62,12 +62,8 @@ class Consumer:
 @pytest.fixture
 async def consumer() -> AsyncIterator[tuple[Consumer, str]]:
     target = Consumer()
-    app = web.Application()
-    app.router.add_post("/events", target.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield target, str(server.make_url("/events"))
-    await server.close()
+    async with serving(target.handle) as url:
+        yield target, url
 
 
 def start_receiver(config_file: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -3,17 +3,12 @@ receivers write (a real PostgreSQL) and puts the figures in status and `kubectl 
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 import yaml
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
 from dfm_operator.api import WebhookSource
 from dfm_operator.builders.receiver_config import build_source_config
@@ -24,6 +19,8 @@ from dfm_operator.settings import OperatorSettings
 from kube_emulator import MANAGEDSECRETS, WEBHOOKSOURCES, DfmKubernetesEmulator
 from kube_emulator.printing import table
 from tests.kube.conftest_helpers import k8s, kubeconfig
+from tests.kube.dfm import CRD_DIR, condition, create_secret, install_crds
+from tests.receivers import ClientFactory, Clock, Consumer, eventually
 from webhook_server.app import STORE, create_app
 from webhook_server.config import (
     DatabaseConfig,
@@ -39,40 +36,8 @@ __all__ = ["k8s", "kubeconfig"]  # pytest fixtures, imported for this module
 
 NS = "shop"
 SECRETS = "v1/secrets"
-CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 GITHUB_SECRET = "status-test-secret"
 FORWARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Consumer:
-    def __init__(self) -> None:
-        self.status = 503
-        self.seen = 0
-
-    async def handle(self, request: web.Request) -> web.Response:
-        await request.read()
-        self.seen += 1
-        return web.Response(status=self.status)
-
-
-@pytest.fixture
-async def consumer() -> AsyncIterator[tuple[Consumer, str]]:
-    target = Consumer()
-    app = web.Application()
-    app.router.add_post("/events", target.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield target, str(server.make_url("/events"))
-    await server.close()
 
 
 def source_body(url: str, **forward: Any) -> dict[str, Any]:
@@ -95,24 +60,6 @@ def source_body(url: str, **forward: Any) -> dict[str, Any]:
     }
 
 
-async def until(check: Callable[[], Awaitable[Any]], what: str, seconds: float = 20) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    for found in (obj.get("status") or {}).get("conditions") or []:
-        if found["type"] == type_:
-            return dict(found)
-    return {}
-
-
 def columns(k8s: DfmKubernetesEmulator, obj: dict[str, Any], wide: bool = False) -> dict[str, Any]:
     """The row `kubectl get whs` prints for ``obj`` (the emulator's server-side printing)."""
     crd = yaml.safe_load((CRD_DIR / "webhooksources.dfm.dev.yaml").read_text())
@@ -126,17 +73,16 @@ async def test_forward_state_reaches_status_events_and_kubectl(
     k8s: DfmKubernetesEmulator,
     kubeconfig: Path,
     database_url: str,
-    consumer: tuple[Consumer, str],
+    consumer: Consumer,
     aiohttp_client: ClientFactory,
 ) -> None:
-    target, url = consumer
-    for file in sorted(CRD_DIR.glob("*.yaml")):
-        k8s.install_crd(yaml.safe_load(file.read_text()))
-    await k8s.create(SECRETS, secret("dfm-events-db", url=database_url), NS)
-    await k8s.create(SECRETS, secret("orders-webhook", secret=GITHUB_SECRET), NS)
-    await k8s.create(SECRETS, secret("orders-forward", current=FORWARD_SECRET), NS)
+    consumer.default = 503  # until the circuit has opened
+    install_crds(k8s)
+    await create_secret(k8s, NS, "dfm-events-db", url=database_url)
+    await create_secret(k8s, NS, "orders-webhook", secret=GITHUB_SECRET)
+    await create_secret(k8s, NS, "orders-forward", current=FORWARD_SECRET)
     await k8s.create(MANAGEDSECRETS, managed_secret("orders-forward"), NS)
-    await k8s.create(WEBHOOKSOURCES, source_body(url), NS)
+    await k8s.create(WEBHOOKSOURCES, source_body(consumer.url), NS)
     events: list[tuple[str, ...]] = []
 
     def emit(*event: str) -> None:
@@ -176,9 +122,10 @@ async def test_forward_state_reaches_status_events_and_kubectl(
             assert response.status == 200
         db = await asyncpg.connect(database_url)
         try:
-            await until(
+            await eventually(
                 lambda: _fetch(db, "SELECT state = 'open' FROM webhook_forward_circuits"),
                 "the receiver's circuit to open",
+                seconds=20,
             )
         finally:
             await db.close()
@@ -218,19 +165,21 @@ async def test_forward_state_reaches_status_events_and_kubectl(
         assert condition(live(k8s), "Ready")["status"] == "True"
 
         # The consumer is back: after the cool-down one probe, then the backlog drains.
-        target.status = 200
+        consumer.default = 200
         clock.now += 31
         db = await asyncpg.connect(database_url)
         try:
-            await until(
+            await eventually(
                 lambda: _fetch(
                     db, "SELECT count(*) = 6 FROM webhook_deliveries WHERE state = 'delivered'"
                 ),
                 "the backlog to drain",
+                seconds=20,
             )
-            await until(
+            await eventually(
                 lambda: _fetch(db, "SELECT state = 'closed' FROM webhook_forward_circuits"),
                 "the circuit to close",
+                seconds=20,
             )
         finally:
             await db.close()
@@ -260,14 +209,11 @@ async def test_forward_state_reaches_status_events_and_kubectl(
 async def test_an_unreachable_event_store_is_forwarding_unknown(
     k8s: DfmKubernetesEmulator, kubeconfig: Path
 ) -> None:
-    for file in sorted(CRD_DIR.glob("*.yaml")):
-        k8s.install_crd(yaml.safe_load(file.read_text()))
+    install_crds(k8s)
     # A port nothing listens on: the operator cannot read the store.
-    await k8s.create(
-        SECRETS, secret("dfm-events-db", url="postgresql://dfm:pw@127.0.0.1:9/dfm"), NS
-    )
-    await k8s.create(SECRETS, secret("orders-webhook", secret=GITHUB_SECRET), NS)
-    await k8s.create(SECRETS, secret("orders-forward", current=FORWARD_SECRET), NS)
+    await create_secret(k8s, NS, "dfm-events-db", url="postgresql://dfm:pw@127.0.0.1:9/dfm")
+    await create_secret(k8s, NS, "orders-webhook", secret=GITHUB_SECRET)
+    await create_secret(k8s, NS, "orders-forward", current=FORWARD_SECRET)
     await k8s.create(MANAGEDSECRETS, managed_secret("orders-forward"), NS)
     await k8s.create(WEBHOOKSOURCES, source_body("http://orders.shop.svc/events"), NS)
     events: list[tuple[str, ...]] = []
@@ -291,15 +237,6 @@ def live(k8s: DfmKubernetesEmulator) -> dict[str, Any]:
     obj = k8s.get_object(WEBHOOKSOURCES, NS, "orders")
     assert obj is not None
     return obj
-
-
-def secret(name: str, **data: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": NS},
-        "stringData": data,
-    }
 
 
 def managed_secret(name: str) -> dict[str, Any]:

@@ -8,18 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from aiohttp import web
 
 from kube_emulator import MANAGEDSECRETS, DfmKubernetesEmulator
 from tests.kube.conftest_helpers import k8s, kopf_running, kubeconfig
+from tests.kube.dfm import OPERATOR, install_crds
 
 __all__ = ["k8s", "kubeconfig"]  # pytest fixtures, imported for this module
 
 NS = "payments"
 SECRETS = "v1/secrets"
-CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
-OPERATOR = ["run", "-A", "--standalone", "-m", "dfm_operator.handlers"]
 
 
 def managed(name: str, **spec: Any) -> dict[str, Any]:
@@ -66,8 +64,7 @@ def when(text: str) -> datetime:
 
 @pytest.fixture
 def cluster(k8s: DfmKubernetesEmulator, kubeconfig: Path) -> DfmKubernetesEmulator:
-    for file in sorted(CRD_DIR.glob("*.yaml")):
-        k8s.install_crd(yaml.safe_load(file.read_text()))
+    install_crds(k8s)
     return k8s
 
 

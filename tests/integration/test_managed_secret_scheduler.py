@@ -17,7 +17,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from dfm_operator.kernel import Context, OperatorMetrics
 from dfm_operator.kube import connect
@@ -36,10 +35,10 @@ from tests.integration.test_managed_secret import (
     token_server,
 )
 from tests.kube.conftest_helpers import k8s, kubeconfig
+from tests.kube.dfm import install_crds
 
 __all__ = ["k8s", "kubeconfig", "token_server"]  # fixtures
 
-CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
@@ -78,8 +77,7 @@ class FakeClock:
 
 @pytest.fixture
 async def cluster(k8s: DfmKubernetesEmulator, kubeconfig: Path) -> DfmKubernetesEmulator:
-    for file in sorted(CRD_DIR.glob("*.yaml")):
-        k8s.install_crd(yaml.safe_load(file.read_text()))
+    install_crds(k8s)
     return k8s
 
 

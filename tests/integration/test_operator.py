@@ -25,6 +25,7 @@ from dfm_operator.services.webhooksource import reconcile_webhook_source
 from dfm_operator.settings import OperatorSettings
 from kube_emulator import DEPLOYMENTS, WEBHOOKSOURCES, DfmKubernetesEmulator
 from tests.kube.conftest_helpers import k8s, kopf_running, kubeconfig
+from tests.kube.dfm import OPERATOR, create_secret, install_crds, ready
 from tests.tools import free_ports
 
 __all__ = ["k8s", "kubeconfig"]  # pytest fixtures, imported for this module
@@ -35,8 +36,6 @@ SERVICES = "v1/services"
 SECRETS = "v1/secrets"
 PDBS = "policy/v1/poddisruptionbudgets"
 NETPOLS = "networking.k8s.io/v1/networkpolicies"
-CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
-OPERATOR = ["run", "-A", "--standalone", "-m", "dfm_operator.handlers"]
 
 
 def source(name: str = "stripe-main", **spec: Any) -> dict[str, Any]:
@@ -52,27 +51,10 @@ def source(name: str = "stripe-main", **spec: Any) -> dict[str, Any]:
     }
 
 
-def secret(name: str, **data: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": NS},
-        "stringData": data,
-    }
-
-
-def ready(obj: dict[str, Any] | None) -> dict[str, Any]:
-    for condition in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if condition["type"] == "Ready":
-            return dict(condition)
-    return {}
-
-
 @pytest.fixture
 async def cluster(k8s: DfmKubernetesEmulator, kubeconfig: Path) -> DfmKubernetesEmulator:
-    for file in sorted(CRD_DIR.glob("*.yaml")):
-        k8s.install_crd(yaml.safe_load(file.read_text()))
-    await k8s.create(SECRETS, secret("dfm-events-db", url="postgresql://db/events"), NS)
+    install_crds(k8s)
+    await create_secret(k8s, NS, "dfm-events-db", url="postgresql://db/events")
     return k8s
 
 
@@ -106,7 +88,7 @@ async def test_lifecycle_create_ready_update_and_repair(
     cluster: DfmKubernetesEmulator, operator: KopfRunner
 ) -> None:
     k8s = cluster
-    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    await create_secret(k8s, NS, "stripe-webhook", secret="whsec_x")
     await k8s.create(WEBHOOKSOURCES, source(), NS)
 
     obj = await wait_ready(k8s, "stripe-main", "False", "DeploymentUnavailable", generation=1)
@@ -198,7 +180,7 @@ async def test_missing_secret_is_reported_and_heals_when_it_appears(
     )
     assert events[0]["type"] == "Warning"
 
-    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_y"), NS)
+    await create_secret(k8s, NS, "stripe-webhook", secret="whsec_y")
     await wait_ready(k8s, "late", "False", "DeploymentUnavailable")
     assert k8s.get_object(DEPLOYMENTS, NS, "late-receiver") is not None
 
@@ -229,16 +211,22 @@ async def quiet(k8s: DfmKubernetesEmulator, seconds: float = 2.0) -> None:
     await k8s.wait_for(settled, seconds=30, what="the operator quiet")
 
 
+async def create_sources(k8s: DfmKubernetesEmulator, count: int) -> list[str]:
+    """``count`` WebhookSources (src-0, src-1, …) and the Secret they verify with; their names."""
+    await create_secret(k8s, NS, "stripe-webhook", secret="whsec_x")
+    names = [f"src-{i}" for i in range(count)]
+    for name in names:
+        await k8s.create(WEBHOOKSOURCES, source(name), NS)
+    return names
+
+
 async def test_an_operator_started_over_existing_sources_reconciles_each_once(
     cluster: DfmKubernetesEmulator,
 ) -> None:
     # A restart over many sources: the Secret and Deployments kopf lists at start-up must not
     # each reconcile their sources again (the work, and the memory held, tripled).
     k8s = cluster
-    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
-    names = [f"src-{i}" for i in range(3)]
-    for name in names:
-        await k8s.create(WEBHOOKSOURCES, source(name), NS)
+    names = await create_sources(k8s, 3)
     async with kopf_running(OPERATOR) as runner:
         for name in names:
             await wait_ready(k8s, name, "False", "DeploymentUnavailable")
@@ -256,10 +244,7 @@ async def test_no_more_than_max_concurrent_reconciles_sources_build_at_once(
     cluster: DfmKubernetesEmulator,
 ) -> None:
     k8s = cluster
-    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
-    names = [f"src-{i}" for i in range(6)]
-    for name in names:
-        await k8s.create(WEBHOOKSOURCES, source(name), NS)
+    names = await create_sources(k8s, 6)
     gate, inside, most = asyncio.Event(), 0, 0
 
     async with connect() as kube:
@@ -300,7 +285,7 @@ async def test_the_periodic_timer_checks_drift_every_five_minutes_not_every_tick
     # One kopf timer per source for both periods: every tick reads the event store, and only
     # a tick at which the drift check is due re-asserts the children.
     k8s = cluster
-    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    await create_secret(k8s, NS, "stripe-webhook", secret="whsec_x")
     await k8s.create(WEBHOOKSOURCES, source(), NS)
 
     def replicas() -> int:
@@ -393,7 +378,7 @@ async def test_the_dfm_operator_process_reconciles_and_serves_metrics_and_livene
         stderr=subprocess.STDOUT,
     )
     try:
-        await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_z"), NS)
+        await create_secret(k8s, NS, "stripe-webhook", secret="whsec_z")
         await k8s.create(WEBHOOKSOURCES, source("proc"), NS)
         await k8s.wait_for(
             lambda: k8s.get_object(DEPLOYMENTS, NS, "proc-receiver"),
@@ -506,7 +491,7 @@ async def test_a_spec_change_seen_first_through_a_deployment_event_updates_the_c
     # A Deployment event can reach the reconciler with the new spec before the update handler
     # does. The pods must not roll to a config hash whose ConfigMap is not written yet.
     k8s = cluster
-    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    await create_secret(k8s, NS, "stripe-webhook", secret="whsec_x")
     await k8s.create(WEBHOOKSOURCES, source(), NS)
     events: list[tuple[str, str, str]] = []
 
@@ -538,7 +523,7 @@ async def test_children_the_spec_no_longer_asks_for_are_deleted(
     # Removing exposure.ingress must stop the public route, not just clear the endpoint.
     k8s = cluster
     ingresses = "networking.k8s.io/v1/ingresses"
-    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    await create_secret(k8s, NS, "stripe-webhook", secret="whsec_x")
     exposed = source(replicas=2, exposure={"ingress": {"host": "hooks.example.com"}})
     await k8s.create(WEBHOOKSOURCES, exposed, NS)
     for gvp in (ingresses, PDBS):
@@ -571,7 +556,7 @@ async def test_a_servicemonitor_crd_removed_while_running_stops_being_used(
     monitors = "monitoring.coreos.com/v1/servicemonitors"
     monkeypatch.setenv("DFM_SERVICE_MONITOR", "true")
     k8s.set_servicemonitors(True)
-    await k8s.create(SECRETS, secret("stripe-webhook", secret="whsec_x"), NS)
+    await create_secret(k8s, NS, "stripe-webhook", secret="whsec_x")
     async with kopf_running(OPERATOR) as runner:
         await k8s.create(WEBHOOKSOURCES, source(), NS)
         await k8s.wait_for(

@@ -18,6 +18,7 @@ from kopf.testing import KopfRunner
 
 from kube_emulator import BACKUPSCHEDULES, DfmKubernetesEmulator
 from tests.kube.conftest_helpers import k8s, kopf_running, kubeconfig
+from tests.kube.dfm import OPERATOR, create_secret, install_crds, ready
 from webhook_server.backup.manifest import JobSummary, VerifyMethod
 
 __all__ = ["k8s", "kubeconfig"]  # pytest fixtures, imported for this module
@@ -28,8 +29,6 @@ PVCS = "v1/persistentvolumeclaims"
 CRONJOBS = "batch/v1/cronjobs"
 JOBS = "batch/v1/jobs"
 PODS = "v1/pods"
-CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
-OPERATOR = ["run", "-A", "--standalone", "-m", "dfm_operator.handlers"]
 
 
 def backup_schedule(name: str = "nightly", **spec: Any) -> dict[str, Any]:
@@ -47,24 +46,10 @@ def backup_schedule(name: str = "nightly", **spec: Any) -> dict[str, Any]:
     }
 
 
-def ready(obj: dict[str, Any] | None) -> dict[str, Any]:
-    for condition in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if condition["type"] == "Ready":
-            return dict(condition)
-    return {}
-
-
 @pytest.fixture
 async def cluster(k8s: DfmKubernetesEmulator, kubeconfig: Path) -> DfmKubernetesEmulator:
-    for file in sorted(CRD_DIR.glob("*.yaml")):
-        k8s.install_crd(yaml.safe_load(file.read_text()))
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "events-db", "namespace": NS},
-        "stringData": {"url": "postgresql://dfm:pw@db.payments.svc/events"},
-    }
-    await k8s.create(SECRETS, secret, NS)
+    install_crds(k8s)
+    await create_secret(k8s, NS, "events-db", url="postgresql://dfm:pw@db.payments.svc/events")
     return k8s
 
 
@@ -310,13 +295,7 @@ async def test_a_missing_secret_holds_the_schedule_until_it_appears(
         lambda: k8s.events(NS, name="offsite", reason="SecretNotFound"), what="a Warning"
     )
     # Created, but with only one of the two keys: still not usable.
-    creds = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "s3-creds", "namespace": NS},
-        "stringData": {"AWS_ACCESS_KEY_ID": "AKIA"},
-    }
-    await k8s.create(SECRETS, creds, NS)
+    await create_secret(k8s, NS, "s3-creds", AWS_ACCESS_KEY_ID="AKIA")
     obj = await k8s.wait_for(
         lambda: (
             "AWS_SECRET_ACCESS_KEY"

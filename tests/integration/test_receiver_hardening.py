@@ -101,6 +101,14 @@ async def exchange(port: int, raw: bytes, *, seconds: float = 10) -> Response:
         writer.close()
 
 
+async def read_answer(reader: asyncio.StreamReader) -> bytes:
+    """One whole answer read off a kept-alive connection, which stays open; its head."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    await reader.readexactly(length)
+    return head
+
+
 async def closed_by_server(reader: asyncio.StreamReader, seconds: float) -> bytes:
     """What the server sent before closing; fails when it keeps the connection open."""
     async with asyncio.timeout(seconds):
@@ -249,10 +257,7 @@ async def test_a_later_request_on_a_kept_alive_connection_has_a_head_deadline_to
     )
     reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
     writer.write(request_bytes(b"{}", signed(b"{}", "ka-1"), close=False))
-    head = await reader.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200")
-    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
-    await reader.readexactly(length)
+    assert (await read_answer(reader)).startswith(b"HTTP/1.1 200")
     writer.write(b"POST /hooks/ci/gh HTTP/1.1\r\nHost")
     started = time.monotonic()
     assert await closed_by_server(reader, 5) == b""
@@ -270,10 +275,7 @@ async def test_an_idle_keep_alive_connection_is_closed(serve: Serve) -> None:
     )
     reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
     writer.write(request_bytes(b"{}", signed(b"{}", "idle-1"), close=False))
-    head = await reader.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200")
-    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
-    await reader.readexactly(length)
+    assert (await read_answer(reader)).startswith(b"HTTP/1.1 200")
     started = time.monotonic()
     assert await closed_by_server(reader, 10) == b""
     assert time.monotonic() - started >= 1.0  # the idle timeout, not the head deadline
@@ -419,15 +421,20 @@ async def test_a_request_the_parser_refuses_gets_problem_json_and_one_quiet_log_
     assert 'outcome="malformed_http",source="unrouted"' in await metrics_text(listener.port)
 
 
-async def test_a_jwt_up_to_the_documented_16_kib_reaches_the_token_check(serve: Serve) -> None:
-    # Before: the 16 KiB token limit was unreachable; aiohttp refused any header over 8,190 bytes.
+def jwt_source() -> tuple[ec.EllipticCurvePrivateKey, SourceConfig]:
+    """The JWT source ``orders``, trusting a new ES256 key; the key, to sign its tokens."""
     key = ec.generate_private_key(ec.SECP256R1())
     pem = (
         key.public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
-    source = SourceConfig(name="orders", provider=Provider.JWT, auth=AuthConfig(public_key=pem))
+    return key, SourceConfig(name="orders", provider=Provider.JWT, auth=AuthConfig(public_key=pem))
+
+
+async def test_a_jwt_up_to_the_documented_16_kib_reaches_the_token_check(serve: Serve) -> None:
+    # Before: the 16 KiB token limit was unreachable; aiohttp refused any header over 8,190 bytes.
+    key, source = jwt_source()
     listener, _ = await serve(source)
     claims = {"sub": "user_1", "exp": int(time.time()) + 60, "pad": "p" * 11_000}
     token = pyjwt.encode(claims, key, algorithm="ES256")
@@ -751,13 +758,7 @@ async def test_two_callers_with_the_same_idempotency_key_are_two_events(
 ) -> None:
     # Before: dedup was per source only, so the second caller's event was answered "duplicate"
     # and never stored.
-    key = ec.generate_private_key(ec.SECP256R1())
-    pem = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    source = SourceConfig(name="orders", provider=Provider.JWT, auth=AuthConfig(public_key=pem))
+    key, source = jwt_source()
     listener, _ = await serve(source)
 
     async def post(subject: str, body: bytes) -> str:
@@ -1151,9 +1152,7 @@ async def test_contract_a_kept_alive_connection_between_requests_is_idle(serve: 
     listener, _ = await serve()
     reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
     writer.write(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
-    await reader.readexactly(length)
+    await read_answer(reader)
     await asyncio.sleep(0.05)
     protocol = only_connection(listener)
     assert protocol.idle

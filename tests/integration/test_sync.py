@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.fake_api import HIGHLEVEL_VERSION, LOCATION_ID, FakeApi, contacts
+from tests.fake_api import HIGHLEVEL_VERSION, LOCATION_ID, FakeApi, contacts, serve
 from webhook_server.config import DatabaseConfig
 from webhook_server.sync.config import (
     Cursor,
@@ -91,21 +90,6 @@ class FakeTime:
             monotonic=lambda: self.mono,
             epoch=lambda: self.wall.timestamp(),
         )
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[list[TestServer]]:
-    servers: list[TestServer] = []
-    yield servers
-    for server in servers:
-        await server.close()
-
-
-async def serve(api: FakeApi, servers: list[TestServer]) -> str:
-    server = TestServer(api.app())
-    await server.start_server()
-    servers.append(server)
-    return str(server.make_url("")).rstrip("/")
 
 
 def config(

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +17,13 @@ import yaml
 from aiohttp.test_utils import TestServer
 
 from dfm.render import render
-from tests.fake_api import FakeApi, contacts
+from tests.fake_api import FakeApi, contacts, serve
 from webhook_server.sync.summary import parse_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 DFM = [sys.executable, "-m", "dfm.cli"]
 TOKEN = "pit-5f0c2a"
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[list[TestServer]]:
-    servers: list[TestServer] = []
-    yield servers
-    for server in servers:
-        await server.close()
-
-
-async def serve(api: FakeApi, servers: list[TestServer]) -> str:
-    server = TestServer(api.app())
-    await server.start_server()
-    servers.append(server)
-    return str(server.make_url("")).rstrip("/")
 
 
 def manifests(url: str, **http: Any) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ from kube_emulator import (
     DfmKubernetesEmulator,
 )
 from tests.kube.conftest_helpers import k8s, kopf_running, kubeconfig
+from tests.kube.dfm import OPERATOR, install_crds, ready
 from webhook_server.sync.summary import RunSummary
 
 __all__ = ["k8s", "kubeconfig"]  # pytest fixtures, imported for this module
@@ -39,8 +40,6 @@ __all__ = ["k8s", "kubeconfig"]  # pytest fixtures, imported for this module
 NS = "crm"
 SECRETS = "v1/secrets"
 CONFIGMAP = "v1/configmaps"
-CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
-OPERATOR = ["run", "-A", "--standalone", "-m", "dfm_operator.handlers"]
 CRONJOB = "ghl-contacts-sync"
 
 
@@ -75,13 +74,6 @@ def schedule(**spec: Any) -> dict[str, Any]:
     }
 
 
-def ready(obj: dict[str, Any] | None) -> dict[str, Any]:
-    for condition in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if condition["type"] == "Ready":
-            return dict(condition)
-    return {}
-
-
 def summary(result: str = "Succeeded", reason: str = "Synced", **counts: Any) -> str:
     started = datetime.now(UTC) - timedelta(seconds=42)
     run = RunSummary("crm/ghl-contacts", "r1", started, started + timedelta(seconds=42))
@@ -94,8 +86,7 @@ def summary(result: str = "Succeeded", reason: str = "Synced", **counts: Any) ->
 
 @pytest.fixture
 async def cluster(k8s: DfmKubernetesEmulator, kubeconfig: Path) -> DfmKubernetesEmulator:
-    for file in sorted(CRD_DIR.glob("*.yaml")):
-        k8s.install_crd(yaml.safe_load(file.read_text()))
+    install_crds(k8s)
     await k8s.create(
         SECRETS,
         {"metadata": {"name": "dfm-events-db"}, "stringData": {"url": "postgresql://x"}},

@@ -32,6 +32,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from standardwebhooks.webhooks import Webhook
 
 from tests.integration.test_cli import DFM, ROOT
+from tests.receivers import serving
 from tests.tools import free_port
 
 PROVIDER_SECRET = "whsec_f0WfAjd7HSFo6j89zIgxkTgyCdu/WPbF"
@@ -143,12 +144,8 @@ async def collector() -> AsyncIterator[tuple[Collector, str]]:
 @pytest.fixture
 async def consumer() -> AsyncIterator[tuple[Consumer, str]]:
     seen = Consumer()
-    app = web.Application()
-    app.router.add_post("/events", seen.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield seen, str(server.make_url("/events"))
-    await server.close()
+    async with serving(seen.handle) as url:
+        yield seen, url
 
 
 async def _until(check: Any, what: str, seconds: float = 60) -> None:

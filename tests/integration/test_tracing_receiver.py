@@ -8,14 +8,13 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -24,16 +23,12 @@ from opentelemetry.trace import SpanContext, SpanKind, StatusCode, TraceFlags
 from tests.integration.test_forward import (
     FORWARD_SECRET,
     GITHUB_SECRET,
-    ClientFactory,
-    Consumer,
-    eventually,
     forward,
     github_headers,
     github_source,
 )
+from tests.receivers import Consumer, eventually
 from webhook_server import logs
-from webhook_server.app import STORE, create_app
-from webhook_server.config import DatabaseConfig, ForwardingConfig, ReceiverConfig
 from webhook_server.store import Event, insert_events
 from webhook_server.tracing import Tracing, current_ids, format_traceparent
 
@@ -51,18 +46,6 @@ def spans() -> Iterator[tuple[Tracing, InMemorySpanExporter]]:
 
 
 @pytest.fixture
-async def consumer() -> AsyncIterator[Consumer]:
-    target = Consumer()
-    app = web.Application()
-    app.router.add_post("/events", target.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    target.url = str(server.make_url("/events"))
-    yield target
-    await server.close()
-
-
-@pytest.fixture
 def access_log() -> Iterator[io.StringIO]:
     """Log lines (access log included) written here, with the active span's ids."""
     stream = io.StringIO()
@@ -71,24 +54,6 @@ def access_log() -> Iterator[io.StringIO]:
     yield stream
     logs.with_trace_ids(None)
     logs.configure()
-
-
-@pytest.fixture
-def make_receiver(database_url: str, aiohttp_client: ClientFactory) -> Callable[..., Any]:
-    async def make(consumer: Consumer, tracing: Tracing | None) -> TestClient[Any, Any]:
-        config = ReceiverConfig(
-            sources=[github_source(forward(consumer))],
-            database=DatabaseConfig(url=database_url, maintenance_interval_seconds=3600),
-            forwarding=ForwardingConfig(
-                replica_id="r1", poll_interval_seconds=0.02, stats_interval_seconds=0.2
-            ),
-        )
-        app = create_app(config, tracing=tracing)
-        client = await aiohttp_client(app)
-        assert await app[STORE].wait_ready(60), "store did not become ready"
-        return client
-
-    return make
 
 
 def by_name(exported: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
@@ -122,7 +87,7 @@ async def test_one_event_is_one_trace_from_the_provider_to_the_consumer(
     access_log: io.StringIO,
 ) -> None:
     tracing, exported = spans
-    client = await make_receiver(consumer, tracing)
+    client = await make_receiver(github_source(forward(consumer)), tracing=tracing)
     body = b'{"zen": "Keep it logically awesome.", "hook_id": 1}'
     headers = github_headers(body, "d-1")
     headers["traceparent"] = INCOMING
@@ -205,7 +170,7 @@ async def test_a_signature_failure_is_a_client_error_not_a_failed_span(
     make_receiver: Any, consumer: Consumer, spans: tuple[Tracing, InMemorySpanExporter]
 ) -> None:
     tracing, exported = spans
-    client = await make_receiver(consumer, tracing)
+    client = await make_receiver(github_source(forward(consumer)), tracing=tracing)
     body = b'{"hook_id": 2}'
     headers = github_headers(body, "d-2")
     headers["X-Hub-Signature-256"] = "sha256=" + "0" * 64
@@ -232,7 +197,8 @@ async def test_a_delivery_polled_from_the_table_continues_the_trace_in_its_row(
     """What another replica (or this one after a restart) stored: the row's trace_parent is the
     forward span's parent, not whatever the process that claims it has in memory."""
     tracing, exported = spans
-    client = await make_receiver(consumer, tracing)  # creates the tables and registers ci/gh
+    # Creates the tables and registers ci/gh.
+    client = await make_receiver(github_source(forward(consumer)), tracing=tracing)
     stored_by = SpanContext(
         trace_id=0x0AF7651916CD43DD8448EB211C80319C,
         span_id=0xB7AD6B7169203331,
@@ -262,7 +228,7 @@ async def test_a_delivery_polled_from_the_table_continues_the_trace_in_its_row(
 async def test_tracing_off_stores_no_trace_and_still_continues_the_providers(
     make_receiver: Any, consumer: Consumer, db: asyncpg.Connection
 ) -> None:
-    client = await make_receiver(consumer, None)
+    client = await make_receiver(github_source(forward(consumer)))
     body = b'{"hook_id": 4}'
     headers = github_headers(body, "d-4")
     headers["traceparent"] = INCOMING
@@ -284,12 +250,11 @@ async def test_a_sync_run_is_a_trace_whose_pages_its_forwarded_items_continue(
     database_url: str,
     spans: tuple[Tracing, InMemorySpanExporter],
     db: asyncpg.Connection,
+    served: list[TestServer],
 ) -> None:
     """A SyncSchedule's run and pages are spans; each stored item's delivery carries its page's
     context, so its forward attempt will be that page's child."""
-    from aiohttp.test_utils import TestServer as Served
-
-    from tests.fake_api import FakeApi, contacts
+    from tests.fake_api import FakeApi, contacts, serve
     from tests.integration import test_sync
     from webhook_server.store.migrations import apply_migrations
 
@@ -300,15 +265,8 @@ async def test_a_sync_run_is_a_trace_whose_pages_its_forwarded_items_continue(
         " VALUES ($1, 30, now(), true)",
         test_sync.SINK,
     )
-    api = Served(FakeApi(contacts(7), "cursor", page_size=5).app())
-    await api.start_server()
-    try:
-        base = str(api.make_url("")).rstrip("/")
-        summary = await test_sync.run(
-            test_sync.config(base, database_url, "cursor"), tracing=tracing
-        )
-    finally:
-        await api.close()
+    base = await serve(FakeApi(contacts(7), "cursor", page_size=5), served)
+    summary = await test_sync.run(test_sync.config(base, database_url, "cursor"), tracing=tracing)
     assert summary.succeeded
     run = one(exported, "dfm.sync.run")
     pages = by_name(exported, "dfm.sync.page")

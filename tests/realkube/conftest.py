@@ -7,7 +7,6 @@ with the build's own last lines; it is never a skip.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import subprocess
 import sys
@@ -18,7 +17,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from tests.realkube.cluster import (
@@ -39,6 +37,7 @@ from tests.realkube.running import (
     run_operator,
 )
 from tests.realkube.tools import Tools, fetch_tools
+from tests.tools import scratch_database
 
 HERE = Path(__file__).resolve().parent
 BUILD_LOG = Path(tempfile.gettempdir()) / "dfm-build-kube.log"
@@ -227,19 +226,8 @@ def operator(
 @pytest.fixture
 def database(postgres_server: str) -> Iterator[str]:
     """A new, empty PostgreSQL database for one test (its URL), dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(postgres_server)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    base, _, _ = postgres_server.rpartition("/")
-    yield f"{base}/{name}"
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_database(postgres_server) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

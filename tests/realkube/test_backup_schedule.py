@@ -34,7 +34,7 @@ from tests.realkube.running import (
     wait_ready,
 )
 from tests.realkube.tools import Tools
-from tests.tools import free_port
+from tests.tools import free_port, scratch_database
 from webhook_server.config import (
     DatabaseConfig,
     Provider,
@@ -93,18 +93,8 @@ async def event_ids(url: str) -> list[str]:
 @pytest.fixture
 def restore_target(postgres_server: str) -> Iterator[str]:
     """A second, empty database: where the backup is restored."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(postgres_server)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield f"{postgres_server.rpartition('/')[0]}/{name}"
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_database(postgres_server) as url:
+        yield url
 
 
 def events_about(admin: Api, ns: str, name: str, reason: str) -> list[JsonDict]:

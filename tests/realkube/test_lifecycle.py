@@ -23,16 +23,14 @@ def children(ns: str) -> list[str]:
     ]
 
 
-def test_ownership_conflicts_drift_repair_and_garbage_collection(
-    admin: Api, operator: OperatorProcess, namespace: str
-) -> None:
-    ns = namespace
+def create_github_source(admin: Api, ns: str) -> str:
+    """The WebhookSource ``github`` (two replicas, an Ingress) and the Secrets it names, in
+    ``ns``; its path."""
     for name, data in (("dfm-events-db", {"url": "postgresql://db.invalid/e"}), ("gh", {"s": "x"})):
         admin.create(
             path_of("secrets", ns, group="v1"),
             {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data},
         )
-    source_path = path_of("webhooksources", ns, "github")
     admin.create(
         path_of("webhooksources", ns),
         {
@@ -47,6 +45,14 @@ def test_ownership_conflicts_drift_repair_and_garbage_collection(
             },
         },
     )
+    return path_of("webhooksources", ns, "github")
+
+
+def test_ownership_conflicts_drift_repair_and_garbage_collection(
+    admin: Api, operator: OperatorProcess, namespace: str
+) -> None:
+    ns = namespace
+    source_path = create_github_source(admin, ns)
     source = wait_ready(admin, "webhooksources", ns, "github", "False", "DeploymentUnavailable")
     uid = source["metadata"]["uid"]
     for path in children(ns):
@@ -105,26 +111,7 @@ def test_children_the_spec_drops_are_deleted_by_the_operator(
     admin: Api, operator: OperatorProcess, namespace: str
 ) -> None:
     ns = namespace
-    for name, data in (("dfm-events-db", {"url": "postgresql://db.invalid/e"}), ("gh", {"s": "x"})):
-        admin.create(
-            path_of("secrets", ns, group="v1"),
-            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data},
-        )
-    source_path = path_of("webhooksources", ns, "github")
-    admin.create(
-        path_of("webhooksources", ns),
-        {
-            "apiVersion": DFM,
-            "kind": "WebhookSource",
-            "metadata": {"name": "github"},
-            "spec": {
-                "provider": "github",
-                "verification": {"secretRef": {"name": "gh", "key": "s"}},
-                "replicas": 2,
-                "exposure": {"ingress": {"host": "hooks.example.com"}},
-            },
-        },
-    )
+    source_path = create_github_source(admin, ns)
     optional = children(ns)[4:]  # the PodDisruptionBudget and the Ingress
     for path in optional:
         wait_for(path, lambda path=path: admin.find(path))

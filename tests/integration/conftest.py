@@ -1,0 +1,65 @@
+"""Fixtures for the tests that run a real receiver: the receiver itself, a consumer it forwards
+to (a test module with a consumer of its own defines its own ``consumer``) and the loopback APIs
+a sync reads from."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from tests.receivers import ClientFactory, Consumer, serving
+from webhook_server.app import STORE, create_app
+from webhook_server.config import DatabaseConfig, ForwardingConfig, ReceiverConfig, SourceConfig
+from webhook_server.tracing import Tracing
+
+
+@pytest.fixture
+async def consumer() -> AsyncIterator[Consumer]:
+    target = Consumer()
+    async with serving(target.handle) as url:
+        target.url = url
+        yield target
+
+
+@pytest.fixture
+def make_receiver(database_url: str, aiohttp_client: ClientFactory) -> ClientFactory:
+    """``make_receiver(*sources, clock=, tracing=, replica=, **forwarding)``: a receiver on the
+    test's database that forwards every 20 ms, ready to take requests."""
+
+    async def make(
+        *sources: SourceConfig,
+        clock: Callable[[], float] = time.time,
+        tracing: Tracing | None = None,
+        replica: str = "r1",
+        **forwarding: Any,
+    ) -> TestClient[Any, Any]:
+        settings: dict[str, Any] = {
+            "replica_id": replica,
+            "poll_interval_seconds": 0.02,
+            "stats_interval_seconds": 0.2,
+        }
+        settings.update(forwarding)
+        config = ReceiverConfig(
+            sources=list(sources),
+            database=DatabaseConfig(url=database_url, maintenance_interval_seconds=3600),
+            forwarding=ForwardingConfig(**settings),
+        )
+        app = create_app(config, clock=clock, tracing=tracing)
+        client = await aiohttp_client(app)
+        assert await app[STORE].wait_ready(60), "store did not become ready"
+        return client
+
+    return make
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[list[TestServer]]:
+    """The servers a test starts with tests.fake_api.serve, closed after it."""
+    servers: list[TestServer] = []
+    yield servers
+    for server in servers:
+        await server.close()
