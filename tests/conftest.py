@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +16,17 @@ import pytest
 from dfm.embedded_pg import EmbeddedPostgres
 
 TEST_DATABASE_URL_ENV = "DFM_TEST_DATABASE_URL"
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI job's timeout, `kill`) stops the run as Ctrl-C does: pytest then tears the
+    fixtures down, so the embedded PostgreSQL and the real control plane stop with it instead
+    of outliving the run."""
+    signal.signal(signal.SIGTERM, _interrupted)
 
 
 @pytest.fixture(scope="session")
