@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.trace import Span, SpanContext
+    from opentelemetry.trace import Link, Span, SpanContext
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -231,6 +231,7 @@ class Tracing:
         *,
         kind: str = "INTERNAL",
         context: Context | None = None,
+        links: Sequence[Link] = (),
     ) -> Iterator[Span]:
         """A span current for the block; an exception marks it ERROR with its type only (an
         exception's text can quote what it choked on).
@@ -250,6 +251,7 @@ class Tracing:
             context=context,
             kind=self._kind[kind],
             attributes=_clean(attributes),
+            links=links,
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
@@ -345,20 +347,14 @@ class Tracing:
         }
         if len(contexts) > 1:
             attributes["db.operation.batch.size"] = len(contexts)
-        with self.tracer.start_as_current_span(
+        with self.span(
             "INSERT webhook_events",
+            attributes,
+            kind="CLIENT",
             context=Context(),  # a root: it belongs to many requests, linked below
-            kind=self._kind.CLIENT,
-            attributes=attributes,
             links=links,
-            record_exception=False,
-            set_status_on_exception=False,
         ) as span:
-            try:
-                yield span
-            except BaseException as exc:
-                self.failed(span, exc)
-                raise
+            yield span
 
     async def sync_page(
         self,
