@@ -29,6 +29,7 @@ from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from webhook_server import wire
 from webhook_server.admission import Admission, BodyBudgetSpent, BodyReader, ByteBudget
 from webhook_server.auth import JwtAuthenticator
 from webhook_server.bodies import read_limited
@@ -232,18 +233,28 @@ def json_response(
     )
 
 
-def problem_response(
-    status: int, request_id: str, detail: str = "", headers: Mapping[str, str] | None = None
-) -> web.Response:
-    body: dict[str, Any] = {
+def problem_body(status: int, request_id: str, detail: str = "") -> bytes:
+    problem: dict[str, Any] = {
         "type": "about:blank",
         "title": HTTPStatus(status).phrase,
         "status": status,
         "requestId": request_id,
     }
     if detail:
-        body["detail"] = detail
-    return json_response(body, status, content_type=PROBLEM_JSON, headers=headers)
+        problem["detail"] = detail
+    return orjson.dumps(problem)
+
+
+def problem_response(
+    status: int, request_id: str, detail: str = "", headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=problem_body(status, request_id, detail),
+        status=status,
+        content_type=PROBLEM_JSON,
+        charset="utf-8",
+        headers=headers,
+    )
 
 
 # -- middleware ----------------------------------------------------------------------------------
@@ -255,9 +266,7 @@ async def request_context(
 ) -> web.StreamResponse:
     """Request id, problem+json for every error, access log, metrics."""
     started = time.perf_counter()
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if incoming and _REQUEST_ID.match(incoming) else new_request_id()
-    request[REQUEST_ID] = request_id
+    request_id = request[REQUEST_ID] = request_id_of(request.headers)
     runtime = _runtime_for(request)
     outcome = "ok"
     try:
@@ -353,6 +362,12 @@ def new_request_id() -> str:
     return f"{_REQUEST_PREFIX}{next(_REQUEST_COUNTER):010x}"
 
 
+def request_id_of(headers: Mapping[str, str]) -> str:
+    """The client's ``X-Request-Id`` when it is a safe one, else a new id."""
+    incoming = headers.get(REQUEST_ID_HEADER, "")
+    return incoming if incoming and _REQUEST_ID.match(incoming) else new_request_id()
+
+
 def _runtime_for(request: web.Request) -> SourceRuntime | None:
     resource = request.match_info.route.resource
     return None if resource is None else request.app[SOURCES].get(resource.canonical)
@@ -363,15 +378,23 @@ def _allow_header(exc: web.HTTPException) -> dict[str, str]:
     return {"Allow": allow} if allow else {}
 
 
-def _apply_cors(request: web.Request, runtime: SourceRuntime, response: web.StreamResponse) -> None:
+def cors_headers(runtime: SourceRuntime, headers: Mapping[str, str]) -> dict[str, str]:
+    """What a response to a request with these headers adds for the source's CORS origins."""
     allowed = runtime.config.cors.allowed_origins
     if not allowed:
-        return
-    origin = request.headers.get("Origin")
-    if origin and origin in allowed:
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Vary"] = "Origin"
-        response.headers["Access-Control-Expose-Headers"] = REQUEST_ID_HEADER
+        return {}
+    origin = headers.get("Origin")
+    if not origin or origin not in allowed:
+        return {}
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Vary": "Origin",
+        "Access-Control-Expose-Headers": REQUEST_ID_HEADER,
+    }
+
+
+def _apply_cors(request: web.Request, runtime: SourceRuntime, response: web.StreamResponse) -> None:
+    response.headers.update(cors_headers(runtime, request.headers))
 
 
 # -- handlers ------------------------------------------------------------------------------------
@@ -445,12 +468,7 @@ async def _read_unverified(
     limit = runtime.config.limits.max_body_bytes
     if token:
         return await _read_body(request, limit, server.body_timeout_seconds, admission.bodies)
-    refused = Problem(
-        429,
-        "too many unverified requests",
-        outcome="unverified_rate_limited",
-        headers={"Retry-After": str(retry_after)},
-    )
+    refused = _unverified_refused(retry_after)
     limit = min(limit, admission.lane_max_body_bytes)
     declared = request.content_length
     if declared is not None and declared > limit:
@@ -470,6 +488,29 @@ async def _read_unverified(
         admission.lane.leave(client)
 
 
+def _unverified_refused(retry_after: int) -> Problem:
+    return Problem(
+        429,
+        "too many unverified requests",
+        outcome="unverified_rate_limited",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def check_whole_body(
+    runtime: SourceRuntime, admission: Admission, size: int, token: bool, retry_after: int
+) -> None:
+    """``_read_unverified``'s limits for a body that came whole with its head: up to
+    ``limits.maxBodyBytes`` with a token of the unverified budget (else 413), up to the
+    verification lane's ``maxBodyBytes`` without one (else 429)."""
+    limit = runtime.config.limits.max_body_bytes
+    if token:
+        if size > limit:
+            raise Problem(413, "request body too large", outcome="too_large")
+    elif size > min(limit, admission.lane_max_body_bytes):
+        raise _unverified_refused(retry_after)
+
+
 def _reject(runtime: SourceRuntime, metrics: ReceiverMetrics, rejected: Rejected) -> Problem:
     if rejected.reason is Reason.UNAVAILABLE:
         # An outage of ours (the JWKS endpoint), not a bad request: the sender should retry, and
@@ -486,14 +527,9 @@ def _reject(runtime: SourceRuntime, metrics: ReceiverMetrics, rejected: Rejected
     return Problem(401, rejected.detail or "verification failed", outcome="unauthorized")
 
 
-async def receive(request: web.Request) -> web.Response:
-    app = request.app
-    runtime = _runtime_for(request)
-    assert runtime is not None
-    metrics = app[METRICS]
-    source = runtime.config
-
-    encoding = request.headers.get(hdrs.CONTENT_ENCODING)
+def check_encoding(headers: Mapping[str, str]) -> None:
+    """415 for a compressed body, before a byte of it is read."""
+    encoding = headers.get(hdrs.CONTENT_ENCODING)
     if encoding is not None and encoding.strip().lower() not in _IDENTITY:
         raise Problem(
             415,
@@ -501,8 +537,100 @@ async def receive(request: web.Request) -> web.Response:
             outcome="unsupported_encoding",
             headers={"Accept-Encoding": "identity"},
         )
-    unverified = runtime.unverified
-    token, retry_after = unverified.take()
+
+
+def admit(runtime: SourceRuntime, token: bool, result: Verified) -> None:
+    """An authentic delivery: the unverified budget gets its token back, the source's own budget
+    pays (429 when it is spent)."""
+    if token:
+        runtime.unverified.give_back()
+    allowed, retry_after = runtime.bucket.take()
+    if not allowed:
+        raise Problem(
+            429,
+            "rate limit exceeded",
+            outcome="rate_limited",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+def event_of(
+    runtime: SourceRuntime,
+    result: Verified,
+    claims: dict[str, Any] | None,
+    body: bytes,
+    headers: Mapping[str, str],
+    request_id: str,
+    now: float,
+) -> Event:
+    """The event a verified delivery stores (400 when its id, type or subject cannot be)."""
+    _check_event_field(result.event_id, "the event id")
+    _check_event_field(result.event_type, "the event type")
+    subject = _subject(runtime.config, claims)
+    return Event(
+        source=runtime.key,
+        # Without a provider id, identical bodies are the same event.
+        event_id=result.event_id or "sha256:" + hashlib.sha256(body).hexdigest(),
+        event_type=result.event_type,
+        received_at=datetime.fromtimestamp(now, UTC),
+        request_id=request_id,
+        payload=body,
+        headers=runtime.stored_headers(headers),
+        subject=subject,
+        event_count=result.event_count,
+        replay_key=result.replay_key,
+        replay_until=(
+            None
+            if result.replay_until is None
+            else datetime.fromtimestamp(result.replay_until, UTC)
+        ),
+    )
+
+
+def store_problem(runtime: SourceRuntime, exc: Exception) -> Problem:
+    """What a delivery the store did not commit is answered."""
+    if isinstance(exc, EventRefused):
+        return Problem(400, "the event cannot be stored", outcome="unstorable")
+    if isinstance(exc, ReplayRefused):
+        # A signed one-time value (Mailgun's token) already used for another event: a replay.
+        runtime.metrics.signature_failures.labels(runtime.key, Reason.REPLAYED.value).inc()
+        return Problem(401, "this signature was already used", outcome="replayed")
+    if isinstance(exc, StoreOverloaded):
+        detail, outcome = "event store overloaded, retry later", "store_overloaded"
+    elif isinstance(exc, CommitTimeout):
+        detail, outcome = "event not committed in time, retry later", "commit_timeout"
+    elif isinstance(exc, StoreUnavailable):
+        detail, outcome = "event store unavailable, retry later", "store_unavailable"
+    else:
+        raise exc
+    return Problem(503, detail, outcome=outcome, headers={"Retry-After": "5"})
+
+
+def stored_answer(
+    runtime: SourceRuntime, event: Event, result: Verified, is_new: bool, request_id: str
+) -> tuple[str, bytes]:
+    """The outcome and JSON body of the 200 for a committed (or duplicate) event."""
+    if not is_new:
+        runtime.metrics.duplicates.labels(runtime.key).inc()
+    outcome = "stored" if is_new else "duplicate"
+    answer: dict[str, Any] = {
+        "status": outcome,
+        "eventId": event.event_id,
+        "requestId": request_id,
+    }
+    if result.event_count is not None:
+        answer["eventCount"] = result.event_count
+    return outcome, orjson.dumps(answer)
+
+
+async def receive(request: web.Request) -> web.Response:
+    app = request.app
+    runtime = _runtime_for(request)
+    assert runtime is not None
+    source = runtime.config
+
+    check_encoding(request.headers)
+    token, retry_after = runtime.unverified.take()
     body = await _read_unverified(request, runtime, token, retry_after)
 
     now = app[CLOCK]()
@@ -514,85 +642,34 @@ async def receive(request: web.Request) -> web.Response:
             {"dfm.source": source.key, "dfm.provider": source.provider.value},
             _verify(request, runtime, body, now),
         )
-    # Authentic: the unverified budget gets its token back, the source's own budget pays.
-    if token:
-        unverified.give_back()
-    allowed, retry_after = runtime.bucket.take()
-    if not allowed:
-        raise Problem(
-            429,
-            "rate limit exceeded",
-            outcome="rate_limited",
-            headers={"Retry-After": str(retry_after)},
-        )
+    admit(runtime, token, result)
     if result.challenge is not None:
         request[OUTCOME] = "challenge"
         return json_response({"challenge": result.challenge})
 
-    _check_event_field(result.event_id, "the event id")
-    _check_event_field(result.event_type, "the event type")
-    subject = _subject(source, claims)
-    # Without a provider id, identical bodies are the same event.
-    event_id = result.event_id or "sha256:" + hashlib.sha256(body).hexdigest()
-    request[EVENT_ID] = event_id
-    event = Event(
-        source=runtime.key,
-        event_id=event_id,
-        event_type=result.event_type,
-        received_at=datetime.fromtimestamp(now, UTC),
-        request_id=request[REQUEST_ID],
-        payload=body,
-        headers=runtime.stored_headers(request.headers),
-        subject=subject,
-        event_count=result.event_count,
-        replay_key=result.replay_key,
-        replay_until=(
-            None
-            if result.replay_until is None
-            else datetime.fromtimestamp(result.replay_until, UTC)
-        ),
-    )
+    request_id = request[REQUEST_ID]
+    event = event_of(runtime, result, claims, body, request.headers, request_id, now)
+    request[EVENT_ID] = event.event_id
     # No per-request timer: the store's sweeper bounds the wait (commitTimeoutSeconds).
     try:
         is_new = await app[STORE].submit(event)
-    except EventRefused as exc:
-        raise Problem(400, "the event cannot be stored", outcome="unstorable") from exc
-    except ReplayRefused as exc:
-        # A signed one-time value (Mailgun's token) already used for another event: a replay.
-        metrics.signature_failures.labels(source.key, Reason.REPLAYED.value).inc()
-        raise Problem(401, "this signature was already used", outcome="replayed") from exc
-    except StoreOverloaded as exc:
-        raise Problem(
-            503,
-            "event store overloaded, retry later",
-            outcome="store_overloaded",
-            headers={"Retry-After": "5"},
-        ) from exc
-    except CommitTimeout as exc:
-        raise Problem(
-            503,
-            "event not committed in time, retry later",
-            outcome="commit_timeout",
-            headers={"Retry-After": "5"},
-        ) from exc
-    except StoreUnavailable as exc:
-        raise Problem(
-            503,
-            "event store unavailable, retry later",
-            outcome="store_unavailable",
-            headers={"Retry-After": "5"},
-        ) from exc
-    if not is_new:
-        metrics.duplicates.labels(source.key).inc()
-    request[OUTCOME] = "stored" if is_new else "duplicate"
-    answer: dict[str, Any] = {
-        "status": request[OUTCOME],
-        "eventId": event_id,
-        "requestId": request[REQUEST_ID],
-    }
-    if result.event_count is not None:
-        answer["eventCount"] = result.event_count
-    return json_response(answer)
+    except (StoreUnavailable, EventRefused, ReplayRefused) as exc:
+        raise store_problem(runtime, exc) from exc
+    request[OUTCOME], answer = stored_answer(runtime, event, result, is_new, request_id)
+    return web.Response(body=answer, content_type="application/json", charset="utf-8")
+
+
+def verify_signature(
+    runtime: SourceRuntime, headers: Mapping[str, str], body: bytes, now: float, query: str
+) -> Verified:
+    """The signature's verdict; a rejection is raised as its Problem."""
+    result = runtime.verify(
+        headers, body, runtime.secrets.valid_at(now), runtime.config.verification, now, query
+    )
+    if isinstance(result, Rejected):
+        raise _reject(runtime, runtime.metrics, result)
+    assert isinstance(result, Verified)
+    return result
 
 
 async def _verify(
@@ -600,23 +677,15 @@ async def _verify(
 ) -> tuple[dict[str, Any] | None, Verified]:
     """The bearer token's claims (when the source asks for one) and the signature's verdict;
     a rejection is raised as its Problem."""
-    metrics = request.app[METRICS]
     claims: dict[str, Any] | None = None
     if runtime.authenticator is not None:
         authenticated = await runtime.authenticator.authenticate(request.headers)
         if isinstance(authenticated, Rejected):
-            raise _reject(runtime, metrics, authenticated)
+            raise _reject(runtime, runtime.metrics, authenticated)
         claims = authenticated
     # The query string as sent (percent-escapes kept): Twilio and Mandrill sign the URL.
     query = request.raw_path.partition("?")[2]
-    result = runtime.verify(
-        request.headers, body, runtime.secrets.valid_at(now), runtime.config.verification, now,
-        query,
-    )  # fmt: skip
-    if isinstance(result, Rejected):
-        raise _reject(runtime, metrics, result)
-    assert isinstance(result, Verified)
-    return claims, result
+    return claims, verify_signature(runtime, request.headers, body, now, query)
 
 
 def _subject(source: SourceConfig, claims: dict[str, Any] | None) -> str:
@@ -702,6 +771,153 @@ async def metrics_view(request: web.Request) -> web.Response:
     return web.Response(
         body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )
+
+
+# -- the one-pass route --------------------------------------------------------------------------
+
+# What the store may fail a delivery with: answered as store_problem says, never 2xx.
+NOT_COMMITTED = (StoreUnavailable, EventRefused, ReplayRefused)
+# Called once per request with its status, body, content type and headers.
+Reply = Callable[[int, bytes, bytes, list[tuple[str, str]]], None]
+
+
+class OnePass:
+    """A source's usual delivery in one pass, without aiohttp's request, middleware or response.
+
+    The receiver's protocol (``webhook_server.server``) hands it a ``POST`` to a source's path
+    whose head and whole body came in one read. It runs what ``request_context`` and ``receive``
+    run for that request, in the same order and with the same answers, metrics and access-log
+    line (request id, Content-Encoding, the unverified budget and the body limits, signature,
+    rate limit, event, store), and answers from the commit's callback: no task, no request and
+    no response object per delivery. Everything else goes through aiohttp as before: sources with
+    a bearer token (``spec.auth``: the JWKS may need a fetch), a receiver with tracing on, other
+    methods and paths, bodies still arriving, chunked bodies, HTTP/1.0, ``Expect``.
+    """
+
+    def __init__(self, app: web.Application) -> None:
+        self.routes: dict[str, SourceRuntime] = {}
+        if TRACING not in app:
+            self.routes = {
+                runtime.config.route: runtime
+                for runtime in app[SOURCES].values()
+                if runtime.authenticator is None and "{" not in runtime.config.route
+            }
+        self.store = app[STORE]
+        self.clock = app[CLOCK]
+        self.admission = app[ADMISSION]
+        self.access_log = app[ACCESS_LOG]
+
+    def route(self, target: str) -> tuple[SourceRuntime, str] | None:
+        """The source a request target (``path[?query]``, as sent) is for, and its query."""
+        path, _, query = target.partition("?")
+        runtime = self.routes.get(path)
+        return None if runtime is None else (runtime, query)
+
+    def handle(
+        self,
+        runtime: SourceRuntime,
+        headers: Mapping[str, str],
+        body: bytes,
+        query: str,
+        reply: Reply,
+    ) -> None:
+        started = time.perf_counter()
+        request_id = request_id_of(headers)
+        answer = functools.partial(self._answer, runtime, headers, request_id, started, reply)
+        try:
+            check_encoding(headers)
+            token, retry_after = runtime.unverified.take()
+            check_whole_body(runtime, self.admission, len(body), token, retry_after)
+            now = self.clock()
+            result = verify_signature(runtime, headers, body, now, query)
+            admit(runtime, token, result)
+            if result.challenge is not None:
+                answer(200, orjson.dumps({"challenge": result.challenge}), "challenge")
+                return
+            event = event_of(runtime, result, None, body, headers, request_id, now)
+            committed = self.store.enqueue(event)
+        except Problem as problem:
+            _refuse(answer, problem, request_id)
+            return
+        except NOT_COMMITTED as exc:
+            _refuse(answer, store_problem(runtime, exc), request_id)
+            return
+        except Exception as exc:
+            _fail(answer, exc, request_id)
+            return
+        committed.add_done_callback(
+            lambda future: self._committed(answer, runtime, event, result, request_id, future)
+        )
+
+    def _committed(
+        self,
+        answer: functools.partial[None],
+        runtime: SourceRuntime,
+        event: Event,
+        result: Verified,
+        request_id: str,
+        future: asyncio.Future[bool],
+    ) -> None:
+        if future.cancelled():
+            exc: BaseException | None = StoreUnavailable("event not committed")
+        else:
+            exc = future.exception()
+        if exc is None:
+            outcome, body = stored_answer(runtime, event, result, future.result(), request_id)
+            answer(200, body, outcome, event_id=event.event_id)
+        elif isinstance(exc, NOT_COMMITTED):
+            _refuse(answer, store_problem(runtime, exc), request_id, event.event_id)
+        else:
+            _fail(answer, exc, request_id, event.event_id)
+
+    def _answer(
+        self,
+        runtime: SourceRuntime,
+        request_headers: Mapping[str, str],
+        request_id: str,
+        started: float,
+        reply: Reply,
+        status: int,
+        body: bytes,
+        outcome: str,
+        headers: Mapping[str, str] | None = None,
+        content_type: bytes = wire.JSON,
+        *,
+        event_id: str | None = None,
+    ) -> None:
+        """Count and log the request as ``request_context`` does, then answer it."""
+        elapsed = time.perf_counter() - started
+        runtime.count(outcome)
+        runtime.latency.observe(elapsed)
+        self.access_log.request(
+            request_id, runtime.key, "POST", status, outcome, event_id, round(elapsed * 1000, 2)
+        )
+        out = [(REQUEST_ID_HEADER, request_id)]
+        if headers:
+            out.extend(headers.items())
+        if runtime.config.cors.allowed_origins:
+            out.extend(cors_headers(runtime, request_headers).items())
+        reply(status, body, content_type, out)
+
+
+def _refuse(
+    answer: functools.partial[None], problem: Problem, request_id: str, event_id: str | None = None
+) -> None:
+    body = problem_body(problem.status, request_id, problem.detail)
+    answer(
+        problem.status, body, problem.outcome, problem.headers, wire.PROBLEM_JSON, event_id=event_id
+    )
+
+
+def _fail(
+    answer: functools.partial[None],
+    exc: BaseException,
+    request_id: str,
+    event_id: str | None = None,
+) -> None:
+    # The type only: an exception's text can quote what it choked on.
+    log.error("unhandled error", request_id=request_id, error=type(exc).__name__)
+    answer(500, problem_body(500, request_id), "error", None, wire.PROBLEM_JSON, event_id=event_id)
 
 
 # -- lifecycle -----------------------------------------------------------------------------------

@@ -18,7 +18,11 @@ bytes, logging a traceback that quotes the request (credentials included).
 * **one request at a time**: the bytes of a next request that arrive before the current one is
   answered (HTTP pipelining, which no webhook sender uses) are not parsed; the connection is
   closed once the current request is answered;
-* **problem+json** for parser refusals, logged as one JSON line with the error type only.
+* **problem+json** for parser refusals, logged as one JSON line with the error type only;
+* the **one-pass route**: a request the parser returns whole (head and body in one read, a
+  ``POST`` to a source's path, HTTP/1.1) is not handed to aiohttp's task but to
+  ``webhook_server.app.OnePass``, which answers it through ``_reply`` once its batch commits; the
+  connection is busy meanwhile, keeps its keep-alive deadline after, and a shutdown waits for it.
 
 The body's deadline and budget are the application's (``webhook_server.app``), as is everything
 about a request once its head has arrived. Loop errors (an ``accept()`` that runs out of file
@@ -53,12 +57,14 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from webhook_server import wire
 from webhook_server.admission import ByteBudget
 from webhook_server.app import (
     CONFIG,
     METRICS,
     REQUEST_ID_HEADER,
     UNROUTED,
+    OnePass,
     create_app,
     handler_args,
     new_request_id,
@@ -84,6 +90,9 @@ _INTERNALS = (
     "_process_keepalive",
     "_handle_request",
     "_loop",
+    "_parser",
+    "_keepalive_timeout",
+    "_next_keepalive_close_time",
 )
 _missing = [name for name in _INTERNALS if not hasattr(RequestHandler, name)]
 if _missing:  # pragma: no cover - only with an aiohttp outside the supported range
@@ -272,14 +281,18 @@ class ReceiverProtocol(RequestHandler):
     """aiohttp's request handler with head limits, the connection cap and quiet refusals."""
 
     __slots__ = (
+        "_answered",
         "_body_length",
+        "_close_after",
         "_guard",
         "_head_bytes",
         "_head_tail",
         "_head_timer",
         "_header_timeout",
+        "_in_flight",
         "_max_head_bytes",
         "_metrics",
+        "_one_pass",
         "_payload",
         "_refused",
     )
@@ -292,9 +305,16 @@ class ReceiverProtocol(RequestHandler):
         header_timeout: float,
         max_head_bytes: int,
         metrics: ReceiverMetrics,
+        one_pass: OnePass | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
+        self._one_pass = one_pass
+        # A request the one-pass route took, until it is answered; whether its client asked for
+        # the connection to close; what a shutdown waits on meanwhile.
+        self._in_flight = False
+        self._close_after = False
+        self._answered: asyncio.Future[None] | None = None
         self._guard = guard
         self._header_timeout = header_timeout
         self._max_head_bytes = max_head_bytes
@@ -318,7 +338,9 @@ class ReceiverProtocol(RequestHandler):
         none parsed and waiting to be handled. Not idle from the moment a head is parsed, through
         the moment its request is taken from the queue, until it is answered."""
         waiter = self._waiter
-        return waiter is not None and not waiter.done() and not self._messages
+        return (
+            waiter is not None and not waiter.done() and not self._messages and not self._in_flight
+        )
 
     # -- connection lifecycle -----------------------------------------------------------------
 
@@ -349,6 +371,11 @@ class ReceiverProtocol(RequestHandler):
     def data_received(self, data: bytes) -> None:
         while data and not (self._force_close or self._close):
             payload = self._payload
+            if self._in_flight:
+                # A next request before the one-pass route answered this one: as below.
+                self._guard.closed("pipelined")
+                self.close()
+                return
             if payload is None:
                 data = self._head_received(data)
             elif not payload.is_eof():
@@ -373,9 +400,17 @@ class ReceiverProtocol(RequestHandler):
             self._refuse(_HEADS_BUSY)
             return b""
         count = self._request_count
-        # One feed for the usual webhook, head and body in one read.
-        super().data_received(data)
+        # One feed for the usual webhook, head and body in one read; aiohttp's task is woken
+        # below, unless the one-pass route takes the request.
+        waiter, self._waiter = self._waiter, None
+        try:
+            super().data_received(data)
+        finally:
+            self._waiter = waiter
         parsed = self._request_count - count
+        took = parsed == 1 and self._took(data, end)
+        if parsed and not took and waiter is not None and not waiter.done():
+            waiter.set_result(None)
         if not parsed:
             if self._request_count and self._head_timer is None:
                 # A later request's head goes on past its first read: it gets the head deadline
@@ -385,6 +420,8 @@ class ReceiverProtocol(RequestHandler):
                 )
             self._head_bytes = size
             self._head_tail = (self._head_tail + data)[-3:] if len(data) < 3 else data[-3:]
+            return b""
+        if took:
             return b""
         self._head_done()
         self._guard.busy(self)
@@ -404,6 +441,81 @@ class ReceiverProtocol(RequestHandler):
             self._guard.closed("pipelined")
             self.close()
         return b""
+
+    def _took(self, data: bytes, end: int) -> bool:
+        """Whether the one-pass route took the request just parsed (the last of ``_messages``,
+        whose head ended at ``end`` in ``data``): a POST to a source's path, HTTP/1.1, its whole
+        body in this read and nothing after it. It is then answered without aiohttp's task."""
+        one_pass = self._one_pass
+        if one_pass is None or end < 0:
+            return False
+        message, payload = self._messages[-1]
+        if (
+            not isinstance(message, RawRequestMessage)
+            or message.method != hdrs.METH_POST
+            or message.version != HttpVersion11
+            or message.chunked
+            or message.upgrade
+            or not payload.is_eof()
+            or hdrs.EXPECT in message.headers
+        ):
+            return False
+        length = int(message.headers.get(hdrs.CONTENT_LENGTH) or 0)
+        if len(data) - end != length:
+            return False
+        route = one_pass.route(message.path)
+        if route is None:
+            return False
+        self._messages.pop()
+        if self._parser is not None:  # None only after connection_lost
+            self._parser.message_consumed()
+        self._in_flight = True
+        self._close_after = message.should_close
+        self._guard.busy(self)
+        self._head_done()
+        runtime, query = route
+        one_pass.handle(runtime, message.headers, payload.read_nowait(-1), query, self._reply)
+        return True
+
+    def _reply(
+        self, status: int, body: bytes, content_type: bytes, headers: list[tuple[str, str]]
+    ) -> None:
+        """Answer the one-pass route's request; keep the connection for the next one, unless it
+        or the server is closing."""
+        self._in_flight = False
+        close = self._close_after or self._close or self._force_close
+        transport = self.transport
+        if transport is not None:
+            transport.write(wire.response(status, body, content_type, headers, close=close))
+        if close:
+            self.force_close()
+        else:
+            self._guard.idle(self)
+            loop = self._loop
+            self._next_keepalive_close_time = loop.time() + self._keepalive_timeout
+            if self._keepalive_handle is None:
+                self._keepalive_handle = loop.call_at(
+                    self._next_keepalive_close_time, self._process_keepalive
+                )
+        if self._answered is not None and not self._answered.done():
+            self._answered.set_result(None)
+
+    def _process_keepalive(self) -> None:
+        if self._in_flight:
+            # Being answered by the one-pass route, which arms the deadline again after.
+            self._keepalive_handle = None
+            return
+        super()._process_keepalive()
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 - aiohttp's
+        """aiohttp's, after the one-pass route's request in flight (if any) is answered."""
+        if self._in_flight:
+            self._close = True
+            self._answered = self._loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._answered
+        await super().shutdown(timeout)
 
     def _head_end(self, data: bytes) -> int:
         """Where the head ends in ``data`` (just past its CRLFCRLF), or -1."""
@@ -603,8 +715,12 @@ async def start(
     *,
     shutdown_timeout: float = 20.0,
     file_limit: int | None = None,
+    one_pass: bool = True,
 ) -> Listener:
-    """Serve ``app`` (built by ``create_app``) on ``host:port`` with the receiver's protocol."""
+    """Serve ``app`` (built by ``create_app``) on ``host:port`` with the receiver's protocol.
+
+    ``one_pass=False`` sends every request through aiohttp's web layer (the tests compare the
+    two paths; the bench measures what the one-pass route saves)."""
     config = app[CONFIG]
     metrics = app[METRICS]
     server_config: ServerConfig = config.server
@@ -634,10 +750,13 @@ async def start(
     kwargs = handler_args(server_config) | {"access_log": None, "loop": loop}
     header_timeout = server_config.header_timeout_seconds
 
+    route = OnePass(app) if one_pass else None
+
     def protocol() -> ReceiverProtocol:
         return ReceiverProtocol(
             manager,
             guard=guard,
+            one_pass=route,
             header_timeout=header_timeout,
             max_head_bytes=server_config.max_head_bytes,
             metrics=metrics,

@@ -369,6 +369,13 @@ class Store:
         """
         if self.tracing is not None and event.trace is None:
             return await self.tracing.submit(self.submit, event)
+        return await self.enqueue(event)
+
+    def enqueue(self, event: Event) -> asyncio.Future[bool]:
+        """``submit`` without the wait (and without a span): the future is resolved once the
+        event's batch has committed (True when new), or fails as ``submit`` would. Raises
+        StoreUnavailable or StoreOverloaded at once. The receiver's one-pass route answers from
+        the future's callback, with no task per request."""
         if self._closing or not self._ready.is_set():
             raise StoreUnavailable("event store not ready")
         size = held_size(event)
@@ -387,7 +394,7 @@ class Store:
         self._queue.put_nowait(_Pending(event, future, size))
         if self._group_depth and self._queue.qsize() + 1 >= self._group_depth:
             self._group_wake.set()
-        return await future
+        return future
 
     def held(self) -> tuple[int, int]:
         """Events waiting for or in a commit, and their bytes (payloads and stored headers)."""
