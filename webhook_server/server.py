@@ -865,13 +865,16 @@ class LoopErrors:
 # -- the process ---------------------------------------------------------------------------------
 
 
-def run(config: ReceiverConfig, *, tracing: Tracing | None = None) -> None:
-    """Serve until SIGTERM/SIGINT; then stop accepting, finish in-flight requests, flush, close."""
+def run(config: ReceiverConfig, *, tracing: Tracing | None = None, one_pass: bool = True) -> None:
+    """Serve until SIGTERM/SIGINT; then stop accepting, finish in-flight requests, flush, close.
+    ``one_pass`` as for :func:`start`."""
     file_limit = raise_file_limit()
-    asyncio.run(_serve(config, file_limit, tracing))
+    asyncio.run(_serve(config, file_limit, tracing, one_pass))
 
 
-async def _serve(config: ReceiverConfig, file_limit: int, tracing: Tracing | None) -> None:
+async def _serve(
+    config: ReceiverConfig, file_limit: int, tracing: Tracing | None, one_pass: bool
+) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -886,6 +889,7 @@ async def _serve(config: ReceiverConfig, file_limit: int, tracing: Tracing | Non
         config.port,
         shutdown_timeout=config.shutdown_timeout_seconds,
         file_limit=file_limit,
+        one_pass=one_pass,
     )
     bound = memory_bound(config, listener.guard.max_connections)
     limit = memory_limit()

@@ -433,6 +433,8 @@ FLOOR_HMAC = "+ HMAC verify"
 COMPARE = "receiver of --compare"
 COMPARE_SOURCE_NAME = "bench-compare"
 FLOOR_COMMIT = "+ batched commit"
+AIOHTTP_PATH = "receiver via aiohttp's web layer (one-pass route off)"
+AIOHTTP_PATH_SOURCE_NAME = "bench-aiohttp-path"
 
 
 def floor_batch_mean(floors: Sequence[Target]) -> float:
@@ -681,9 +683,21 @@ def _start_servers(
             "floor-commit", workdir, ["--secret", secret, "--database-url", postgres.url]
         )
         servers.append(commit_floor)
+        # The same receiver with every request through aiohttp's request, middleware and
+        # response (its route before issue 17's one-pass route), under its own source.
+        aiohttp_path = start_server(
+            "receiver",
+            workdir,
+            ["--database-url", postgres.url, "--secret", secret, "--no-one-pass",
+             "--name", AIOHTTP_PATH_SOURCE_NAME, "--log", str(workdir / "aiohttp-path.log"),
+             "--log-level", opts.receiver_log_level],
+            log="aiohttp-path",
+        )  # fmt: skip
+        servers.append(aiohttp_path)
         floors = [
             Target(FLOOR_HMAC, "floor-hmac", hmac_floor, None, collect=False),
             Target(FLOOR_COMMIT, "floor-commit", commit_floor, postgres_pid, collect=False),
+            Target(AIOHTTP_PATH, "aiohttp-path", aiohttp_path, postgres_pid, collect=False),
         ]
     if opts.compare:
         # The same receiver setup from another checkout, under its own source (its own rows).

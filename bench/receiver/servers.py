@@ -263,6 +263,7 @@ def run_receiver(
     forward_secret: str = "",
     trace_endpoint: str = "",
     trace_ratio: float = 1.0,
+    one_pass: bool = True,
 ) -> None:
     import os
 
@@ -313,7 +314,7 @@ def run_receiver(
         traced = tracing.from_env("dfm-receiver")
         logs.with_trace_ids(tracing.current_ids)
     try:
-        server.run(config, tracing=traced)
+        server.run(config, tracing=traced, one_pass=one_pass)
     finally:
         if traced is not None:
             traced.shutdown()
@@ -336,6 +337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trace-endpoint", default="", help="trace requests, export there")
     parser.add_argument("--trace-ratio", type=float, default=1.0, help="the share sampled")
     parser.add_argument("--gc-stats", default="", help="write GC pause statistics here at exit")
+    parser.add_argument(
+        "--no-one-pass",
+        action="store_true",
+        help="every request through aiohttp's web layer (the receiver without its one-pass route)",
+    )
     parser.add_argument(
         "--gc-freeze",
         action="store_true",
@@ -371,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 forward_secret=args.forward_secret,
                 trace_endpoint=args.trace_endpoint,
                 trace_ratio=args.trace_ratio,
+                one_pass=not args.no_one_pass,
             )
     return 0
 
