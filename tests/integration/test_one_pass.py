@@ -181,7 +181,7 @@ def cases() -> list[tuple[str, bytes, dict[str, str]]]:
 def metric_lines(text: str, namespace: str) -> list[str]:
     """The request and failure counters, with the source's namespace taken out."""
     wanted = ("dfm_receiver_requests_total{", "dfm_receiver_signature_failures_total{")
-    wanted += ("dfm_receiver_duplicates_total{",)
+    wanted += ("dfm_receiver_duplicates_total{", "dfm_receiver_request_duration_seconds_count{")
     return sorted(
         line.replace(f'"{namespace}/gh"', '"NS/gh"')
         for line in text.splitlines()
