@@ -9,11 +9,14 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp import web
 
 from dfm.embedded_pg import EmbeddedPostgres
+from webhook_server.app import CONFIG
 
 TEST_DATABASE_URL_ENV = "DFM_TEST_DATABASE_URL"
 
@@ -69,3 +72,20 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(database_url)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client: Any) -> Any:
+    """pytest-aiohttp's ``aiohttp_client``, refusing a receiver app given as is: it would be served
+    by aiohttp's default request handler, not the receiver's protocol. A receiver app is served as
+    production serves it: ``aiohttp_client(tests.receivers.ReceiverServer(app))``."""
+
+    async def client(param: Any, **kwargs: Any) -> Any:
+        if isinstance(param, web.Application) and CONFIG in param:
+            raise TypeError(
+                "a receiver app is served through tests.receivers.ReceiverServer "
+                "(webhook_server.server.start), not aiohttp's default TestServer"
+            )
+        return await aiohttp_client(param, **kwargs)
+
+    return client

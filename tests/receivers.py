@@ -13,7 +13,11 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
+from yarl import URL
+
+from webhook_server import server
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -30,6 +34,57 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class ReceiverServer(BaseTestServer):
+    """An app built by ``webhook_server.app.create_app``, served as production serves it: through
+    ``webhook_server.server.start`` and its ``ReceiverProtocol`` (head limits, connection cap, one
+    request at a time), not aiohttp's default request handler. For ``TestClient`` and
+    pytest-aiohttp's ``aiohttp_client``; ``close`` stops the listener (once)."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        shutdown_timeout: float = 2.0,
+        file_limit: int | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        super().__init__(host=host)
+        self.app = app
+        self.shutdown_timeout = shutdown_timeout
+        self.file_limit = file_limit
+        self.listener: server.Listener | None = None
+
+    async def start_server(
+        self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any
+    ) -> None:
+        if self.runner is not None:
+            return
+        if kwargs:
+            raise TypeError(f"ReceiverServer takes no server arguments, got {sorted(kwargs)}")
+        self.listener = await server.start(
+            self.app,
+            self.host,
+            0,
+            shutdown_timeout=self.shutdown_timeout,
+            file_limit=self.file_limit,
+        )
+        self.runner = self.listener.runner
+        self.port = self.listener.port
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        raise NotImplementedError("the runner is webhook_server.server.start's")
+
+    async def close(self) -> None:
+        if self.listener is None or self._closed:
+            return
+        self._closed = True
+        await self.listener.stop()
+        self._root = None
+        self.port = None
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from tests.receivers import ClientFactory, Consumer, serving
+from tests.receivers import ClientFactory, Consumer, ReceiverServer, serving
 from webhook_server.app import STORE, create_app
 from webhook_server.config import DatabaseConfig, ForwardingConfig, ReceiverConfig, SourceConfig
 from webhook_server.tracing import Tracing
@@ -49,7 +49,7 @@ def make_receiver(database_url: str, aiohttp_client: ClientFactory) -> ClientFac
             forwarding=ForwardingConfig(**settings),
         )
         app = create_app(config, clock=clock, tracing=tracing)
-        client = await aiohttp_client(app)
+        client = await aiohttp_client(ReceiverServer(app))
         assert await app[STORE].wait_ready(60), "store did not become ready"
         return client
 

@@ -20,7 +20,7 @@ from kube_emulator import MANAGEDSECRETS, WEBHOOKSOURCES, DfmKubernetesEmulator
 from kube_emulator.printing import table
 from tests.kube.conftest_helpers import k8s, kubeconfig
 from tests.kube.dfm import CRD_DIR, condition, create_secret, install_crds
-from tests.receivers import ClientFactory, Clock, Consumer, eventually
+from tests.receivers import ClientFactory, Clock, Consumer, ReceiverServer, eventually
 from webhook_server.app import STORE, create_app
 from webhook_server.config import (
     DatabaseConfig,
@@ -111,7 +111,7 @@ async def test_forward_state_reaches_status_events_and_kubectl(
             forwarding=ForwardingConfig(poll_interval_seconds=0.02, stats_interval_seconds=0.2),
         )
         app = create_app(config, clock=clock)
-        client = await aiohttp_client(app)
+        client = await aiohttp_client(ReceiverServer(app))
         assert await app[STORE].wait_ready(60)
         for n in range(5):
             body = f'{{"n": {n}}}'.encode()

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from dfm.samples import sample_event
+from tests.receivers import ReceiverServer
 from webhook_server import logs
 from webhook_server.app import CLOCK, STORE, create_app, stored_headers
 from webhook_server.config import (
@@ -75,7 +76,7 @@ def make_client(
             database=DatabaseConfig(url=db_url or database_url, maintenance_interval_seconds=3600),
         )
         app = create_app(config, clock=clock)
-        client = await aiohttp_client(app)
+        client = await aiohttp_client(ReceiverServer(app))
         assert await app[STORE].wait_ready(60), "store did not become ready"
         return client
 
@@ -714,7 +715,7 @@ async def test_shutdown_commits_every_accepted_event(
 ) -> None:
     config = ReceiverConfig(sources=[github_source()], database=DatabaseConfig(url=database_url))
     app = create_app(config)
-    client = await aiohttp_client(app)
+    client = await aiohttp_client(ReceiverServer(app))
     assert await app[STORE].wait_ready(60)
     import asyncio
 

@@ -25,6 +25,7 @@ from aiohttp.web_protocol import RequestHandler
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.receivers import ReceiverServer
 from webhook_server import logs
 from webhook_server import server as server_module
 from webhook_server.app import ADMISSION, STORE, create_app
@@ -913,7 +914,7 @@ async def test_readyz_waits_for_the_store_to_take_events_not_just_for_a_connecti
             sources=[github_source()], database=DatabaseConfig(url=database_url)
         )
         app = create_app(config)
-        client = await aiohttp_client(app)
+        client = await aiohttp_client(ReceiverServer(app))
         store = app[STORE]
         for _ in range(100):
             if store._pool is not None:

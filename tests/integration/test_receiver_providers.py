@@ -24,6 +24,7 @@ from yarl import URL
 from dfm_operator.api import WebhookSource
 from dfm_operator.builders.webhooksource import ReceiverInputs, build_receiver_config
 from dfm_operator.settings import OperatorSettings
+from tests.receivers import ReceiverServer
 from webhook_server.app import METRICS, STORE, create_app
 from webhook_server.config import (
     DatabaseConfig,
@@ -49,7 +50,7 @@ def make_client(aiohttp_client: ClientFactory, database_url: str) -> ClientFacto
             database=DatabaseConfig(url=database_url, maintenance_interval_seconds=3600),
         )
         app = create_app(config, clock=clock)
-        client = await aiohttp_client(app)
+        client = await aiohttp_client(ReceiverServer(app))
         assert await app[STORE].wait_ready(60), "store did not become ready"
         return client
 

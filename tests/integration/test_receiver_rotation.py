@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from tests.receivers import ReceiverServer
 from webhook_server import logs, secrets
 from webhook_server.app import ACCESS_LOG, STORE, create_app, reload_secrets
 from webhook_server.config import (
@@ -78,7 +79,7 @@ async def test_previous_secret_is_accepted_only_until_it_expires(
     app = create_app(
         ReceiverConfig(sources=[source], database=DatabaseConfig(url=database_url)), clock=clock
     )
-    client = await aiohttp_client(app)
+    client = await aiohttp_client(ReceiverServer(app))
     assert await app[STORE].wait_ready(60)
     body = b'{"type":"user.created","data":{}}'
 
@@ -148,7 +149,7 @@ async def test_reload_loop_outlives_an_unreadable_secret_and_a_failing_flush(
             real_flush()
 
         app[ACCESS_LOG].flush = flaky_flush  # type: ignore[method-assign]
-        client = await aiohttp_client(app)
+        client = await aiohttp_client(ReceiverServer(app))
         assert await app[STORE].wait_ready(60)
         body = b'{"type":"user.created","data":{}}'
 

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from dfm.embedded_pg import EmbeddedPostgres
+from tests.receivers import ReceiverServer
 from webhook_server.app import STORE, create_app
 from webhook_server.config import (
     DatabaseConfig,
@@ -56,7 +57,7 @@ async def test_database_down_means_503_then_recovery(
     aiohttp_client: Any, own_postgres: EmbeddedPostgres
 ) -> None:
     source, app = github_receiver(own_postgres.url)
-    client = await aiohttp_client(app)
+    client = await aiohttp_client(ReceiverServer(app))
     assert await app[STORE].wait_ready(60)
     assert (
         await client.post(source.route, data=b"{}", headers=signed(b"{}", "before"))
@@ -100,7 +101,7 @@ async def test_receiver_starting_without_database_serves_503_until_it_appears(
 ) -> None:
     server = EmbeddedPostgres(tmp_path / "late")
     source, app = github_receiver(server.url)
-    client = await aiohttp_client(app)
+    client = await aiohttp_client(ReceiverServer(app))
     try:
         assert (await client.get("/livez")).status == 200
         assert (await client.get("/readyz")).status == 503
