@@ -29,8 +29,8 @@ about a request once its head has arrived. Loop errors (an ``accept()`` that run
 descriptors) become one JSON line per kind per 10 s instead of a traceback each.
 
 This relies on aiohttp's ``RequestHandler`` internals (``_INTERNALS`` below; checked at import,
-and their meaning by ``tests/integration/test_protocol_contract.py``), hence the bounded aiohttp
-range in ``pyproject.toml``.
+and their meaning by the "contract" tests of ``tests/integration/test_receiver_hardening.py`` and
+by ``tests/integration/test_one_pass.py``), hence the bounded aiohttp range in ``pyproject.toml``.
 """
 
 from __future__ import annotations
