@@ -49,9 +49,11 @@ class ReceiverServer(BaseTestServer):
         shutdown_timeout: float = 2.0,
         file_limit: int | None = None,
         host: str = "127.0.0.1",
+        one_pass: bool = True,
     ) -> None:
         super().__init__(host=host)
         self.app = app
+        self.one_pass = one_pass
         self.shutdown_timeout = shutdown_timeout
         self.file_limit = file_limit
         self.listener: server.Listener | None = None
@@ -69,6 +71,7 @@ class ReceiverServer(BaseTestServer):
             0,
             shutdown_timeout=self.shutdown_timeout,
             file_limit=self.file_limit,
+            one_pass=self.one_pass,
         )
         self.runner = self.listener.runner
         self.port = self.listener.port

@@ -775,6 +775,10 @@ async def metrics_view(request: web.Request) -> web.Response:
 
 # -- the one-pass route --------------------------------------------------------------------------
 
+# The source paths the one-pass route matches byte for byte: ones aiohttp's router would match
+# only after decoding or normalising (percent-escapes, dot segments, other characters) are left
+# to the router.
+_LITERAL_PATH = re.compile(r"^(?:/(?!\.{1,2}(?:/|$))[A-Za-z0-9._~-]+)+/?$")
 # What the store may fail a delivery with: answered as store_problem says, never 2xx.
 NOT_COMMITTED = (StoreUnavailable, EventRefused, ReplayRefused)
 # Called once per request with its status, body, content type and headers.
@@ -800,7 +804,7 @@ class OnePass:
             self.routes = {
                 runtime.config.route: runtime
                 for runtime in app[SOURCES].values()
-                if runtime.authenticator is None and "{" not in runtime.config.route
+                if runtime.authenticator is None and _LITERAL_PATH.match(runtime.config.route)
             }
         self.store = app[STORE]
         self.clock = app[CLOCK]
@@ -824,6 +828,7 @@ class OnePass:
         started = time.perf_counter()
         request_id = request_id_of(headers)
         answer = functools.partial(self._answer, runtime, headers, request_id, started, reply)
+        event: Event | None = None
         try:
             check_encoding(headers)
             token, retry_after = runtime.unverified.take()
@@ -831,22 +836,24 @@ class OnePass:
             now = self.clock()
             result = verify_signature(runtime, headers, body, now, query)
             admit(runtime, token, result)
-            if result.challenge is not None:
-                answer(200, orjson.dumps({"challenge": result.challenge}), "challenge")
-                return
-            event = event_of(runtime, result, None, body, headers, request_id, now)
-            committed = self.store.enqueue(event)
+            if result.challenge is None:
+                event = event_of(runtime, result, None, body, headers, request_id, now)
+                committed = self.store.enqueue(event)
         except Problem as problem:
-            _refuse(answer, problem, request_id)
+            _refuse(answer, problem, request_id, _event_id(event))
             return
         except NOT_COMMITTED as exc:
-            _refuse(answer, store_problem(runtime, exc), request_id)
+            _refuse(answer, store_problem(runtime, exc), request_id, _event_id(event))
             return
         except Exception as exc:
-            _fail(answer, exc, request_id)
+            _fail(answer, exc, request_id, _event_id(event))
             return
+        if event is None:
+            answer(200, orjson.dumps({"challenge": result.challenge}), "challenge")
+            return
+        stored = event
         committed.add_done_callback(
-            lambda future: self._committed(answer, runtime, event, result, request_id, future)
+            lambda future: self._committed(answer, runtime, stored, result, request_id, future)
         )
 
     def _committed(
@@ -862,13 +869,17 @@ class OnePass:
             exc: BaseException | None = StoreUnavailable("event not committed")
         else:
             exc = future.exception()
-        if exc is None:
-            outcome, body = stored_answer(runtime, event, result, future.result(), request_id)
-            answer(200, body, outcome, event_id=event.event_id)
-        elif isinstance(exc, NOT_COMMITTED):
-            _refuse(answer, store_problem(runtime, exc), request_id, event.event_id)
-        else:
-            _fail(answer, exc, request_id, event.event_id)
+        try:
+            if exc is None:
+                outcome, body = stored_answer(runtime, event, result, future.result(), request_id)
+                answer(200, body, outcome, event_id=event.event_id)
+            elif isinstance(exc, NOT_COMMITTED):
+                _refuse(answer, store_problem(runtime, exc), request_id, event.event_id)
+            else:
+                _fail(answer, exc, request_id, event.event_id)
+        except Exception as error:
+            # Answered all the same (``reply`` answers a request once): never left hanging.
+            _fail(answer, error, request_id, event.event_id)
 
     def _answer(
         self,
@@ -885,19 +896,29 @@ class OnePass:
         *,
         event_id: str | None = None,
     ) -> None:
-        """Count and log the request as ``request_context`` does, then answer it."""
+        """Count and log the request as ``request_context`` does, then answer it (answered even
+        when counting or logging fails: a stdout that refuses writes must not hang a client)."""
         elapsed = time.perf_counter() - started
-        runtime.count(outcome)
-        runtime.latency.observe(elapsed)
-        self.access_log.request(
-            request_id, runtime.key, "POST", status, outcome, event_id, round(elapsed * 1000, 2)
-        )
+        try:
+            runtime.count(outcome)
+            runtime.latency.observe(elapsed)
+            self.access_log.request(
+                request_id, runtime.key, "POST", status, outcome, event_id, round(elapsed * 1e3, 2)
+            )
+        except Exception as exc:
+            log.error(
+                "request not counted or logged", request_id=request_id, error=type(exc).__name__
+            )
         out = [(REQUEST_ID_HEADER, request_id)]
         if headers:
             out.extend(headers.items())
         if runtime.config.cors.allowed_origins:
             out.extend(cors_headers(runtime, request_headers).items())
         reply(status, body, content_type, out)
+
+
+def _event_id(event: Event | None) -> str | None:
+    return None if event is None else event.event_id
 
 
 def _refuse(

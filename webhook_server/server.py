@@ -447,7 +447,9 @@ class ReceiverProtocol(RequestHandler):
         whose head ended at ``end`` in ``data``): a POST to a source's path, HTTP/1.1, its whole
         body in this read and nothing after it. It is then answered without aiohttp's task."""
         one_pass = self._one_pass
-        if one_pass is None or end < 0:
+        if one_pass is None or end < 0 or self.writing_paused:
+            # While the client does not read its answers, aiohttp's path (whose response waits
+            # for the buffer to drain, and closes on the next request meanwhile) takes over.
             return False
         message, payload = self._messages[-1]
         if (
@@ -481,7 +483,9 @@ class ReceiverProtocol(RequestHandler):
         self, status: int, body: bytes, content_type: bytes, headers: list[tuple[str, str]]
     ) -> None:
         """Answer the one-pass route's request; keep the connection for the next one, unless it
-        or the server is closing."""
+        or the server is closing. Only the first call for a request answers it."""
+        if not self._in_flight:
+            return
         self._in_flight = False
         close = self._close_after or self._close or self._force_close
         transport = self.transport

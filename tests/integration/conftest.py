@@ -63,3 +63,11 @@ async def served() -> AsyncIterator[list[TestServer]]:
     yield servers
     for server in servers:
         await server.close()
+
+
+@pytest.fixture(params=[True, False], ids=["one-pass", "aiohttp-path"])
+def one_pass(request: pytest.FixtureRequest) -> bool:
+    """A test using it runs twice: through the receiver's one-pass route and with every request
+    through aiohttp's web layer (``server.start(one_pass=False)``), which the receiver still uses
+    for what the route does not take (docs/receiver.md, "Two routes, one behaviour")."""
+    return bool(request.param)

@@ -14,6 +14,7 @@ import asyncio
 import io
 import json
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from opentelemetry.sdk.trace import TracerProvider
 
 from webhook_server import logs
-from webhook_server.app import STORE, OnePass, create_app
+from webhook_server.app import SOURCES_BY_PATH, STORE, OnePass, create_app
 from webhook_server.config import (
     AuthConfig,
     CorsConfig,
@@ -495,10 +496,190 @@ def test_sources_with_a_bearer_token_and_traced_receivers_are_left_to_aiohttp() 
         .decode()
     )
     jwt = SourceConfig(name="orders", provider=Provider.JWT, auth=AuthConfig(public_key=pem))
+    # aiohttp's router matches this path after decoding it (as /hooks/aA): not byte for byte.
+    escaped = github("e").model_copy(update={"path": "/hooks/a%41"})
     config = ReceiverConfig(
-        sources=[github("k"), jwt], database=DatabaseConfig(url="postgresql://unused/db")
+        sources=[github("k"), jwt, escaped], database=DatabaseConfig(url="postgresql://unused/db")
     )
     # The token check may fetch a JWKS (it awaits); spans need aiohttp's request.
     assert set(OnePass(create_app(config)).routes) == {PATH}
     tracing = Tracing(TracerProvider())
     assert OnePass(create_app(config, tracing=tracing)).routes == {}
+
+
+async def test_nothing_is_answered_before_the_commit(serve: Serve, db: asyncpg.Connection) -> None:
+    listener, app = await serve(github("k"))
+    held = Held(app)
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(delivery(1))
+    await until(lambda: held.taken == 1, "the delivery to reach the store")
+    # The batch commits meanwhile; its answer waits for the store's future, nothing else.
+    await until(lambda: count_sync(app) == 0, "the commit", 30)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5):
+            await reader.read(1)
+    held.gate.set()
+    answer = await read_answer(reader)
+    assert answer.status == 200
+    assert await count(db) == 1
+    writer.close()
+
+
+def count_sync(app: Any) -> int:
+    """Events the store still holds (queued or being committed)."""
+    return int(app[STORE].held()[0])
+
+
+async def test_a_client_that_does_not_read_its_answers_is_refused_not_buffered(
+    serve: Serve,
+) -> None:
+    # Unsigned requests are answered at once (401), one per read. A client that sends them and
+    # never reads would make the server buffer every answer; instead, once the socket's buffer is
+    # full, the next request goes to aiohttp's path, whose answer waits for the buffer to drain,
+    # and the bytes of the one after are not parsed: the connection is closed as pipelined.
+    listener, _ = await serve(github("k"))
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", listener.port))
+    client.setblocking(False)
+    await until(lambda: bool(listener.guard.connections()), "the connection")
+    protocol = only_connection(listener)
+    protocol.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+    )
+    loop = asyncio.get_running_loop()
+    unsigned = f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode()
+    peak = sent = 0
+    try:
+        while sent < 5000 and not protocol._close and protocol.transport is not None:
+            await loop.sock_sendall(client, unsigned)
+            sent += 1
+            # Each request in a read of its own: wait (up to a second) for the server to parse it.
+            for _ in range(1000):
+                if protocol._request_count >= sent or protocol._close:
+                    break
+                await asyncio.sleep(0.001)
+            if protocol.transport is not None:
+                peak = max(peak, protocol.transport.get_write_buffer_size())
+    finally:
+        client.close()
+    assert protocol._close, "the server kept taking requests from a client that reads nothing"
+    assert sent < 5000
+    assert peak <= 128 * 1024, f"{peak} bytes of answers buffered for one connection"
+    assert 'reason="pipelined"} 1.0' in await scrape(listener.port)
+
+
+async def test_an_access_log_that_fails_does_not_leave_the_client_without_an_answer(
+    serve: Serve, db: asyncpg.Connection
+) -> None:
+    class Refusing(io.StringIO):
+        def write(self, text: str) -> int:
+            if '"event":"request"' in text:
+                raise OSError("stdout refuses writes")
+            return super().write(text)
+
+    stream = Refusing()
+    logs.configure(stream=stream)
+    try:
+        listener, _ = await serve(github("k"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        writer.write(delivery(1))
+        assert (await read_answer(reader, 10)).status == 200
+        unsigned = request_bytes(PATH, b"{}", {"Content-Type": "application/json"})
+        writer.write(unsigned)
+        assert (await read_answer(reader, 10)).status == 401
+        writer.close()
+        assert "request not counted or logged" in stream.getvalue()
+    finally:
+        logs.configure()
+    assert await count(db) == 1
+
+
+async def test_when_the_store_is_down_both_routes_answer_503_and_log_the_event_id(
+    log_lines: io.StringIO, taken: list[str]
+) -> None:
+    # Nothing listens on the database's port: the store is never ready.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"postgresql://dfm@127.0.0.1:{probe.getsockname()[1]}/dfm"
+    answers = {}
+    for namespace, one_pass in (("a", True), ("b", False)):
+        config = ReceiverConfig(
+            port=0,
+            sources=[github(namespace)],
+            database=DatabaseConfig(url=url, connect_timeout_seconds=0.2),
+        )
+        listener = await start(create_app(config), "127.0.0.1", 0, one_pass=one_pass)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+            body = b'{"n":1}'
+            headers = signed(body, "down-1") | {"X-Request-Id": "req-down"}
+            writer.write(request_bytes(f"/hooks/{namespace}/gh", body, headers))
+            answers[namespace] = await read_answer(reader)
+            writer.close()
+        finally:
+            await listener.stop()
+    assert taken == ["/hooks/a/gh"]
+    route, aiohttp_answer = answers["a"], answers["b"]
+    assert route.status == 503
+    assert route.json()["detail"] == "event store unavailable, retry later"
+    assert route.body == aiohttp_answer.body
+    assert route.headers["retry-after"] == aiohttp_answer.headers["retry-after"] == "5"
+    access = [
+        json.loads(line)
+        for line in log_lines.getvalue().splitlines()
+        if '"event":"request"' in line
+    ]
+    assert [(line["source"], line["outcome"], line["event_id"]) for line in access] == [
+        ("a/gh", "store_unavailable", "down-1"),
+        ("b/gh", "store_unavailable", "down-1"),
+    ]
+
+
+async def test_a_slack_challenge_and_a_failing_verifier_are_answered_alike(
+    serve: Serve, taken: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def slack(namespace: str) -> SourceConfig:
+        return SourceConfig(
+            namespace=namespace,
+            name="slack",
+            provider=Provider.SLACK,
+            verification=VerificationConfig(secrets=[SecretSource(value="s3")]),
+        )
+
+    fast, fast_app = await serve(slack("a"), github("a"))
+    slow, slow_app = await serve(slack("b"), github("b"), one_pass=False)
+    challenge = b'{"type":"url_verification","challenge":"c-123"}'
+    results = []
+    for listener, app, namespace in ((fast, fast_app, "a"), (slow, slow_app, "b")):
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        source = app[SOURCES_BY_PATH][f"/hooks/{namespace}/slack"].config
+        headers = SIGNERS[Provider.SLACK](challenge, b"s3", source.verification, time.time(), None)
+        writer.write(
+            request_bytes(source.route, challenge, headers | {"X-Request-Id": "req-slack"})
+        )
+        first = await read_answer(reader)
+        # An exception inside a verifier: a 500 with the request id, nothing else said.
+        github_runtime = app[SOURCES_BY_PATH][f"/hooks/{namespace}/gh"]
+
+        def broken(*args: Any) -> Any:
+            raise RuntimeError("secret-material-in-message")
+
+        monkeypatch.setattr(github_runtime, "verify", broken)
+        body = b'{"n":1}'
+        writer.write(
+            request_bytes(
+                f"/hooks/{namespace}/gh", body, signed(body, "x") | {"X-Request-Id": "req-boom"}
+            )
+        )
+        second = await read_answer(reader)
+        writer.close()
+        results.append((first, second))
+    (route_challenge, route_error), (aiohttp_challenge, aiohttp_error) = results
+    assert route_challenge.status == 200
+    assert route_challenge.json() == {"challenge": "c-123"}
+    assert route_challenge.body == aiohttp_challenge.body
+    assert route_error.status == aiohttp_error.status == 500
+    assert route_error.body == aiohttp_error.body
+    assert b"secret-material" not in route_error.body
+    assert taken == ["/hooks/a/slack", "/hooks/a/gh"]

@@ -66,7 +66,7 @@ class Clock:
 
 @pytest.fixture
 def make_client(
-    aiohttp_client: ClientFactory, database_url: str
+    aiohttp_client: ClientFactory, database_url: str, one_pass: bool
 ) -> Callable[..., Awaitable[TestClient[Any, Any]]]:
     async def make(
         *sources: SourceConfig, clock: Callable[[], float] = time.time, db_url: str | None = None
@@ -76,7 +76,7 @@ def make_client(
             database=DatabaseConfig(url=db_url or database_url, maintenance_interval_seconds=3600),
         )
         app = create_app(config, clock=clock)
-        client = await aiohttp_client(ReceiverServer(app))
+        client = await aiohttp_client(ReceiverServer(app, one_pass=one_pass))
         assert await app[STORE].wait_ready(60), "store did not become ready"
         return client
 
@@ -711,11 +711,11 @@ async def test_jwks_endpoint_down_is_a_503_with_retry_after_not_a_signature_fail
 
 
 async def test_shutdown_commits_every_accepted_event(
-    aiohttp_client: Any, database_url: str
+    aiohttp_client: Any, database_url: str, one_pass: bool
 ) -> None:
     config = ReceiverConfig(sources=[github_source()], database=DatabaseConfig(url=database_url))
     app = create_app(config)
-    client = await aiohttp_client(ReceiverServer(app))
+    client = await aiohttp_client(ReceiverServer(app, one_pass=one_pass))
     assert await app[STORE].wait_ready(60)
     import asyncio
 

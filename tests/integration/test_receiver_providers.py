@@ -43,14 +43,14 @@ PUBLIC = "https://hooks.example.com/hooks/default/twilio"
 
 
 @pytest.fixture
-def make_client(aiohttp_client: ClientFactory, database_url: str) -> ClientFactory:
+def make_client(aiohttp_client: ClientFactory, database_url: str, one_pass: bool) -> ClientFactory:
     async def make(*sources: SourceConfig, clock: Callable[[], float] = time.time) -> Any:
         config = ReceiverConfig(
             sources=list(sources),
             database=DatabaseConfig(url=database_url, maintenance_interval_seconds=3600),
         )
         app = create_app(config, clock=clock)
-        client = await aiohttp_client(ReceiverServer(app))
+        client = await aiohttp_client(ReceiverServer(app, one_pass=one_pass))
         assert await app[STORE].wait_ready(60), "store did not become ready"
         return client
 

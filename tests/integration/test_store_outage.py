@@ -54,10 +54,10 @@ def signed(body: bytes, delivery: str) -> dict[str, str]:
 
 
 async def test_database_down_means_503_then_recovery(
-    aiohttp_client: Any, own_postgres: EmbeddedPostgres
+    aiohttp_client: Any, own_postgres: EmbeddedPostgres, one_pass: bool
 ) -> None:
     source, app = github_receiver(own_postgres.url)
-    client = await aiohttp_client(ReceiverServer(app))
+    client = await aiohttp_client(ReceiverServer(app, one_pass=one_pass))
     assert await app[STORE].wait_ready(60)
     assert (
         await client.post(source.route, data=b"{}", headers=signed(b"{}", "before"))
@@ -97,11 +97,11 @@ async def test_database_down_means_503_then_recovery(
 
 
 async def test_receiver_starting_without_database_serves_503_until_it_appears(
-    aiohttp_client: Any, tmp_path: Path
+    aiohttp_client: Any, tmp_path: Path, one_pass: bool
 ) -> None:
     server = EmbeddedPostgres(tmp_path / "late")
     source, app = github_receiver(server.url)
-    client = await aiohttp_client(ReceiverServer(app))
+    client = await aiohttp_client(ReceiverServer(app, one_pass=one_pass))
     try:
         assert (await client.get("/livez")).status == 200
         assert (await client.get("/readyz")).status == 503
