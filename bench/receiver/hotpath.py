@@ -1,7 +1,9 @@
 """The receiver's per-request Python path, without sockets: ``python -m bench.receiver.hotpath``.
 
-Runs N signed GitHub deliveries through the app as aiohttp would call it (router, the
-``request_context`` middleware, ``receive``), with the real ``Store`` whose database round trip
+Runs N signed GitHub deliveries through the receiver's one-pass route as its protocol calls it
+(``OnePass.handle``, and the answer's bytes), or with ``--route aiohttp`` through the app as
+aiohttp would call it (router, the ``request_context`` middleware, ``receive``; the only route of
+checkouts before issue 17's one-pass route), with the real ``Store`` whose database round trip
 is replaced by building the statement's arguments (``_insert_args``, the writer's share of the
 CPU) and answering at once. No socket, no HTTP parsing or response writing (aiohttp's, the same
 in the no-op baseline), no PostgreSQL. It prints CPU microseconds per request.
@@ -24,7 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,7 @@ class _Protocol:
         return None
 
 
-async def _measure(requests: int, body_bytes: int) -> float:
+async def _measure(requests: int, body_bytes: int, route: str) -> float:
     from aiohttp import streams, web
     from aiohttp.http import HttpVersion11, RawRequestMessage
     from multidict import CIMultiDict, CIMultiDictProxy
@@ -129,6 +131,9 @@ async def _measure(requests: int, body_bytes: int) -> float:
         response = await request_context(req, receive)
         assert response.status == 200, response.status
 
+    if route == "one-pass":
+        return await _measure_one_pass(app, request, requests)
+
     # As under load: 64 requests in flight at once, so commits are batched. Making the mocked
     # requests (far costlier than the path itself) is not counted.
     spent = 0.0
@@ -141,12 +146,52 @@ async def _measure(requests: int, body_bytes: int) -> float:
     return spent / requests * 1e6
 
 
-def _child(checkout: Path, requests: int, body_bytes: int) -> float:
+async def _measure_one_pass(app: Any, request: Callable[[int], Any], requests: int) -> float:
+    """The same requests through the one-pass route (``OnePass.handle``, as the receiver's
+    protocol calls it), answered through a reply that builds the response bytes."""
+    from webhook_server import wire
+    from webhook_server.app import OnePass
+
+    route = OnePass(app)
+    from bench.receiver.servers import SOURCE_PATH
+
+    found = route.route(SOURCE_PATH)
+    assert found is not None
+    runtime, query = found
+    loop = asyncio.get_running_loop()
+
+    class Batch:
+        """64 requests in flight at once, as in the aiohttp measure; done once all answered."""
+
+        def __init__(self, size: int) -> None:
+            self.left = size
+            self.answered = loop.create_future()
+
+        def reply(self, status: int, body: bytes, content_type: bytes, headers: Any) -> None:
+            assert status == 200, status
+            wire.response(status, body, content_type, headers)
+            self.left -= 1
+            if not self.left:
+                self.answered.set_result(None)
+
+    spent = 0.0
+    for first in range(0, requests, 64):
+        requests_ = [request(n) for n in range(first, min(first + 64, requests))]
+        batch = Batch(len(requests_))
+        started = time.process_time()
+        for req in requests_:
+            route.handle(runtime, req.headers, req.content.read_nowait(-1), query, batch.reply)
+        await batch.answered
+        spent += time.process_time() - started
+    return spent / requests * 1e6
+
+
+def _child(checkout: Path, requests: int, body_bytes: int, route: str) -> float:
     """This file run as a script in a child whose ``sys.path`` puts ``checkout`` first (before
     the editable install), so its ``webhook_server`` is the one measured."""
     env = os.environ | {"PYTHONPATH": str(checkout)}
     out = subprocess.run(
-        [sys.executable, __file__, "--child",
+        [sys.executable, __file__, "--child", "--route", route,
          "--requests", str(requests), "--body-bytes", str(body_bytes)],
         cwd=checkout, env=env, check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
@@ -161,18 +206,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--compare", action="append", default=[], metavar="DIR", help="another checkout; repeatable"
     )
+    parser.add_argument(
+        "--route",
+        choices=["one-pass", "aiohttp"],
+        default="one-pass",
+        help="the receiver's one-pass route (what the bench's requests take) or aiohttp's web "
+        "layer (router, middleware, receive; the only route of checkouts before it)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(f"{asyncio.run(_measure(args.requests, args.body_bytes)):.3f}")
+        print(f"{asyncio.run(_measure(args.requests, args.body_bytes, args.route)):.3f}")
         return 0
     checkouts = [("this checkout", REPO)] + [(Path(d).name, Path(d)) for d in args.compare]
     figures: dict[str, list[float]] = {name: [] for name, _ in checkouts}
     for _ in range(args.rounds):
         for name, checkout in checkouts:  # alternating, so a busy spell hits both
-            figures[name].append(_child(checkout, args.requests, args.body_bytes))
+            figures[name].append(_child(checkout, args.requests, args.body_bytes, args.route))
+    path = (
+        "one-pass route (OnePass.handle and the answer's bytes"
+        if args.route == "one-pass"
+        else "aiohttp's web layer (router, middleware, receive"
+    )
     print(
-        f"app path (router, middleware, receive, store writer's arguments; no socket, no "
+        f"app path: {path}; the store writer's arguments; no socket, no parsing, no "
         f"database), {args.requests:,} requests x {args.rounds} rounds, CPU us per request:"
     )
     for name, values in figures.items():
