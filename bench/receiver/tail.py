@@ -1,0 +1,202 @@
+"""Where the receiver's tail latency comes from: ``python -m bench.receiver.tail [--rate R]``.
+
+The receiver runs in this process (``webhook_server.server.start``, one GitHub source, a
+temporary embedded PostgreSQL), beside three probes: the event loop's lag (a task that asks to
+sleep 1 ms and records how late it wakes), the garbage collector's pauses (``gc.callbacks``) and
+the duration of each store commit (a timer around ``Store._insert``). The bench's Python
+generator sends an open loop at ``--rate`` for ``--duration`` seconds. It prints the requests'
+latency beside the three, and when the slow ones happened, so that a p99 can be pinned on the
+loop (blocked by our code), on GC, or on commits (the database).
+
+The probes cost a little CPU (the lag monitor wakes 1,000 times a second): use it to explain a
+tail, and the socket bench (``python -m bench.receiver``) for the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import hashlib
+import hmac
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "tail-secret"
+PATH = "/hooks/bench/tail"
+SLOW_MS = 15.0
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct))] if ordered else 0.0
+
+
+async def _run(opts: argparse.Namespace, database_url: str, work: Path) -> None:
+    from webhook_server import logs, server
+    from webhook_server.app import STORE, create_app
+    from webhook_server.config import (
+        DatabaseConfig,
+        LimitsConfig,
+        Provider,
+        ReceiverConfig,
+        SecretSource,
+        SourceConfig,
+        VerificationConfig,
+    )
+
+    logs.configure("INFO", stream=(work / "access.log").open("a"))
+    pauses: list[tuple[float, int, float]] = []
+    began = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            pauses.append((time.monotonic(), info["generation"], time.perf_counter() - began[0]))
+
+    gc.callbacks.append(on_gc)
+    source = SourceConfig(
+        namespace="bench",
+        name="tail",
+        provider=Provider.GITHUB,
+        path=PATH,
+        verification=VerificationConfig(secrets=[SecretSource(value=SECRET)]),
+        limits=LimitsConfig(requests_per_second=1e9, burst=1_000_000_000),
+    )
+    config = ReceiverConfig(
+        port=0,
+        sources=[source],
+        database=DatabaseConfig(
+            url=database_url,
+            writer_concurrency=opts.writer_concurrency,
+            max_batch=opts.max_batch,
+        ),
+    )
+    app = create_app(config)
+    gc.freeze()  # as `dfm receiver` does once it has built the app
+    listener = await server.start(app, "127.0.0.1", 0)
+    store = app[STORE]
+    assert await store.wait_ready(60), "the store did not become ready"
+    commits: list[tuple[float, int, float]] = []
+    insert = store._insert
+
+    async def timed(events: list[Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            return await insert(events)
+        finally:
+            commits.append((time.monotonic(), len(events), time.perf_counter() - started))
+
+    store._insert = timed  # type: ignore[method-assign]
+    lags: list[tuple[float, float]] = []
+    running = True
+
+    async def monitor() -> None:
+        loop = asyncio.get_running_loop()
+        while running:
+            asked = loop.time()
+            await asyncio.sleep(0.001)
+            lags.append((time.monotonic(), loop.time() - asked - 0.001))
+
+    watcher = asyncio.create_task(monitor())
+    body = json.dumps({"zen": "x" * max(0, opts.body_bytes - 12)}).encode()
+    signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    (work / "body").write_bytes(body)
+    headers = {"Content-Type": "application/json", "X-GitHub-Event": "push"}
+    (work / "headers.json").write_text(json.dumps(headers | {"X-Hub-Signature-256": signature}))
+    start = time.monotonic()
+    generator = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.receiver.loadgen",
+        "--url", f"http://127.0.0.1:{listener.port}{PATH}",
+        "--body", str(work / "body"), "--headers", str(work / "headers.json"),
+        "--id-header", "X-GitHub-Delivery", "--id-prefix", f"tail-{time.time_ns()}",
+        "--mode", "open", "--rate", str(opts.rate), "--duration", str(opts.duration),
+        "--connections", str(opts.connections), "--result", str(work / "result.json"),
+        cwd=REPO,
+    )  # fmt: skip
+    await generator.wait()
+    running = False
+    await watcher
+    await listener.stop()
+    gc.callbacks.remove(on_gc)
+    _report(opts, json.loads((work / "result.json").read_text()), start, lags, commits, pauses)
+
+
+def _report(
+    opts: argparse.Namespace,
+    result: dict[str, Any],
+    start: float,
+    lags: list[tuple[float, float]],
+    commits: list[tuple[float, int, float]],
+    pauses: list[tuple[float, int, float]],
+) -> None:
+    def when(at: float) -> str:
+        return f"{at - start:.2f}"
+
+    by_second = " ".join(f"{v:.0f}" for v in result["p99_by_second_ms"])
+    print(
+        f"open loop {opts.rate:,.0f}/s for {opts.duration:g} s over {opts.connections} "
+        f"connections: {result['ok']:,} answered 200, {result['other']} other; latency ms p50 "
+        f"{result['p50_ms']:.1f} p99 {result['p99_ms']:.1f} max {result['max_ms']:.1f}; "
+        f"p99 by second {by_second}; generator late <= {result['max_send_lag_ms']:.0f} ms"
+    )
+    lag_ms = [lag * 1e3 for _, lag in lags]
+    slow_lags = [f"{when(at)}s:{lag * 1e3:.0f}" for at, lag in lags if lag * 1e3 > SLOW_MS]
+    print(
+        f"event loop lag ms: p50 {_percentile(lag_ms, 0.5):.2f} p99 "
+        f"{_percentile(lag_ms, 0.99):.2f} max {max(lag_ms, default=0):.1f}; over {SLOW_MS:g} ms "
+        f"{len(slow_lags)}x: {' '.join(slow_lags[:20])}"
+    )
+    commit_ms = [seconds * 1e3 for _, _, seconds in commits]
+    slow_commits = [
+        f"{when(at)}s:{seconds * 1e3:.0f}ms/{size}"
+        for at, size, seconds in commits
+        if seconds * 1e3 > SLOW_MS
+    ]
+    mean_size = statistics.mean(size for _, size, _ in commits) if commits else 0.0
+    print(
+        f"commits: {len(commits):,}, mean {mean_size:.1f} events; ms p50 "
+        f"{_percentile(commit_ms, 0.5):.1f} p99 {_percentile(commit_ms, 0.99):.1f} max "
+        f"{max(commit_ms, default=0):.1f}; over {SLOW_MS:g} ms {len(slow_commits)}x: "
+        f"{' '.join(slow_commits[:20])}"
+    )
+    for generation in (0, 1, 2):
+        times = [seconds * 1e3 for _, g, seconds in pauses if g == generation]
+        print(
+            f"GC gen{generation}: {len(times)}x, max {max(times, default=0):.1f} ms, "
+            f"total {sum(times):.0f} ms"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.receiver.tail")
+    parser.add_argument("--rate", type=float, default=3800.0, help="requests per second")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load")
+    parser.add_argument("--connections", type=int, default=256)
+    parser.add_argument("--body-bytes", type=int, default=1024)
+    parser.add_argument("--writer-concurrency", type=int, default=2, help="database.*")
+    parser.add_argument("--max-batch", type=int, default=500, help="database.maxBatch")
+    opts = parser.parse_args(argv)
+    from dfm.embedded_pg import EmbeddedPostgres
+
+    with tempfile.TemporaryDirectory(prefix="dfm-tail-") as directory:
+        work = Path(directory)
+        postgres = EmbeddedPostgres(work / "pg" / "data")
+        postgres.start()
+        try:
+            asyncio.run(_run(opts, postgres.url, work))
+        finally:
+            postgres.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
