@@ -324,14 +324,21 @@ def delivery(n: int, **options: Any) -> bytes:
     return request_bytes(PATH, body, signed(body, f"k-{n}"), **options)
 
 
-async def test_a_kept_alive_connection_is_busy_while_its_delivery_commits_and_idle_after(
-    serve: Serve, taken: list[str], db: asyncpg.Connection
-) -> None:
+async def delivery_in_flight(serve: Serve) -> tuple[Listener, Any, Held, Any, Any]:
+    """A receiver whose route took one delivery on a kept-alive connection and holds the answer
+    to its commit: the listener, app, hold, and the client's reader and writer."""
     listener, app = await serve(github("k"))
     held = Held(app)
     reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
     writer.write(delivery(1))
     await until(lambda: held.taken == 1, "the delivery to reach the store")
+    return listener, app, held, reader, writer
+
+
+async def test_a_kept_alive_connection_is_busy_while_its_delivery_commits_and_idle_after(
+    serve: Serve, taken: list[str], db: asyncpg.Connection
+) -> None:
+    listener, _app, held, reader, writer = await delivery_in_flight(serve)
     protocol = only_connection(listener)
     # In flight: the cap must not take it for an idle connection to close.
     assert not protocol.idle
@@ -376,11 +383,7 @@ async def test_the_idle_deadline_waits_for_the_answer_then_closes_an_idle_connec
 async def test_a_request_sent_while_the_previous_commits_closes_the_connection_after_it(
     serve: Serve, db: asyncpg.Connection
 ) -> None:
-    listener, app = await serve(github("k"))
-    held = Held(app)
-    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
-    writer.write(delivery(1))
-    await until(lambda: held.taken == 1, "the delivery to reach the store")
+    listener, _app, held, reader, writer = await delivery_in_flight(serve)
     writer.write(delivery(2))
     await until(lambda: only_connection(listener)._close, "the pipelined bytes to be seen")
     held.gate.set()
@@ -412,11 +415,7 @@ async def test_a_client_asking_to_close_gets_its_answer_then_the_close(
 async def test_a_shutdown_answers_the_delivery_in_flight_after_its_commit(
     serve: Serve, db: asyncpg.Connection
 ) -> None:
-    listener, app = await serve(github("k"))
-    held = Held(app)
-    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
-    writer.write(delivery(1))
-    await until(lambda: held.taken == 1, "the delivery to reach the store")
+    listener, _app, held, reader, writer = await delivery_in_flight(serve)
     stopping = asyncio.create_task(listener.stop())
     await until(lambda: not listener.server.is_serving(), "the listener to stop accepting")
     await asyncio.sleep(0.2)
@@ -434,11 +433,7 @@ async def test_a_shutdown_answers_the_delivery_in_flight_after_its_commit(
 async def test_a_client_that_leaves_before_the_commit_loses_nothing_stored(
     serve: Serve, log_lines: io.StringIO, db: asyncpg.Connection
 ) -> None:
-    listener, app = await serve(github("k"))
-    held = Held(app)
-    _reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
-    writer.write(delivery(1))
-    await until(lambda: held.taken == 1, "the delivery to reach the store")
+    listener, _app, held, _reader, writer = await delivery_in_flight(serve)
     writer.close()
     await until(lambda: listener.guard.open == 0, "the server to see the client go")
     held.gate.set()
@@ -508,11 +503,7 @@ def test_sources_with_a_bearer_token_and_traced_receivers_are_left_to_aiohttp() 
 
 
 async def test_nothing_is_answered_before_the_commit(serve: Serve, db: asyncpg.Connection) -> None:
-    listener, app = await serve(github("k"))
-    held = Held(app)
-    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
-    writer.write(delivery(1))
-    await until(lambda: held.taken == 1, "the delivery to reach the store")
+    _listener, app, held, reader, writer = await delivery_in_flight(serve)
     # The batch commits meanwhile; its answer waits for the store's future, nothing else.
     await until(lambda: count_sync(app) == 0, "the commit", 30)
     with pytest.raises(TimeoutError):
