@@ -411,29 +411,21 @@ async def _read_body(
     ``deadline_seconds`` of the end of the headers (408). A client that goes away, or a body that
     ends early, is its own outcome.
 
-    A body still arriving holds what it has received in ``budget`` until it is read; past the
-    budget, 503 (see ``webhook_server.admission``). One that came with its head holds nothing:
-    it is read at once.
+    For a body still arriving (one that came whole with its head is ``_read_unverified``'s): what
+    it has received is held in ``budget`` until it is read; past the budget, 503 (see
+    ``webhook_server.admission``).
     """
     content = request.content
     body: bytes | None
     try:
-        if content.is_eof():
-            # It all came with the headers (the usual webhook), so it is in memory already:
-            # taken as it is, with no timer, no budget and no await (reading it chunk by chunk
-            # through the async iterator was a fifth of the app's time per request).
-            body = content.read_nowait(-1)
-            if len(body) > limit:
-                body = None
-        else:
-            reader = BodyReader(budget, content)
-            try:
-                async with asyncio.timeout(deadline_seconds):
-                    body = await read_limited(
-                        content, request.content_length, limit, on_chunk=reader.take
-                    )
-            finally:
-                reader.release()
+        reader = BodyReader(budget, content)
+        try:
+            async with asyncio.timeout(deadline_seconds):
+                body = await read_limited(
+                    content, request.content_length, limit, on_chunk=reader.take
+                )
+        finally:
+            reader.release()
     except TimeoutError:
         raise Problem(
             408, "the request body did not arrive in time", outcome="body_timeout"
@@ -465,6 +457,12 @@ async def _read_unverified(
     """
     server = request.app[CONFIG].server
     admission = request.app[ADMISSION]
+    if request.content.is_eof():
+        # It all came with its head (the usual webhook), so it is in memory already: taken as it
+        # is, with no timer, budget, lane slot or await, under the one-pass route's limits.
+        body = request.content.read_nowait(-1)
+        check_whole_body(runtime, admission, len(body), token, retry_after)
+        return body
     limit = runtime.config.limits.max_body_bytes
     if token:
         return await _read_body(request, limit, server.body_timeout_seconds, admission.bodies)
@@ -473,10 +471,6 @@ async def _read_unverified(
     declared = request.content_length
     if declared is not None and declared > limit:
         raise refused
-    if request.content.is_eof():
-        return await _read_body(
-            request, limit, server.body_timeout_seconds, admission.bodies, too_large=refused
-        )
     client = admission.clients.of(request.remote, request.headers)
     if not admission.lane.enter(client):
         raise refused
@@ -587,6 +581,10 @@ def event_of(
     )
 
 
+# What the store may fail a delivery with: answered as store_problem says, never 2xx.
+NOT_COMMITTED = (StoreUnavailable, EventRefused, ReplayRefused)
+
+
 def store_problem(runtime: SourceRuntime, exc: Exception) -> Problem:
     """What a delivery the store did not commit is answered."""
     if isinstance(exc, EventRefused):
@@ -653,7 +651,7 @@ async def receive(request: web.Request) -> web.Response:
     # No per-request timer: the store's sweeper bounds the wait (commitTimeoutSeconds).
     try:
         is_new = await app[STORE].submit(event)
-    except (StoreUnavailable, EventRefused, ReplayRefused) as exc:
+    except NOT_COMMITTED as exc:
         raise store_problem(runtime, exc) from exc
     request[OUTCOME], answer = stored_answer(runtime, event, result, is_new, request_id)
     return web.Response(body=answer, content_type="application/json", charset="utf-8")
@@ -779,8 +777,6 @@ async def metrics_view(request: web.Request) -> web.Response:
 # only after decoding or normalising (percent-escapes, dot segments, other characters) are left
 # to the router.
 _LITERAL_PATH = re.compile(r"^(?:/(?!\.{1,2}(?:/|$))[A-Za-z0-9._~-]+)+/?$")
-# What the store may fail a delivery with: answered as store_problem says, never 2xx.
-NOT_COMMITTED = (StoreUnavailable, EventRefused, ReplayRefused)
 # Called once per request with its status, body, content type and headers.
 Reply = Callable[[int, bytes, bytes, list[tuple[str, str]]], None]
 
@@ -912,8 +908,7 @@ class OnePass:
         out = [(REQUEST_ID_HEADER, request_id)]
         if headers:
             out.extend(headers.items())
-        if runtime.config.cors.allowed_origins:
-            out.extend(cors_headers(runtime, request_headers).items())
+        out.extend(cors_headers(runtime, request_headers).items())
         reply(status, body, content_type, out)
 
 

@@ -408,9 +408,6 @@ class ReceiverProtocol(RequestHandler):
         finally:
             self._waiter = waiter
         parsed = self._request_count - count
-        took = parsed == 1 and self._took(data, end)
-        if parsed and not took and waiter is not None and not waiter.done():
-            waiter.set_result(None)
         if not parsed:
             if self._request_count and self._head_timer is None:
                 # A later request's head goes on past its first read: it gets the head deadline
@@ -421,10 +418,12 @@ class ReceiverProtocol(RequestHandler):
             self._head_bytes = size
             self._head_tail = (self._head_tail + data)[-3:] if len(data) < 3 else data[-3:]
             return b""
-        if took:
-            return b""
         self._head_done()
         self._guard.busy(self)
+        if parsed == 1 and self._took(data, end):
+            return b""
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         message, payload = self._messages[-1]
         if not isinstance(message, RawRequestMessage):
             # Refused by the parser: answered 400, then closed; nothing more is parsed.
@@ -473,8 +472,6 @@ class ReceiverProtocol(RequestHandler):
             self._parser.message_consumed()
         self._in_flight = True
         self._close_after = message.should_close
-        self._guard.busy(self)
-        self._head_done()
         runtime, query = route
         one_pass.handle(runtime, message.headers, payload.read_nowait(-1), query, self._reply)
         return True

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import hashlib
-import hmac
 import json
 import statistics
 import sys
@@ -29,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-SECRET = "tail-secret"
-PATH = "/hooks/bench/tail"
 SLOW_MS = 15.0
 
 
@@ -40,6 +36,8 @@ def _percentile(values: list[float], pct: float) -> float:
 
 
 async def _run(opts: argparse.Namespace, database_url: str, work: Path) -> None:
+    from bench.receiver.run import DELIVERY_HEADER, signed_request
+    from bench.receiver.servers import SOURCE_NAME, SOURCE_NAMESPACE, SOURCE_PATH
     from webhook_server import logs, server
     from webhook_server.app import STORE, create_app
     from webhook_server.config import (
@@ -63,12 +61,13 @@ async def _run(opts: argparse.Namespace, database_url: str, work: Path) -> None:
             pauses.append((time.monotonic(), info["generation"], time.perf_counter() - began[0]))
 
     gc.callbacks.append(on_gc)
+    body, headers, secret = signed_request(opts.body_bytes)
     source = SourceConfig(
-        namespace="bench",
-        name="tail",
+        namespace=SOURCE_NAMESPACE,
+        name=SOURCE_NAME,
         provider=Provider.GITHUB,
-        path=PATH,
-        verification=VerificationConfig(secrets=[SecretSource(value=SECRET)]),
+        path=SOURCE_PATH,
+        verification=VerificationConfig(secrets=[SecretSource(value=secret)]),
         limits=LimitsConfig(requests_per_second=1e9, burst=1_000_000_000),
     )
     config = ReceiverConfig(
@@ -107,17 +106,14 @@ async def _run(opts: argparse.Namespace, database_url: str, work: Path) -> None:
             lags.append((time.monotonic(), loop.time() - asked - 0.001))
 
     watcher = asyncio.create_task(monitor())
-    body = json.dumps({"zen": "x" * max(0, opts.body_bytes - 12)}).encode()
-    signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     (work / "body").write_bytes(body)
-    headers = {"Content-Type": "application/json", "X-GitHub-Event": "push"}
-    (work / "headers.json").write_text(json.dumps(headers | {"X-Hub-Signature-256": signature}))
+    (work / "headers.json").write_text(json.dumps(headers))
     start = time.monotonic()
     generator = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.receiver.loadgen",
-        "--url", f"http://127.0.0.1:{listener.port}{PATH}",
+        "--url", f"http://127.0.0.1:{listener.port}{SOURCE_PATH}",
         "--body", str(work / "body"), "--headers", str(work / "headers.json"),
-        "--id-header", "X-GitHub-Delivery", "--id-prefix", f"tail-{time.time_ns()}",
+        "--id-header", DELIVERY_HEADER, "--id-prefix", f"tail-{time.time_ns()}",
         "--mode", "open", "--rate", str(opts.rate), "--duration", str(opts.duration),
         "--connections", str(opts.connections), "--result", str(work / "result.json"),
         cwd=REPO,

@@ -5,7 +5,7 @@ a sync reads from."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -13,8 +13,17 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from tests.receivers import ClientFactory, Consumer, ReceiverServer, serving
 from webhook_server.app import STORE, create_app
-from webhook_server.config import DatabaseConfig, ForwardingConfig, ReceiverConfig, SourceConfig
+from webhook_server.config import (
+    DatabaseConfig,
+    ForwardingConfig,
+    ReceiverConfig,
+    ServerConfig,
+    SourceConfig,
+)
+from webhook_server.server import Listener, start
 from webhook_server.tracing import Tracing
+
+Serve = Callable[..., Awaitable[tuple[Listener, Any]]]
 
 
 @pytest.fixture
@@ -23,6 +32,47 @@ async def consumer() -> AsyncIterator[Consumer]:
     async with serving(target.handle) as url:
         target.url = url
         yield target
+
+
+@pytest.fixture
+async def serve(database_url: str) -> AsyncIterator[Serve]:
+    """``serve(*sources, server=, database=, file_limit=, one_pass=, shutdown_timeout=)``: the
+    receiver started as `dfm receiver` does (``server.start``, its own protocol) on a free port
+    of 127.0.0.1, ready to take requests; ``(listener, app)``. Stopped after the test unless the
+    test stopped it."""
+    listeners: list[Listener] = []
+
+    async def run(
+        *sources: SourceConfig,
+        server: ServerConfig | None = None,
+        database: DatabaseConfig | None = None,
+        file_limit: int | None = None,
+        one_pass: bool = True,
+        shutdown_timeout: float = 2,
+    ) -> tuple[Listener, Any]:
+        config = ReceiverConfig(
+            port=0,
+            sources=list(sources),
+            database=database or DatabaseConfig(url=database_url),
+            server=server or ServerConfig(),
+        )
+        app = create_app(config)
+        listener = await start(
+            app,
+            "127.0.0.1",
+            0,
+            shutdown_timeout=shutdown_timeout,
+            file_limit=file_limit,
+            one_pass=one_pass,
+        )
+        listeners.append(listener)
+        assert await app[STORE].wait_ready(60)
+        return listener, app
+
+    yield run
+    for listener in listeners:
+        if listener.server.is_serving():
+            await listener.stop()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import json
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from opentelemetry.sdk.trace import TracerProvider
 
+from tests.integration.conftest import Serve
 from webhook_server import logs
 from webhook_server.app import SOURCES_BY_PATH, STORE, OnePass, create_app
 from webhook_server.config import (
@@ -106,34 +107,6 @@ async def until(done: Callable[[], bool], what: str, seconds: float = 30) -> Non
     while not done():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.01)
-
-
-Serve = Callable[..., Awaitable[tuple[Listener, Any]]]
-
-
-@pytest.fixture
-async def serve(database_url: str) -> AsyncIterator[Serve]:
-    listeners: list[Listener] = []
-
-    async def run(
-        *sources: SourceConfig, one_pass: bool = True, server: ServerConfig | None = None
-    ) -> tuple[Listener, Any]:
-        config = ReceiverConfig(
-            port=0,
-            sources=list(sources),
-            database=DatabaseConfig(url=database_url),
-            server=server or ServerConfig(),
-        )
-        app = create_app(config)
-        listener = await start(app, "127.0.0.1", 0, shutdown_timeout=5, one_pass=one_pass)
-        listeners.append(listener)
-        assert await app[STORE].wait_ready(60)
-        return listener, app
-
-    yield run
-    for listener in listeners:
-        if listener.server.is_serving():
-            await listener.stop()
 
 
 @pytest.fixture
@@ -324,10 +297,11 @@ def delivery(n: int, **options: Any) -> bytes:
     return request_bytes(PATH, body, signed(body, f"k-{n}"), **options)
 
 
-async def delivery_in_flight(serve: Serve) -> tuple[Listener, Any, Held, Any, Any]:
-    """A receiver whose route took one delivery on a kept-alive connection and holds the answer
-    to its commit: the listener, app, hold, and the client's reader and writer."""
-    listener, app = await serve(github("k"))
+async def delivery_in_flight(serve: Serve, **options: Any) -> tuple[Listener, Any, Held, Any, Any]:
+    """A receiver (``serve``'s ``options``) whose route took one delivery on a kept-alive
+    connection and holds the answer to its commit: the listener, app, hold, and the client's
+    reader and writer."""
+    listener, app = await serve(github("k"), **options)
     held = Held(app)
     reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
     writer.write(delivery(1))
@@ -415,7 +389,8 @@ async def test_a_client_asking_to_close_gets_its_answer_then_the_close(
 async def test_a_shutdown_answers_the_delivery_in_flight_after_its_commit(
     serve: Serve, db: asyncpg.Connection
 ) -> None:
-    listener, _app, held, reader, writer = await delivery_in_flight(serve)
+    # Its stop waits up to 5 s for what is in flight: the test answers well within that.
+    listener, _app, held, reader, writer = await delivery_in_flight(serve, shutdown_timeout=5)
     stopping = asyncio.create_task(listener.stop())
     await until(lambda: not listener.server.is_serving(), "the listener to stop accepting")
     await asyncio.sleep(0.2)

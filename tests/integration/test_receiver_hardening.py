@@ -15,7 +15,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -25,6 +25,7 @@ from aiohttp.web_protocol import RequestHandler
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.integration.conftest import Serve
 from tests.receivers import ReceiverServer
 from webhook_server import logs
 from webhook_server import server as server_module
@@ -40,7 +41,7 @@ from webhook_server.config import (
     SourceConfig,
     VerificationConfig,
 )
-from webhook_server.server import Listener, start
+from webhook_server.server import Listener
 from webhook_server.verify import SIGNERS
 
 SECRET = "hardening-secret"
@@ -116,35 +117,15 @@ async def closed_by_server(reader: asyncio.StreamReader, seconds: float) -> byte
         return await reader.read()
 
 
-Serve = Callable[..., Awaitable[tuple[Listener, Any]]]
-
-
 @pytest.fixture
-async def serve(database_url: str) -> AsyncIterator[Serve]:
-    """Start the receiver as `dfm receiver` does (its own protocol) on a free port."""
-    listeners: list[Listener] = []
+def serve(serve: Serve) -> Serve:
+    """The shared ``serve`` (tests/integration/conftest.py), with this module's GitHub source
+    when a test names none."""
 
-    async def run(
-        *sources: SourceConfig,
-        server: ServerConfig | None = None,
-        database: DatabaseConfig | None = None,
-        file_limit: int | None = None,
-    ) -> tuple[Listener, Any]:
-        config = ReceiverConfig(
-            port=0,
-            sources=list(sources) or [github_source()],
-            database=database or DatabaseConfig(url=database_url),
-            server=server or ServerConfig(),
-        )
-        app = create_app(config)
-        listener = await start(app, "127.0.0.1", 0, shutdown_timeout=2, file_limit=file_limit)
-        listeners.append(listener)
-        assert await app[STORE].wait_ready(60)
-        return listener, app
+    async def run(*sources: SourceConfig, **options: Any) -> tuple[Listener, Any]:
+        return await serve(*(sources or (github_source(),)), **options)
 
-    yield run
-    for listener in listeners:
-        await listener.stop()
+    return run
 
 
 @pytest.fixture
