@@ -788,10 +788,11 @@ class OnePass:
     whose head and whole body came in one read. It runs what ``request_context`` and ``receive``
     run for that request, in the same order and with the same answers, metrics and access-log
     line (request id, Content-Encoding, the unverified budget and the body limits, signature,
-    rate limit, event, store), and answers from the commit's callback: no task, no request and
-    no response object per delivery. Everything else goes through aiohttp as before: sources with
-    a bearer token (``spec.auth``: the JWKS may need a fetch), a receiver with tracing on, other
-    methods and paths, bodies still arriving, chunked bodies, HTTP/1.0, ``Expect``.
+    rate limit, event, store), and is answered by the store's writer right after the commit: no
+    task, no request and no response object per delivery. Everything else goes through aiohttp as
+    before: sources with a bearer token (``spec.auth``: the JWKS may need a fetch), a receiver
+    with tracing on, other methods and paths, bodies still arriving, chunked bodies, HTTP/1.0,
+    ``Expect``.
     """
 
     def __init__(self, app: web.Application) -> None:
@@ -834,7 +835,13 @@ class OnePass:
             admit(runtime, token, result)
             if result.challenge is None:
                 event = event_of(runtime, result, None, body, headers, request_id, now)
-                committed = self.store.enqueue(event)
+                stored = event
+                self.store.enqueue(
+                    event,
+                    lambda future: self._committed(
+                        answer, runtime, stored, result, request_id, future
+                    ),
+                )
         except Problem as problem:
             _refuse(answer, problem, request_id, _event_id(event))
             return
@@ -846,11 +853,6 @@ class OnePass:
             return
         if event is None:
             answer(200, orjson.dumps({"challenge": result.challenge}), "challenge")
-            return
-        stored = event
-        committed.add_done_callback(
-            lambda future: self._committed(answer, runtime, stored, result, request_id, future)
-        )
 
     def _committed(
         self,

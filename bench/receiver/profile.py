@@ -88,7 +88,7 @@ _INCLUSIVE = (
     "HeaderFilter.__call__",
     "AccessLog.request",
     "Store.submit",
-    "Store._writer_loop",
+    "Store._writer",
     "Store._insert",
     "BoundLoggerBase._proxy_to_logger",
     "MetricWrapperBase.labels",

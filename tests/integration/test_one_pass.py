@@ -262,9 +262,11 @@ class Held:
         store = app[STORE]
         enqueue = store.enqueue
 
-        def held(event: Any) -> asyncio.Future[bool]:
+        def held(event: Any, then: Any = None) -> asyncio.Future[bool]:
             committed = enqueue(event)
             answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            if then is not None:
+                answer.add_done_callback(then)
             self._tasks.append(asyncio.create_task(self._release(committed, answer)))
             self.taken += 1
             return answer

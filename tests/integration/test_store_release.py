@@ -4,7 +4,8 @@ asyncpg resets every connection given back to a pool (``pg_advisory_unlock_all()
 ALL``, ``UNLISTEN *``, ``RESET ALL``): a second round trip, and a second transaction on the
 server, for every batch the writer commits. The writer's insert leaves nothing to undo, so it
 skips it; every other user of the pool (maintenance holds an advisory lock, the forwarder its
-transactions) still gets it. Against a real PostgreSQL.
+transactions) still gets it. It gives it back in a task of its own, once the batch's requests
+have their answers. Against a real PostgreSQL.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ from webhook_server.config import (
 )
 from webhook_server.metrics import ReceiverMetrics
 from webhook_server.store import Event, Store
+
+SOURCE = SourceConfig(
+    namespace="ns",
+    name="gh",
+    provider=Provider.GITHUB,
+    verification=VerificationConfig(secrets=[SecretSource(value="s")]),
+)
 
 
 def _event(event_id: str) -> Event:
@@ -51,13 +59,7 @@ async def test_the_writer_skips_the_reset_and_every_other_release_still_runs_it(
         return query
 
     monkeypatch.setattr(asyncpg.Connection, "get_reset_query", counted)
-    source = SourceConfig(
-        namespace="ns",
-        name="gh",
-        provider=Provider.GITHUB,
-        verification=VerificationConfig(secrets=[SecretSource(value="s")]),
-    )
-    store = Store(DatabaseConfig(url=database_url, pool_max_size=2), [source], ReceiverMetrics())
+    store = Store(DatabaseConfig(url=database_url, pool_max_size=2), [SOURCE], ReceiverMetrics())
     await store.start()
     try:
         assert await store.wait_ready(30)
@@ -85,4 +87,46 @@ async def test_the_writer_skips_the_reset_and_every_other_release_still_runs_it(
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT count(*) FROM webhook_events") == 25
     finally:
+        await store.close()
+
+
+async def test_a_batch_is_answered_before_its_connection_is_given_back(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the writer gave the connection back (``pool.release``, three turns of the event
+    # loop) before it resolved the batch's futures, so every answer waited for it.
+    store = Store(DatabaseConfig(url=database_url), [SOURCE], ReceiverMetrics())
+    await store.start()
+    try:
+        assert await store.wait_ready(30)
+        pool = store.pool
+        assert pool is not None
+        gate = asyncio.Event()
+        given_back = asyncio.Event()
+        releasing: list[Any] = []
+        release = asyncpg.Pool.release
+
+        async def held_release(
+            self: Any,
+            conn: Any,
+            *,
+            timeout: float | None = None,  # noqa: ASYNC109 - asyncpg's own signature
+        ) -> None:
+            releasing.append(conn)
+            await gate.wait()
+            await release(self, conn, timeout=timeout)
+            given_back.set()
+
+        monkeypatch.setattr(asyncpg.Pool, "release", held_release)
+        async with asyncio.timeout(10):
+            assert await store.submit(_event("answered-first")) is True
+        assert len(releasing) == 1  # its release has begun, and waits
+        in_use = pool.get_size() - pool.get_idle_size()
+        assert in_use == 1
+        gate.set()
+        async with asyncio.timeout(10):
+            await given_back.wait()
+        assert pool.get_size() == pool.get_idle_size()
+    finally:
+        gate.set()
         await store.close()

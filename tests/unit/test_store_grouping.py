@@ -116,3 +116,69 @@ async def test_with_nothing_in_flight_a_batch_starts_at_once(
     assert database.batches == [["e1"]]
     database.gates[0].set()
     assert await only is True
+
+
+async def test_an_answer_is_given_in_the_turn_of_the_loop_that_sees_its_commit(
+    writer: tuple[Store, FakeDatabase],
+) -> None:
+    # Before: the one-pass route answered from the future's done callback, which asyncio runs
+    # on a later turn of the loop, behind everything already due (under load, a loop's worth of
+    # other requests). Now the writer calls it as soon as the commit returns.
+    store, database = writer
+    loop = asyncio.get_running_loop()
+    order: list[str] = []
+    later = asyncio.Event()
+    insert = store._insert
+
+    def a_later_turn() -> None:
+        order.append("a later turn")
+        later.set()
+
+    async def insert_then_something_else_is_due(
+        events: list[Event],
+    ) -> tuple[set[tuple[str, str, str]], set[object]]:
+        result = await insert(events)
+        loop.call_soon(a_later_turn)
+        return result
+
+    store._insert = insert_then_something_else_is_due  # type: ignore[method-assign]
+    future = store.enqueue(_event("e1"), lambda done: order.append(f"answered {done.result()}"))
+    await database.started(1)
+    database.gates[0].set()
+    async with asyncio.timeout(10):
+        await later.wait()
+    assert order == ["answered True", "a later turn"]
+    assert future.result() is True
+
+
+async def test_a_deadline_answers_once_and_the_commit_after_it_does_not_answer_again() -> None:
+    config = DatabaseConfig(url="postgresql://unused/db", commit_timeout_seconds=0.05)
+    store = Store(config, [], ReceiverMetrics(), sweep_interval_seconds=0.01)
+    database = FakeDatabase()
+    store._insert = database.insert  # type: ignore[method-assign]
+    store._ready.set()
+    tasks = [asyncio.create_task(store._writer_loop()), asyncio.create_task(store._sweep_loop())]
+    answers: list[str] = []
+    answered = asyncio.Event()
+
+    def answer(done: asyncio.Future[bool]) -> None:
+        answers.append(type(done.exception()).__name__)
+        answered.set()
+
+    try:
+        future = store.enqueue(_event("e1"), answer)
+        await database.started(1)
+        async with asyncio.timeout(10):
+            await answered.wait()
+        assert answers == ["CommitTimeout"]
+        # The commit ends after the deadline: stored, but the request was already answered.
+        database.gates[0].set()
+        async with asyncio.timeout(10):
+            await store._queue.join()
+        assert answers == ["CommitTimeout"]
+        assert isinstance(future.exception(), store_module.CommitTimeout)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for gate in database.gates:
+            gate.set()

@@ -10,6 +10,12 @@ as that commit holds, or once it has taken ``STALL_SECONDS`` (so a slow commit, 
 fsync, holds nobody behind it for longer than that). At moderate load this makes fewer, larger
 commits than starting whatever is queued the moment a slot is free, which costs less per event.
 
+Every turn of the event loop between a commit and its answers is a loop's worth of other
+requests in front of them, so the path is kept short: each writer is one long-lived task that
+commits its own batch, takes its connection without a task of its own, resolves the batch's
+futures and calls their ``then`` (the one-pass route's answer) as soon as the database replies,
+and gives the connection back in a task the answers do not wait for.
+
 Every wait is bounded, so a database that hangs (rather than fails) costs bounded latency and
 memory: events waiting for or in a commit are capped in number and bytes (past either, submit
 fails at once), and a request whose event has not committed within ``commitTimeoutSeconds`` is
@@ -207,12 +213,38 @@ class Outbox(Protocol):
     def handoff(self, reservation: Reservation, committed: Sequence[Event]) -> None: ...
 
 
+Then = Callable[[asyncio.Future[bool]], None]
+
+
 @dataclass(slots=True)
 class _Pending:
     event: Event
     future: asyncio.Future[bool]
     # What the event counts against maxQueuedBytes (see held_size).
     size: int
+    # Called with the future once it is resolved (see Store.enqueue).
+    then: Then | None = None
+
+    def settle(self, result: bool | None = None, exc: BaseException | None = None) -> None:
+        """Resolve the future (unless the deadline sweeper already failed it), then call
+        ``then`` at once: not on a later turn of the event loop, as a done callback would be."""
+        future = self.future
+        if future.done():
+            return
+        then, self.then = self.then, None
+        if then is not None:
+            future.remove_done_callback(then)
+        if exc is None:
+            future.set_result(bool(result))
+        else:
+            future.set_exception(exc)
+            future.exception()  # the request may be gone: never "never retrieved"
+        if then is not None:
+            try:
+                then(future)
+            except Exception as error:
+                # The writer goes on: one request's answer must not cost the others theirs.
+                log.error("answer after commit failed", error=type(error).__name__)
 
 
 def held_size(event: Event) -> int:
@@ -242,6 +274,9 @@ class Store:
     _held_events: int = 0
     _held_bytes: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Connections given back to the pool after a commit, off the answers' path (see
+    # _insert_and_release): awaited on close.
+    _releases: set[asyncio.Task[None]] = field(default_factory=set)
     _closing: bool = False
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     # The writer waiting beside a commit in flight: set when enough events wait or a commit ends.
@@ -276,7 +311,7 @@ class Store:
                 await self._queue.join()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._releases, return_exceptions=True)
         if self._pool is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.connect_timeout_seconds):
@@ -371,11 +406,15 @@ class Store:
             return await self.tracing.submit(self.submit, event)
         return await self.enqueue(event)
 
-    def enqueue(self, event: Event) -> asyncio.Future[bool]:
+    def enqueue(self, event: Event, then: Then | None = None) -> asyncio.Future[bool]:
         """``submit`` without the wait (and without a span): the future is resolved once the
         event's batch has committed (True when new), or fails as ``submit`` would. Raises
-        StoreUnavailable or StoreOverloaded at once. The receiver's one-pass route answers from
-        the future's callback, with no task per request."""
+        StoreUnavailable or StoreOverloaded at once.
+
+        ``then`` is called with the future once it is resolved: by the writer, right after the
+        commit (in the same turn of the event loop that sees the commit, not on a later one), or
+        as a done callback when the deadline fails it first. The receiver's one-pass route
+        answers from it, with no task per request."""
         if self._closing or not self._ready.is_set():
             raise StoreUnavailable("event store not ready")
         size = held_size(event)
@@ -391,7 +430,9 @@ class Store:
         self._held_events += 1
         self._held_bytes += size
         self._deadlines.append((time.monotonic() + self.config.commit_timeout_seconds, future))
-        self._queue.put_nowait(_Pending(event, future, size))
+        if then is not None:
+            future.add_done_callback(then)
+        self._queue.put_nowait(_Pending(event, future, size, then))
         if self._group_depth and self._queue.qsize() + 1 >= self._group_depth:
             self._group_wake.set()
         return future
@@ -415,43 +456,51 @@ class Store:
                     future.exception()
 
     async def _writer_loop(self) -> None:
-        """Take what is queued once a commit slot is free; up to ``writer_concurrency`` batches
-        commit at once. Dedup stays exact across them: the second insert of an id waits for the
-        first transaction on the unique key, then conflicts (or inserts, had the first failed)."""
-        slots = asyncio.Semaphore(self.config.writer_concurrency)
-        # Each batch in flight: when it started and how many events it holds.
-        flushing: dict[asyncio.Task[None], tuple[float, int]] = {}
+        """``writer_concurrency`` writers, each taking what is queued once it is free. Dedup stays
+        exact across their commits: the second insert of an id waits for the first transaction
+        on the unique key, then conflicts (or inserts, had the first failed).
+
+        Each writer is one long-lived task that commits its batch itself, so between an event
+        being queued and its answer being written the event loop turns only for the writer to
+        wake and for the database's reply; a task per batch, and a pool acquire or release on
+        the answers' path, each cost another turn (under load, another loop's worth of requests
+        in front of the answers)."""
+        # Each writer's batch in flight: when it started and how many events it holds.
+        flushing: dict[int, tuple[float, int]] = {}
+        await asyncio.gather(
+            *(self._writer(slot, flushing) for slot in range(self.config.writer_concurrency))
+        )
+
+    async def _writer(self, slot: int, flushing: dict[int, tuple[float, int]]) -> None:
         while True:
             first = await self._queue.get()
-            await slots.acquire()
-            if flushing:
-                await self._group_beside(flushing)
+            await self._group_beside(flushing)
             batch = [first]
             while len(batch) < self.config.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            task = asyncio.create_task(self._flush_in_slot(batch, slots))
-            flushing[task] = (time.monotonic(), len(batch))
-            task.add_done_callback(self._flush_done(flushing))
+            flushing[slot] = (time.monotonic(), len(batch))
+            try:
+                if self.tracing is None:
+                    await self._flush(batch)
+                else:
+                    async with self.tracing.batch([p.event.trace for p in batch]):
+                        await self._flush(batch)
+            finally:
+                del flushing[slot]
+                self._group_wake.set()
+                for pending in batch:
+                    self._held_events -= 1
+                    self._held_bytes -= pending.size
+                    self._queue.task_done()
 
-    def _flush_done(
-        self, flushing: dict[asyncio.Task[None], tuple[float, int]]
-    ) -> Callable[[asyncio.Task[None]], None]:
-        def done(task: asyncio.Task[None]) -> None:
-            flushing.pop(task, None)
-            self._group_wake.set()
-
-        return done
-
-    async def _group_beside(self, flushing: dict[asyncio.Task[None], tuple[float, int]]) -> None:
+    async def _group_beside(self, flushing: dict[int, tuple[float, int]]) -> None:
         """Beside commits in flight, wait (one event is queued already) until as many events
         wait as the largest of them holds, one of them ends, or the oldest has run
         ``STALL_SECONDS``."""
-        # A batch just committed may not have run its done callback yet: not in flight.
-        in_flight = [value for task, value in flushing.items() if not task.done()]
-        if not in_flight:
+        if not flushing:
             return
-        oldest = min(started for started, _ in in_flight)
-        depth = max(size for _, size in in_flight)
+        oldest = min(started for started, _ in flushing.values())
+        depth = max(size for _, size in flushing.values())
         left = oldest + STALL_SECONDS - time.monotonic()
         if left <= 0 or self._queue.qsize() + 1 >= depth:
             return
@@ -463,20 +512,6 @@ class Store:
                     await self._group_wake.wait()
         finally:
             self._group_depth = 0
-
-    async def _flush_in_slot(self, batch: list[_Pending], slots: asyncio.Semaphore) -> None:
-        try:
-            if self.tracing is None:
-                await self._flush(batch)
-            else:
-                async with self.tracing.batch([p.event.trace for p in batch]):
-                    await self._flush(batch)
-        finally:
-            slots.release()
-            for pending in batch:
-                self._held_events -= 1
-                self._held_bytes -= pending.size
-                self._queue.task_done()
 
     async def _flush(self, batch: list[_Pending]) -> None:
         # Within one batch the first delivery of an id wins; the others are its duplicates.
@@ -506,13 +541,10 @@ class Store:
         self.metrics.batch_size.observe(len(unique))
         for pending in batch:
             key = _key(pending.event)
-            if pending.future.done():
-                continue
             if key in replayed:
-                pending.future.set_exception(ReplayRefused("replay key already used"))
-                pending.future.exception()  # the request may be gone: never "never retrieved"
+                pending.settle(exc=ReplayRefused("replay key already used"))
                 continue
-            pending.future.set_result(key in fresh and unique[key] is pending)
+            pending.settle(key in fresh and unique[key] is pending)
 
     async def _insert(self, events: list[Event]) -> tuple[set[_Key], set[_Key]]:
         """Commit ``events``: (the keys of those new, the keys of those refused as replays).
@@ -553,7 +585,9 @@ class Store:
         acquire_timeout = self.config.connect_timeout_seconds
         for attempt in range(3):
             try:
-                return await _insert_and_release(pool, acquire_timeout, events, forwarded, lease)
+                return await _insert_and_release(
+                    pool, acquire_timeout, events, forwarded, lease, self._releases
+                )
             except asyncpg.PostgresError as exc:
                 if not partition_missing(exc) or attempt == 2:
                     raise
@@ -662,21 +696,37 @@ async def _insert_and_release(
     events: list[Event],
     forwarded: frozenset[str],
     lease: Lease | None,
+    releases: set[asyncio.Task[None]],
 ) -> tuple[set[_Key], set[_Key]]:
-    """``insert_events`` on a pool connection, given back without asyncpg's reset round trip when
-    the insert succeeded (see ``_reset_connection``)."""
-    conn = await pool.acquire(timeout=acquire_timeout)
-    clean = False
+    """``insert_events`` on a pool connection.
+
+    Neither the acquire nor the release costs the batch's answers a turn of the event loop:
+    the acquire is bounded by ``asyncio.timeout`` (``acquire(timeout=...)`` runs it in a task
+    of its own), and after a successful insert the connection goes back in a task the answers
+    do not wait for (``pool.release`` shields a task of its own, three turns), without
+    asyncpg's reset round trip (see ``_reset_connection``). A failed insert's connection goes
+    back, reset, before the error is raised."""
+    async with asyncio.timeout(acquire_timeout):
+        conn = await pool.acquire()
     try:
         result = await insert_events(conn, events, forwarded=forwarded, lease=lease)
-        clean = True
-        return result
-    finally:
-        token = _CLEAN_RELEASE.set(clean)
-        try:
-            await pool.release(conn)
-        finally:
-            _CLEAN_RELEASE.reset(token)
+    except BaseException:
+        await pool.release(conn, timeout=acquire_timeout)
+        raise
+    task = asyncio.create_task(_release_clean(pool, conn, acquire_timeout))
+    releases.add(task)
+    task.add_done_callback(releases.discard)
+    return result
+
+
+async def _release_clean(pool: asyncpg.Pool, conn: Any, seconds: float) -> None:
+    """Give back a connection whose insert committed (in a task of its own: the flag is set in
+    its copy of the context only)."""
+    _CLEAN_RELEASE.set(True)
+    try:
+        await pool.release(conn, timeout=seconds)
+    except Exception as exc:
+        log.warning("connection not given back to the pool", error=type(exc).__name__)
 
 
 async def _reset_connection(conn: asyncpg.Connection) -> None:
@@ -838,9 +888,7 @@ async def _claim_replay_keys(conn: Any, events: list[Event]) -> set[_Key]:
 
 def _fail(batch: list[_Pending], exc: Exception) -> None:
     for pending in batch:
-        if not pending.future.done():
-            pending.future.set_exception(exc)
-            pending.future.exception()  # the request may be gone: never "never retrieved"
+        pending.settle(exc=exc)
 
 
 def _why_unusable(exc: Exception, config: DatabaseConfig) -> dict[str, str]:
