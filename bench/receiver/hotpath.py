@@ -84,7 +84,9 @@ async def _measure(requests: int, body_bytes: int, route: str) -> float:
     writer: Any = app[STORE]
 
     async def insert(events: list[Any]) -> tuple[set[Any], set[Any]]:
-        store._insert_args(events)  # the writer's CPU for a batch, without the round trip
+        store._insert_args(
+            events, frozenset()
+        )  # the writer's CPU for a batch, without the round trip
         return {(e.source, e.subject, e.event_id) for e in events}, set()
 
     writer._insert = insert

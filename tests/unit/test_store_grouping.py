@@ -182,3 +182,77 @@ async def test_a_deadline_answers_once_and_the_commit_after_it_does_not_answer_a
             task.cancel()
         for gate in database.gates:
             gate.set()
+
+
+async def _writers(concurrency: int) -> tuple[Store, FakeDatabase, asyncio.Task[None]]:
+    config = DatabaseConfig(url="postgresql://unused/db", writer_concurrency=concurrency)
+    store = Store(config, [], ReceiverMetrics())
+    database = FakeDatabase()
+    store._insert = database.insert  # type: ignore[method-assign]
+    store._ready.set()
+    return store, database, asyncio.create_task(store._writer_loop())
+
+
+@pytest.mark.parametrize("concurrency", [2, 3, 4])
+async def test_events_queued_beside_a_commit_form_one_batch_however_many_writers_are_free(
+    concurrency: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found in review: every free writer took an event off the queue before waiting beside the
+    # commit in flight, so the events queued meanwhile were split into batches of one.
+    monkeypatch.setattr(store_module, "STALL_SECONDS", 3600.0)
+    store, database, task = await _writers(concurrency)
+    try:
+        tasks = await _submit(store, "e1", "e2", "e3", "e4")
+        await database.started(1)
+        for number in range(5, 8):  # one at a time, fewer than the commit in flight holds
+            tasks += await _submit(store, f"e{number}")
+            for _ in range(3):
+                await asyncio.sleep(0)
+        database.gates[0].set()  # the first commit ends: the events waiting go together
+        await database.started(2)
+        for gate in database.gates:
+            gate.set()
+        assert await asyncio.gather(*tasks) == [True] * 7
+        assert database.batches == [["e1", "e2", "e3", "e4"], ["e5", "e6", "e7"]]
+    finally:
+        task.cancel()
+        for gate in database.gates:
+            gate.set()
+
+
+async def test_a_failure_on_a_commits_error_path_costs_its_batch_and_not_the_writer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found in review: a writer is one long-lived task, so anything escaping a batch (here the
+    # log line of a failed commit, refused by stdout) ended it, and every later request waited
+    # out its deadline.
+    store, database, task = await _writers(1)
+    failing = [True]
+    insert = database.insert
+
+    async def insert_failing_once(
+        events: list[Event],
+    ) -> tuple[set[tuple[str, str, str]], set[object]]:
+        if failing.pop() if failing else False:
+            raise ConnectionResetError("database restarted")
+        return await insert(events)
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise BlockingIOError("stdout is full")
+
+    store._insert = insert_failing_once  # type: ignore[method-assign]
+    monkeypatch.setattr(store_module.log, "error", refused)
+    try:
+        with pytest.raises(store_module.StoreUnavailable):
+            async with asyncio.timeout(10):
+                await store.submit(_event("lost-to-the-restart"))
+        (after,) = await _submit(store, "after")
+        await asyncio.wait_for(database.started(1), timeout=10)
+        database.gates[0].set()
+        async with asyncio.timeout(10):
+            assert await after is True
+        assert not task.done()
+    finally:
+        task.cancel()
+        for gate in database.gates:
+            gate.set()

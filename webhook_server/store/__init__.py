@@ -12,9 +12,9 @@ commits than starting whatever is queued the moment a slot is free, which costs 
 
 Every turn of the event loop between a commit and its answers is a loop's worth of other
 requests in front of them, so the path is kept short: each writer is one long-lived task that
-commits its own batch, takes its connection without a task of its own, resolves the batch's
-futures and calls their ``then`` (the one-pass route's answer) as soon as the database replies,
-and gives the connection back in a task the answers do not wait for.
+commits its own batch, resolves the batch's futures and calls their ``then`` (the one-pass
+route's answer) as soon as the database replies, and gives the connection back in a task the
+answers do not wait for.
 
 Every wait is bounded, so a database that hangs (rather than fails) costs bounded latency and
 memory: events waiting for or in a commit are capped in number and bytes (past either, submit
@@ -107,7 +107,10 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, five
+# times the cost of a plain one, on every request. Nothing changes an Event once it is made
+# (tracing makes a new one with dataclasses.replace).
+@dataclass(slots=True)
 class Event:
     source: str
     event_id: str
@@ -244,13 +247,19 @@ class _Pending:
                 then(future)
             except Exception as error:
                 # The writer goes on: one request's answer must not cost the others theirs.
-                log.error("answer after commit failed", error=type(error).__name__)
+                _log_quietly("error", "answer after commit failed", error=type(error).__name__)
 
 
 def held_size(event: Event) -> int:
     """What one queued event counts against ``maxQueuedBytes``: its payload and its stored headers
     at their JSON size (a name and a value in quotes, a colon, a comma: 6 characters each)."""
-    return len(event.payload) + sum(len(k) + len(v) + 6 for k, v in event.headers.items())
+    headers = event.headers
+    return (
+        len(event.payload)
+        + sum(map(len, headers))
+        + sum(map(len, headers.values()))
+        + 6 * len(headers)
+    )
 
 
 @dataclass
@@ -456,35 +465,50 @@ class Store:
                     future.exception()
 
     async def _writer_loop(self) -> None:
-        """``writer_concurrency`` writers, each taking what is queued once it is free. Dedup stays
-        exact across their commits: the second insert of an id waits for the first transaction
-        on the unique key, then conflicts (or inserts, had the first failed).
+        """``writer_concurrency`` writers, each committing what is queued once it is free. Dedup
+        stays exact across their commits: the second insert of an id waits for the first
+        transaction on the unique key, then conflicts (or inserts, had the first failed).
 
         Each writer is one long-lived task that commits its batch itself, so between an event
-        being queued and its answer being written the event loop turns only for the writer to
-        wake and for the database's reply; a task per batch, and a pool acquire or release on
-        the answers' path, each cost another turn (under load, another loop's worth of requests
-        in front of the answers)."""
+        being queued and its answer being written the event loop turns only for a writer to
+        wake and for the database's reply (a task per batch cost another turn, and the pool's
+        release three more: under load, each is another loop's worth of requests in front of
+        the answers). One free writer at a time puts a batch together (``assembling``): it takes
+        the first event and waits beside the commits in flight, so the events queued meanwhile
+        go into its batch rather than into a batch of their own."""
         # Each writer's batch in flight: when it started and how many events it holds.
         flushing: dict[int, tuple[float, int]] = {}
+        assembling = asyncio.Lock()
         await asyncio.gather(
-            *(self._writer(slot, flushing) for slot in range(self.config.writer_concurrency))
+            *(
+                self._writer(slot, flushing, assembling)
+                for slot in range(self.config.writer_concurrency)
+            )
         )
 
-    async def _writer(self, slot: int, flushing: dict[int, tuple[float, int]]) -> None:
+    async def _writer(
+        self, slot: int, flushing: dict[int, tuple[float, int]], assembling: asyncio.Lock
+    ) -> None:
         while True:
-            first = await self._queue.get()
-            await self._group_beside(flushing)
-            batch = [first]
-            while len(batch) < self.config.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            flushing[slot] = (time.monotonic(), len(batch))
+            async with assembling:
+                first = await self._queue.get()
+                await self._group_beside(flushing)
+                batch = [first]
+                while len(batch) < self.config.max_batch and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                flushing[slot] = (time.monotonic(), len(batch))
             try:
                 if self.tracing is None:
                     await self._flush(batch)
                 else:
                     async with self.tracing.batch([p.event.trace for p in batch]):
                         await self._flush(batch)
+            except Exception as exc:
+                # _flush answers the insert's own errors; this is a failure on its way (a log
+                # line refused, the batch's span): the batch is answered 503 and the writer goes
+                # on, or every later request would wait out its deadline.
+                _fail(batch, StoreUnavailable("event not committed"))
+                _log_quietly("error", "writer failed", error=type(exc).__name__)
             finally:
                 del flushing[slot]
                 self._group_wake.set()
@@ -530,13 +554,15 @@ class Store:
                     await self._flush(same_event)
                 return
             self.metrics.store_errors.inc()
-            log.error("event refused by the database", error=type(exc).__name__)
             _fail(batch, EventRefused("event refused"))
+            _log_quietly("error", "event refused by the database", error=type(exc).__name__)
             return
         except Exception as exc:
             self.metrics.store_errors.inc()
-            log.error("batch not committed", error=type(exc).__name__, events=len(batch))
             _fail(batch, StoreUnavailable("event not committed"))
+            _log_quietly(
+                "error", "batch not committed", error=type(exc).__name__, events=len(batch)
+            )
             return
         self.metrics.batch_size.observe(len(unique))
         for pending in batch:
@@ -700,14 +726,13 @@ async def _insert_and_release(
 ) -> tuple[set[_Key], set[_Key]]:
     """``insert_events`` on a pool connection.
 
-    Neither the acquire nor the release costs the batch's answers a turn of the event loop:
-    the acquire is bounded by ``asyncio.timeout`` (``acquire(timeout=...)`` runs it in a task
-    of its own), and after a successful insert the connection goes back in a task the answers
-    do not wait for (``pool.release`` shields a task of its own, three turns), without
-    asyncpg's reset round trip (see ``_reset_connection``). A failed insert's connection goes
+    After a successful insert the connection goes back in a task the batch's answers do not
+    wait for (``pool.release`` shields a task of its own: three turns of the event loop),
+    without asyncpg's reset round trip (see ``_reset_connection``). Meanwhile a writer that
+    goes straight on to its next batch takes another connection: the writers hold up to twice
+    ``writerConcurrency`` connections of the pool at a peak. A failed insert's connection goes
     back, reset, before the error is raised."""
-    async with asyncio.timeout(acquire_timeout):
-        conn = await pool.acquire()
+    conn = await pool.acquire(timeout=acquire_timeout)
     try:
         result = await insert_events(conn, events, forwarded=forwarded, lease=lease)
     except BaseException:
@@ -726,7 +751,8 @@ async def _release_clean(pool: asyncpg.Pool, conn: Any, seconds: float) -> None:
     try:
         await pool.release(conn, timeout=seconds)
     except Exception as exc:
-        log.warning("connection not given back to the pool", error=type(exc).__name__)
+        # asyncpg has closed the connection; its slot in the pool opens a new one when needed.
+        _log_quietly("warning", "connection release failed", error=type(exc).__name__)
 
 
 async def _reset_connection(conn: asyncpg.Connection) -> None:
@@ -777,13 +803,17 @@ async def insert_events(
         None if lease is None else lease.owner,
     )
     if not any(e.replay_key is not None for e in ordered):
-        rows = await conn.fetch(_INSERT, *_insert_args(ordered), *outbox_args, _trace_args(ordered))
+        rows = await conn.fetch(
+            _INSERT, *_insert_args(ordered, forwarded), *outbox_args, _trace_args(ordered)
+        )
         return {(r["source"], r["subject"], r["event_id"]) for r in rows}, set()
     async with conn.transaction():
         replayed = await _claim_replay_keys(conn, ordered)
         kept = [e for e in ordered if _key(e) not in replayed]
         rows = (
-            await conn.fetch(_INSERT, *_insert_args(kept), *outbox_args, _trace_args(kept))
+            await conn.fetch(
+                _INSERT, *_insert_args(kept, forwarded), *outbox_args, _trace_args(kept)
+            )
             if kept
             else []
         )
@@ -829,7 +859,9 @@ async def register_sources(
     )
 
 
-def _insert_args(events: list[Event]) -> tuple[list[Any], ...]:
+def _insert_args(events: list[Event], forwarded: Collection[str] | None) -> tuple[list[Any], ...]:
+    """The statement's arrays. A delivery's webhook id is derived only for the events that may
+    get a delivery: those of ``forwarded`` sources (all of them when None: the database says)."""
     return (
         [e.source for e in events],
         [e.event_id for e in events],
@@ -840,7 +872,12 @@ def _insert_args(events: list[Event]) -> tuple[list[Any], ...]:
         [_headers_json(e.headers) for e in events],
         [e.subject for e in events],
         [1 if e.event_count is None else e.event_count for e in events],
-        [outbox.webhook_id(e.source, e.subject, e.event_id) for e in events],
+        [
+            outbox.webhook_id(e.source, e.subject, e.event_id)
+            if forwarded is None or e.source in forwarded
+            else None
+            for e in events
+        ],
     )
 
 
@@ -884,6 +921,13 @@ async def _claim_replay_keys(conn: Any, events: list[Event]) -> set[_Key]:
         if e.replay_key is not None
         and owners.get((e.source, e.replay_key)) != (e.subject, e.event_id)
     }
+
+
+def _log_quietly(level: str, message: str, **fields: Any) -> None:
+    """Log from the writer's error paths: a stdout that refuses the line must not end the
+    writer (every later request would wait out its deadline)."""
+    with contextlib.suppress(Exception):
+        getattr(log, level)(message, **fields)
 
 
 def _fail(batch: list[_Pending], exc: Exception) -> None:
