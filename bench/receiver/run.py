@@ -770,6 +770,9 @@ class _Measured:
     traced_rows: int = 0
     traced_found: int = 0
     exported: dict[str, int] = field(default_factory=dict)
+    # The no-op baseline under the same open loop as each paced receiver run, right after it:
+    # the latency the machine and the generator add by themselves at that rate.
+    paced_floor: list[LoadResult] = field(default_factory=list)
 
 
 def _measure(
@@ -795,6 +798,7 @@ def _measure(
     profiles: list[tuple[str, profile.Summary | None]] = []
     paced_rounds: list[Measured] = []
     paced_windows: list[tuple[datetime, datetime]] = []
+    paced_floor: list[LoadResult] = []
     for number in range(opts.rounds):
         sampler = py_spy if number == 0 else None  # py-spy slows what it samples: once
         profiles.append((base.name, base.measure(load, sampler)))
@@ -820,6 +824,8 @@ def _measure(
                 rss_peak=memory_mib(receiver.pid, "VmHWM"),
             )
         )
+        say(f"  baseline (no-op): round {number + 1}, open loop at the same {rate:,.0f}/s")
+        paced_floor.append(load.paced(baseline, rate, opts.paced_duration)[0])
         if traced is not None:
             traced.measure(load)
     batches, mean_batch = batch_stats(receiver)
@@ -833,7 +839,7 @@ def _measure(
     log_lines = sum(1 for _ in log_file.open("rb")) if log_file.is_file() else 0
     measured = _Measured(
         started, bench_start, profiles, paced_rounds, paced_windows, batches, mean_batch,
-        floor_mean_batch, rows, found, log_lines,
+        floor_mean_batch, rows, found, log_lines, paced_floor=paced_floor,
     )  # fmt: skip
     if traced is not None and started.collector is not None:
         traced.server.stop()  # exports what it still holds before it exits
@@ -908,7 +914,12 @@ def _report(
         f"receiver round, at "
         f"{opts.paced_fraction:.0%} of that round's events/s)"
     )
-    _print_rounds(base, recv, paced_rounds, paced_windows, postgres)
+    floor_p99 = _median([r.p99_ms for r in measured.paced_floor])
+    print(
+        f"  the no-op baseline under the same open loop, right after each: p99 {floor_p99:.2f} ms "
+        "(median round): what the machine and the generator add by themselves"
+    )
+    _print_rounds(base, recv, paced_rounds, paced_windows, postgres, measured.paced_floor)
     if measured.started.floors:
         print()
         print(floor_table(base, measured.started.floors, recv, measured))
@@ -954,10 +965,11 @@ def _print_rounds(
     paced_rounds: list[Measured],
     paced_windows: list[tuple[datetime, datetime]],
     postgres: EmbeddedPostgres,
+    paced_floor: list[LoadResult],
 ) -> None:
     print("per round:")
-    for number, (b, r, p) in enumerate(
-        zip(base.rounds, recv.rounds, paced_rounds, strict=True), start=1
+    for number, (b, r, p, f) in enumerate(
+        zip(base.rounds, recv.rounds, paced_rounds, paced_floor, strict=True), start=1
     ):
         x = r.result.rate / b.result.rate if b.result.rate else 0.0
         pg = postgres_events(postgres.logfile, *paced_windows[number - 1])
@@ -965,7 +977,8 @@ def _print_rounds(
             f"  {number}: {r.result.rate:,.0f} / {b.result.rate:,.0f} events/s = {x:.2f}; "
             f"paced {p.result.offered_rate:,.0f}/s: p99 {p.result.p99_ms:.1f} ms, "
             f"{p.result.other} non-200, generator late <= {p.result.max_send_lag_ms:.0f} ms; "
-            f"other CPU % {b.cpu.other:.0f}/{r.cpu.other:.0f}/{p.cpu.other:.0f}"
+            f"other CPU % {b.cpu.other:.0f}/{r.cpu.other:.0f}/{p.cpu.other:.0f}; no-op at the "
+            f"same rate: p99 {f.p99_ms:.1f} ms, {f.other} non-200"
         )
         print(
             "     p99 ms by second: "
