@@ -71,6 +71,10 @@ class Options:
     # The paced (open-loop) generator's connections: enough that a request never waits for a
     # free one at the receiver's latency, so its arrivals do not depend on the answers.
     paced_connections: int = PACED_CONNECTIONS
+    # PostgreSQL settings (NAME=VALUE) applied with ALTER SYSTEM before the load: what a deployer
+    # would tune, to see what it does to the tail (none by default: the bench's figures are on
+    # PostgreSQL's defaults).
+    postgres_settings: list[str] = field(default_factory=list)
 
 
 # -- /proc accounting ----------------------------------------------------------------------------
@@ -557,13 +561,25 @@ def gc_summary(path: Path) -> str:
     )
 
 
-async def log_postgres_maintenance(url: str) -> None:
-    """Have PostgreSQL log every autovacuum/autoanalyze and checkpoint: latency suspects."""
+async def log_postgres_maintenance(url: str, settings: Sequence[str] = ()) -> None:
+    """Have PostgreSQL log every autovacuum/autoanalyze and checkpoint: latency suspects. Apply
+    ``settings`` (NAME=VALUE, each one a setting a reload applies) as well."""
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("ALTER SYSTEM SET log_autovacuum_min_duration = 0")
         await conn.execute("ALTER SYSTEM SET log_checkpoints = on")
+        for setting in settings:
+            name, _, value = setting.partition("=")
+            if not re.fullmatch(r"[a-z_]+", name) or not value:
+                raise SystemExit(f"--postgres-setting: expected NAME=VALUE, got {setting!r}")
+            value = value.replace("'", "''")
+            await conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
         await conn.execute("SELECT pg_reload_conf()")
+        for setting in settings:
+            name = setting.partition("=")[0]
+            context = await conn.fetchval("SELECT context FROM pg_settings WHERE name = $1", name)
+            if context == "postmaster":
+                raise SystemExit(f"--postgres-setting: {name} needs a restart, not a reload")
     finally:
         await conn.close()
 
@@ -620,7 +636,7 @@ def run(opts: Options) -> int:
         say(f"bench: work dir {workdir}; starting PostgreSQL")
         postgres.start()
         postgres_pid = int((postgres.pgdata / "postmaster.pid").read_text().split()[0])
-        asyncio.run(log_postgres_maintenance(postgres.url))
+        asyncio.run(log_postgres_maintenance(postgres.url, opts.postgres_settings))
         started = _start_servers(opts, workdir, postgres, secret, postgres_pid, servers)
         measured = _measure(opts, load, py_spy, started, postgres)
         _report(opts, measured, generator, load_before, len(body), use_wrk, postgres)
@@ -889,6 +905,11 @@ def _report(
         f"host: {os.cpu_count()} CPUs shared by server, PostgreSQL (fsync=on) and load "
         f"generator; loopback TCP; Python {sys.version.split()[0]}; "
         f"load average before {load_before}, after {loadavg()}"
+        + (
+            f"; PostgreSQL set: {', '.join(opts.postgres_settings)}"
+            if opts.postgres_settings
+            else ""
+        )
     )
     print()
     traced = measured.started.traced
@@ -1095,6 +1116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "earlier commit) in the same interleaved rounds; shown in the floor table",
     )
     parser.add_argument(
+        "--postgres-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="experiment: a PostgreSQL setting applied by ALTER SYSTEM and a reload before the "
+        "load, e.g. wal_compression=lz4 (repeatable; default: PostgreSQL's own settings)",
+    )
+    parser.add_argument(
         "--no-floor",
         dest="floor",
         action="store_false",
@@ -1123,5 +1152,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             trace_ratio=args.trace_ratio,
             floor=args.floor,
             compare=args.compare,
+            postgres_settings=args.postgres_setting,
         )
     )
