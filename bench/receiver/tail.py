@@ -8,6 +8,10 @@ generator sends an open loop at ``--rate`` for ``--duration`` seconds. It prints
 latency beside the three, and when the slow ones happened, so that a p99 can be pinned on the
 loop (blocked by our code), on GC, or on commits (the database).
 
+With ``--fsync-probe`` a fourth probe (``bench.receiver.fsprobe``, a process of its own) syncs a
+small file on the database's disk every 5 ms: commits that stall when it stalls are waiting on
+the disk.
+
 The probes cost a little CPU (the lag monitor wakes 1,000 times a second): use it to explain a
 tail, and the socket bench (``python -m bench.receiver``) for the figures.
 """
@@ -109,6 +113,13 @@ async def _run(opts: argparse.Namespace, database_url: str, work: Path) -> None:
     (work / "body").write_bytes(body)
     (work / "headers.json").write_text(json.dumps(headers))
     start = time.monotonic()
+    wall_start = time.time()
+    fsprobe = None
+    if opts.fsync_probe:
+        fsprobe = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.receiver.fsprobe", str(work), str(opts.duration),
+            cwd=REPO, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
     generator = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.receiver.loadgen",
         "--url", f"http://127.0.0.1:{listener.port}{SOURCE_PATH}",
@@ -119,11 +130,18 @@ async def _run(opts: argparse.Namespace, database_url: str, work: Path) -> None:
         cwd=REPO,
     )  # fmt: skip
     await generator.wait()
+    disk = json.loads((await fsprobe.communicate())[0]) if fsprobe is not None else None
     running = False
     await watcher
     await listener.stop()
     gc.callbacks.remove(on_gc)
     _report(opts, json.loads((work / "result.json").read_text()), start, lags, commits, pauses)
+    if disk is not None:
+        stalls = " ".join(f"{at - wall_start:.2f}s:{ms:.0f}ms" for at, ms in disk["slow"])
+        print(
+            f"disk (fdatasync of 8 KiB every 5 ms beside it, {disk['syncs']:,} syncs): over "
+            f"30 ms {len(disk['slow'])}x: {stalls}"
+        )
 
 
 def _report(
@@ -180,6 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--body-bytes", type=int, default=1024)
     parser.add_argument("--writer-concurrency", type=int, default=2, help="database.*")
     parser.add_argument("--max-batch", type=int, default=500, help="database.maxBatch")
+    parser.add_argument(
+        "--fsync-probe", action="store_true", help="time fdatasync on the same disk meanwhile"
+    )
     opts = parser.parse_args(argv)
     from dfm.embedded_pg import EmbeddedPostgres
 
