@@ -163,6 +163,13 @@ class ReceiverMetrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.commit_duration = Histogram(
+            "dfm_receiver_store_commit_duration_seconds",
+            "Time a committed batch spent going to the database: taking a pool connection, the "
+            "statement and the commit (the database's share of a request's latency).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.store_errors = Counter(
             "dfm_receiver_store_errors",
             "Batches that failed to commit (their requests were answered 503).",

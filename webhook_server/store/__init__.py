@@ -542,6 +542,7 @@ class Store:
         unique: dict[_Key, _Pending] = {}
         for pending in batch:
             unique.setdefault(_key(pending.event), pending)
+        started = time.perf_counter()
         try:
             fresh, replayed = await self._insert([p.event for p in unique.values()])
         except DATA_ERRORS as exc:
@@ -564,6 +565,7 @@ class Store:
                 "error", "batch not committed", error=type(exc).__name__, events=len(batch)
             )
             return
+        self.metrics.commit_duration.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(unique))
         for pending in batch:
             key = _key(pending.event)
