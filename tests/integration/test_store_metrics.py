@@ -3,36 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
-from webhook_server.config import (
-    DatabaseConfig,
-    Provider,
-    SecretSource,
-    SourceConfig,
-    VerificationConfig,
-)
+from tests.stores import SOURCE, event
+from webhook_server.config import DatabaseConfig
 from webhook_server.metrics import ReceiverMetrics
-from webhook_server.store import Event, Store
-
-SOURCE = SourceConfig(
-    namespace="ns",
-    name="gh",
-    provider=Provider.GITHUB,
-    verification=VerificationConfig(secrets=[SecretSource(value="s")]),
-)
-
-
-def _event(event_id: str) -> Event:
-    return Event(
-        source="ns/gh",
-        event_id=event_id,
-        event_type="push",
-        received_at=datetime.now(UTC),
-        request_id="r",
-        payload=b"{}",
-        headers={},
-    )
+from webhook_server.store import Store
 
 
 def _sample(metrics: ReceiverMetrics, name: str) -> float:
@@ -47,8 +22,8 @@ async def test_each_commit_is_timed_beside_its_size(database_url: str) -> None:
     try:
         assert await store.wait_ready(30)
         for number in range(3):  # one at a time: three commits
-            assert await store.submit(_event(f"one-{number}")) is True
-        assert await asyncio.gather(*(store.submit(_event(f"many-{n}")) for n in range(20)))
+            assert await store.submit(event(f"one-{number}")) is True
+        assert await asyncio.gather(*(store.submit(event(f"many-{n}")) for n in range(20)))
         commits = _sample(metrics, "dfm_receiver_store_commit_duration_seconds_count")
         assert commits == _sample(metrics, "dfm_receiver_store_batch_size_count")
         assert 4 <= commits <= 23

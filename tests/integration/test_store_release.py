@@ -11,40 +11,15 @@ have their answers. Against a real PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
 
-from webhook_server.config import (
-    DatabaseConfig,
-    Provider,
-    SecretSource,
-    SourceConfig,
-    VerificationConfig,
-)
+from tests.stores import SOURCE, event
+from webhook_server.config import DatabaseConfig
 from webhook_server.metrics import ReceiverMetrics
-from webhook_server.store import Event, Store
-
-SOURCE = SourceConfig(
-    namespace="ns",
-    name="gh",
-    provider=Provider.GITHUB,
-    verification=VerificationConfig(secrets=[SecretSource(value="s")]),
-)
-
-
-def _event(event_id: str) -> Event:
-    return Event(
-        source="ns/gh",
-        event_id=event_id,
-        event_type="push",
-        received_at=datetime.now(UTC),
-        request_id="r",
-        payload=b"{}",
-        headers={"x-github-event": "push"},
-    )
+from webhook_server.store import Store
 
 
 async def test_the_writer_skips_the_reset_and_every_other_release_still_runs_it(
@@ -65,9 +40,9 @@ async def test_the_writer_skips_the_reset_and_every_other_release_still_runs_it(
         assert await store.wait_ready(30)
         resets.clear()  # start-up's own releases (migrations, partitions)
         for number in range(5):  # one at a time: five batches, five releases by the writer
-            assert await store.submit(_event(f"d{number}")) is True
+            assert await store.submit(event(f"d{number}")) is True
         assert (
-            await asyncio.gather(*(store.submit(_event(f"e{n}")) for n in range(20))) == [True] * 20
+            await asyncio.gather(*(store.submit(event(f"e{n}")) for n in range(20))) == [True] * 20
         )
         assert resets == []
 
@@ -119,7 +94,7 @@ async def test_a_batch_is_answered_before_its_connection_is_given_back(
 
         monkeypatch.setattr(asyncpg.Pool, "release", held_release)
         async with asyncio.timeout(10):
-            assert await store.submit(_event("answered-first")) is True
+            assert await store.submit(event("answered-first")) is True
         assert len(releasing) == 1  # its release has begun, and waits
         in_use = pool.get_size() - pool.get_idle_size()
         assert in_use == 1
