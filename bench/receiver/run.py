@@ -75,6 +75,9 @@ class Options:
     # would tune, to see what it does to the tail (none by default: the bench's figures are on
     # PostgreSQL's defaults).
     postgres_settings: list[str] = field(default_factory=list)
+    # Where PostgreSQL keeps its cluster (default: the work dir). An experiment: on a tmpfs
+    # (/dev/shm) fsync costs nothing and the disk never stalls, which is not durable.
+    postgres_dir: str | None = None
 
 
 # -- /proc accounting ----------------------------------------------------------------------------
@@ -624,7 +627,14 @@ def run(opts: Options) -> int:
     if opts.profile and py_spy is None:
         raise SystemExit("--profile: py-spy not found (pip install --target /tmp/pyspy py-spy)")
     workdir = Path(tempfile.mkdtemp(prefix="dfm-bench-"))
-    postgres = EmbeddedPostgres(workdir / "pg" / "data")
+    pg_base: Path | None = None
+    if opts.postgres_dir:
+        # As root the cluster lives under root_base (dfm.embedded_pg), not in the data dir.
+        pg_base = Path(tempfile.mkdtemp(prefix="dfm-bench-pg-", dir=opts.postgres_dir))
+        pg_base.chmod(0o755)
+        postgres = EmbeddedPostgres(pg_base / "pg" / "data", root_base=pg_base)
+    else:
+        postgres = EmbeddedPostgres(workdir / "pg" / "data")
     servers: list[Server] = []
     body, headers, secret = signed_request(opts.body_bytes)
     load = Load(body, headers, workdir, opts, use_wrk)
@@ -647,6 +657,8 @@ def run(opts: Options) -> int:
         for server in servers:
             server.stop()
         postgres.destroy()
+        if pg_base is not None:
+            shutil.rmtree(pg_base, ignore_errors=True)
         if not opts.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -910,6 +922,7 @@ def _report(
             if opts.postgres_settings
             else ""
         )
+        + (f"; PostgreSQL's cluster in {opts.postgres_dir}" if opts.postgres_dir else "")
     )
     print()
     traced = measured.started.traced
@@ -1121,7 +1134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         metavar="NAME=VALUE",
         help="experiment: a PostgreSQL setting applied by ALTER SYSTEM and a reload before the "
-        "load, e.g. wal_compression=lz4 (repeatable; default: PostgreSQL's own settings)",
+        "load, e.g. max_wal_size=16GB (repeatable; default: PostgreSQL's own settings)",
+    )
+    parser.add_argument(
+        "--postgres-dir",
+        default=None,
+        metavar="DIR",
+        help="experiment: where PostgreSQL keeps its cluster, e.g. /dev/shm (a tmpfs: fsync "
+        "costs nothing, so the figures are not durable ones)",
     )
     parser.add_argument(
         "--no-floor",
@@ -1153,5 +1173,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             floor=args.floor,
             compare=args.compare,
             postgres_settings=args.postgres_setting,
+            postgres_dir=args.postgres_dir,
         )
     )
