@@ -166,7 +166,9 @@ class ReceiverMetrics:
         self.commit_duration = Histogram(
             "dfm_receiver_store_commit_duration_seconds",
             "Time a committed batch spent going to the database: taking a pool connection, the "
-            "statement and the commit (the database's share of a request's latency).",
+            "statement and the commit, and a missing day partition's creation (the database's "
+            "share of a request's latency). Batches that fail are counted in "
+            "dfm_receiver_store_errors_total instead.",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -256,3 +256,30 @@ async def test_a_failure_on_a_commits_error_path_costs_its_batch_and_not_the_wri
         task.cancel()
         for gate in database.gates:
             gate.set()
+
+
+async def test_beside_a_commit_the_next_batch_waits_for_no_more_events_than_may_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found in review: with maxQueuedEvents 10 and six events in a commit, the writer waited for
+    # six more beside it, which the cap never lets in: the four queued sat uncommitted (up to
+    # the stall bound) while new requests were refused as overloaded.
+    monkeypatch.setattr(store_module, "STALL_SECONDS", 3600.0)
+    config = DatabaseConfig(url="postgresql://unused/db", max_queued_events=10)
+    store = Store(config, [], ReceiverMetrics())
+    database = FakeDatabase()
+    store._insert = database.insert  # type: ignore[method-assign]
+    store._ready.set()
+    task = asyncio.create_task(store._writer_loop())
+    try:
+        for number in range(6):
+            store.enqueue(_event(f"a{number}"))
+        await asyncio.wait_for(database.started(1), timeout=10)
+        for number in range(4):
+            store.enqueue(_event(f"b{number}"))
+        await asyncio.wait_for(database.started(2), timeout=10)
+        assert database.batches[1] == ["b0", "b1", "b2", "b3"]
+    finally:
+        task.cancel()
+        for gate in database.gates:
+            gate.set()

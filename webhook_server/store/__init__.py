@@ -6,9 +6,10 @@ under load), writes the batch in one statement, then resolves each request's fut
 
 Up to ``writerConcurrency`` batches commit at once, grouped by queue depth: with nothing in
 flight a batch starts at once; beside a commit in flight another starts once as many events wait
-as that commit holds, or once it has taken ``STALL_SECONDS`` (so a slow commit, a checkpoint's
-fsync, holds nobody behind it for longer than that). At moderate load this makes fewer, larger
-commits than starting whatever is queued the moment a slot is free, which costs less per event.
+as that commit holds (or as ``maxQueuedEvents`` leaves room for), or once it has taken
+``STALL_SECONDS`` (so a slow commit, a checkpoint's fsync, holds nobody behind it for longer than
+that). At moderate load this makes fewer, larger commits than starting whatever is queued the
+moment a slot is free, which costs less per event.
 
 Every turn of the event loop between a commit and its answers is a loop's worth of other
 requests in front of them, so the path is kept short: each writer is one long-lived task that
@@ -490,14 +491,14 @@ class Store:
         self, slot: int, flushing: dict[int, tuple[float, int]], assembling: asyncio.Lock
     ) -> None:
         while True:
-            async with assembling:
-                first = await self._queue.get()
-                await self._group_beside(flushing)
-                batch = [first]
-                while len(batch) < self.config.max_batch and not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
-                flushing[slot] = (time.monotonic(), len(batch))
+            batch: list[_Pending] = []
             try:
+                async with assembling:
+                    batch.append(await self._queue.get())
+                    await self._group_beside(flushing)
+                    while len(batch) < self.config.max_batch and not self._queue.empty():
+                        batch.append(self._queue.get_nowait())
+                    flushing[slot] = (time.monotonic(), len(batch))
                 if self.tracing is None:
                     await self._flush(batch)
                 else:
@@ -510,7 +511,7 @@ class Store:
                 _fail(batch, StoreUnavailable("event not committed"))
                 _log_quietly("error", "writer failed", error=type(exc).__name__)
             finally:
-                del flushing[slot]
+                flushing.pop(slot, None)
                 self._group_wake.set()
                 for pending in batch:
                     self._held_events -= 1
@@ -524,7 +525,11 @@ class Store:
         if not flushing:
             return
         oldest = min(started for started, _ in flushing.values())
-        depth = max(size for _, size in flushing.values())
+        # As many as the largest commit in flight holds, but no more than maxQueuedEvents leaves
+        # room for beside the commits in flight (past it, new events are refused, not queued).
+        in_flight = self._held_events - self._queue.qsize() - 1
+        room = self.config.max_queued_events - in_flight
+        depth = min(max(size for _, size in flushing.values()), room)
         left = oldest + STALL_SECONDS - time.monotonic()
         if left <= 0 or self._queue.qsize() + 1 >= depth:
             return
