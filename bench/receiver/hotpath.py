@@ -69,6 +69,8 @@ async def _measure(requests: int, body_bytes: int, route: str) -> float:
         VerificationConfig,
     )
 
+    # Spelled out rather than servers.bench_source: with --compare this runs against another
+    # checkout's bench package, which may not have it.
     secret = "hotpath-secret"
     logs.configure("INFO", stream=open(os.devnull, "w"))  # noqa: SIM115, ASYNC230 - once
     source = SourceConfig(

@@ -41,6 +41,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -250,6 +251,30 @@ def floor_commit_app(path: str, secret: str, database_url: str) -> web.Applicati
     return app
 
 
+def bench_source(
+    secret: str, *, name: str = SOURCE_NAME, path: str = SOURCE_PATH, forward: Any = None
+) -> Any:
+    """The bench's GitHub source (a ``SourceConfig``), with the rate limiter out of the way: it
+    is not what is measured, so every request goes through."""
+    from webhook_server.config import (
+        LimitsConfig,
+        Provider,
+        SecretSource,
+        SourceConfig,
+        VerificationConfig,
+    )
+
+    return SourceConfig(
+        namespace=SOURCE_NAMESPACE,
+        name=name,
+        provider=Provider.GITHUB,
+        path=path,
+        verification=VerificationConfig(secrets=[SecretSource(value=secret)]),
+        limits=LimitsConfig(requests_per_second=1e9, burst=1_000_000_000),
+        forward=forward,
+    )
+
+
 def run_receiver(
     port: int,
     path: str,
@@ -268,16 +293,7 @@ def run_receiver(
     import os
 
     from webhook_server import logs, server, tracing
-    from webhook_server.config import (
-        DatabaseConfig,
-        ForwardConfig,
-        LimitsConfig,
-        Provider,
-        ReceiverConfig,
-        SecretSource,
-        SourceConfig,
-        VerificationConfig,
-    )
+    from webhook_server.config import DatabaseConfig, ForwardConfig, ReceiverConfig, SecretSource
 
     # The access log goes to this file through its buffer (flushed every second), as to stdout.
     logs.configure(log_level, stream=open(log_file, "a"))  # noqa: SIM115 - lives with the process
@@ -286,16 +302,7 @@ def run_receiver(
         forward = ForwardConfig(
             url=forward_url, signing_secrets=[SecretSource(value=forward_secret)]
         )
-    source = SourceConfig(
-        namespace=SOURCE_NAMESPACE,
-        name=name,
-        provider=Provider.GITHUB,
-        path=path,
-        verification=VerificationConfig(secrets=[SecretSource(value=secret)]),
-        # The rate limiter is not what is measured: let every request through.
-        limits=LimitsConfig(requests_per_second=1e9, burst=1_000_000_000),
-        forward=forward,
-    )
+    source = bench_source(secret, name=name, path=path, forward=forward)
     config = ReceiverConfig(
         host=HOST,
         port=port,

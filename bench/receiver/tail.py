@@ -41,18 +41,10 @@ def _percentile(values: list[float], pct: float) -> float:
 
 async def _run(opts: argparse.Namespace, database_url: str, work: Path) -> None:
     from bench.receiver.run import DELIVERY_HEADER, signed_request
-    from bench.receiver.servers import SOURCE_NAME, SOURCE_NAMESPACE, SOURCE_PATH
+    from bench.receiver.servers import SOURCE_PATH, bench_source
     from webhook_server import logs, server
     from webhook_server.app import STORE, create_app
-    from webhook_server.config import (
-        DatabaseConfig,
-        LimitsConfig,
-        Provider,
-        ReceiverConfig,
-        SecretSource,
-        SourceConfig,
-        VerificationConfig,
-    )
+    from webhook_server.config import DatabaseConfig, ReceiverConfig
 
     logs.configure("INFO", stream=(work / "access.log").open("a"))
     pauses: list[tuple[float, int, float]] = []
@@ -66,14 +58,7 @@ async def _run(opts: argparse.Namespace, database_url: str, work: Path) -> None:
 
     gc.callbacks.append(on_gc)
     body, headers, secret = signed_request(opts.body_bytes)
-    source = SourceConfig(
-        namespace=SOURCE_NAMESPACE,
-        name=SOURCE_NAME,
-        provider=Provider.GITHUB,
-        path=SOURCE_PATH,
-        verification=VerificationConfig(secrets=[SecretSource(value=secret)]),
-        limits=LimitsConfig(requests_per_second=1e9, burst=1_000_000_000),
-    )
+    source = bench_source(secret)
     config = ReceiverConfig(
         port=0,
         sources=[source],
