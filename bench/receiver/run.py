@@ -42,6 +42,9 @@ PACED_FRACTION = 0.8  # the fraction of the max rate the p99 target is set at
 # With 64, a latency above 64 / rate (17 ms at 3,800/s) left every connection busy and made the
 # next requests wait in the generator: its own queue, not the receiver, then set the p99.
 PACED_CONNECTIONS = 256
+# WAL written (and recycled by a checkpoint) before the load, in MiB: a running database reuses
+# its old WAL segments; a fresh cluster creates and zero-fills each one, stalling commits.
+WARM_WAL_MIB = 1024
 OTHER_CPU_WARNING = 15.0  # percent of one CPU used by processes outside the benchmark
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -78,6 +81,8 @@ class Options:
     # Where PostgreSQL keeps its cluster (default: the work dir). An experiment: on a tmpfs
     # (/dev/shm) fsync costs nothing and the disk never stalls, which is not durable.
     postgres_dir: str | None = None
+    # MiB of WAL written and recycled before the load (0: a fresh cluster's cold WAL).
+    warm_wal_mib: int = WARM_WAL_MIB
 
 
 # -- /proc accounting ----------------------------------------------------------------------------
@@ -587,6 +592,32 @@ async def log_postgres_maintenance(url: str, settings: Sequence[str] = ()) -> No
         await conn.close()
 
 
+async def warm_wal(url: str, mib: int) -> int:
+    """Put PostgreSQL's WAL in a running database's state: write ``mib`` MiB of WAL (logical
+    messages, which touch no table) and checkpoint, so that the load writes into recycled,
+    already-allocated segments. Returns how many segments the WAL directory then holds.
+
+    A fresh cluster instead creates and zero-fills a 16 MiB segment every couple of seconds at
+    the bench's rates, and each creation stalls commits for tens of milliseconds: a cost of the
+    bench's fresh database that a long-running one does not pay."""
+    conn = await asyncpg.connect(url)
+    try:
+        for _ in range(mib):
+            await conn.execute(
+                "SELECT pg_logical_emit_message(false, 'dfm-bench-warm', repeat('x', 1048576))"
+            )
+        await conn.execute("CHECKPOINT")
+        return int(await conn.fetchval("SELECT count(*) FROM pg_ls_waldir()"))
+    finally:
+        await conn.close()
+
+
+def wal_state(mib: int, segments: int | None) -> str:
+    if not mib:
+        return "cold WAL (a fresh cluster: each segment created during the load)"
+    return f"WAL warmed ({mib:,} MiB written and checkpointed: {segments} segments to recycle)"
+
+
 _PG_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) UTC \[\d+\] LOG:\s+(.*)$")
 
 
@@ -647,9 +678,14 @@ def run(opts: Options) -> int:
         postgres.start()
         postgres_pid = int((postgres.pgdata / "postmaster.pid").read_text().split()[0])
         asyncio.run(log_postgres_maintenance(postgres.url, opts.postgres_settings))
+        segments = None
+        if opts.warm_wal_mib:
+            say(f"bench: warming PostgreSQL's WAL ({opts.warm_wal_mib:,} MiB)")
+            segments = asyncio.run(warm_wal(postgres.url, opts.warm_wal_mib))
         started = _start_servers(opts, workdir, postgres, secret, postgres_pid, servers)
         measured = _measure(opts, load, py_spy, started, postgres)
-        _report(opts, measured, generator, load_before, len(body), use_wrk, postgres)
+        wal = wal_state(opts.warm_wal_mib, segments)
+        _report(opts, measured, generator, load_before, len(body), use_wrk, postgres, wal)
         if opts.keep:
             print(f"kept: {workdir}")
         return 0
@@ -893,6 +929,7 @@ def _report(
     body_bytes: int,
     use_wrk: bool,
     postgres: EmbeddedPostgres,
+    wal: str,
 ) -> None:
     """The table, the ratio and p99 verdicts, per-round detail, durability and warnings."""
     base, recv = measured.started.base, measured.started.recv
@@ -916,7 +953,7 @@ def _report(
     print(
         f"host: {os.cpu_count()} CPUs shared by server, PostgreSQL (fsync=on) and load "
         f"generator; loopback TCP; Python {sys.version.split()[0]}; "
-        f"load average before {load_before}, after {loadavg()}"
+        f"load average before {load_before}, after {loadavg()}; {wal}"
         + (
             f"; PostgreSQL set: {', '.join(opts.postgres_settings)}"
             if opts.postgres_settings
@@ -1144,6 +1181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "costs nothing, so the figures are not durable ones)",
     )
     parser.add_argument(
+        "--cold-wal",
+        action="store_true",
+        help="skip warming PostgreSQL's WAL: a fresh cluster creates a segment every couple of "
+        "seconds under load, each creation stalling commits (default: write and checkpoint "
+        f"{WARM_WAL_MIB} MiB first, as a running database's recycled WAL)",
+    )
+    parser.add_argument(
         "--no-floor",
         dest="floor",
         action="store_false",
@@ -1174,5 +1218,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             compare=args.compare,
             postgres_settings=args.postgres_setting,
             postgres_dir=args.postgres_dir,
+            warm_wal_mib=0 if args.cold_wal else WARM_WAL_MIB,
         )
     )

@@ -10,7 +10,9 @@ loop (blocked by our code), on GC, or on commits (the database).
 
 With ``--fsync-probe`` a fourth probe (``bench.receiver.fsprobe``, a process of its own) syncs a
 small file on the database's disk every 5 ms: commits that stall when it stalls are waiting on
-the disk.
+the disk. It also shows when the kernel wrote dirty page cache back in bursts.
+
+PostgreSQL's WAL is warmed first, as ``python -m bench.receiver`` does (``--cold-wal`` skips it).
 
 The probes cost a little CPU (the lag monitor wakes 1,000 times a second): use it to explain a
 tail, and the socket bench (``python -m bench.receiver``) for the figures.
@@ -127,6 +129,15 @@ async def _run(opts: argparse.Namespace, database_url: str, work: Path) -> None:
             f"disk (fdatasync of 8 KiB every 5 ms beside it, {disk['syncs']:,} syncs): over "
             f"30 ms {len(disk['slow'])}x: {stalls}"
         )
+        if disk["dirty_peak"] is not None:
+            bursts = " ".join(
+                f"{at - wall_start:.2f}s:{size / 2**20:.0f}MiB"
+                for at, size in disk["writeback_bursts"]
+            )
+            print(
+                f"page cache: dirty peaked at {disk['dirty_peak'] / 2**20:.0f} MiB; "
+                f"written back in bursts over 32 MiB {len(disk['writeback_bursts'])}x: {bursts}"
+            )
 
 
 def _report(
@@ -186,7 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--fsync-probe", action="store_true", help="time fdatasync on the same disk meanwhile"
     )
+    parser.add_argument(
+        "--cold-wal", action="store_true", help="skip warming PostgreSQL's WAL (a fresh cluster's)"
+    )
     opts = parser.parse_args(argv)
+    from bench.receiver.run import WARM_WAL_MIB, wal_state, warm_wal
     from dfm.embedded_pg import EmbeddedPostgres
 
     with tempfile.TemporaryDirectory(prefix="dfm-tail-") as directory:
@@ -194,6 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         postgres = EmbeddedPostgres(work / "pg" / "data")
         postgres.start()
         try:
+            mib = 0 if opts.cold_wal else WARM_WAL_MIB
+            segments = asyncio.run(warm_wal(postgres.url, mib)) if mib else None
+            print(f"PostgreSQL: {wal_state(mib, segments)}")
             asyncio.run(_run(opts, postgres.url, work))
         finally:
             postgres.destroy()
