@@ -46,10 +46,11 @@ def probe(directory: str, seconds: float) -> dict[str, object]:
         while (now := time.monotonic()) < end:
             if last is not None and now >= next_read:
                 next_read = now + 0.1
-                dirty = dirty_bytes() or 0
-                if last - dirty > BURST_BYTES:
-                    bursts.append((time.time(), last - dirty))
-                peak, last = max(peak or 0, dirty), dirty
+                dirty = dirty_bytes()
+                if dirty is not None:
+                    if last - dirty > BURST_BYTES:
+                        bursts.append((time.time(), last - dirty))
+                    peak, last = max(peak or 0, dirty), dirty
             os.write(fd, b"\0" * 8192)
             started = time.perf_counter()
             os.fdatasync(fd)

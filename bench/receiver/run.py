@@ -592,14 +592,17 @@ async def log_postgres_maintenance(url: str, settings: Sequence[str] = ()) -> No
         await conn.close()
 
 
-async def warm_wal(url: str, mib: int) -> int:
+async def warm_wal(url: str, mib: int) -> str:
     """Put PostgreSQL's WAL in a running database's state: write ``mib`` MiB of WAL (logical
     messages, which touch no table) and checkpoint, so that the load writes into recycled,
-    already-allocated segments. Returns how many segments the WAL directory then holds.
+    already-allocated segments (``mib`` 0 leaves a fresh cluster's WAL as it is). Returns what
+    the report says of it.
 
     A fresh cluster instead creates and zero-fills a 16 MiB segment every couple of seconds at
     the bench's rates, and each creation stalls commits for tens of milliseconds: a cost of the
     bench's fresh database that a long-running one does not pay."""
+    if not mib:
+        return "cold WAL (a fresh cluster: each segment created during the load)"
     conn = await asyncpg.connect(url)
     try:
         for _ in range(mib):
@@ -607,14 +610,9 @@ async def warm_wal(url: str, mib: int) -> int:
                 "SELECT pg_logical_emit_message(false, 'dfm-bench-warm', repeat('x', 1048576))"
             )
         await conn.execute("CHECKPOINT")
-        return int(await conn.fetchval("SELECT count(*) FROM pg_ls_waldir()"))
+        segments = await conn.fetchval("SELECT count(*) FROM pg_ls_waldir()")
     finally:
         await conn.close()
-
-
-def wal_state(mib: int, segments: int | None) -> str:
-    if not mib:
-        return "cold WAL (a fresh cluster: each segment created during the load)"
     return f"WAL warmed ({mib:,} MiB written and checkpointed: {segments} segments to recycle)"
 
 
@@ -678,13 +676,11 @@ def run(opts: Options) -> int:
         postgres.start()
         postgres_pid = int((postgres.pgdata / "postmaster.pid").read_text().split()[0])
         asyncio.run(log_postgres_maintenance(postgres.url, opts.postgres_settings))
-        segments = None
         if opts.warm_wal_mib:
             say(f"bench: warming PostgreSQL's WAL ({opts.warm_wal_mib:,} MiB)")
-            segments = asyncio.run(warm_wal(postgres.url, opts.warm_wal_mib))
+        wal = asyncio.run(warm_wal(postgres.url, opts.warm_wal_mib))
         started = _start_servers(opts, workdir, postgres, secret, postgres_pid, servers)
         measured = _measure(opts, load, py_spy, started, postgres)
-        wal = wal_state(opts.warm_wal_mib, segments)
         _report(opts, measured, generator, load_before, len(body), use_wrk, postgres, wal)
         if opts.keep:
             print(f"kept: {workdir}")

@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cold-wal", action="store_true", help="skip warming PostgreSQL's WAL (a fresh cluster's)"
     )
     opts = parser.parse_args(argv)
-    from bench.receiver.run import WARM_WAL_MIB, wal_state, warm_wal
+    from bench.receiver.run import WARM_WAL_MIB, warm_wal
     from dfm.embedded_pg import EmbeddedPostgres
 
     with tempfile.TemporaryDirectory(prefix="dfm-tail-") as directory:
@@ -209,9 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         postgres = EmbeddedPostgres(work / "pg" / "data")
         postgres.start()
         try:
-            mib = 0 if opts.cold_wal else WARM_WAL_MIB
-            segments = asyncio.run(warm_wal(postgres.url, mib)) if mib else None
-            print(f"PostgreSQL: {wal_state(mib, segments)}")
+            wal = asyncio.run(warm_wal(postgres.url, 0 if opts.cold_wal else WARM_WAL_MIB))
+            print(f"PostgreSQL: {wal}")
             asyncio.run(_run(opts, postgres.url, work))
         finally:
             postgres.destroy()
