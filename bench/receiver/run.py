@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,6 +83,43 @@ class Options:
     postgres_dir: str | None = None
     # MiB of WAL written and recycled before the load (0: a fresh cluster's cold WAL).
     warm_wal_mib: int = WARM_WAL_MIB
+    # An experiment: the servers under test on a CPU of their own, everything else on the others
+    # (with two CPUs or more). Off: every process on every CPU.
+    pin: bool = False
+
+
+# -- CPUs ----------------------------------------------------------------------------------------
+
+
+def split_cpus() -> tuple[set[int], set[int]] | None:
+    """The CPU for the server under test, and the others for PostgreSQL, the generators and the
+    bench itself; None with fewer than two to split."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` onto ``cpus``; threads it starts later inherit the affinity."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with suppress(ProcessLookupError):  # a thread that has just ended
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def cpus_line(split: tuple[set[int], set[int]] | None) -> str:
+    """How the host's CPUs were shared, for the report."""
+    if split is None:
+        return f"{os.cpu_count()} CPUs shared by server, PostgreSQL (fsync=on) and load generator"
+    server, rest = split
+    return (
+        f"the server under test alone on CPU {_cpu_list(server)}; PostgreSQL (fsync=on), the "
+        f"load generator and the bench on CPU {_cpu_list(rest)}"
+    )
+
+
+def _cpu_list(cpus: set[int]) -> str:
+    return ",".join(str(cpu) for cpu in sorted(cpus))
 
 
 # -- /proc accounting ----------------------------------------------------------------------------
@@ -616,6 +653,16 @@ async def warm_wal(url: str, mib: int) -> str:
     return f"WAL warmed ({mib:,} MiB written and checkpointed: {segments} segments to recycle)"
 
 
+async def wal_counters(url: str) -> tuple[int, int, int]:
+    """PostgreSQL's cumulative WAL records, full-page images and bytes (``pg_stat_wal``)."""
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
+    finally:
+        await conn.close()
+    return int(row["wal_records"]), int(row["wal_fpi"]), int(row["wal_bytes"])
+
+
 _PG_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) UTC \[\d+\] LOG:\s+(.*)$")
 
 
@@ -671,6 +718,9 @@ def run(opts: Options) -> int:
         f"wrk {wrk.version()} ({opts.threads} thread)" if use_wrk else "python (own process)"
     )
     load_before = loadavg()
+    split = split_cpus() if opts.pin else None
+    if split is not None:
+        os.sched_setaffinity(0, split[1])  # inherited by PostgreSQL and the generators
     try:
         say(f"bench: work dir {workdir}; starting PostgreSQL")
         postgres.start()
@@ -680,8 +730,12 @@ def run(opts: Options) -> int:
             say(f"bench: warming PostgreSQL's WAL ({opts.warm_wal_mib:,} MiB)")
         wal = asyncio.run(warm_wal(postgres.url, opts.warm_wal_mib))
         started = _start_servers(opts, workdir, postgres, secret, postgres_pid, servers)
+        if split is not None:
+            for server in servers:
+                if server is not started.collector:  # the collector stands for the network
+                    pin(server.pid, split[0])
         measured = _measure(opts, load, py_spy, started, postgres)
-        _report(opts, measured, generator, load_before, len(body), use_wrk, postgres, wal)
+        _report(opts, measured, generator, load_before, len(body), use_wrk, postgres, wal, split)
         if opts.keep:
             print(f"kept: {workdir}")
         return 0
@@ -926,6 +980,7 @@ def _report(
     use_wrk: bool,
     postgres: EmbeddedPostgres,
     wal: str,
+    split: tuple[set[int], set[int]] | None,
 ) -> None:
     """The table, the ratio and p99 verdicts, per-round detail, durability and warnings."""
     base, recv = measured.started.base, measured.started.recv
@@ -947,8 +1002,7 @@ def _report(
         f"HMAC-SHA256 signed, unique {DELIVERY_HEADER} each"
     )
     print(
-        f"host: {os.cpu_count()} CPUs shared by server, PostgreSQL (fsync=on) and load "
-        f"generator; loopback TCP; Python {sys.version.split()[0]}; "
+        f"host: {cpus_line(split)}; loopback TCP; Python {sys.version.split()[0]}; "
         f"load average before {load_before}, after {loadavg()}; {wal}"
         + (
             f"; PostgreSQL set: {', '.join(opts.postgres_settings)}"
@@ -1184,6 +1238,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{WARM_WAL_MIB} MiB first, as a running database's recycled WAL)",
     )
     parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="experiment: each server under test alone on one CPU, PostgreSQL and the "
+        "generators on the others (default: every process on every CPU)",
+    )
+    parser.add_argument(
         "--no-floor",
         dest="floor",
         action="store_false",
@@ -1215,5 +1275,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             postgres_settings=args.postgres_setting,
             postgres_dir=args.postgres_dir,
             warm_wal_mib=0 if args.cold_wal else WARM_WAL_MIB,
+            pin=args.pin,
         )
     )

@@ -12,7 +12,9 @@ With ``--fsync-probe`` a fourth probe (``bench.receiver.fsprobe``, a process of 
 small file on the database's disk every 5 ms: commits that stall when it stalls are waiting on
 the disk. It also shows when the kernel wrote dirty page cache back in bursts.
 
-PostgreSQL's WAL is warmed first, as ``python -m bench.receiver`` does (``--cold-wal`` skips it).
+PostgreSQL's WAL is warmed first, as ``python -m bench.receiver`` does (``--cold-wal`` skips it),
+and the WAL written during the load is reported. ``--pin`` runs the receiver alone on one CPU and
+everything else on the others; ``--postgres-setting`` applies a PostgreSQL setting first.
 
 The probes cost a little CPU (the lag monitor wakes 1,000 times a second): use it to explain a
 tail, and the socket bench (``python -m bench.receiver``) for the figures.
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -41,8 +44,13 @@ def _percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * pct))] if ordered else 0.0
 
 
-async def _run(opts: argparse.Namespace, database_url: str, work: Path) -> None:
-    from bench.receiver.run import DELIVERY_HEADER, signed_request
+async def _run(
+    opts: argparse.Namespace,
+    database_url: str,
+    work: Path,
+    split: tuple[set[int], set[int]] | None,
+) -> None:
+    from bench.receiver.run import DELIVERY_HEADER, pin, signed_request, wal_counters
     from bench.receiver.servers import SOURCE_PATH, bench_source
     from webhook_server import logs, server
     from webhook_server.app import STORE, create_app
@@ -70,6 +78,8 @@ async def _run(opts: argparse.Namespace, database_url: str, work: Path) -> None:
             max_batch=opts.max_batch,
         ),
     )
+    if split is not None:  # the receiver (this process) alone on its CPU
+        pin(os.getpid(), split[0])
     app = create_app(config)
     gc.freeze()  # as `dfm receiver` does once it has built the app
     listener = await server.start(app, "127.0.0.1", 0)
@@ -96,6 +106,7 @@ async def _run(opts: argparse.Namespace, database_url: str, work: Path) -> None:
             await asyncio.sleep(0.001)
             lags.append((time.monotonic(), loop.time() - asked - 0.001))
 
+    wal_before = await wal_counters(database_url)
     watcher = asyncio.create_task(monitor())
     (work / "body").write_bytes(body)
     (work / "headers.json").write_text(json.dumps(headers))
@@ -116,13 +127,24 @@ async def _run(opts: argparse.Namespace, database_url: str, work: Path) -> None:
         "--connections", str(opts.connections), "--result", str(work / "result.json"),
         cwd=REPO,
     )  # fmt: skip
+    if split is not None:
+        for helper in (generator, fsprobe):
+            if helper is not None:
+                pin(helper.pid, split[1])
     await generator.wait()
+    wal_after = await wal_counters(database_url)
     disk = json.loads((await fsprobe.communicate())[0]) if fsprobe is not None else None
     running = False
     await watcher
     await listener.stop()
     gc.callbacks.remove(on_gc)
-    _report(opts, json.loads((work / "result.json").read_text()), start, lags, commits, pauses)
+    result = json.loads((work / "result.json").read_text())
+    _report(opts, result, start, lags, commits, pauses)
+    records, fpi, size = (a - b for a, b in zip(wal_after, wal_before, strict=True))
+    print(
+        f"WAL during the load: {size / 2**20:,.0f} MiB, {size / max(result['ok'], 1) / 1024:.1f} "
+        f"KiB per event; {records:,} records, {fpi:,} of them full-page images"
+    )
     if disk is not None:
         stalls = " ".join(f"{at - wall_start:.2f}s:{ms:.0f}ms" for at, ms in disk["slow"])
         print(
@@ -200,18 +222,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cold-wal", action="store_true", help="skip warming PostgreSQL's WAL (a fresh cluster's)"
     )
+    parser.add_argument(
+        "--postgres-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a PostgreSQL setting applied by ALTER SYSTEM and a reload, as in bench.receiver",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the receiver alone on one CPU, the rest on the others (default: all on every CPU)",
+    )
     opts = parser.parse_args(argv)
-    from bench.receiver.run import WARM_WAL_MIB, warm_wal
+    from bench.receiver.run import (
+        WARM_WAL_MIB,
+        cpus_line,
+        log_postgres_maintenance,
+        split_cpus,
+        warm_wal,
+    )
     from dfm.embedded_pg import EmbeddedPostgres
 
+    split = split_cpus() if opts.pin else None
+    if split is not None:
+        os.sched_setaffinity(0, split[1])  # inherited by PostgreSQL
+    print(f"CPUs: {cpus_line(split)}")
     with tempfile.TemporaryDirectory(prefix="dfm-tail-") as directory:
         work = Path(directory)
         postgres = EmbeddedPostgres(work / "pg" / "data")
         postgres.start()
         try:
+            asyncio.run(log_postgres_maintenance(postgres.url, opts.postgres_setting))
             wal = asyncio.run(warm_wal(postgres.url, 0 if opts.cold_wal else WARM_WAL_MIB))
-            print(f"PostgreSQL: {wal}")
-            asyncio.run(_run(opts, postgres.url, work))
+            settings = f"; set: {', '.join(opts.postgres_setting)}" if opts.postgres_setting else ""
+            print(f"PostgreSQL: {wal}{settings}")
+            asyncio.run(_run(opts, postgres.url, work, split))
         finally:
             postgres.destroy()
     return 0
