@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -81,6 +82,9 @@ class Spec:
     headers: dict[str, str]
     id_header: str
     id_prefix: str
+    # Delivery ids as random GUIDs (GitHub's own form) instead of ``<prefix>-<n>``: new keys land
+    # all over the store's indexes, as a provider's do, instead of next to each other.
+    random_ids: bool = False
 
 
 class Request:
@@ -235,7 +239,9 @@ class Generator:
             self.window.statuses["-1"] += 1
             return
         self.sent += 1
-        event_id = f"{self.spec.id_prefix}-{self.sent}"
+        event_id = (
+            str(uuid.uuid4()) if self.spec.random_ids else f"{self.spec.id_prefix}-{self.sent}"
+        )
         self.in_flight += 1
         conn.send(self.request.render(event_id), event_id, started)
 
@@ -335,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=0.0)
     parser.add_argument("--result", required=True)
     parser.add_argument("--acked", default="")
+    parser.add_argument("--random-ids", action="store_true", help="GUID delivery ids")
     args = parser.parse_args(argv)
     spec = Spec(
         url=args.url,
@@ -342,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         headers=json.loads(Path(args.headers).read_text()),
         id_header=args.id_header,
         id_prefix=args.id_prefix,
+        random_ids=args.random_ids,
     )
     if args.mode == "closed":
         gen = asyncio.run(closed_loop(spec, args.connections, args.warmup, args.duration))

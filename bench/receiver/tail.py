@@ -106,6 +106,8 @@ async def _run(
             await asyncio.sleep(0.001)
             lags.append((time.monotonic(), loop.time() - asked - 0.001))
 
+    if opts.prefill:
+        await _prefill(database_url, source.name, opts.prefill)
     wal_before = await wal_counters(database_url)
     watcher = asyncio.create_task(monitor())
     (work / "body").write_bytes(body)
@@ -125,6 +127,7 @@ async def _run(
         "--id-header", DELIVERY_HEADER, "--id-prefix", f"tail-{time.time_ns()}",
         "--mode", "open", "--rate", str(opts.rate), "--duration", str(opts.duration),
         "--connections", str(opts.connections), "--result", str(work / "result.json"),
+        *(["--random-ids"] if opts.random_ids else []),
         cwd=REPO,
     )  # fmt: skip
     if split is not None:
@@ -160,6 +163,43 @@ async def _run(
                 f"page cache: dirty peaked at {disk['dirty_peak'] / 2**20:.0f} MiB; "
                 f"written back in bursts over 32 MiB {len(disk['writeback_bursts'])}x: {bursts}"
             )
+
+
+async def _prefill(url: str, source: str, rows: int) -> None:
+    """``rows`` events already stored under random GUID ids (with empty payloads: what matters
+    is the size of the dedup and primary-key indexes), then a checkpoint, as in a database that
+    has been receiving for a while."""
+    import asyncpg
+
+    started = time.monotonic()
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            """
+            WITH ids AS (
+                INSERT INTO webhook_event_ids (source, event_id, received_at)
+                SELECT $1, gen_random_uuid()::text, now() FROM generate_series(1, $2)
+                RETURNING event_id
+            )
+            INSERT INTO webhook_events (source, event_id, received_at, request_id, payload)
+            SELECT $1, event_id, now(), 'prefill', ''::bytea FROM ids
+            """,
+            source,
+            rows,
+        )
+        await conn.execute("VACUUM ANALYZE webhook_event_ids")
+        await conn.execute("CHECKPOINT")
+        size = await conn.fetchval(
+            "SELECT pg_size_pretty(pg_indexes_size('webhook_event_ids')"
+            " + sum(pg_indexes_size(inhrelid))) FROM pg_inherits"
+            " WHERE inhparent = 'webhook_events'::regclass"
+        )
+    finally:
+        await conn.close()
+    print(
+        f"prefilled {rows:,} events in {time.monotonic() - started:.0f} s (indexes {size}), "
+        "then checkpointed"
+    )
 
 
 def _report(
@@ -228,6 +268,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         metavar="NAME=VALUE",
         help="a PostgreSQL setting applied by ALTER SYSTEM and a reload, as in bench.receiver",
+    )
+    parser.add_argument(
+        "--prefill",
+        type=int,
+        default=0,
+        metavar="N",
+        help="store N events (random ids) and checkpoint before the load: a store's indexes",
+    )
+    parser.add_argument(
+        "--random-ids",
+        action="store_true",
+        help="send GUID delivery ids, as GitHub does (default: <prefix>-<n>, next to each other)",
     )
     parser.add_argument(
         "--pin",
