@@ -83,8 +83,8 @@ class Options:
     postgres_dir: str | None = None
     # MiB of WAL written and recycled before the load (0: a fresh cluster's cold WAL).
     warm_wal_mib: int = WARM_WAL_MIB
-    # An experiment: the servers under test on a CPU of their own, everything else on the others
-    # (with two CPUs or more). Off: every process on every CPU.
+    # An experiment: the servers under test (measured one at a time) on a CPU of their own,
+    # everything else on the others (with two CPUs or more). Off: every process on every CPU.
     pin: bool = False
 
 
@@ -101,21 +101,25 @@ def split_cpus() -> tuple[set[int], set[int]] | None:
 
 
 def pin(pid: int, cpus: set[int]) -> None:
-    """Every thread of ``pid`` onto ``cpus``; threads it starts later inherit the affinity."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with suppress(ProcessLookupError):  # a thread that has just ended
-            os.sched_setaffinity(int(task.name), cpus)
+    """Every thread of ``pid`` onto ``cpus``; threads it starts later inherit the affinity. The
+    threads are listed again until no new one turns up (one may start while they are moved)."""
+    done: set[int] = set()
+    while todo := {int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()} - done:
+        for tid in todo:
+            with suppress(ProcessLookupError):  # a thread that has just ended
+                os.sched_setaffinity(tid, cpus)
+        done |= todo
 
 
-def cpus_line(split: tuple[set[int], set[int]] | None) -> str:
+def cpus_line(
+    split: tuple[set[int], set[int]] | None,
+    server: str = "the servers under test (measured one at a time)",
+    rest: str = "PostgreSQL (fsync=on), the load generators, the collector and the bench",
+) -> str:
     """How the host's CPUs were shared, for the report."""
     if split is None:
         return f"{os.cpu_count()} CPUs shared by server, PostgreSQL (fsync=on) and load generator"
-    server, rest = split
-    return (
-        f"the server under test alone on CPU {_cpu_list(server)}; PostgreSQL (fsync=on), the "
-        f"load generator and the bench on CPU {_cpu_list(rest)}"
-    )
+    return f"{server} on CPU {_cpu_list(split[0])}; {rest} on CPU {_cpu_list(split[1])}"
 
 
 def _cpu_list(cpus: set[int]) -> str:
@@ -653,14 +657,37 @@ async def warm_wal(url: str, mib: int) -> str:
     return f"WAL warmed ({mib:,} MiB written and checkpointed: {segments} segments to recycle)"
 
 
-async def wal_counters(url: str) -> tuple[int, int, int]:
-    """PostgreSQL's cumulative WAL records, full-page images and bytes (``pg_stat_wal``)."""
+async def wal_position(url: str) -> int:
+    """Where PostgreSQL's WAL insert position is, in bytes: the difference of two is the WAL
+    the whole cluster wrote in between, exactly and at once."""
     conn = await asyncpg.connect(url)
     try:
-        row = await conn.fetchrow("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal")
+        return int(
+            await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')")
+        )
     finally:
         await conn.close()
-    return int(row["wal_records"]), int(row["wal_fpi"]), int(row["wal_bytes"])
+
+
+async def wal_records(url: str, settle: float = 3.0) -> tuple[int, int]:
+    """The cluster's cumulative WAL records and full-page images (``pg_stat_wal``), once they
+    stop changing for a moment: a backend sends its counts at most once a second, and at exit.
+    """
+    conn = await asyncpg.connect(url)
+    try:
+        query = "SELECT wal_records, wal_fpi FROM pg_stat_wal"
+        last = None
+        deadline = time.monotonic() + settle
+        while True:
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            row = await conn.fetchrow(query)
+            counts = (int(row["wal_records"]), int(row["wal_fpi"]))
+            if counts == last or time.monotonic() > deadline:
+                return counts
+            last = counts
+            await asyncio.sleep(0.3)
+    finally:
+        await conn.close()
 
 
 _PG_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) UTC \[\d+\] LOG:\s+(.*)$")
@@ -1240,8 +1267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--pin",
         action="store_true",
-        help="experiment: each server under test alone on one CPU, PostgreSQL and the "
-        "generators on the others (default: every process on every CPU)",
+        help="experiment: the servers under test on one CPU of their own (measured one at a "
+        "time), PostgreSQL, the generators and the collector on the others (default: every "
+        "process on every CPU)",
     )
     parser.add_argument(
         "--no-floor",

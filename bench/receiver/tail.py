@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,16 @@ async def _run(
     database_url: str,
     work: Path,
     split: tuple[set[int], set[int]] | None,
+    postgres_log: Path,
 ) -> None:
-    from bench.receiver.run import DELIVERY_HEADER, pin, signed_request, wal_counters
+    from bench.receiver.run import (
+        DELIVERY_HEADER,
+        pin,
+        postgres_events,
+        signed_request,
+        wal_position,
+        wal_records,
+    )
     from bench.receiver.servers import SOURCE_PATH, bench_source
     from webhook_server import logs, server
     from webhook_server.app import STORE, create_app
@@ -107,19 +116,23 @@ async def _run(
             lags.append((time.monotonic(), loop.time() - asked - 0.001))
 
     if opts.prefill:
-        await _prefill(database_url, source.name, opts.prefill)
-    wal_before = await wal_counters(database_url)
+        await _prefill(database_url, source.key, opts.prefill)
+    records_before = await wal_records(database_url, settle=0.0)
+    wal_before = await wal_position(database_url)
     watcher = asyncio.create_task(monitor())
     (work / "body").write_bytes(body)
     (work / "headers.json").write_text(json.dumps(headers))
     start = time.monotonic()
     wall_start = time.time()
+    load_start = datetime.now(UTC)
     fsprobe = None
     if opts.fsync_probe:
         fsprobe = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.receiver.fsprobe", str(work), str(opts.duration),
             cwd=REPO, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
+        if split is not None:
+            pin(fsprobe.pid, split[1])
     generator = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.receiver.loadgen",
         "--url", f"http://127.0.0.1:{listener.port}{SOURCE_PATH}",
@@ -131,23 +144,27 @@ async def _run(
         cwd=REPO,
     )  # fmt: skip
     if split is not None:
-        for helper in (generator, fsprobe):
-            if helper is not None:
-                pin(helper.pid, split[1])
+        pin(generator.pid, split[1])
     await generator.wait()
-    wal_after = await wal_counters(database_url)
+    wal_size = await wal_position(database_url) - wal_before
+    load_end = datetime.now(UTC)
     disk = json.loads((await fsprobe.communicate())[0]) if fsprobe is not None else None
     running = False
     await watcher
-    await listener.stop()
+    await listener.stop()  # closes the pool: its backends send their WAL counts as they exit
     gc.callbacks.remove(on_gc)
+    records, fpi = (
+        a - b for a, b in zip(await wal_records(database_url), records_before, strict=True)
+    )
     result = json.loads((work / "result.json").read_text())
     _report(opts, result, start, lags, commits, pauses)
-    records, fpi, size = (a - b for a, b in zip(wal_after, wal_before, strict=True))
     print(
-        f"WAL during the load: {size / 2**20:,.0f} MiB, {size / max(result['ok'], 1) / 1024:.1f} "
-        f"KiB per event; {records:,} records, {fpi:,} of them full-page images"
+        f"WAL written by the whole cluster during the load: {wal_size / 2**20:,.0f} MiB, "
+        f"{wal_size / max(result['ok'], 1) / 1024:.1f} KiB per event; {records:,} records, "
+        f"{fpi:,} of them full-page images (autovacuum's included)"
     )
+    maintenance = postgres_events(postgres_log, load_start, load_end)
+    print(f"PostgreSQL during the load: {'; '.join(maintenance) or 'no autovacuum or checkpoint'}")
     if disk is not None:
         stalls = " ".join(f"{at - wall_start:.2f}s:{ms:.0f}ms" for at, ms in disk["slow"])
         print(
@@ -166,9 +183,9 @@ async def _run(
 
 
 async def _prefill(url: str, source: str, rows: int) -> None:
-    """``rows`` events already stored under random GUID ids (with empty payloads: what matters
-    is the size of the dedup and primary-key indexes), then a checkpoint, as in a database that
-    has been receiving for a while."""
+    """``rows`` events already stored for ``source`` (its key, as the store writes it) under
+    random GUID ids, with empty payloads (what matters is the size of the dedup and primary-key
+    indexes), then a checkpoint, as in a database that has been receiving for a while."""
     import asyncpg
 
     started = time.monotonic()
@@ -187,7 +204,9 @@ async def _prefill(url: str, source: str, rows: int) -> None:
             source,
             rows,
         )
-        await conn.execute("VACUUM ANALYZE webhook_event_ids")
+        # Frozen and analyzed, as old rows are: otherwise the load's first autovacuum sets their
+        # hint and visibility bits and logs every page it touches whole (data checksums are on).
+        await conn.execute("VACUUM (FREEZE, ANALYZE) webhook_event_ids, webhook_events")
         await conn.execute("CHECKPOINT")
         size = await conn.fetchval(
             "SELECT pg_size_pretty(pg_indexes_size('webhook_event_ids')"
@@ -299,7 +318,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = split_cpus() if opts.pin else None
     if split is not None:
         os.sched_setaffinity(0, split[1])  # inherited by PostgreSQL
-    print(f"CPUs: {cpus_line(split)}")
+    where = cpus_line(
+        split,
+        "the receiver and its in-process probes",
+        "PostgreSQL (fsync=on), the load generator and the fsync probe",
+    )
+    print(f"CPUs: {where}")
     with tempfile.TemporaryDirectory(prefix="dfm-tail-") as directory:
         work = Path(directory)
         postgres = EmbeddedPostgres(work / "pg" / "data")
@@ -309,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             wal = asyncio.run(warm_wal(postgres.url, 0 if opts.cold_wal else WARM_WAL_MIB))
             settings = f"; set: {', '.join(opts.postgres_setting)}" if opts.postgres_setting else ""
             print(f"PostgreSQL: {wal}{settings}")
-            asyncio.run(_run(opts, postgres.url, work, split))
+            asyncio.run(_run(opts, postgres.url, work, split, postgres.logfile))
         finally:
             postgres.destroy()
     return 0
