@@ -1077,11 +1077,6 @@ def _report(
     _print_durability(opts, measured, use_wrk, postgres)
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[(len(ordered) - 1) // 2] if ordered else 0.0
-
-
 def _print_traced(
     base: Target, recv: Target, traced: Target, measured: _Measured, ratio: float
 ) -> None:

@@ -53,7 +53,6 @@ async def _run(
     postgres_log: Path,
 ) -> None:
     from bench.receiver.run import (
-        DELIVERY_HEADER,
         pin,
         postgres_events,
         signed_request,
@@ -64,6 +63,7 @@ async def _run(
     from webhook_server import logs, server
     from webhook_server.app import STORE, create_app
     from webhook_server.config import DatabaseConfig, ReceiverConfig
+    from webhook_server.verify.github import DELIVERY_HEADER
 
     logs.configure("INFO", stream=(work / "access.log").open("a"))
     pauses: list[tuple[float, int, float]] = []
