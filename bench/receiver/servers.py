@@ -327,6 +327,19 @@ def run_receiver(
             traced.shutdown()
 
 
+def _bind_with_reuse_port() -> None:
+    """Every listening socket of this process with SO_REUSEPORT. An experiment, so it patches
+    the event loop here rather than adding an option to the receiver: the kernel then spreads
+    the connections over every process bound to the port."""
+    create_server = asyncio.BaseEventLoop.create_server
+
+    async def reuse_port(self: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["reuse_port"] = True
+        return await create_server(self, *args, **kwargs)
+
+    asyncio.BaseEventLoop.create_server = reuse_port  # type: ignore[method-assign]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.receiver.servers")
     parser.add_argument(
@@ -354,7 +367,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="experiment: gc.freeze() once everything is imported",
     )
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="experiment: bind with SO_REUSEPORT, so that several processes share the port "
+        "(bench.receiver.workers)",
+    )
     args = parser.parse_args(argv)
+    if args.reuse_port:
+        _bind_with_reuse_port()
     if args.gc_freeze:
         import webhook_server.app  # noqa: F401 - imported for its side effect on the heap
 

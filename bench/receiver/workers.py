@@ -1,0 +1,274 @@
+"""SO_REUSEPORT workers, an experiment: ``python -m bench.receiver.workers [--workers 2]``.
+
+Issue 17 lists several worker processes per pod, sharing the port through SO_REUSEPORT, as a
+lever to weigh and to report apart from the per-core ratio. The receiver has no such option;
+this tool measures what one would give before anyone builds it. It starts, against one embedded
+PostgreSQL, four groups of ``bench.receiver.servers`` processes, each group on a port of its own:
+
+- the no-op baseline, one process and ``--workers`` processes;
+- the receiver (durable store, one source per group), one process and ``--workers`` processes.
+
+The ``--reuse-port`` processes of a group share their port, and the kernel spreads the
+connections over them. Each receiver process has its own pool and writers. In interleaved
+rounds each group gets the closed loop (wrk) and each receiver group then gets an open loop at
+80 % of the events/s it just did. The table gives events/s, CPU per event (the group's processes
+plus PostgreSQL) and the p99 at 80 %; the durability check counts each receiver group's
+acknowledged ids in the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.receiver import wrk
+from bench.receiver.loadgen import LoadResult
+from bench.receiver.run import (
+    PACED_CONNECTIONS,
+    PACED_FRACTION,
+    REPO,
+    WARM_WAL_MIB,
+    Load,
+    Options,
+    Server,
+    children_of,
+    count_stored,
+    cpu_seconds,
+    signed_request,
+    warm_wal,
+)
+from dfm.embedded_pg import EmbeddedPostgres, free_port
+
+
+@dataclass
+class Group:
+    label: str
+    processes: list[subprocess.Popen[bytes]]
+    port: int
+    name: str = ""  # the receiver's source name; "" for the no-op
+    closed: list[tuple[LoadResult, float]] = field(default_factory=list)  # (result, CPU µs/event)
+    paced: list[LoadResult] = field(default_factory=list)
+    acked: list[str] = field(default_factory=list)
+
+    @property
+    def server(self) -> Server:
+        return Server(self.label, self.processes[0], self.port)
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p.pid) for p in self.processes)
+
+
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on ``port`` (each SO_REUSEPORT process has its own)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            count += 1
+    return count
+
+
+def start_group(
+    label: str, kind: str, workers: int, workdir: Path, extra: Sequence[str] = (), name: str = ""
+) -> Group:
+    port = free_port()
+    processes = []
+    for number in range(workers):
+        log = workdir / f"{label.replace(' ', '-')}-{number}.out"
+        args = [*extra, "--log", str(log.with_suffix(".log"))] if kind == "receiver" else extra
+        command = [sys.executable, "-m", "bench.receiver.servers", kind, "--port", str(port)]
+        with log.open("wb") as out:
+            processes.append(
+                subprocess.Popen(
+                    [*command, "--reuse-port", *args],
+                    cwd=REPO,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    group = Group(label, processes, port, name)
+    deadline = time.monotonic() + 60
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    while True:
+        if any(p.poll() is not None for p in processes):
+            raise RuntimeError(f"{label}: a process exited; see {workdir}")
+        ready = False
+        try:
+            with opener.open(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+                ready = resp.status == 200
+        except (urllib.error.URLError, OSError):
+            pass
+        if ready and listening_sockets(port) == workers:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{label}: not ready after 60 s")
+        time.sleep(0.2)
+    if kind == "receiver":
+        time.sleep(2)  # every process's store ready, not only the one that answered /readyz
+    return group
+
+
+def stop_group(group: Group) -> None:
+    for process in group.processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in group.processes:
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2] if ordered else 0.0
+
+
+def run(opts: argparse.Namespace) -> int:
+    if wrk.available() is None:
+        raise SystemExit("bench.receiver.workers: wrk is not installed (apt-get install wrk)")
+    workdir = Path(tempfile.mkdtemp(prefix="dfm-workers-"))
+    postgres = EmbeddedPostgres(workdir / "pg" / "data")
+    body, headers, secret = signed_request(1024)
+    options = Options(
+        duration=opts.duration, rounds=opts.rounds, warmup=3.0, connections=opts.connections,
+        threads=1, paced_duration=opts.paced_duration, paced_fraction=PACED_FRACTION,
+        loadgen="wrk", body_bytes=1024, receiver_log_level="INFO", receiver_log=None,
+        gc_freeze=False, profile=False, py_spy=None, keep=False,
+        paced_connections=PACED_CONNECTIONS,
+    )  # fmt: skip
+    load = Load(body, headers, workdir, options, use_wrk=True)
+    groups: list[Group] = []
+    try:
+        postgres.start()
+        postgres_pid = int((postgres.pgdata / "postmaster.pid").read_text().split()[0])
+        print(f"PostgreSQL: {asyncio.run(warm_wal(postgres.url, WARM_WAL_MIB))}", flush=True)
+        n = opts.workers
+        for label, kind, workers, name in (
+            ("no-op x1", "baseline", 1, ""),
+            (f"no-op x{n}", "baseline", n, ""),
+            ("receiver x1", "receiver", 1, "bench-workers-1"),
+            (f"receiver x{n}", "receiver", n, f"bench-workers-{n}"),
+        ):
+            extra = (
+                ["--database-url", postgres.url, "--secret", secret, "--name", name]
+                if kind == "receiver"
+                else []
+            )
+            groups.append(start_group(label, kind, workers, workdir, extra, name))
+
+        def postgres_cpu() -> float:
+            return sum(cpu_seconds(pid) for pid in [postgres_pid, *children_of(postgres_pid)])
+
+        for group in groups:
+            load.closed(group.server, 3.0, collect=False, label=f"warm-{group.port}")
+        for round_number in range(1, opts.rounds + 1):
+            for group in groups:
+                print(f"  {group.label}: round {round_number}", flush=True)
+                before = group.cpu() + (postgres_cpu() if group.name else 0.0)
+                result, acked = load.closed(
+                    group.server,
+                    opts.duration,
+                    collect=bool(group.name),
+                    label=group.label.replace(" ", "-"),
+                )
+                used = group.cpu() + (postgres_cpu() if group.name else 0.0) - before
+                group.closed.append((result, used / max(result.ok, 1) * 1e6))
+                group.acked += acked
+                if group.name:
+                    rate = result.rate * PACED_FRACTION
+                    paced, acked = load.paced(group.server, rate, opts.paced_duration)
+                    group.paced.append(paced)
+                    group.acked += acked
+        _report(groups, n)
+        for group in groups:
+            stop_group(group)
+        for group in groups:
+            if group.name and len(group.processes) > 1:
+                lines = [
+                    sum(1 for _ in log.open("rb"))
+                    for log in sorted(workdir.glob(f"{group.label.replace(' ', '-')}-*.log"))
+                ]
+                print(
+                    f"{group.label}: log lines by process {' / '.join(f'{n:,}' for n in lines)} "
+                    "(how the kernel spread the connections)"
+                )
+        failed = False
+        for group in groups:
+            if group.name:
+                rows, found = asyncio.run(count_stored(postgres.url, group.acked, group.name))
+                lost = len(set(group.acked)) - found
+                failed |= lost != 0
+                print(
+                    f"durability, {group.label}: {len(group.acked):,} acknowledged, {rows:,} "
+                    f"rows (the warm-up's included), acknowledged but not stored: {lost}  "
+                    f"{'FAIL' if lost else 'PASS'}"
+                )
+        return 1 if failed else 0
+    finally:
+        for group in groups:
+            stop_group(group)
+        postgres.destroy()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _report(groups: list[Group], workers: int) -> None:
+    print()
+    print(
+        f"{'group':<14}{'events/s':>10}{'CPU µs/event':>14}{'p99 at 80 %':>13}"
+        f"   rounds (events/s; p99 ms)"
+    )
+    for group in groups:
+        rates = [result.rate for result, _ in group.closed]
+        cpu = _median([us for _, us in group.closed])
+        p99 = _median([p.p99_ms for p in group.paced]) if group.paced else None
+        rounds = " ".join(f"{rate:,.0f}" for rate in rates)
+        if group.paced:
+            rounds += "; " + " ".join(f"{p.p99_ms:.1f}" for p in group.paced)
+        print(
+            f"{group.label:<14}{_median(rates):>10,.0f}{cpu:>14.0f}"
+            f"{'' if p99 is None else f'{p99:.1f} ms':>13}   {rounds}"
+        )
+    by_label = {group.label: group for group in groups}
+
+    def ratio(a: str, b: str) -> str:
+        pairs = zip(by_label[a].closed, by_label[b].closed, strict=True)
+        return f"{_median([x.rate / y.rate if y.rate else 0.0 for (x, _), (y, _) in pairs]):.2f}"
+
+    print(
+        f"receiver/no-op, one process each: {ratio('receiver x1', 'no-op x1')}; with {workers} "
+        f"each: {ratio(f'receiver x{workers}', f'no-op x{workers}')}; receiver x{workers} / x1: "
+        f"{ratio(f'receiver x{workers}', 'receiver x1')} (medians of the per-round ratios)"
+    )
+    print(
+        "CPU per event counts the group's processes, and PostgreSQL's for the receivers. Every "
+        "process shares the machine's CPUs with PostgreSQL and the generator."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.receiver.workers")
+    parser.add_argument("--workers", type=int, default=2, help="processes of the second groups")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of a closed loop")
+    parser.add_argument("--paced-duration", type=float, default=8.0)
+    parser.add_argument("--connections", type=int, default=64)
+    opts = parser.parse_args(argv)
+    if opts.workers < 2:
+        parser.error("--workers: at least 2")
+    return run(opts)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
