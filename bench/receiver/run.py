@@ -510,7 +510,7 @@ def floor_batch_mean(floors: Sequence[Target]) -> float:
     return 0.0
 
 
-def _median(values: Sequence[float]) -> float:
+def median(values: Sequence[float]) -> float:
     ordered = sorted(values)
     return ordered[(len(ordered) - 1) // 2] if ordered else 0.0
 
@@ -539,7 +539,7 @@ def floor_table(base: Target, floors: Sequence[Target], recv: Target, measured: 
     rows.append((f"receiver: everything (mean {measured.mean_batch:.1f} events per commit)", recv))
     for label, target in rows:
         m = target.median()
-        ratio = _median(
+        ratio = median(
             [
                 r.result.rate / b.result.rate if b.result.rate else 0.0
                 for b, r in zip(base.rounds, target.rounds, strict=True)
@@ -578,9 +578,9 @@ def compare_line(recv: Target, compare: Target) -> str:
         for r, c in zip(recv.rounds, compare.rounds, strict=True)
     ]
     return (
-        f"A/B this receiver / the --compare one: events/s {_median(rates):.2f} "
+        f"A/B this receiver / the --compare one: events/s {median(rates):.2f} "
         f"(rounds {' '.join(f'{x:.2f}' for x in rates)}), server CPU per request "
-        f"{_median(cpu):.2f} (rounds {' '.join(f'{x:.2f}' for x in cpu)})"
+        f"{median(cpu):.2f} (rounds {' '.join(f'{x:.2f}' for x in cpu)})"
     )
 
 
@@ -1062,7 +1062,7 @@ def _report(
         f"receiver round, at "
         f"{opts.paced_fraction:.0%} of that round's events/s)"
     )
-    floor_p99 = _median([r.p99_ms for r in measured.paced_floor])
+    floor_p99 = median([r.p99_ms for r in measured.paced_floor])
     print(
         f"  the no-op baseline under the same open loop, right after each: p99 {floor_p99:.2f} ms "
         "(median round): what the machine and the generator add by themselves"
@@ -1081,11 +1081,11 @@ def _print_traced(
     base: Target, recv: Target, traced: Target, measured: _Measured, ratio: float
 ) -> None:
     """Tracing on (requests sampled at ``ratio``, spans exported) beside off, paired by round."""
-    on = _median(
+    on = median(
         [t.result.rate / b.result.rate if b.result.rate else 0.0
          for b, t in zip(base.rounds, traced.rounds, strict=True)]
     )  # fmt: skip
-    cost = _median(
+    cost = median(
         [t.result.rate / r.result.rate if r.result.rate else 0.0
          for r, t in zip(recv.rounds, traced.rounds, strict=True)]
     )  # fmt: skip

@@ -12,8 +12,8 @@ The ``--reuse-port`` processes of a group share their port, and the kernel sprea
 connections over them. Each receiver process has its own pool and writers. In interleaved
 rounds each group gets the closed loop (wrk) and each receiver group then gets an open loop at
 80 % of the events/s it just did. The table gives events/s, CPU per event (the group's processes
-plus PostgreSQL) and the p99 at 80 %; the durability check counts each receiver group's
-acknowledged ids in the store.
+plus PostgreSQL's for the receiver groups) and the p99 at 80 %; the durability check counts
+each receiver group's acknowledged ids in the store.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,9 +42,12 @@ from bench.receiver.run import (
     Load,
     Options,
     Server,
+    _terminate,
     children_of,
     count_stored,
     cpu_seconds,
+    loadavg,
+    median,
     signed_request,
     warm_wal,
 )
@@ -97,6 +101,18 @@ def start_group(
                 )
             )
     group = Group(label, processes, port, name)
+    try:
+        _wait_serving(group, workdir)
+    except BaseException:
+        stop_group(group)
+        raise
+    return group
+
+
+def _wait_serving(group: Group, workdir: Path) -> None:
+    """Until /readyz answers and every process listens on the port. A receiver opens its socket
+    only once its app (the store included) is set up, so that count means all are serving."""
+    label, port, processes = group.label, group.port, group.processes
     deadline = time.monotonic() + 60
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     while True:
@@ -108,34 +124,21 @@ def start_group(
                 ready = resp.status == 200
         except (urllib.error.URLError, OSError):
             pass
-        if ready and listening_sockets(port) == workers:
-            break
+        if ready and listening_sockets(port) == len(processes):
+            return
         if time.monotonic() > deadline:
             raise RuntimeError(f"{label}: not ready after 60 s")
         time.sleep(0.2)
-    if kind == "receiver":
-        time.sleep(2)  # every process's store ready, not only the one that answered /readyz
-    return group
 
 
 def stop_group(group: Group) -> None:
+    """SIGTERM to every process (each drains and flushes), then SIGKILL after 20 s."""
     for process in group.processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in group.processes:
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[(len(ordered) - 1) // 2] if ordered else 0.0
+        Server(group.label, process, group.port).stop()
 
 
 def run(opts: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _terminate)  # unwinds through the cleanup below
     if wrk.available() is None:
         raise SystemExit("bench.receiver.workers: wrk is not installed (apt-get install wrk)")
     workdir = Path(tempfile.mkdtemp(prefix="dfm-workers-"))
@@ -154,6 +157,7 @@ def run(opts: argparse.Namespace) -> int:
         postgres.start()
         postgres_pid = int((postgres.pgdata / "postmaster.pid").read_text().split()[0])
         print(f"PostgreSQL: {asyncio.run(warm_wal(postgres.url, WARM_WAL_MIB))}", flush=True)
+        print(f"load average before: {loadavg()}", flush=True)
         n = opts.workers
         for label, kind, workers, name in (
             ("no-op x1", "baseline", 1, ""),
@@ -175,7 +179,6 @@ def run(opts: argparse.Namespace) -> int:
             load.closed(group.server, 3.0, collect=False, label=f"warm-{group.port}")
         for round_number in range(1, opts.rounds + 1):
             for group in groups:
-                print(f"  {group.label}: round {round_number}", flush=True)
                 before = group.cpu() + (postgres_cpu() if group.name else 0.0)
                 result, acked = load.closed(
                     group.server,
@@ -186,11 +189,20 @@ def run(opts: argparse.Namespace) -> int:
                 used = group.cpu() + (postgres_cpu() if group.name else 0.0) - before
                 group.closed.append((result, used / max(result.ok, 1) * 1e6))
                 group.acked += acked
+                line = (
+                    f"  round {round_number}, {group.label}: {result.rate:,.0f}/s, "
+                    f"{result.other} non-200"
+                )
                 if group.name:
                     rate = result.rate * PACED_FRACTION
                     paced, acked = load.paced(group.server, rate, opts.paced_duration)
                     group.paced.append(paced)
                     group.acked += acked
+                    line += (
+                        f"; open loop at {rate:,.0f}/s: p99 {paced.p99_ms:.1f} ms, "
+                        f"{paced.other} non-200, generator late <= {paced.max_send_lag_ms:.0f} ms"
+                    )
+                print(f"{line}; load average {loadavg()}", flush=True)
         _report(groups, n)
         for group in groups:
             stop_group(group)
@@ -202,7 +214,7 @@ def run(opts: argparse.Namespace) -> int:
                 ]
                 print(
                     f"{group.label}: log lines by process {' / '.join(f'{n:,}' for n in lines)} "
-                    "(how the kernel spread the connections)"
+                    "(the requests each served: how the kernel spread them)"
                 )
         failed = False
         for group in groups:
@@ -231,25 +243,26 @@ def _report(groups: list[Group], workers: int) -> None:
     )
     for group in groups:
         rates = [result.rate for result, _ in group.closed]
-        cpu = _median([us for _, us in group.closed])
-        p99 = _median([p.p99_ms for p in group.paced]) if group.paced else None
+        cpu = median([us for _, us in group.closed])
+        p99 = median([p.p99_ms for p in group.paced]) if group.paced else None
         rounds = " ".join(f"{rate:,.0f}" for rate in rates)
         if group.paced:
             rounds += "; " + " ".join(f"{p.p99_ms:.1f}" for p in group.paced)
         print(
-            f"{group.label:<14}{_median(rates):>10,.0f}{cpu:>14.0f}"
+            f"{group.label:<14}{median(rates):>10,.0f}{cpu:>14.0f}"
             f"{'' if p99 is None else f'{p99:.1f} ms':>13}   {rounds}"
         )
     by_label = {group.label: group for group in groups}
 
     def ratio(a: str, b: str) -> str:
         pairs = zip(by_label[a].closed, by_label[b].closed, strict=True)
-        return f"{_median([x.rate / y.rate if y.rate else 0.0 for (x, _), (y, _) in pairs]):.2f}"
+        return f"{median([x.rate / y.rate if y.rate else 0.0 for (x, _), (y, _) in pairs]):.2f}"
 
     print(
         f"receiver/no-op, one process each: {ratio('receiver x1', 'no-op x1')}; with {workers} "
         f"each: {ratio(f'receiver x{workers}', f'no-op x{workers}')}; receiver x{workers} / x1: "
-        f"{ratio(f'receiver x{workers}', 'receiver x1')} (medians of the per-round ratios)"
+        f"{ratio(f'receiver x{workers}', 'receiver x1')}; no-op x{workers} / x1: "
+        f"{ratio(f'no-op x{workers}', 'no-op x1')} (medians of the per-round ratios)"
     )
     print(
         "CPU per event counts the group's processes, and PostgreSQL's for the receivers. Every "
