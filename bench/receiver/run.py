@@ -717,6 +717,9 @@ def loadavg() -> str:
 
 
 def _terminate(signum: int, frame: object) -> None:
+    # A second SIGTERM (`timeout` passing one on beside a direct kill) would interrupt the
+    # cleanup itself and leave PostgreSQL running: the first one is enough.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt  # unwinds through the cleanup below
 
 
