@@ -44,6 +44,7 @@ from bench.receiver.run import (
     log_postgres_maintenance,
     memory_mib,
     postgres_events,
+    postmaster_pid,
     say,
     signed_request,
     table,
@@ -359,7 +360,7 @@ def run(opts: Options, paced_fraction: float) -> int:
     try:
         say(f"bench: work dir {workdir}; starting PostgreSQL")
         postgres.start()
-        postgres_pid = int((postgres.pgdata / "postmaster.pid").read_text().split()[0])
+        postgres_pid = postmaster_pid(postgres)
         asyncio.run(log_postgres_maintenance(postgres.url))
         consumer, consumer_port, count_file = start_consumer(workdir)
         say("bench: starting the receivers (forwarding off, forwarding on) and the consumer")

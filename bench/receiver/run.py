@@ -138,6 +138,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def postmaster_pid(postgres: EmbeddedPostgres) -> int:
+    """The pid of a started cluster's postmaster (its children are the backends)."""
+    return int((postgres.pgdata / "postmaster.pid").read_text().split()[0])
+
+
 def children_of(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -754,7 +759,7 @@ def run(opts: Options) -> int:
     try:
         say(f"bench: work dir {workdir}; starting PostgreSQL")
         postgres.start()
-        postgres_pid = int((postgres.pgdata / "postmaster.pid").read_text().split()[0])
+        postgres_pid = postmaster_pid(postgres)
         asyncio.run(log_postgres_maintenance(postgres.url, opts.postgres_settings))
         if opts.warm_wal_mib:
             say(f"bench: warming PostgreSQL's WAL ({opts.warm_wal_mib:,} MiB)")

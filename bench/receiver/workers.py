@@ -26,8 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +46,7 @@ from bench.receiver.run import (
     cpu_seconds,
     loadavg,
     median,
+    postmaster_pid,
     signed_request,
     warm_wal,
 )
@@ -112,22 +111,13 @@ def start_group(
 def _wait_serving(group: Group, workdir: Path) -> None:
     """Until /readyz answers and every process listens on the port. A receiver opens its socket
     only once its app (the store included) is set up, so that count means all are serving."""
-    label, port, processes = group.label, group.port, group.processes
+    group.server.wait_ready()
     deadline = time.monotonic() + 60
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    while True:
-        if any(p.poll() is not None for p in processes):
-            raise RuntimeError(f"{label}: a process exited; see {workdir}")
-        ready = False
-        try:
-            with opener.open(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-                ready = resp.status == 200
-        except (urllib.error.URLError, OSError):
-            pass
-        if ready and listening_sockets(port) == len(processes):
-            return
+    while listening_sockets(group.port) < len(group.processes):
+        if any(p.poll() is not None for p in group.processes):
+            raise RuntimeError(f"{group.label}: a process exited; see {workdir}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{label}: not ready after 60 s")
+            raise RuntimeError(f"{group.label}: not every process listening after 60 s")
         time.sleep(0.2)
 
 
@@ -155,7 +145,7 @@ def run(opts: argparse.Namespace) -> int:
     groups: list[Group] = []
     try:
         postgres.start()
-        postgres_pid = int((postgres.pgdata / "postmaster.pid").read_text().split()[0])
+        postgres_pid = postmaster_pid(postgres)
         print(f"PostgreSQL: {asyncio.run(warm_wal(postgres.url, WARM_WAL_MIB))}", flush=True)
         print(f"load average before: {loadavg()}", flush=True)
         n = opts.workers
