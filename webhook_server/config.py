@@ -537,11 +537,18 @@ class ForwardingConfig(Model):
     shutdown_grace_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
 
 
+MAX_WORKERS = 16
+
+
 class ReceiverConfig(Model):
     """Everything one receiver process needs."""
 
     host: str = "0.0.0.0"  # noqa: S104 - a receiver in a pod listens on all interfaces
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    # Processes serving the port together (SO_REUSEPORT), each with its own event loop, pool,
+    # writers and limits; above 1 a supervisor process starts and watches them (docs/receiver.md,
+    # Worker processes).
+    workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = 1
     sources: list[SourceConfig]
     database: DatabaseConfig
     shutdown_timeout_seconds: Annotated[float, Field(gt=0)] = 20.0
@@ -567,6 +574,13 @@ class ReceiverConfig(Model):
                 )
             seen[source.route] = source.key
             keys[source.key] = source.route
+        return self
+
+    @model_validator(mode="after")
+    def _workers_share_a_port(self) -> Self:
+        if self.workers > 1 and self.port == 0:
+            # Each process would bind a port of its own: clients would reach only one of them.
+            raise ValueError("workers above 1 need a fixed port (port 0 picks one per process)")
         return self
 
     @model_validator(mode="after")
