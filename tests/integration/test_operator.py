@@ -167,6 +167,60 @@ async def test_lifecycle_create_ready_update_and_repair(
     assert recreated["metadata"]["ownerReferences"][0]["uid"] == uid
 
 
+async def test_workers_reach_the_receiver_config_and_size_the_default_resources(
+    cluster: DfmKubernetesEmulator, operator: KopfRunner
+) -> None:
+    k8s = cluster
+    await create_secret(k8s, NS, "stripe-webhook", secret="whsec_x")
+
+    def rendered() -> tuple[int, dict[str, Any], str]:
+        config = k8s.get_object(CONFIGMAPS, NS, "stripe-main-receiver-config") or {}
+        pod = (k8s.get_object(DEPLOYMENTS, NS, "stripe-main-receiver") or {})["spec"]["template"]
+        [container] = pod["spec"]["containers"]
+        workers = yaml.safe_load(config["data"]["receiver.yaml"])["workers"]
+        return (
+            workers,
+            container["resources"],
+            pod["metadata"]["annotations"]["dfm.dev/config-hash"],
+        )
+
+    await k8s.create(WEBHOOKSOURCES, source(workers=2), NS)
+    await wait_ready(k8s, "stripe-main", "False", "DeploymentUnavailable", generation=1)
+    workers, resources, two = rendered()
+    assert workers == 2
+    assert resources == {
+        "requests": {"cpu": "100m", "memory": "192Mi"},
+        "limits": {"memory": "640Mi"},
+    }
+
+    await k8s.patch_object(WEBHOOKSOURCES, NS, "stripe-main", {"spec": {"workers": 3}})
+    await wait_ready(k8s, "stripe-main", "False", "DeploymentUnavailable", generation=2)
+    workers, resources, three = rendered()
+    assert workers == 3
+    assert three != two, "the pods roll to the new config"
+    assert resources["limits"] == {"memory": "896Mi"}
+
+    # The field removed: one worker, and the resources a source without it always had.
+    await k8s.patch_object(WEBHOOKSOURCES, NS, "stripe-main", {"spec": {"workers": None}})
+    await wait_ready(k8s, "stripe-main", "False", "DeploymentUnavailable", generation=3)
+    workers, resources, one = rendered()
+    assert workers == 1
+    assert one not in (two, three)
+    assert resources == {
+        "requests": {"cpu": "50m", "memory": "64Mi"},
+        "limits": {"memory": "256Mi"},
+    }
+
+    # Resources the user sets are used as they are.
+    mine = {"requests": {"cpu": "2"}, "limits": {"memory": "2Gi"}}
+    await k8s.patch_object(
+        WEBHOOKSOURCES, NS, "stripe-main", {"spec": {"workers": 4, "resources": mine}}
+    )
+    await wait_ready(k8s, "stripe-main", "False", "DeploymentUnavailable", generation=4)
+    workers, resources, _ = rendered()
+    assert (workers, resources) == (4, mine)
+
+
 async def test_missing_secret_is_reported_and_heals_when_it_appears(
     cluster: DfmKubernetesEmulator, operator: KopfRunner
 ) -> None:

@@ -182,6 +182,7 @@ def test_webhook_source_defaults() -> None:
     assert spec.cors.allowed_origins == []
     assert spec.store.retention_days == 30
     assert spec.replicas == 1
+    assert spec.workers == 1
     assert (spec.exposure.service.type, spec.exposure.service.port) == ("ClusterIP", 80)
     assert spec.exposure.ingress is None
     assert source.status is None
@@ -205,6 +206,14 @@ def test_webhook_source_defaults() -> None:
         ),
         ({"provider": "gitlab"}, "Input should be"),
         ({"provider": "highlevel", "replicas": -1}, "greater than or equal to 0"),
+        (
+            {"provider": "highlevel", "workers": 0},
+            "workers\n  Input should be greater than or equal to 1",
+        ),
+        (
+            {"provider": "highlevel", "workers": 17},
+            "workers\n  Input should be less than or equal to 16",
+        ),
         ({"provider": "highlevel", "forward": {"url": "ftp://x"}}, "should match pattern"),
         ({"provider": "highlevel", "unknown": 1}, "Extra inputs are not permitted"),
     ],

@@ -23,6 +23,7 @@ from dfm_operator.builders.webhooksource import (
     ReceiverInputs,
     build_children,
     build_config_map,
+    build_receiver_config,
     config_hash,
     endpoints,
     obsolete_children,
@@ -33,7 +34,8 @@ from dfm_operator.kube import KINDS
 from dfm_operator.policies import deployment_progress, needs_reapply, receiver_conditions
 from dfm_operator.rbac import required_rules
 from dfm_operator.settings import OperatorSettings
-from webhook_server.config import ReceiverConfig, SecretSource
+from webhook_server.config import MAX_WORKERS, ReceiverConfig, SecretSource
+from webhook_server.server import BASE_MEMORY_BYTES, memory_bound
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 K8S_VERSION = "1.37.0"
@@ -217,6 +219,67 @@ def test_config_hash_follows_the_receiver_config_only() -> None:
         != base
     )
     assert hash_of(source(replicas=4)) == base
+
+
+def receiver(s: WebhookSource) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The rendered receiver config (as the pod reads it) and the container."""
+    kinds = by_kind(build_children(s, ReceiverInputs(settings=SETTINGS)))
+    config = yaml.safe_load(kinds["ConfigMap"]["data"][c.CONFIG_FILE])
+    return config, kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_workers_are_rendered_and_default_resources_grow_with_them() -> None:
+    config, container = receiver(source())
+    assert config["workers"] == 1
+    one = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+    assert container["resources"] == one, "a source without workers keeps its resources"
+
+    config, container = receiver(source(workers=2))
+    assert config["workers"] == 2
+    assert ReceiverConfig.model_validate(config).workers == 2, "the receiver reads it back"
+    assert container["resources"] == {
+        "requests": {"cpu": "100m", "memory": "192Mi"},
+        "limits": {"memory": "640Mi"},
+    }
+    _, container = receiver(source(workers=MAX_WORKERS))
+    assert container["resources"] == {
+        "requests": {"cpu": "800m", "memory": "1088Mi"},
+        "limits": {"memory": "4224Mi"},
+    }
+
+
+def test_resources_the_user_set_are_kept_whatever_the_workers() -> None:
+    mine = {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}
+    config, container = receiver(source(workers=4, resources=mine))
+    assert config["workers"] == 4
+    assert container["resources"] == mine
+
+
+def mebibytes(quantity: str) -> int:
+    assert quantity.endswith("Mi"), quantity
+    return int(quantity[:-2]) * 1024 * 1024
+
+
+@pytest.mark.parametrize("workers", range(1, MAX_WORKERS + 1))
+def test_the_default_memory_limit_holds_every_worker_at_its_worst(workers: int) -> None:
+    # Each worker holds what its own limits allow (docs/receiver.md, "Memory"); the supervisor,
+    # with more than one, is one more idle process.
+    s = source(workers=workers)
+    config = build_receiver_config(s, ReceiverInputs(settings=SETTINGS))
+    worst = workers * memory_bound(config, config.server.max_connections)
+    if workers > 1:
+        worst += BASE_MEMORY_BYTES
+    _, container = receiver(s)
+    assert worst <= mebibytes(container["resources"]["limits"]["memory"])
+
+
+def test_changing_workers_rolls_the_pods() -> None:
+    def hash_of(workers: int) -> str:
+        kinds = by_kind(build_children(source(workers=workers), ReceiverInputs(settings=SETTINGS)))
+        template = kinds["Deployment"]["spec"]["template"]
+        return str(template["metadata"]["annotations"][c.ANNOTATION_CONFIG_HASH])
+
+    assert len({hash_of(1), hash_of(2), hash_of(3)}) == 3
 
 
 def test_builders_are_deterministic() -> None:

@@ -492,6 +492,8 @@ INVALID: dict[str, tuple[JsonDict, bool]] = {
     ),
     "bad path": (_source(provider="github", verification=SECRET, path="hooks"), False),
     "too many replicas": (_source(provider="github", verification=SECRET, replicas=101), False),
+    "no workers": (_source(provider="github", verification=SECRET, workers=0), False),
+    "too many workers": (_source(provider="github", verification=SECRET, workers=17), False),
     "hmac without header": (_source(provider="hmac", verification=SECRET), True),
     "jwt without auth": (_source(provider="jwt"), True),
     "github without secret": (_source(provider="github"), True),
@@ -701,6 +703,7 @@ VALID: dict[str, JsonDict] = {
     "managed secret source": _source(
         provider="standard", verification={"managedSecretRef": {"name": "m"}}
     ),
+    "sixteen workers per pod": _source(provider="github", verification=SECRET, workers=16),
     "free-form resources": _source(
         provider="github",
         verification=SECRET,

@@ -27,6 +27,7 @@ from dfm_operator.api.names import WEBHOOK_SOURCE_NAME, NameRule
 from dfm_operator.constants import WEBHOOK_SOURCE
 from webhook_server.config import (
     EVENTS_API_PREFIX,
+    MAX_WORKERS,
     VERIFICATION_OPTIONAL_FIELDS,
     AuthConfig,
     CorsConfig,
@@ -396,7 +397,8 @@ class WebhookSourceSpec(ApiModel):
     )
     limits: LimitsConfig = Field(
         default_factory=LimitsConfig,
-        description="Request limits: maxBodyBytes, requestsPerSecond and burst (per replica).",
+        description="Request limits: maxBodyBytes, requestsPerSecond and burst, per receiver "
+        "process (each of a pod's workers has its own).",
     )
     cors: CorsConfig = Field(
         default_factory=CorsConfig,
@@ -405,9 +407,25 @@ class WebhookSourceSpec(ApiModel):
     store: Store = Field(default_factory=Store)
     forward: Forward | None = None
     replicas: Annotated[int, Field(ge=0, le=100, description="Receiver pods.")] = 1
+    workers: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=MAX_WORKERS,
+            description="Receiver processes per pod, serving its port together (SO_REUSEPORT), "
+            "each with its own event loop, database pool, writers and limits: the connection, "
+            "memory and queue caps and limits.requestsPerSecond and burst apply per process, so "
+            "a pod admits up to workers times them (docs/receiver.md, Worker processes). "
+            "replicas spreads receivers over nodes and survives the loss of one; workers lets "
+            "one pod use more than one core. Without spec.resources the default requests and "
+            "memory limit grow with workers (docs/operator.md).",
+        ),
+    ] = 1
     resources: dict[str, Any] | None = Field(
         default=None,
-        description="The receiver container's resources (requests and limits), as in a Pod.",
+        description="The receiver container's resources (requests and limits), as in a Pod. "
+        "Default: cpu 50m and memory 64Mi requested, memory limited to 256Mi, per worker (and "
+        "with workers above 1, 64Mi more requested and 128Mi more allowed for the supervisor).",
     )
     exposure: Exposure = Field(default_factory=Exposure)
     events_api: EventsApiConfig | None = Field(

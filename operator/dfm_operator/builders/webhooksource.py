@@ -25,10 +25,46 @@ from dfm_operator.builders.receiver_config import build_source_config, ingress_u
 from dfm_operator.settings import OperatorSettings
 from webhook_server.config import DatabaseConfig, ReceiverConfig, SecretSource, queued_bytes_for
 
-DEFAULT_RESOURCES: dict[str, Any] = {
-    "requests": {"cpu": "50m", "memory": "64Mi"},
-    "limits": {"memory": "256Mi"},
-}
+# The receiver container's resources when spec.resources is not set, per receiver process.
+# The memory limit holds what one process's default limits let it hold at worst (234 MiB:
+# webhook_server.server.memory_bound, docs/receiver.md "Memory"); CPU is requested for an idle
+# process and not limited, so a busy receiver uses the node's spare cores.
+PROCESS_CPU_REQUEST_MILLI = 50
+PROCESS_MEMORY_REQUEST_MI = 64
+PROCESS_MEMORY_LIMIT_MI = 256
+# With workers above 1, `dfm receiver` becomes a supervisor beside the workers: one more Python
+# process that serves no request, so it needs the idle base of one (110 MiB, BASE_MEMORY_BYTES
+# of webhook_server.server, rounded up) and no CPU to speak of. The workers it forks share its
+# pages copy-on-write at first; counting each worker in full keeps the bound safe as they stop
+# sharing.
+SUPERVISOR_MEMORY_REQUEST_MI = 64
+SUPERVISOR_MEMORY_LIMIT_MI = 128
+
+
+def default_resources(workers: int) -> dict[str, Any]:
+    """The receiver container's resources without spec.resources: one process's defaults for
+    each worker, plus the supervisor's memory when there are several. One worker gets exactly
+    the one-process defaults (a source without ``workers`` keeps the resources it had).
+
+    Requests and the memory limit grow linearly: each worker holds its own pool, queue and
+    buffers (the limits are per process), so N workers at their worst hold N times one; the
+    CPU request grows so the scheduler places a pod of N workers where N idle receivers fit.
+    """
+    memory_request = workers * PROCESS_MEMORY_REQUEST_MI
+    memory_limit = workers * PROCESS_MEMORY_LIMIT_MI
+    if workers > 1:
+        memory_request += SUPERVISOR_MEMORY_REQUEST_MI
+        memory_limit += SUPERVISOR_MEMORY_LIMIT_MI
+    return {
+        "requests": {
+            "cpu": f"{workers * PROCESS_CPU_REQUEST_MILLI}m",
+            "memory": f"{memory_request}Mi",
+        },
+        "limits": {"memory": f"{memory_limit}Mi"},
+    }
+
+
+DEFAULT_RESOURCES: dict[str, Any] = default_resources(1)
 
 
 @dataclass(frozen=True)
@@ -121,6 +157,7 @@ def build_receiver_config(source: WebhookSource, inputs: ReceiverInputs) -> Rece
     return ReceiverConfig(
         host="0.0.0.0",  # noqa: S104 - in a pod, the Service reaches the container's interface
         port=c.RECEIVER_PORT,
+        workers=source.spec.workers,
         sources=sources,
         database=DatabaseConfig(
             url_file=f"{c.DATABASE_DIR}/{db.key}", max_queued_bytes=queued_bytes_for(sources)
@@ -187,7 +224,8 @@ def build_deployment(
         "livenessProbe": _probe("/livez", 10, 3),
         "readinessProbe": _probe("/readyz", 5, 2),
         "startupProbe": _probe("/livez", 2, 30),
-        "resources": source.spec.resources or DEFAULT_RESOURCES,
+        # The user's resources as given; without them, defaults sized for the workers.
+        "resources": source.spec.resources or default_resources(source.spec.workers),
         "securityContext": restricted_container_security(),
         "volumeMounts": mounts,
     }
