@@ -62,3 +62,29 @@ def test_the_api_server_accepts_a_valid_spec(
 ) -> None:
     created = dry_run_create(admin, VALID[case], namespace)
     assert created["kind"] == VALID[case]["kind"]
+
+
+@pytest.mark.parametrize(
+    ("workers", "said"),
+    [
+        (0, "spec.workers in body should be greater than or equal to 1"),
+        (17, "spec.workers in body should be less than or equal to 16"),
+    ],
+)
+def test_the_api_server_refuses_workers_outside_one_to_sixteen(
+    admin: Api, chart: Release, namespace: str, workers: int, said: str
+) -> None:
+    manifest = INVALID["no workers"][0]
+    manifest = {**manifest, "spec": {**manifest["spec"], "workers": workers}}
+    with pytest.raises(ApiError) as refused:
+        dry_run_create(admin, manifest, namespace)
+    assert refused.value.status == 422, refused.value.message
+    assert f"spec.workers: Invalid value: {workers}" in refused.value.message
+    assert said in refused.value.message
+
+
+def test_the_api_server_fills_in_one_worker(admin: Api, chart: Release, namespace: str) -> None:
+    manifest = INVALID["no workers"][0]
+    spec = {k: v for k, v in manifest["spec"].items() if k != "workers"}
+    created = dry_run_create(admin, {**manifest, "spec": spec}, namespace)
+    assert created["spec"]["workers"] == 1
