@@ -273,6 +273,24 @@ def test_the_default_memory_limit_holds_every_worker_at_its_worst(workers: int) 
     assert worst <= mebibytes(container["resources"]["limits"]["memory"])
 
 
+def test_the_documented_default_resources_are_the_built_ones() -> None:
+    # docs/operator.md, "Worker processes": the table of defaults by workers.
+    text = (EXAMPLES.parent / "docs" / "operator.md").read_text()
+    section = text.split("### Worker processes (`spec.workers`)", 1)[1].split("\n## ", 1)[0]
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in section.splitlines()
+        if line.startswith("| ") and line[2].isdigit()
+    ]
+    assert len(rows) >= 3
+    for workers, cpu, memory, limit in rows:
+        _, container = receiver(source(workers=int(workers.split()[0])))
+        assert container["resources"] == {
+            "requests": {"cpu": cpu, "memory": memory},
+            "limits": {"memory": limit},
+        }
+
+
 def test_changing_workers_rolls_the_pods() -> None:
     def hash_of(workers: int) -> str:
         kinds = by_kind(build_children(source(workers=workers), ReceiverInputs(settings=SETTINGS)))
