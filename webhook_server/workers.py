@@ -130,6 +130,19 @@ def merge(parts: dict[int, list[dict[str, Any]]], count: int) -> bytes:
     return generate_latest(registry)
 
 
+async def _read_all(reader: asyncio.StreamReader) -> bytes:
+    """Everything up to EOF (``read(n)`` returns what has arrived so far), at most
+    ``MAX_PEER_BYTES``."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await reader.read(1024 * 1024):
+        size += len(chunk)
+        if size > MAX_PEER_BYTES:
+            raise ValueError("a worker's series are larger than MAX_PEER_BYTES")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class Peers:
     """One worker's part in the pod's metrics: answers the others, and gathers theirs."""
 
@@ -170,7 +183,7 @@ class Peers:
             async with asyncio.timeout(PEER_TIMEOUT_SECONDS):
                 reader, writer = await asyncio.open_unix_connection(self.worker.address(index))
                 try:
-                    data = await reader.read(MAX_PEER_BYTES)
+                    data = await _read_all(reader)
                 finally:
                     writer.close()
             return decode(data)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from webhook_server.metrics import LoopCounter, LoopHistogram
-from webhook_server.workers import decode, encode, merge
+from webhook_server.workers import Peers, Worker, decode, encode, merge
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -184,3 +185,37 @@ def test_a_worker_that_ignores_sigterm_is_killed_at_the_deadline_and_exit_is_1(
     # Killed and reaped by the supervisor: nothing is left behind.
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists()
+
+
+async def test_a_scrape_gathers_every_workers_series_over_their_sockets(tmp_path: Path) -> None:
+    # Enough series that one worker's answer takes many reads (a few MiB of JSON).
+    group = f"dfm-test.{os.getpid()}.{tmp_path.name}"
+    registries = [CollectorRegistry(), CollectorRegistry()]
+    for number, registry in enumerate(registries):
+        requests = LoopCounter(
+            "dfm_receiver_requests", "Requests.", ["source", "outcome"], registry
+        )
+        for n in range(20_000):
+            requests.labels(f"ns/source-{n}", "stored").inc(number + 1)
+    refreshed: list[int] = []
+    peers = [
+        Peers(Worker(i, 3, group), registries[i], lambda i=i: refreshed.append(i)) for i in range(2)
+    ]
+    for p in peers:
+        await p.start()
+    try:
+        text = (await peers[0].exposition()).decode()
+    finally:
+        for p in peers:
+            await p.stop()
+    families = parsed(text)
+    by_worker: dict[str, float] = {}
+    for name, labels, value in families["dfm_receiver_requests"]:
+        if name.endswith("_total"):
+            by_worker[labels["worker"]] = by_worker.get(labels["worker"], 0.0) + value
+    assert by_worker == {"0": 20_000.0, "1": 40_000.0}
+    # Worker 2 was never started: down, and the scrape still answered with the others.
+    up = {s[1]["worker"]: s[2] for s in families["dfm_receiver_worker_up"]}
+    assert up == {"0": 1.0, "1": 1.0, "2": 0.0}
+    # Each worker set its store and forwarder gauges before its series were read.
+    assert sorted(refreshed) == [0, 1]
