@@ -31,6 +31,7 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(PY) -m bench.receiver
+	$(PY) -m bench.receiver.workers
 	$(PY) -m bench.forward
 	$(PY) -m bench.soak
 	$(PY) -m bench.operator

@@ -308,6 +308,11 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     except (OSError, ValidationError, yaml.YAMLError) as exc:
         raise CliError(f"{args.config}: invalid receiver config: {_first_error(exc)}") from exc
     tracing = _tracing("dfm-receiver")
+    if config.workers > 1:
+        # Checked here, for a one-line error; each worker makes its own (its exporter's thread).
+        if tracing is not None:
+            tracing.shutdown()
+        return server.run_workers(config, tracing=lambda: _tracing("dfm-receiver"))
     try:
         server.run(config, tracing=tracing)
     finally:

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import itertools
 import math
+import os
 import re
 import secrets
 import time
@@ -50,6 +51,7 @@ from webhook_server.store import (
 )
 from webhook_server.tracing import Tracing
 from webhook_server.verify import PROVIDERS, VERIFIERS, Reason, Rejected, Verified, Verifier
+from webhook_server.workers import Peers, Worker
 
 log = get_logger("dfm.receiver")
 
@@ -59,6 +61,16 @@ ACCESS_LOG_FLUSH_SECONDS = 1.0
 # Request ids: a random per-process prefix and a counter (unique, and cheaper than uuid4).
 _REQUEST_PREFIX = secrets.token_hex(6)
 _REQUEST_COUNTER = itertools.count(1)
+
+
+def _new_request_prefix() -> None:
+    # A forked worker (webhook_server.workers) would otherwise repeat its siblings' ids.
+    global _REQUEST_PREFIX, _REQUEST_COUNTER
+    _REQUEST_PREFIX = secrets.token_hex(6)
+    _REQUEST_COUNTER = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_request_prefix)
 # The JWKS is not refetched sooner than this, so an earlier retry would meet the same outage.
 AUTH_RETRY_AFTER = str(math.ceil(JwtAuthenticator.REFETCH_MIN_INTERVAL_SECONDS))
 
@@ -151,6 +163,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 OUTCOME = web.RequestKey("outcome", str)
 # Set only when tracing is on.
 TRACING = web.AppKey("tracing", Tracing)
+PEERS = web.AppKey("peers", Peers)
 EVENT_ID = web.RequestKey("event_id", str)
 # Set by a handler that counts and logs its request itself (webhook_server.events_api).
 LOGGED = web.RequestKey("logged", bool)
@@ -754,21 +767,29 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
-async def metrics_view(request: web.Request) -> web.Response:
-    metrics = request.app[METRICS]
-    store = request.app[STORE]
+def refresh_gauges(app: web.Application) -> None:
+    """Set the gauges read from the store and the forwarder, before their series are read."""
+    metrics = app[METRICS]
+    store = app[STORE]
     size, in_use = store.pool_stats()
     metrics.pool_size.set(size)
     metrics.pool_in_use.set(in_use)
     events, held_bytes = store.held()
     metrics.store_queued_events.set(events)
     metrics.store_queued_bytes.set(held_bytes)
-    forwarder = request.app.get(FORWARDER)
+    forwarder = app.get(FORWARDER)
     if forwarder is not None:
         forwarder.refresh_gauges()
-    return web.Response(
-        body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    peers = request.app.get(PEERS)
+    if peers is not None:
+        body = await peers.exposition()
+    else:
+        refresh_gauges(request.app)
+        body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 # -- the one-pass route --------------------------------------------------------------------------
@@ -960,6 +981,13 @@ async def _forward_ctx(app: web.Application) -> AsyncIterator[None]:
     await forwarder.close()
 
 
+async def _peers_ctx(app: web.Application) -> AsyncIterator[None]:
+    peers = app[PEERS]
+    await peers.start()
+    yield
+    await peers.stop()
+
+
 async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
     authenticators = [rt.authenticator for rt in app[SOURCES].values() if rt.authenticator]
     for authenticator in authenticators:
@@ -1080,8 +1108,10 @@ def create_app(
     metrics: ReceiverMetrics | None = None,
     clock: Callable[[], float] = time.time,
     tracing: Tracing | None = None,
+    worker: Worker | None = None,
 ) -> web.Application:
-    """The receiver; ``tracing`` (webhook_server.tracing.from_env) turns spans on."""
+    """The receiver; ``tracing`` (webhook_server.tracing.from_env) turns spans on; ``worker``:
+    which of several processes sharing the port this is (webhook_server.workers)."""
     metrics = metrics or ReceiverMetrics()
     largest = max((s.limits.max_body_bytes for s in config.sources), default=1024 * 1024)
     app = web.Application(
@@ -1098,9 +1128,13 @@ def create_app(
     access_log = app[ACCESS_LOG] = AccessLog()
     app[ADMISSION] = Admission.build(config.server, largest)
     if any(source.forward is not None for source in config.sources):
-        forwarder = Forwarder(
-            config.forwarding, config.sources, store, metrics, access_log, clock=clock
-        )
+        forwarding = config.forwarding
+        if worker is not None and forwarding.replica_id is not None:
+            # Leases are held per process: two workers under one id would take each other's.
+            forwarding = forwarding.model_copy(
+                update={"replica_id": f"{forwarding.replica_id}-w{worker.index}"}
+            )
+        forwarder = Forwarder(forwarding, config.sources, store, metrics, access_log, clock=clock)
         store.outbox = forwarder
         forwarder.tracing = tracing
         app[FORWARDER] = forwarder
@@ -1123,6 +1157,9 @@ def create_app(
         from webhook_server.events_api import mount
 
         mount(app)
+    if worker is not None:
+        app[PEERS] = Peers(worker, metrics.registry, functools.partial(refresh_gauges, app))
+        app.cleanup_ctx.append(_peers_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_forward_ctx)
     app.cleanup_ctx.append(_auth_ctx)

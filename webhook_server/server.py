@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import structlog
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11, RawRequestMessage
 from aiohttp.http_exceptions import HttpProcessingError
@@ -74,6 +75,7 @@ from webhook_server.config import ReceiverConfig, ServerConfig
 from webhook_server.logs import get_logger
 from webhook_server.metrics import ReceiverMetrics
 from webhook_server.tracing import Tracing
+from webhook_server.workers import STOP_MARGIN_SECONDS, Worker, supervise
 
 log = get_logger("dfm.server")
 
@@ -717,11 +719,13 @@ async def start(
     shutdown_timeout: float = 20.0,
     file_limit: int | None = None,
     one_pass: bool = True,
+    reuse_port: bool = False,
 ) -> Listener:
     """Serve ``app`` (built by ``create_app``) on ``host:port`` with the receiver's protocol.
 
     ``one_pass=False`` sends every request through aiohttp's web layer (the tests compare the
-    two paths; the bench measures what the one-pass route saves)."""
+    two paths; the bench measures what the one-pass route saves). ``reuse_port``: bind with
+    ``SO_REUSEPORT``, beside the other workers of the pod (webhook_server.workers)."""
     config = app[CONFIG]
     metrics = app[METRICS]
     server_config: ServerConfig = config.server
@@ -765,7 +769,9 @@ async def start(
         )
 
     try:
-        server = await loop.create_server(protocol, host, port, backlog=1024, reuse_address=True)
+        server = await loop.create_server(
+            protocol, host, port, backlog=1024, reuse_address=True, reuse_port=reuse_port or None
+        )
     except BaseException:
         await runner.cleanup()
         raise
@@ -866,21 +872,62 @@ class LoopErrors:
 # -- the process ---------------------------------------------------------------------------------
 
 
-def run(config: ReceiverConfig, *, tracing: Tracing | None = None, one_pass: bool = True) -> None:
+def run(
+    config: ReceiverConfig,
+    *,
+    tracing: Tracing | None = None,
+    one_pass: bool = True,
+    worker: Worker | None = None,
+) -> None:
     """Serve until SIGTERM/SIGINT; then stop accepting, finish in-flight requests, flush, close.
-    ``one_pass`` as for :func:`start`."""
+    ``one_pass`` as for :func:`start`; ``worker``: which of the pod's processes this is (set by
+    :func:`run_workers`)."""
     file_limit = raise_file_limit()
-    asyncio.run(_serve(config, file_limit, tracing, one_pass))
+    asyncio.run(_serve(config, file_limit, tracing, one_pass, worker))
+
+
+def run_workers(
+    config: ReceiverConfig,
+    *,
+    tracing: Callable[[], Tracing | None] = lambda: None,
+    one_pass: bool = True,
+) -> int:
+    """Serve with ``config.workers`` processes on one port, under a supervisor; returns its exit
+    code (webhook_server.workers). ``tracing`` is called in each worker: the exporter's thread
+    is the process's own."""
+    raise_file_limit()  # inherited by the workers
+
+    def serve(worker: Worker) -> int:
+        structlog.contextvars.bind_contextvars(worker=worker.index)
+        worker_tracing = tracing()
+        try:
+            run(config, tracing=worker_tracing, one_pass=one_pass, worker=worker)
+        finally:
+            if worker_tracing is not None:
+                worker_tracing.shutdown()
+        return 0
+
+    stop_seconds = (
+        config.shutdown_timeout_seconds
+        + config.forwarding.shutdown_grace_seconds
+        + STOP_MARGIN_SECONDS
+    )
+    log.info("starting workers", workers=config.workers, port=config.port)
+    return supervise(config.workers, serve, stop_seconds=stop_seconds)
 
 
 async def _serve(
-    config: ReceiverConfig, file_limit: int, tracing: Tracing | None, one_pass: bool
+    config: ReceiverConfig,
+    file_limit: int,
+    tracing: Tracing | None,
+    one_pass: bool,
+    worker: Worker | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    app = create_app(config, tracing=tracing)
+    app = create_app(config, tracing=tracing, worker=worker)
     # Everything built so far lives as long as the process: keep it out of the collector's
     # generations, which shortens the full collections that stall the loop under load.
     gc.freeze()
@@ -891,8 +938,10 @@ async def _serve(
         shutdown_timeout=config.shutdown_timeout_seconds,
         file_limit=file_limit,
         one_pass=one_pass,
+        reuse_port=worker is not None,
     )
-    bound = memory_bound(config, listener.guard.max_connections)
+    # The container's limit is shared by every worker: each may use its bound.
+    bound = memory_bound(config, listener.guard.max_connections) * (worker.count if worker else 1)
     limit = memory_limit()
     log.info(
         "listening",

@@ -289,6 +289,7 @@ def run_receiver(
     trace_endpoint: str = "",
     trace_ratio: float = 1.0,
     one_pass: bool = True,
+    workers: int = 1,
 ) -> None:
     import os
 
@@ -309,6 +310,7 @@ def run_receiver(
         sources=[source],
         database=DatabaseConfig(url=database_url),
         shutdown_timeout_seconds=10.0,
+        workers=workers,
     )
     traced = None
     if trace_endpoint:
@@ -318,8 +320,19 @@ def run_receiver(
             OTEL_TRACES_SAMPLER_ARG=str(trace_ratio),
             OTEL_SERVICE_NAME="dfm-receiver-bench",
         )
-        traced = tracing.from_env("dfm-receiver")
         logs.with_trace_ids(tracing.current_ids)
+    if workers > 1:
+        # The receiver's own supervisor, as `dfm receiver` runs it (webhook_server.workers).
+        code = server.run_workers(
+            config,
+            tracing=lambda: tracing.from_env("dfm-receiver") if trace_endpoint else None,
+            one_pass=one_pass,
+        )
+        if code:
+            raise SystemExit(code)
+        return
+    if trace_endpoint:
+        traced = tracing.from_env("dfm-receiver")
     try:
         server.run(config, tracing=traced, one_pass=one_pass)
     finally:
@@ -328,9 +341,9 @@ def run_receiver(
 
 
 def _bind_with_reuse_port() -> None:
-    """Every listening socket of this process with SO_REUSEPORT. An experiment, so it patches
-    the event loop here rather than adding an option to the receiver: the kernel then spreads
-    the connections over every process bound to the port."""
+    """Every listening socket of this process with SO_REUSEPORT, for the no-op baseline (the
+    receiver has its own option, ``workers``): the kernel then spreads the connections over
+    every process bound to the port."""
     create_server = asyncio.BaseEventLoop.create_server
 
     async def reuse_port(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -370,8 +383,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--reuse-port",
         action="store_true",
-        help="experiment: bind with SO_REUSEPORT, so that several processes share the port "
-        "(bench.receiver.workers)",
+        help="bind with SO_REUSEPORT, so that several processes share the port (the no-op's "
+        "processes in bench.receiver.workers; the receiver has --workers)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="receiver: processes sharing the port, under the receiver's supervisor",
     )
     args = parser.parse_args(argv)
     if args.reuse_port:
@@ -406,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 trace_endpoint=args.trace_endpoint,
                 trace_ratio=args.trace_ratio,
                 one_pass=not args.no_one_pass,
+                workers=args.workers,
             )
     return 0
 

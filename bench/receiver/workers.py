@@ -1,19 +1,21 @@
-"""SO_REUSEPORT workers, an experiment: ``python -m bench.receiver.workers [--workers 2]``.
+"""Worker processes: ``python -m bench.receiver.workers [--workers 2]``.
 
 Issue 17 lists several worker processes per pod, sharing the port through SO_REUSEPORT, as a
-lever to weigh and to report apart from the per-core ratio. The receiver has no such option;
-this tool measures what one would give before anyone builds it. It starts, against one embedded
-PostgreSQL, four groups of ``bench.receiver.servers`` processes, each group on a port of its own:
+lever to weigh and to report apart from the per-core ratio. The receiver has it as an option,
+``workers`` (webhook_server.workers). This tool starts, against one embedded PostgreSQL, four
+groups of ``bench.receiver.servers`` processes, each group on a port of its own:
 
-- the no-op baseline, one process and ``--workers`` processes;
-- the receiver (durable store, one source per group), one process and ``--workers`` processes.
+- the no-op baseline, one process and ``--workers`` processes (``--reuse-port``: each binds the
+  port with SO_REUSEPORT);
+- the receiver (durable store, one source per group), with ``workers`` 1 and ``--workers``: the
+  second is the receiver's own supervisor and its workers, as ``dfm receiver`` runs them.
 
-The ``--reuse-port`` processes of a group share their port, and the kernel spreads the
-connections over them. Each receiver process has its own pool and writers. In interleaved
-rounds each group gets the closed loop (wrk) and each receiver group then gets an open loop at
-80 % of the events/s it just did. The table gives events/s, CPU per event (the group's processes
-plus PostgreSQL's for the receiver groups) and the p99 at 80 %; the durability check counts
-each receiver group's acknowledged ids in the store.
+The kernel spreads a group's connections over its processes. Each receiver worker has its own
+pool and writers. In interleaved rounds each group gets the closed loop (wrk) and each receiver
+group then gets an open loop at 80 % of the events/s it just did. The table gives events/s, CPU
+per event (the group's processes and their children, plus PostgreSQL's for the receiver groups)
+and the p99 at 80 %; the durability check counts each receiver group's acknowledged ids in the
+store, and the receiver's merged /metrics says how many requests each worker served.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,13 +65,16 @@ class Group:
     closed: list[tuple[LoadResult, float]] = field(default_factory=list)  # (result, CPU µs/event)
     paced: list[LoadResult] = field(default_factory=list)
     acked: list[str] = field(default_factory=list)
+    sockets: int = 1  # the processes listening on the port
 
     @property
     def server(self) -> Server:
         return Server(self.label, self.processes[0], self.port)
 
     def cpu(self) -> float:
-        return sum(cpu_seconds(p.pid) for p in self.processes)
+        """CPU seconds of the group's processes and their children (a supervisor's workers)."""
+        pids = [p.pid for p in self.processes]
+        return sum(cpu_seconds(pid) for pid in [*pids, *(c for p in pids for c in children_of(p))])
 
 
 def listening_sockets(port: int) -> int:
@@ -86,20 +92,17 @@ def start_group(
 ) -> Group:
     port = free_port()
     processes = []
-    for number in range(workers):
-        log = workdir / f"{label.replace(' ', '-')}-{number}.out"
-        args = [*extra, "--log", str(log.with_suffix(".log"))] if kind == "receiver" else extra
-        command = [sys.executable, "-m", "bench.receiver.servers", kind, "--port", str(port)]
-        with log.open("wb") as out:
-            processes.append(
-                subprocess.Popen(
-                    [*command, "--reuse-port", *args],
-                    cwd=REPO,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-    group = Group(label, processes, port, name)
+    command = [sys.executable, "-m", "bench.receiver.servers", kind, "--port", str(port)]
+    if kind == "receiver":
+        # One command: the receiver's supervisor forks its workers.
+        log = workdir / f"{label.replace(' ', '-')}.log"
+        commands = [[*command, *extra, "--log", str(log), "--workers", str(workers)]]
+    else:
+        commands = [[*command, "--reuse-port", *extra] for _ in range(workers)]
+    for number, argv in enumerate(commands):
+        with (workdir / f"{label.replace(' ', '-')}-{number}.out").open("wb") as out:
+            processes.append(subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT))
+    group = Group(label, processes, port, name, sockets=workers)
     try:
         _wait_serving(group, workdir)
     except BaseException:
@@ -113,12 +116,28 @@ def _wait_serving(group: Group, workdir: Path) -> None:
     only once its app (the store included) is set up, so that count means all are serving."""
     group.server.wait_ready()
     deadline = time.monotonic() + 60
-    while listening_sockets(group.port) < len(group.processes):
+    while listening_sockets(group.port) < group.sockets:
         if any(p.poll() is not None for p in group.processes):
             raise RuntimeError(f"{group.label}: a process exited; see {workdir}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"{group.label}: not every process listening after 60 s")
         time.sleep(0.2)
+
+
+def served_by_worker(port: int, name: str) -> list[float]:
+    """Requests each worker of a receiver group counted, from one scrape of its /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    served: dict[int, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "dfm_receiver_requests_total" and labels["source"].endswith(name):
+                worker = int(labels["worker"])
+                served[worker] = served.get(worker, 0.0) + sample.value
+    return [served[w] for w in sorted(served)]
 
 
 def stop_group(group: Group) -> None:
@@ -195,17 +214,14 @@ def run(opts: argparse.Namespace) -> int:
                 print(f"{line}; load average {loadavg()}", flush=True)
         _report(groups, n)
         for group in groups:
-            stop_group(group)
-        for group in groups:
-            if group.name and len(group.processes) > 1:
-                lines = [
-                    sum(1 for _ in log.open("rb"))
-                    for log in sorted(workdir.glob(f"{group.label.replace(' ', '-')}-*.log"))
-                ]
+            if group.name and group.sockets > 1:
+                served = served_by_worker(group.port, group.name)
                 print(
-                    f"{group.label}: log lines by process {' / '.join(f'{n:,}' for n in lines)} "
-                    "(the requests each served: how the kernel spread them)"
+                    f"{group.label}: requests by worker (its /metrics) "
+                    f"{' / '.join(f'{n:,.0f}' for n in served)}: how the kernel spread them"
                 )
+        for group in groups:
+            stop_group(group)
         for group in groups:
             if group.name:
                 rows, found = asyncio.run(count_stored(postgres.url, group.acked, group.name))

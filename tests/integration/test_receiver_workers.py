@@ -1,0 +1,245 @@
+"""`dfm receiver` with ``workers: 2``: two processes on one port (SO_REUSEPORT) under a
+supervisor, against the real PostgreSQL.
+
+What a user would notice: both processes take deliveries; a redelivery raced to both is stored
+once; one scrape of /metrics shows both; SIGTERM stops everything with exit 0; a worker that
+dies takes the pod down with a non-zero exit instead of leaving it at half capacity."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.tools import free_port
+from webhook_server.config import (
+    DatabaseConfig,
+    LimitsConfig,
+    Provider,
+    ReceiverConfig,
+    SecretSource,
+    SourceConfig,
+    VerificationConfig,
+)
+from webhook_server.verify import SIGNERS
+
+SECRET = "workers-test-secret"
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = 150
+
+
+def children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in text.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0): it has exited, its parent has not reaped it yet.
+    status = Path(f"/proc/{pid}/status").read_text()
+    return "\nState:\tZ" not in status
+
+
+@pytest.fixture
+def source() -> SourceConfig:
+    return SourceConfig(
+        namespace="ci",
+        name="gh",
+        provider=Provider.GITHUB,
+        verification=VerificationConfig(secrets=[SecretSource(value=SECRET)]),
+        limits=LimitsConfig(requests_per_second=5_000, burst=5_000),
+    )
+
+
+def launch(config_file: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dfm.cli", "receiver", "--config", str(config_file)],
+        cwd=ROOT,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def start(
+    tmp_path: Path, database_url: str, source: SourceConfig
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    port = free_port()
+    config = ReceiverConfig(
+        host="127.0.0.1",
+        port=port,
+        workers=2,
+        sources=[source],
+        database=DatabaseConfig(url=database_url),
+        shutdown_timeout_seconds=5,
+    )
+    config_file = tmp_path / "receiver.yaml"
+    config_file.write_text(config.dump_yaml())
+    log = tmp_path / "receiver.log"
+    process = launch(config_file, log)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession() as session:
+        # Ready when both workers are: every scrape then shows two workers up.
+        while True:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the workers did not become ready"
+            try:
+                async with session.get(f"{base}/metrics") as response:
+                    text = await response.text()
+                up = [value for _, value in samples(text, "dfm_receiver_worker_up")]
+                if up == [1.0, 1.0]:
+                    async with session.get(f"{base}/readyz") as ready:
+                        if ready.status == 200:
+                            break
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    return process, base, log
+
+
+def stop(process: subprocess.Popen[bytes], signum: int = signal.SIGTERM) -> int:
+    if process.poll() is None:
+        process.send_signal(signum)
+    return process.wait(timeout=60)
+
+
+async def post(base: str, source: SourceConfig, delivery: str) -> tuple[int, str]:
+    body = f'{{"delivery": "{delivery}"}}'.encode()
+    headers = SIGNERS[Provider.GITHUB](
+        body, SECRET.encode(), VerificationConfig(), time.time(), delivery
+    )
+    # A connection of its own: the kernel picks a worker per connection.
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
+        session.post(base + source.route, data=body, headers=headers) as response,
+    ):
+        answer = await response.json(content_type=None)
+        return response.status, str(answer.get("status"))
+
+
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    return [
+        (s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    ]
+
+
+async def test_two_workers_share_the_port_store_each_event_once_and_stop_on_sigterm(
+    database_url: str, source: SourceConfig, tmp_path: Path
+) -> None:
+    process, base, log = await start(tmp_path, database_url, source)
+    try:
+        workers = children(process.pid)
+        assert len(workers) == 2, workers
+
+        # Every event sent twice at once, each on its own connection: the two copies often
+        # reach different workers, and the database's dedup key decides between them.
+        ids = [f"w-{n}" for n in range(EVENTS)]
+        answers = await asyncio.gather(*(post(base, source, i) for i in ids for _ in range(2)))
+        assert {status for status, _ in answers} == {200}
+        outcomes = Counter(outcome for _, outcome in answers)
+        assert outcomes == {"stored": EVENTS, "duplicate": EVENTS}
+
+        conn = await asyncpg.connect(database_url)
+        try:
+            stored, request_ids = await conn.fetchrow(
+                "SELECT count(*), count(DISTINCT request_id) FROM webhook_events WHERE source = $1",
+                source.key,
+            )
+        finally:
+            await conn.close()
+        assert stored == EVENTS
+        # Each worker numbers its requests under a prefix of its own, not its parent's.
+        assert request_ids == EVENTS
+
+        async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as r:
+            text = await r.text()
+        # One family each, both workers' series in it.
+        assert text.count("# TYPE dfm_receiver_requests_total counter") == 1
+        up = {labels["worker"]: value for labels, value in samples(text, "dfm_receiver_worker_up")}
+        assert up == {"0": 1.0, "1": 1.0}
+        assert samples(text, "dfm_receiver_workers") == [({}, 2.0)]
+        requests = {
+            (labels["worker"], labels["outcome"]): value
+            for labels, value in samples(text, "dfm_receiver_requests_total")
+            if labels["source"] == source.key
+        }
+        # The kernel spread the connections: each worker stored some of the events.
+        assert requests.get(("0", "stored"), 0) > 0
+        assert requests.get(("1", "stored"), 0) > 0
+        assert requests[("0", "stored")] + requests[("1", "stored")] == EVENTS
+        assert requests.get(("0", "duplicate"), 0) + requests.get(("1", "duplicate"), 0) == EVENTS
+    finally:
+        code = stop(process)
+    assert code == 0, log.read_text()
+    assert not [pid for pid in workers if alive(pid)]
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert "worker exited" not in [line["event"] for line in lines]
+    assert "workers stopped" in [line["event"] for line in lines]
+    # Each worker's lines say which worker wrote them.
+    assert sorted(line.get("worker") for line in lines if line["event"] == "listening") == [0, 1]
+
+
+async def test_a_worker_that_dies_stops_the_others_and_exits_non_zero(
+    database_url: str, source: SourceConfig, tmp_path: Path
+) -> None:
+    process, _, log = await start(tmp_path, database_url, source)
+    try:
+        first, second = children(process.pid)
+        os.kill(first, signal.SIGKILL)
+        code = process.wait(timeout=60)
+    finally:
+        stop(process, signal.SIGKILL)
+    assert code == 1
+    assert not alive(second)
+    lines = [line for line in log.read_text().splitlines() if '"worker exited"' in line]
+    assert len(lines) == 1
+    assert f'"pid": {first}' in lines[0]
+    assert '"exit_code": -9' in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("workers", "port", "expected"),
+    [
+        (17, 8080, "workers: Input should be less than or equal to 16"),
+        (0, 8080, "workers: Input should be greater than or equal to 1"),
+        (2, 0, "workers above 1 need a fixed port"),
+    ],
+)
+def test_a_workers_value_the_receiver_cannot_serve_is_one_line(
+    tmp_path: Path, source: SourceConfig, workers: int, port: int, expected: str
+) -> None:
+    config = ReceiverConfig(
+        port=8080, sources=[source], database=DatabaseConfig(url="postgresql://db/x")
+    ).model_dump(mode="json", by_alias=True, exclude_none=True)
+    config.update(workers=workers, port=port)
+    config_file = tmp_path / "receiver.yaml"
+    config_file.write_text(json.dumps(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "dfm.cli", "receiver", "--config", str(config_file)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]

@@ -1,0 +1,221 @@
+"""webhook_server.workers: the merged /metrics of several workers, and the supervisor's rules
+(run in a process of its own: it forks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.parser import text_string_to_metric_families
+
+from webhook_server.metrics import LoopCounter, LoopHistogram
+from webhook_server.workers import Peers, Worker, decode, encode, merge
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def worker_registry(stored: int, backlog: float) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    requests = LoopCounter("dfm_receiver_requests", "Requests.", ["source", "outcome"], registry)
+    requests.labels("ci/gh", "stored").inc(stored)
+    latency = LoopHistogram(
+        "dfm_receiver_request_duration_seconds", "Latency.", ["source"], (0.01, 0.1), registry
+    )
+    latency.labels("ci/gh").observe(0.05)
+    Counter("dfm_receiver_duplicates", "Duplicates.", ["source"], registry=registry).labels(
+        "ci/gh"
+    ).inc(2)
+    Histogram("dfm_receiver_batch_size", "Batches.", buckets=(1, 10), registry=registry).observe(3)
+    Gauge("dfm_forward_backlog", "Backlog.", ["source"], registry=registry).labels("ci/gh").set(
+        backlog
+    )
+    return registry
+
+
+def parsed(text: str) -> dict[str, list[tuple[str, dict[str, str], float]]]:
+    return {
+        family.name: [(s.name, s.labels, s.value) for s in family.samples]
+        for family in text_string_to_metric_families(text)
+    }
+
+
+def test_every_workers_series_is_labelled_with_its_worker_and_nothing_is_summed() -> None:
+    parts = {
+        0: decode(encode(worker_registry(stored=5, backlog=7))),
+        1: decode(encode(worker_registry(stored=3, backlog=7))),
+    }
+    text = merge(parts, 2).decode()
+    families = parsed(text)
+    # One family per metric, whatever the number of workers (a scraper refuses a repeated one).
+    assert text.count("# TYPE dfm_receiver_requests_total counter") == 1
+    assert text.count("# TYPE dfm_receiver_batch_size histogram") == 1
+    requests = {
+        s[1]["worker"]: s[2] for s in families["dfm_receiver_requests"] if s[0].endswith("_total")
+    }
+    assert requests == {"0": 5.0, "1": 3.0}
+    # A gauge the database gives both workers stays what it is, once per worker.
+    backlog = {s[1]["worker"]: s[2] for s in families["dfm_forward_backlog"]}
+    assert backlog == {"0": 7.0, "1": 7.0}
+    buckets = [
+        s for s in families["dfm_receiver_request_duration_seconds"] if s[0].endswith("_bucket")
+    ]
+    assert {(s[1]["worker"], s[1]["le"], s[2]) for s in buckets} >= {("0", "0.1", 1.0)}
+    assert {s[1]["worker"] for s in families["dfm_receiver_batch_size"]} == {"0", "1"}
+    assert families["dfm_receiver_workers"] == [("dfm_receiver_workers", {}, 2.0)]
+    up = {s[1]["worker"]: s[2] for s in families["dfm_receiver_worker_up"]}
+    assert up == {"0": 1.0, "1": 1.0}
+
+
+def test_a_worker_that_did_not_answer_is_down_and_its_series_are_missing() -> None:
+    text = merge({1: decode(encode(worker_registry(stored=3, backlog=0)))}, 3).decode()
+    families = parsed(text)
+    up = {s[1]["worker"]: s[2] for s in families["dfm_receiver_worker_up"]}
+    assert up == {"0": 0.0, "1": 1.0, "2": 0.0}
+    assert {s[1]["worker"] for s in families["dfm_receiver_requests"]} == {"1"}
+
+
+# -- the supervisor, with workers that stand in for receivers ---------------------------------
+
+SUPERVISOR = """
+import os, signal, sys, time
+from webhook_server import logs
+from webhook_server.workers import supervise
+
+logs.configure("INFO")
+mode = sys.argv[1]
+
+def serve(worker):
+    if mode == "fail" and worker.index == 1:
+        raise RuntimeError("a start that failed")
+    if mode == "stubborn":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elif mode != "starting":
+        # "starting": no handler yet, as in a worker still importing and connecting.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    os.write(2, f"ready {worker.index} {os.getpid()}\\n".encode())  # one write: no interleaving
+    while True:
+        time.sleep(0.05)
+
+sys.exit(supervise(2, serve, stop_seconds=float(sys.argv[2])))
+"""
+
+
+def run_supervisor(mode: str, stop_seconds: float, tmp_path: Path) -> subprocess.Popen[str]:
+    script = tmp_path / "supervisor.py"
+    script.write_text(textwrap.dedent(SUPERVISOR))
+    return subprocess.Popen(
+        [sys.executable, str(script), mode, str(stop_seconds)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_ready(process: subprocess.Popen[str], count: int) -> list[int]:
+    assert process.stderr is not None
+    pids = []
+    while len(pids) < count:
+        line = process.stderr.readline()
+        assert line, "the supervisor ended before its workers were ready"
+        pids.append(int(line.split()[2]))
+    return pids
+
+
+def events(stdout: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def test_sigterm_stops_every_worker_and_the_supervisor_exits_0(tmp_path: Path) -> None:
+    process = run_supervisor("normal", 30, tmp_path)
+    wait_ready(process, 2)
+    process.send_signal(signal.SIGTERM)
+    stdout, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    names = [e["event"] for e in events(stdout)]
+    assert names.count("worker started") == 2
+    assert "stopping workers" in names
+    assert "worker exited" not in names
+
+
+def test_a_stop_while_workers_are_still_starting_is_not_a_failure(tmp_path: Path) -> None:
+    process = run_supervisor("starting", 30, tmp_path)
+    wait_ready(process, 2)
+    process.send_signal(signal.SIGTERM)
+    stdout, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert "worker exited" not in [e["event"] for e in events(stdout)]
+
+
+def test_a_worker_that_fails_to_start_stops_the_other_and_exit_is_1(tmp_path: Path) -> None:
+    process = run_supervisor("fail", 30, tmp_path)
+    stdout, _ = process.communicate(timeout=30)
+    assert process.returncode == 1
+    logged = events(stdout)
+    failed = [e for e in logged if e["event"] == "worker failed"]
+    assert failed == [failed[0]]
+    assert failed[0]["worker"] == 1
+    assert failed[0]["error"] == "RuntimeError"
+    # Never the message: it could quote a request or a URL.
+    assert "a start that failed" not in stdout
+    exited = [e for e in logged if e["event"] == "worker exited"]
+    assert [(e["worker"], e["exit_code"]) for e in exited] == [(1, 1)]
+
+
+def test_a_worker_that_ignores_sigterm_is_killed_at_the_deadline_and_exit_is_1(
+    tmp_path: Path,
+) -> None:
+    process = run_supervisor("stubborn", 1, tmp_path)
+    pids = wait_ready(process, 2)
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    stdout, _ = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert time.monotonic() - started >= 1
+    killed = [e for e in events(stdout) if e["event"] == "workers did not stop in time; killed"]
+    assert killed
+    assert killed[0]["workers"] == [0, 1]
+    # Killed and reaped by the supervisor: nothing is left behind.
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists()
+
+
+async def test_a_scrape_gathers_every_workers_series_over_their_sockets(tmp_path: Path) -> None:
+    # Enough series that one worker's answer takes many reads (a few MiB of JSON).
+    group = f"dfm-test.{os.getpid()}.{tmp_path.name}"
+    registries = [CollectorRegistry(), CollectorRegistry()]
+    for number, registry in enumerate(registries):
+        requests = LoopCounter(
+            "dfm_receiver_requests", "Requests.", ["source", "outcome"], registry
+        )
+        for n in range(20_000):
+            requests.labels(f"ns/source-{n}", "stored").inc(number + 1)
+    refreshed: list[int] = []
+    peers = [
+        Peers(Worker(i, 3, group), registries[i], lambda i=i: refreshed.append(i)) for i in range(2)
+    ]
+    for p in peers:
+        await p.start()
+    try:
+        text = (await peers[0].exposition()).decode()
+    finally:
+        for p in peers:
+            await p.stop()
+    families = parsed(text)
+    by_worker: dict[str, float] = {}
+    for name, labels, value in families["dfm_receiver_requests"]:
+        if name.endswith("_total"):
+            by_worker[labels["worker"]] = by_worker.get(labels["worker"], 0.0) + value
+    assert by_worker == {"0": 20_000.0, "1": 40_000.0}
+    # Worker 2 was never started: down, and the scrape still answered with the others.
+    up = {s[1]["worker"]: s[2] for s in families["dfm_receiver_worker_up"]}
+    assert up == {"0": 1.0, "1": 1.0, "2": 0.0}
+    # Each worker set its store and forwarder gauges before its series were read.
+    assert sorted(refreshed) == [0, 1]
