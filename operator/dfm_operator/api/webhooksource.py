@@ -198,7 +198,8 @@ class ForwardBackoff(ApiModel):
 
 
 class ForwardCircuitBreaker(ApiModel):
-    """Stops sending to a target that keeps failing, per receiver pod."""
+    """Stops sending to a target that keeps failing, per receiver process (each of a pod's
+    workers)."""
 
     failure_threshold: Annotated[
         int,
@@ -239,7 +240,12 @@ class Forward(ApiModel):
     backoff: ForwardBackoff = Field(default_factory=ForwardBackoff)
     max_concurrency: Annotated[
         int,
-        Field(ge=1, le=1000, description="Requests in flight to the target, per receiver pod."),
+        Field(
+            ge=1,
+            le=1000,
+            description="Requests in flight to the target, per receiver process (each of a "
+            "pod's workers).",
+        ),
     ] = 8
     circuit_breaker: ForwardCircuitBreaker = Field(default_factory=ForwardCircuitBreaker)
 
@@ -434,8 +440,9 @@ class WebhookSourceSpec(ApiModel):
         "/events/{id}/replay, POST /events/replay; docs/events-api.md): who may call it (auth: "
         "a JWKS URL or PEM public key, issuer, audiences, authorized parties, as spec.auth), "
         "the scopes that allow reading and replaying (scopeClaim, readScope, replayScope), and "
-        "its request budget per pod. Absent: the API does not exist (its paths answer 404). "
-        "Reached through the receiver's Service; the Ingress routes only spec.path.",
+        "its request budget per receiver process (each of a pod's workers). Absent: the API "
+        "does not exist (its paths answer 404). Reached through the receiver's Service; the "
+        "Ingress routes only spec.path.",
         json_schema_extra=cel_rules(
             CelRule(
                 "has(self.auth.jwksUrl) != has(self.auth.publicKey)",
