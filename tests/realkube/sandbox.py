@@ -17,6 +17,12 @@
   reachable from the host on a loopback port this process prints (what ``kubectl port-forward``
   does), and each "host service" port (PostgreSQL) is reachable inside the pod at
   ``127.0.0.1:<same port>``, relayed to the host's loopback (what a Service would route to);
+- its own **PID namespace**, whose PID 1 is the command, as in a container: when the command
+  ends, however it ends (killed with the sandbox included), the kernel ends every process it
+  started (a receiver's worker processes), so nothing outlives the pod. As a container's PID 1,
+  the command ignores a signal it has no handler for (SIGTERM included). A small process of
+  the sandbox's stands between them (a process that made a PID namespace cannot start threads,
+  and the relay needs them): it passes SIGTERM on and ends as the command did;
 - as the pod's ``runAsUser``/``runAsGroup`` when run as root.
 
 As root the namespaces are made directly. Otherwise an unprivileged user namespace is made first
@@ -48,6 +54,7 @@ from typing import Any
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWPID = 0x20000000
 CLONE_NEWUSER = 0x10000000
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -347,6 +354,41 @@ def _image_under_volumes(spec: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _pid_namespace(spec: dict[str, Any], log: Any, preexec: Any) -> None:
+    """The forked process between the sandbox and the command: makes the PID namespace, runs
+    the command as its PID 1, passes SIGTERM on, and ends as the command ended (its exit code,
+    or killed by the same signal)."""
+    code = 1
+    try:
+        _die_with_parent()
+        _check(_libc.unshare(CLONE_NEWPID), "unshare (pid ns)")
+        proc = subprocess.Popen(
+            spec["command"],
+            env=spec["env"],
+            cwd=spec.get("workingDir") or "/",
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=preexec,  # the agent and this are processes, not threads
+        )
+        log.close()
+
+        def stop(*_: Any) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, stop)
+        code = proc.wait()
+        if code < 0:
+            signal.signal(-code, signal.SIG_DFL)
+            os.kill(os.getpid(), -code)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            print(f"the pod's PID namespace: {type(exc).__name__}: {exc}", file=sys.stderr)
+    finally:
+        os._exit(code & 0xFF if code >= 0 else 1)
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     _die_with_parent()
@@ -385,30 +427,25 @@ def main() -> None:
             os.setuid(uid)
         _die_with_parent()
 
-    proc = subprocess.Popen(
-        spec["command"],
-        env=spec["env"],
-        cwd=spec.get("workingDir") or "/",
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        preexec_fn=become_the_container_user,  # the agent is a process, not a thread
-    )
+    sys.stdout.flush()
+    init = os.fork()  # still one thread here: the relay's start below
+    if init == 0:
+        _pid_namespace(spec, log, become_the_container_user)
     log.close()
     ports = {str(port): sock.getsockname()[1] for port, sock in inbound.items()}
-    print(json.dumps({"ports": ports, "pid": proc.pid}), flush=True)
+    print(json.dumps({"ports": ports, "pid": init}), flush=True)
 
     def stop(*_: Any) -> None:
         with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
+            os.kill(init, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
 
     async def run() -> int:
         relay = asyncio.create_task(_relay(inbound, spec.get("services", []), ours))
-        code = await asyncio.to_thread(proc.wait)
+        _, status = await asyncio.to_thread(os.waitpid, init, 0)
         relay.cancel()
-        return code
+        return os.waitstatus_to_exitcode(status)
 
     code = asyncio.run(run())
     print(json.dumps({"exit": code}), flush=True)

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.realkube.cluster import Api, JsonDict
+from tests.realkube.cluster import Api, JsonDict, wait_for
 from tests.realkube.kubelet import KubeletPlayer
 from tests.realkube.running import DFM, OperatorProcess, path_of, wait_ready
 from tests.realkube.test_helm_operator import secret, stored_events
@@ -124,6 +124,19 @@ def test_a_pod_of_two_workers_stores_every_delivery_and_reports_both(
         assert sum(stored.values()) == DELIVERIES
         assert min(stored.values()) >= 1
         assert player.running() == [pod], "both workers still serving, the pod not restarted"
+
+        # Scaled to zero: the pod is deleted, SIGTERM reaches the supervisor, both workers drain
+        # and it exits 0; nothing of the pod keeps running.
+        uid = admin.get(path_of("pods", ns, pod, group="v1"))["metadata"]["uid"]
+        admin.merge_patch(path_of("webhooksources", ns, "github"), {"spec": {"replicas": 0}})
+        wait_for("the pod stopped", lambda: player.running() == [], timeout=120)
+        said = [
+            json.loads(line)
+            for line in (tmp_path / "kubelet" / uid / "receiver.log").read_text().splitlines()
+            if line.startswith("{")
+        ]
+        stopped = [line for line in said if line.get("event") == "workers stopped"]
+        assert [line["exit_code"] for line in stopped] == [0], said[-5:]
         assert player.errors == []
     finally:
         player.stop()
