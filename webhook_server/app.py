@@ -735,7 +735,22 @@ async def probe(request: web.Request) -> web.Response:
 
 
 async def livez(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    peers = request.app.get(PEERS)
+    stuck = await peers.stuck() if peers is not None else []
+    if not stuck:
+        return json_response({"status": "ok"})
+    # A probe reaches one worker, chosen by the kernel: each answers for all of the pod's, so a
+    # worker whose event loop is stuck fails the pod's liveness whichever worker is asked.
+    return json_response(
+        {
+            "type": "about:blank",
+            "title": "Service Unavailable",
+            "status": 503,
+            "detail": f"workers not answering: {', '.join(map(str, stuck))}",
+        },
+        status=503,
+        content_type=PROBLEM_JSON,
+    )
 
 
 async def readyz(request: web.Request) -> web.Response:

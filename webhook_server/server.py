@@ -896,6 +896,7 @@ def run_workers(
     code (webhook_server.workers). ``tracing`` is called in each worker: the exporter's thread
     is the process's own."""
     raise_file_limit()  # inherited by the workers
+    check_port_free(config.host, config.port)
 
     def serve(worker: Worker) -> int:
         structlog.contextvars.bind_contextvars(worker=worker.index)
@@ -916,6 +917,27 @@ def run_workers(
     return supervise(config.workers, serve, stop_seconds=stop_seconds)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Raise OSError when something already listens on ``host:port``.
+
+    The workers bind with SO_REUSEPORT, and the kernel lets any other process of the same user
+    that does too share the port: another receiver, or an old one still draining, would then
+    silently take part of the traffic. A plain bind, as a single receiver's, fails instead."""
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"{host}:{port}: {exc.strerror or 'cannot bind'}"
+                ) from None
+
+
 async def _serve(
     config: ReceiverConfig,
     file_limit: int,
@@ -925,7 +947,8 @@ async def _serve(
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # A worker stops on SIGTERM only: its supervisor turns SIGINT into SIGTERM for every worker.
+    for signum in (signal.SIGTERM,) if worker else (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     app = create_app(config, tracing=tracing, worker=worker)
     # Everything built so far lives as long as the process: keep it out of the collector's

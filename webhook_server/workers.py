@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
+import secrets
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -49,6 +51,7 @@ MAX_PEER_BYTES = 64 * 1024 * 1024
 # Beyond the workers' own drain (shutdown timeout and forwarding grace), before they are killed.
 STOP_MARGIN_SECONDS = 5.0
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,10 @@ class Worker:
 # -- metrics across workers ----------------------------------------------------------------------
 
 
-def encode(registry: CollectorRegistry) -> bytes:
-    """This worker's series, as JSON (not pickle: the socket is reachable from the whole pod)."""
+def encode(registry: CollectorRegistry, refresh: Callable[[], None] = lambda: None) -> bytes:
+    """This worker's series, as JSON (not pickle: the socket is reachable from the whole pod);
+    ``refresh`` first sets the gauges read at scrape time."""
+    refresh()
     return json.dumps(
         [
             {
@@ -86,10 +91,24 @@ def encode(registry: CollectorRegistry) -> bytes:
     ).encode()
 
 
-def decode(data: bytes) -> list[dict[str, Any]]:
-    families = json.loads(data)
-    if not isinstance(families, list):
-        raise ValueError("a worker's series are a list of families")
+def decode(data: bytes) -> list[Metric]:
+    """A worker's answer as metric families; ValueError when it is not one (a worker of another
+    build, or something else on its socket)."""
+    try:
+        families = []
+        for family in json.loads(data):
+            metric = Metric(
+                str(family["name"]), str(family["help"]), str(family["type"]), str(family["unit"])
+            )
+            for name, labels, value in family["samples"]:
+                if not isinstance(labels, dict):
+                    raise TypeError("labels")
+                metric.add_sample(
+                    str(name), {str(k): str(v) for k, v in labels.items()}, float(value)
+                )
+            families.append(metric)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a worker's series ({type(exc).__name__})") from None
     return families
 
 
@@ -101,20 +120,20 @@ class _Families:
         return self._families
 
 
-def merge(parts: dict[int, list[dict[str, Any]]], count: int) -> bytes:
+def merge(parts: dict[int, list[Metric]], count: int) -> bytes:
     """One exposition of every worker's series (``parts``: by worker index), each labelled with
     its worker, then the two gauges about the workers themselves."""
     families: dict[str, Metric] = {}
     for index in sorted(parts):
         worker = str(index)
         for family in parts[index]:
-            metric = families.get(family["name"])
+            metric = families.get(family.name)
             if metric is None:
-                metric = families[family["name"]] = Metric(
-                    family["name"], family["help"], family["type"], family.get("unit", "")
+                metric = families[family.name] = Metric(
+                    family.name, family.documentation, family.type, family.unit
                 )
-            for name, labels, value in family["samples"]:
-                metric.add_sample(name, {**labels, "worker": worker}, value)
+            for sample in family.samples:
+                metric.add_sample(sample.name, {**sample.labels, "worker": worker}, sample.value)
     configured = GaugeMetricFamily(
         "dfm_receiver_workers", "Receiver processes configured in this pod (workers).", count
     )
@@ -143,8 +162,14 @@ async def _read_all(reader: asyncio.StreamReader) -> bytes:
     return b"".join(chunks)
 
 
+# What one worker asks another, in one byte: its series, or whether its event loop turns.
+_SERIES = b"m"
+_PING = b"p"
+_PONG = b"ok"
+
+
 class Peers:
-    """One worker's part in the pod's metrics: answers the others, and gathers theirs."""
+    """One worker's part in the pod's metrics and liveness: answers the others, asks them."""
 
     def __init__(
         self, worker: Worker, registry: CollectorRegistry, refresh: Callable[[], None]
@@ -165,40 +190,58 @@ class Peers:
             await self._server.wait_closed()
             self._server = None
 
-    def own(self) -> bytes:
+    def own(self) -> list[Metric]:
         self._refresh()
-        return encode(self._registry)
+        return list(self._registry.collect())
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            writer.write(self.own())
-            await writer.drain()
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-    async def _ask(self, index: int) -> list[dict[str, Any]] | None:
-        try:
+        # The asker closes at its timeout: whatever is left to write then goes nowhere.
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             async with asyncio.timeout(PEER_TIMEOUT_SECONDS):
-                reader, writer = await asyncio.open_unix_connection(self.worker.address(index))
-                try:
-                    data = await _read_all(reader)
-                finally:
-                    writer.close()
-            return decode(data)
+                request = await reader.readexactly(1)
+            writer.write(_PONG if request == _PING else encode(self._registry, self._refresh))
+            await writer.drain()
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+    async def _request(self, index: int, request: bytes) -> bytes:
+        async with asyncio.timeout(PEER_TIMEOUT_SECONDS):
+            reader, writer = await asyncio.open_unix_connection(self.worker.address(index))
+            try:
+                writer.write(request)
+                await writer.drain()
+                return await _read_all(reader)
+            finally:
+                writer.close()
+
+    async def _series(self, index: int) -> list[Metric] | None:
+        try:
+            return decode(await self._request(index, _SERIES))
         except (OSError, TimeoutError, ValueError) as exc:
             log.warning(
                 "a worker did not answer the scrape", worker=index, error=type(exc).__name__
             )
             return None
 
+    async def _alive(self, index: int) -> bool:
+        try:
+            return await self._request(index, _PING) == _PONG
+        except (OSError, TimeoutError, ValueError):
+            return False
+
     async def exposition(self) -> bytes:
         others = self.worker.others()
-        answers = await asyncio.gather(*(self._ask(i) for i in others))
-        parts = {self.worker.index: decode(self.own())}
+        answers = await asyncio.gather(*(self._series(i) for i in others))
+        parts = {self.worker.index: self.own()}
         parts.update({i: a for i, a in zip(others, answers, strict=True) if a is not None})
         return merge(parts, self.worker.count)
+
+    async def stuck(self) -> list[int]:
+        """The other workers whose event loop did not answer within PEER_TIMEOUT_SECONDS."""
+        others = self.worker.others()
+        alive = await asyncio.gather(*(self._alive(i) for i in others))
+        return [i for i, ok in zip(others, alive, strict=True) if not ok]
 
 
 # -- the supervisor ------------------------------------------------------------------------------
@@ -208,16 +251,25 @@ def supervise(count: int, serve: Callable[[Worker], int], *, stop_seconds: float
     """Fork ``count`` workers running ``serve`` and watch them; returns the exit code.
 
     ``stop_seconds``: from the stop to when workers still running are killed."""
-    group = f"dfm-receiver.{os.getpid()}"
-    # Signals wait for sigwait below; a child unblocks them once it is its own.
+    # Unique even where every container's supervisor is PID 1 and two share a network namespace.
+    group = f"dfm-receiver.{os.getpid()}.{secrets.token_hex(4)}"
+    # An ignored SIGCHLD (inherited through exec) would let the kernel reap the workers unseen.
+    previous_sigchld = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # Signals wait for sigtimedwait below; a child unblocks them once it is its own.
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     children: dict[int, int] = {}
+    supervisor = os.getpid()
     try:
         for index in range(count):
             sys.stdout.flush()
-            pid = os.fork()
+            sys.stderr.flush()
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                log.error("a worker could not be started", worker=index, errno=exc.errno)
+                return _stop_started(children, stop_seconds)
             if pid == 0:  # pragma: no cover - the child; its coverage is the tests' processes
-                _child(serve, Worker(index, count, group), previous)
+                _child(serve, Worker(index, count, group), previous, supervisor)
             children[pid] = index
             log.info("worker started", worker=index, pid=pid)
         return _watch(children, stop_seconds)
@@ -226,34 +278,65 @@ def supervise(count: int, serve: Callable[[Worker], int], *, stop_seconds: float
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.signal(signal.SIGCHLD, previous_sigchld)
 
 
-def _child(serve: Callable[[Worker], int], worker: Worker, mask: Iterable[int]) -> None:
+def _stop_started(children: dict[int, int], stop_seconds: float) -> int:
+    """After a failed fork: the workers already started drain and stop; the exit is 1."""
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    _watch(children, stop_seconds, stopping=True)
+    return 1
+
+
+def _die_with(supervisor: int) -> None:
+    """SIGTERM this worker when its supervisor dies (outside a container nothing else would)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != supervisor:  # it died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _child(
+    serve: Callable[[Worker], int], worker: Worker, mask: Iterable[int], supervisor: int
+) -> None:
     code = 1
     try:
+        # The supervisor turns a Ctrl-C (which reaches the whole process group) into SIGTERM.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _die_with(supervisor)
         code = serve(worker)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException as exc:  # whatever ends the worker, the process exits
         with contextlib.suppress(Exception):
-            # The type and errno only: a message could quote a request or a URL.
+            # The type, errno and where it was raised; never the message, which could quote a
+            # request or a URL.
             log.error(
                 "worker failed",
                 worker=worker.index,
                 error=type(exc).__name__,
                 errno=getattr(exc, "errno", None),
+                at=[
+                    f"{f.filename}:{f.lineno}:{f.name}"
+                    for f in traceback.extract_tb(exc.__traceback__)
+                ][-5:],
             )
     finally:
+        # Nothing may interrupt the way out: the parent's code must never run in a worker.
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
 
 
-def _watch(children: dict[int, int], stop_seconds: float) -> int:
+def _watch(children: dict[int, int], stop_seconds: float, *, stopping: bool = False) -> int:
     code = 0
-    deadline: float | None = None
+    deadline: float | None = time.monotonic() + stop_seconds if stopping else None
 
     def stop(reason: str) -> float:
         log.info("stopping workers", reason=reason, running=len(children))

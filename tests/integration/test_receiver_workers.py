@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ from webhook_server.config import (
     VerificationConfig,
 )
 from webhook_server.verify import SIGNERS
+from webhook_server.workers import PEER_TIMEOUT_SECONDS
 
 SECRET = "workers-test-secret"
 ROOT = Path(__file__).resolve().parents[2]
@@ -243,3 +245,71 @@ def test_a_workers_value_the_receiver_cannot_serve_is_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
+
+
+async def test_a_stuck_worker_fails_the_pods_liveness_whichever_worker_answers(
+    database_url: str, source: SourceConfig, tmp_path: Path
+) -> None:
+    process, base, log = await start(tmp_path, database_url, source)
+    try:
+        started = {
+            line["pid"]: line["worker"]
+            for line in map(json.loads, log.read_text().splitlines())
+            if line["event"] == "worker started"
+        }
+        stuck = children(process.pid)[0]
+        os.kill(stuck, signal.SIGSTOP)  # its event loop stops turning; its socket stays open
+        try:
+            answers = []
+            for _ in range(6):
+                # A probe the kernel hands to the stopped worker waits in its accept queue: the
+                # kubelet's timeout would fail it, as this one does.
+                timeout = aiohttp.ClientTimeout(total=2 * PEER_TIMEOUT_SECONDS + 2)
+                try:
+                    async with (
+                        aiohttp.ClientSession(
+                            connector=aiohttp.TCPConnector(force_close=True), timeout=timeout
+                        ) as session,
+                        session.get(f"{base}/livez") as response,
+                    ):
+                        answers.append((response.status, await response.json(content_type=None)))
+                except TimeoutError:
+                    answers.append((0, {}))
+            assert 200 not in [status for status, _ in answers]
+            details = {body["detail"] for status, body in answers if status == 503}
+            assert details == {f"workers not answering: {started[stuck]}"}
+        finally:
+            os.kill(stuck, signal.SIGCONT)
+        async with aiohttp.ClientSession() as session, session.get(f"{base}/livez") as response:
+            assert response.status == 200
+    finally:
+        assert stop(process) == 0, log.read_text()
+
+
+def test_a_port_already_in_use_is_refused_in_one_line(tmp_path: Path, source: SourceConfig) -> None:
+    # With SO_REUSEPORT alone, the workers would share the port with whatever holds it.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = ReceiverConfig(
+            host="127.0.0.1",
+            port=port,
+            workers=2,
+            sources=[source],
+            database=DatabaseConfig(url="postgresql://127.0.0.1:1/x"),
+        )
+        config_file = tmp_path / "receiver.yaml"
+        config_file.write_text(config.dump_yaml())
+        result = subprocess.run(
+            [sys.executable, "-m", "dfm.cli", "receiver", "--config", str(config_file)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"dfm receiver: error: 127.0.0.1:{port}: Address already in use"
+    ]

@@ -30,6 +30,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from dfm import cli
 from dfm.crds_cmd import CHART_TEMPLATE, chart_template
@@ -39,6 +40,7 @@ from dfm_operator.main import PEERING_NAME
 from dfm_operator.rbac import required_rules
 from dfm_operator.settings import OperatorSettings
 from webhook_server.metrics import ReceiverMetrics
+from webhook_server.workers import merge
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "df-middleware"
@@ -649,6 +651,12 @@ def _exported_metric_names() -> set[str]:
         assert isinstance(registry, CollectorRegistry)
         for family in registry.collect():
             names |= {family.name + suffix for suffix in suffixes[family.type]}
+    # What a receiver with several workers adds to a scrape (webhook_server.workers.merge).
+    names |= {
+        sample.name
+        for family in text_string_to_metric_families(merge({0: []}, 1).decode())
+        for sample in family.samples
+    }
     return names
 
 
@@ -662,6 +670,7 @@ def test_the_promised_alerts_exist(helm: str) -> None:
         "DfmReceiverDown",
         "DfmReceiverSignatureFailuresHigh",
         "DfmReceiverStoreUnavailable",
+        "DfmReceiverWorkerDown",
         "DfmForwardBacklogGrowing",
         "DfmForwardCircuitOpen",
         "DfmForwardDeadLetters",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from webhook_server.metrics import LoopCounter, LoopHistogram
-from webhook_server.workers import Peers, Worker, decode, encode, merge
+from webhook_server.workers import PEER_TIMEOUT_SECONDS, Peers, Worker, decode, encode, merge
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,6 +91,8 @@ from webhook_server.workers import supervise
 
 logs.configure("INFO")
 mode = sys.argv[1]
+if len(sys.argv) > 3 and sys.argv[3] == "sigchld-ignored":
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # as a launcher may leave it, through exec
 
 def serve(worker):
     if mode == "fail" and worker.index == 1:
@@ -107,15 +110,18 @@ sys.exit(supervise(2, serve, stop_seconds=float(sys.argv[2])))
 """
 
 
-def run_supervisor(mode: str, stop_seconds: float, tmp_path: Path) -> subprocess.Popen[str]:
+def run_supervisor(
+    mode: str, stop_seconds: float, tmp_path: Path, *extra: str
+) -> subprocess.Popen[str]:
     script = tmp_path / "supervisor.py"
     script.write_text(textwrap.dedent(SUPERVISOR))
     return subprocess.Popen(
-        [sys.executable, str(script), mode, str(stop_seconds)],
+        [sys.executable, str(script), mode, str(stop_seconds), *extra],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's foreground job
     )
 
 
@@ -169,6 +175,32 @@ def test_a_worker_that_fails_to_start_stops_the_other_and_exit_is_1(tmp_path: Pa
     assert [(e["worker"], e["exit_code"]) for e in exited] == [(1, 1)]
 
 
+def test_a_worker_death_is_seen_even_when_sigchld_was_ignored_by_the_launcher(
+    tmp_path: Path,
+) -> None:
+    # Ignored, SIGCHLD lets the kernel reap the workers itself: a crash would go unnoticed and
+    # the pod would run at part capacity. The supervisor sets it back to the default.
+    process = run_supervisor("fail", 30, tmp_path, "sigchld-ignored")
+    stdout, _ = process.communicate(timeout=20)
+    assert process.returncode == 1
+    exited = [e for e in events(stdout) if e["event"] == "worker exited"]
+    assert [(e["worker"], e["exit_code"]) for e in exited] == [(1, 1)]
+    # The other worker drained on its SIGTERM: no kill at the deadline.
+    assert "workers did not stop in time; killed" not in [e["event"] for e in events(stdout)]
+
+
+def test_ctrl_c_to_the_process_group_stops_everything_once_and_cleanly(tmp_path: Path) -> None:
+    process = run_supervisor("normal", 30, tmp_path)
+    wait_ready(process, 2)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    stdout, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    names = [e["event"] for e in events(stdout)]
+    assert "worker exited" not in names
+    assert "worker failed" not in names
+    assert names.count("stopping workers") == 1
+
+
 def test_a_worker_that_ignores_sigterm_is_killed_at_the_deadline_and_exit_is_1(
     tmp_path: Path,
 ) -> None:
@@ -219,3 +251,62 @@ async def test_a_scrape_gathers_every_workers_series_over_their_sockets(tmp_path
     assert up == {"0": 1.0, "1": 1.0, "2": 0.0}
     # Each worker set its store and forwarder gauges before its series were read.
     assert sorted(refreshed) == [0, 1]
+
+
+def test_label_values_that_need_escaping_survive_the_merge() -> None:
+    registry = CollectorRegistry()
+    odd = 'ns/a "quoted" \\ back\nslash'
+    Counter("dfm_receiver_duplicates", "Duplicates.", ["source"], registry=registry).labels(
+        odd
+    ).inc()
+    families = parsed(merge({0: decode(encode(registry))}, 1).decode())
+    sources = {s[1]["source"] for s in families["dfm_receiver_duplicates"]}
+    assert sources == {odd}
+
+
+async def test_a_worker_whose_loop_does_not_answer_is_down_and_stuck(tmp_path: Path) -> None:
+    group = f"dfm-test.{os.getpid()}.{tmp_path.name}"
+    asked: list[bytes] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked.append(await reader.read(1))
+        await asyncio.sleep(30)  # a worker whose event loop is stuck elsewhere never answers
+
+    me = Peers(Worker(0, 2, group), worker_registry(stored=1, backlog=0), lambda: None)
+    other = await asyncio.start_unix_server(silent, path=Worker(1, 2, group).address(1))
+    await me.start()
+    try:
+        started = time.monotonic()
+        families = parsed((await me.exposition()).decode())
+        assert await me.stuck() == [1]
+        waited = time.monotonic() - started
+    finally:
+        other.close()
+        await me.stop()
+    up = {s[1]["worker"]: s[2] for s in families["dfm_receiver_worker_up"]}
+    assert up == {"0": 1.0, "1": 0.0}
+    assert asked == [b"m", b"p"]
+    # Each question gave up at its timeout rather than hanging the scrape or the probe.
+    assert waited < 4 * PEER_TIMEOUT_SECONDS
+    assert await Peers(Worker(0, 1, group), CollectorRegistry(), lambda: None).stuck() == []
+
+
+async def test_an_answer_that_is_not_a_workers_series_counts_the_worker_down(
+    tmp_path: Path,
+) -> None:
+    group = f"dfm-test.{os.getpid()}.{tmp_path.name}"
+
+    async def wrong(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.write(b'[{"name": "x"}]')
+        writer.close()
+
+    me = Peers(Worker(0, 2, group), worker_registry(stored=1, backlog=0), lambda: None)
+    other = await asyncio.start_unix_server(wrong, path=Worker(1, 2, group).address(1))
+    try:
+        families = parsed((await me.exposition()).decode())
+    finally:
+        other.close()
+    up = {s[1]["worker"]: s[2] for s in families["dfm_receiver_worker_up"]}
+    assert up == {"0": 1.0, "1": 0.0}
+    assert {s[1]["worker"] for s in families["dfm_receiver_requests"]} == {"0"}
