@@ -229,10 +229,11 @@ class EventsApiConfig(Model):
     # Counted before the token is checked (a flood of bad tokens must not cost a JWKS fetch each).
     requests_per_second: Annotated[float, Field(gt=0, le=10_000)] = Field(
         default=10.0,
-        description="Requests to this source's Events API per second, per receiver pod.",
+        description="Requests to this source's Events API per second, per receiver process "
+        "(each worker of a pod has its own budget).",
     )
     burst: Annotated[int, Field(ge=1, le=100_000)] = Field(
-        default=20, description="Requests allowed at once above the rate, per receiver pod."
+        default=20, description="Requests allowed at once above the rate, per receiver process."
     )
     max_bulk_replay: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
         default=10_000,

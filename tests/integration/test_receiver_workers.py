@@ -94,22 +94,26 @@ async def start(
     process = launch(config_file, log)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession() as session:
-        # Ready when both workers are: every scrape then shows two workers up.
-        while True:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the workers did not become ready"
-            try:
-                async with session.get(f"{base}/metrics") as response:
-                    text = await response.text()
-                up = [value for _, value in samples(text, "dfm_receiver_worker_up")]
-                if up == [1.0, 1.0]:
-                    async with session.get(f"{base}/readyz") as ready:
-                        if ready.status == 200:
-                            break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
+    try:
+        async with aiohttp.ClientSession() as session:
+            # Ready when both workers are: every scrape then shows two workers up.
+            while True:
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "the workers did not become ready"
+                try:
+                    async with session.get(f"{base}/metrics") as response:
+                        text = await response.text()
+                    up = [value for _, value in samples(text, "dfm_receiver_worker_up")]
+                    if up == [1.0, 1.0]:
+                        async with session.get(f"{base}/readyz") as ready:
+                            if ready.status == 200:
+                                break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+    except BaseException:
+        stop(process)  # its workers get SIGTERM too, and drain
+        raise
     return process, base, log
 
 

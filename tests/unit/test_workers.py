@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import os
 import signal
@@ -11,8 +13,10 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -110,24 +114,39 @@ sys.exit(supervise(2, serve, stop_seconds=float(sys.argv[2])))
 """
 
 
-def run_supervisor(
-    mode: str, stop_seconds: float, tmp_path: Path, *extra: str
-) -> subprocess.Popen[str]:
-    script = tmp_path / "supervisor.py"
-    script.write_text(textwrap.dedent(SUPERVISOR))
-    return subprocess.Popen(
-        [sys.executable, str(script), mode, str(stop_seconds), *extra],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # a process group of its own, as a terminal's foreground job
-    )
+Launch = Callable[..., "subprocess.Popen[str]"]
+
+
+@pytest.fixture
+def run_supervisor(tmp_path: Path) -> Iterator[Launch]:
+    """``run_supervisor(mode, stop_seconds, *extra)``: the stub supervisor in a process group of
+    its own, as a terminal's foreground job; whatever a failed test leaves of it is killed."""
+    started: list[subprocess.Popen[str]] = []
+
+    def launch(mode: str, stop_seconds: float, *extra: str) -> subprocess.Popen[str]:
+        script = tmp_path / "supervisor.py"
+        script.write_text(textwrap.dedent(SUPERVISOR))
+        process = subprocess.Popen(
+            [sys.executable, str(script), mode, str(stop_seconds), *extra],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        started.append(process)
+        return process
+
+    yield launch
+    for process in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
 
 
 def wait_ready(process: subprocess.Popen[str], count: int) -> list[int]:
     assert process.stderr is not None
-    pids = []
+    pids: list[int] = []
     while len(pids) < count:
         line = process.stderr.readline()
         assert line, "the supervisor ended before its workers were ready"
@@ -139,8 +158,8 @@ def events(stdout: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-def test_sigterm_stops_every_worker_and_the_supervisor_exits_0(tmp_path: Path) -> None:
-    process = run_supervisor("normal", 30, tmp_path)
+def test_sigterm_stops_every_worker_and_the_supervisor_exits_0(run_supervisor: Launch) -> None:
+    process = run_supervisor("normal", 30)
     wait_ready(process, 2)
     process.send_signal(signal.SIGTERM)
     stdout, _ = process.communicate(timeout=30)
@@ -151,8 +170,8 @@ def test_sigterm_stops_every_worker_and_the_supervisor_exits_0(tmp_path: Path) -
     assert "worker exited" not in names
 
 
-def test_a_stop_while_workers_are_still_starting_is_not_a_failure(tmp_path: Path) -> None:
-    process = run_supervisor("starting", 30, tmp_path)
+def test_a_stop_while_workers_are_still_starting_is_not_a_failure(run_supervisor: Launch) -> None:
+    process = run_supervisor("starting", 30)
     wait_ready(process, 2)
     process.send_signal(signal.SIGTERM)
     stdout, _ = process.communicate(timeout=30)
@@ -160,8 +179,8 @@ def test_a_stop_while_workers_are_still_starting_is_not_a_failure(tmp_path: Path
     assert "worker exited" not in [e["event"] for e in events(stdout)]
 
 
-def test_a_worker_that_fails_to_start_stops_the_other_and_exit_is_1(tmp_path: Path) -> None:
-    process = run_supervisor("fail", 30, tmp_path)
+def test_a_worker_that_fails_to_start_stops_the_other_and_exit_is_1(run_supervisor: Launch) -> None:
+    process = run_supervisor("fail", 30)
     stdout, _ = process.communicate(timeout=30)
     assert process.returncode == 1
     logged = events(stdout)
@@ -176,11 +195,11 @@ def test_a_worker_that_fails_to_start_stops_the_other_and_exit_is_1(tmp_path: Pa
 
 
 def test_a_worker_death_is_seen_even_when_sigchld_was_ignored_by_the_launcher(
-    tmp_path: Path,
+    run_supervisor: Launch,
 ) -> None:
     # Ignored, SIGCHLD lets the kernel reap the workers itself: a crash would go unnoticed and
     # the pod would run at part capacity. The supervisor sets it back to the default.
-    process = run_supervisor("fail", 30, tmp_path, "sigchld-ignored")
+    process = run_supervisor("fail", 30, "sigchld-ignored")
     stdout, _ = process.communicate(timeout=20)
     assert process.returncode == 1
     exited = [e for e in events(stdout) if e["event"] == "worker exited"]
@@ -189,8 +208,10 @@ def test_a_worker_death_is_seen_even_when_sigchld_was_ignored_by_the_launcher(
     assert "workers did not stop in time; killed" not in [e["event"] for e in events(stdout)]
 
 
-def test_ctrl_c_to_the_process_group_stops_everything_once_and_cleanly(tmp_path: Path) -> None:
-    process = run_supervisor("normal", 30, tmp_path)
+def test_ctrl_c_to_the_process_group_stops_everything_once_and_cleanly(
+    run_supervisor: Launch,
+) -> None:
+    process = run_supervisor("normal", 30)
     wait_ready(process, 2)
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     stdout, _ = process.communicate(timeout=30)
@@ -202,9 +223,9 @@ def test_ctrl_c_to_the_process_group_stops_everything_once_and_cleanly(tmp_path:
 
 
 def test_a_worker_that_ignores_sigterm_is_killed_at_the_deadline_and_exit_is_1(
-    tmp_path: Path,
+    run_supervisor: Launch,
 ) -> None:
-    process = run_supervisor("stubborn", 1, tmp_path)
+    process = run_supervisor("stubborn", 1)
     pids = wait_ready(process, 2)
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
@@ -231,7 +252,8 @@ async def test_a_scrape_gathers_every_workers_series_over_their_sockets(tmp_path
             requests.labels(f"ns/source-{n}", "stored").inc(number + 1)
     refreshed: list[int] = []
     peers = [
-        Peers(Worker(i, 3, group), registries[i], lambda i=i: refreshed.append(i)) for i in range(2)
+        Peers(Worker(i, 3, group), registries[i], functools.partial(refreshed.append, i))
+        for i in range(2)
     ]
     for p in peers:
         await p.start()
