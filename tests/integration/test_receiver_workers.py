@@ -76,6 +76,18 @@ def launch(config_file: Path, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def run_once(config_file: Path) -> subprocess.CompletedProcess[str]:
+    """`dfm receiver` for a config it should refuse: it exits, with its stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "dfm.cli", "receiver", "--config", str(config_file)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 async def start(
     tmp_path: Path, database_url: str, source: SourceConfig
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
@@ -237,14 +249,7 @@ def test_a_workers_value_the_receiver_cannot_serve_is_one_line(
     config.update(workers=workers, port=port)
     config_file = tmp_path / "receiver.yaml"
     config_file.write_text(json.dumps(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "dfm.cli", "receiver", "--config", str(config_file)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_once(config_file)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -305,14 +310,7 @@ def test_a_port_already_in_use_is_refused_in_one_line(tmp_path: Path, source: So
         )
         config_file = tmp_path / "receiver.yaml"
         config_file.write_text(config.dump_yaml())
-        result = subprocess.run(
-            [sys.executable, "-m", "dfm.cli", "receiver", "--config", str(config_file)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_once(config_file)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"dfm receiver: error: 127.0.0.1:{port}: Address already in use"
