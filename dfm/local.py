@@ -267,7 +267,19 @@ def demo_private_key(manifest: Path, source: SourceConfig) -> Path | None:
     return key if key.is_file() else None
 
 
-def banner(config: ReceiverConfig, files: dict[str, Path]) -> str:
+def several_workers(paths: Sequence[str]) -> dict[str, int]:
+    """The sources whose manifest asks for several worker processes (``spec.workers``): in a
+    cluster the operator runs them so; ``dfm local`` serves every source in one process."""
+    return {
+        f"{source.metadata.namespace}/{source.metadata.name}": source.spec.workers
+        for _, source in webhook_sources(load_documents(paths))
+        if source.spec.workers > 1
+    }
+
+
+def banner(
+    config: ReceiverConfig, files: dict[str, Path], workers: dict[str, int] | None = None
+) -> str:
     base = f"http://{'127.0.0.1' if config.host in ('0.0.0.0', '') else config.host}:{config.port}"  # noqa: S104
     lines = [f"dfm local: serving {len(config.sources)} source(s) on {base}"]
     for source in config.sources:
@@ -294,6 +306,11 @@ def banner(config: ReceiverConfig, files: dict[str, Path]) -> str:
             lines.append(
                 f"      events API: GET {base}/events?source={source.key} (bearer JWT with "
                 f"{source.events_api.read_scope}); or: dfm events list --source {source.key}"
+            )
+        if workers and source.key in workers:
+            lines.append(
+                f"      spec.workers: {workers[source.key]} applies in a cluster; here one process "
+                "serves every source"
             )
     lines.append(f"  health: {base}/readyz   metrics: {base}/metrics")
     return "\n".join(lines)
@@ -324,7 +341,7 @@ async def serve(
         while True:
             app = create_app(config, tracing=tracing)
             listener = await server.start(app, host, port, shutdown_timeout=5)
-            print(banner(config, files), file=sys.stderr, flush=True)
+            print(banner(config, files, several_workers(paths)), file=sys.stderr, flush=True)
             restart = False
             async for _ in _changes(paths, stop):
                 try:

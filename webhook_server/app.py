@@ -1173,7 +1173,12 @@ def create_app(
 
         mount(app)
     if worker is not None:
-        app[PEERS] = Peers(worker, metrics.registry, functools.partial(refresh_gauges, app))
+        app[PEERS] = Peers(
+            worker,
+            metrics.registry,
+            functools.partial(refresh_gauges, app),
+            lambda index: metrics.worker_peer_unanswered.labels(str(index)).inc(),
+        )
         app.cleanup_ctx.append(_peers_ctx)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_forward_ctx)

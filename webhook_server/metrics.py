@@ -300,3 +300,11 @@ class ReceiverMetrics:
             ["source"],
             registry=r,
         )
+        # -- worker processes (webhook_server.workers) -------------------------------------
+        self.worker_peer_unanswered = Counter(
+            "dfm_receiver_worker_peer_unanswered",
+            "Times another worker of the pod (peer: its index) did not answer this one in time, "
+            "for a scrape or a liveness check.",
+            ["peer"],
+            registry=r,
+        )

@@ -172,11 +172,19 @@ class Peers:
     """One worker's part in the pod's metrics and liveness: answers the others, asks them."""
 
     def __init__(
-        self, worker: Worker, registry: CollectorRegistry, refresh: Callable[[], None]
+        self,
+        worker: Worker,
+        registry: CollectorRegistry,
+        refresh: Callable[[], None],
+        unanswered: Callable[[int], None] = lambda index: None,
     ) -> None:
+        """``unanswered(index)`` is called each time worker ``index`` does not answer in time
+        (the counter the chart's alert reads: a scrape that reaches the slow worker itself says
+        nothing about it, but every other worker asks it at each liveness check)."""
         self.worker = worker
         self._registry = registry
         self._refresh = refresh
+        self._unanswered = unanswered
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -222,13 +230,17 @@ class Peers:
             log.warning(
                 "a worker did not answer the scrape", worker=index, error=type(exc).__name__
             )
+            self._unanswered(index)
             return None
 
     async def _alive(self, index: int) -> bool:
         try:
-            return await self._request(index, _PING) == _PONG
+            if await self._request(index, _PING) == _PONG:
+                return True
         except (OSError, TimeoutError, ValueError):
-            return False
+            pass
+        self._unanswered(index)
+        return False
 
     async def exposition(self) -> bytes:
         others = self.worker.others()

@@ -289,8 +289,19 @@ async def test_a_stuck_worker_fails_the_pods_liveness_whichever_worker_answers(
             assert details == {f"workers not answering: {started[stuck]}"}
         finally:
             os.kill(stuck, signal.SIGCONT)
-        async with aiohttp.ClientSession() as session, session.get(f"{base}/livez") as response:
-            assert response.status == 200
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/livez") as response:
+                assert response.status == 200
+            async with session.get(f"{base}/metrics") as response:
+                text = await response.text()
+        # The other worker counted each time the stuck one did not answer it: what the chart's
+        # DfmReceiverWorkerDown alert reads.
+        missed = {
+            (labels["worker"], labels["peer"]): value
+            for labels, value in samples(text, "dfm_receiver_worker_peer_unanswered_total")
+        }
+        other = str(1 - started[stuck])
+        assert missed[(other, str(started[stuck]))] >= 1
     finally:
         assert stop(process) == 0, log.read_text()
 

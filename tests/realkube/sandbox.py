@@ -362,6 +362,19 @@ def _pid_namespace(spec: dict[str, Any], log: Any, preexec: Any) -> None:
     try:
         _die_with_parent()
         _check(_libc.unshare(CLONE_NEWPID), "unshare (pid ns)")
+        # The handler is in place before the command starts: a SIGTERM that comes while it is
+        # being started is passed on once it has (exec resets the handler in the command).
+        started: list[subprocess.Popen[bytes]] = []
+        pending: list[bool] = []
+
+        def stop(*_: Any) -> None:
+            if not started:
+                pending.append(True)
+                return
+            with contextlib.suppress(ProcessLookupError):
+                started[0].send_signal(signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, stop)
         proc = subprocess.Popen(
             spec["command"],
             env=spec["env"],
@@ -372,12 +385,9 @@ def _pid_namespace(spec: dict[str, Any], log: Any, preexec: Any) -> None:
             preexec_fn=preexec,  # the agent and this are processes, not threads
         )
         log.close()
-
-        def stop(*_: Any) -> None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-
-        signal.signal(signal.SIGTERM, stop)
+        started.append(proc)
+        if pending:
+            stop()
         code = proc.wait()
         if code < 0:
             signal.signal(-code, signal.SIG_DFL)
