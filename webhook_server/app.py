@@ -734,6 +734,14 @@ async def probe(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+def _unavailable(detail: str, **members: Any) -> web.Response:
+    """A probe's 503, as problem+json (``members``: its extension members)."""
+    problem = {"type": "about:blank", "title": "Service Unavailable", "status": 503}
+    return json_response(
+        {**problem, "detail": detail, **members}, status=503, content_type=PROBLEM_JSON
+    )
+
+
 async def livez(request: web.Request) -> web.Response:
     peers = request.app.get(PEERS)
     stuck = await peers.stuck() if peers is not None else []
@@ -741,16 +749,7 @@ async def livez(request: web.Request) -> web.Response:
         return json_response({"status": "ok"})
     # A probe reaches one worker, chosen by the kernel: each answers for all of the pod's, so a
     # worker whose event loop is stuck fails the pod's liveness whichever worker is asked.
-    return json_response(
-        {
-            "type": "about:blank",
-            "title": "Service Unavailable",
-            "status": 503,
-            "detail": f"workers not answering: {', '.join(map(str, stuck))}",
-        },
-        status=503,
-        content_type=PROBLEM_JSON,
-    )
+    return _unavailable(f"workers not answering: {', '.join(map(str, stuck))}")
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -769,17 +768,7 @@ async def readyz(request: web.Request) -> web.Response:
         return json_response({"status": "ok", "checks": checks})
     # Like every other non-2xx answer: problem+json (its checks as an extension member).
     failing = ", ".join(name for name in ("database", "secrets") if not checks[name])
-    return json_response(
-        {
-            "type": "about:blank",
-            "title": "Service Unavailable",
-            "status": 503,
-            "detail": f"not ready: {failing}",
-            "checks": checks,
-        },
-        status=503,
-        content_type=PROBLEM_JSON,
-    )
+    return _unavailable(f"not ready: {failing}", checks=checks)
 
 
 def refresh_gauges(app: web.Application) -> None:

@@ -286,18 +286,14 @@ def supervise(count: int, serve: Callable[[Worker], int], *, stop_seconds: float
             log.info("worker started", worker=index, pid=pid)
         return _watch(children, stop_seconds)
     finally:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _signal_all(children, signal.SIGKILL)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         signal.signal(signal.SIGCHLD, previous_sigchld)
 
 
 def _stop_started(children: dict[int, int], stop_seconds: float) -> int:
     """After a failed fork: the workers already started drain and stop; the exit is 1."""
-    for pid in children:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+    _signal_all(children, signal.SIGTERM)
     _watch(children, stop_seconds, stopping=True)
     return 1
 
@@ -352,9 +348,7 @@ def _watch(children: dict[int, int], stop_seconds: float, *, stopping: bool = Fa
 
     def stop(reason: str) -> float:
         log.info("stopping workers", reason=reason, running=len(children))
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+        _signal_all(children, signal.SIGTERM)
         return time.monotonic() + stop_seconds
 
     while children:
@@ -382,9 +376,7 @@ def _watch(children: dict[int, int], stop_seconds: float, *, stopping: bool = Fa
                 deadline = stop("a worker exited")
         if deadline is not None and children and time.monotonic() >= deadline:
             log.error("workers did not stop in time; killed", workers=sorted(children.values()))
-            for pid in children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            _signal_all(children, signal.SIGKILL)
             for pid in list(children):
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
@@ -392,6 +384,12 @@ def _watch(children: dict[int, int], stop_seconds: float, *, stopping: bool = Fa
             code = 1
     log.info("workers stopped", exit_code=code)
     return code
+
+
+def _signal_all(children: dict[int, int], signum: int) -> None:
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
 
 
 def _reaped() -> list[tuple[int, int]]:

@@ -312,7 +312,6 @@ def run_receiver(
         shutdown_timeout_seconds=10.0,
         workers=workers,
     )
-    traced = None
     if trace_endpoint:
         os.environ.update(
             OTEL_EXPORTER_OTLP_ENDPOINT=trace_endpoint,
@@ -321,18 +320,17 @@ def run_receiver(
             OTEL_SERVICE_NAME="dfm-receiver-bench",
         )
         logs.with_trace_ids(tracing.current_ids)
+
+    def make_tracing() -> Any:
+        return tracing.from_env("dfm-receiver") if trace_endpoint else None
+
     if workers > 1:
         # The receiver's own supervisor, as `dfm receiver` runs it (webhook_server.workers).
-        code = server.run_workers(
-            config,
-            tracing=lambda: tracing.from_env("dfm-receiver") if trace_endpoint else None,
-            one_pass=one_pass,
-        )
+        code = server.run_workers(config, tracing=make_tracing, one_pass=one_pass)
         if code:
             raise SystemExit(code)
         return
-    if trace_endpoint:
-        traced = tracing.from_env("dfm-receiver")
+    traced = make_tracing()
     try:
         server.run(config, tracing=traced, one_pass=one_pass)
     finally:
