@@ -326,3 +326,21 @@ def test_a_port_already_in_use_is_refused_in_one_line(tmp_path: Path, source: So
     assert result.stderr.strip().splitlines() == [
         f"dfm receiver: error: 127.0.0.1:{port}: Address already in use"
     ]
+
+
+async def test_workers_drain_when_their_supervisor_is_killed(
+    database_url: str, source: SourceConfig, tmp_path: Path
+) -> None:
+    # Outside a container nothing else would end them: they would keep serving the port.
+    process, _, log = await start(tmp_path, database_url, source)
+    workers = children(process.pid)
+    process.kill()
+    process.wait(timeout=30)
+    for _ in range(300):  # up to 30 s: each drains first
+        if not any(alive(pid) for pid in workers):
+            break
+        await asyncio.sleep(0.1)
+    assert not [pid for pid in workers if alive(pid)]
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    # Each drained (its SIGTERM), rather than being killed.
+    assert sorted(line["worker"] for line in lines if line["event"] == "stopping") == [0, 1]
