@@ -752,23 +752,52 @@ async def livez(request: web.Request) -> web.Response:
     return _unavailable(f"workers not answering: {', '.join(map(str, stuck))}")
 
 
-async def readyz(request: web.Request) -> web.Response:
-    store_ok = await request.app[STORE].check()
-    secrets_ok = all(rt.secrets.loaded for rt in request.app[SOURCES].values())
-    auth_ok = all(
-        rt.authenticator is None or rt.authenticator.ready for rt in request.app[SOURCES].values()
-    )
-    checks = {"database": store_ok, "secrets": secrets_ok, "auth": auth_ok}
-    forwarder = request.app.get(FORWARDER)
+async def readiness_checks(app: web.Application) -> dict[str, bool]:
+    """This process's readiness checks: ``database`` and ``secrets`` decide, ``auth`` and
+    ``forwardSigning`` inform."""
+    store_ok = await app[STORE].check()
+    sources = app[SOURCES].values()
+    checks = {
+        "database": store_ok,
+        "secrets": all(rt.secrets.loaded for rt in sources),
+        "auth": all(rt.authenticator is None or rt.authenticator.ready for rt in sources),
+    }
+    forwarder = app.get(FORWARDER)
     if forwarder is not None:
         # Informational, like auth: ingest never waits for forwarding. Without a usable signing
         # secret nothing is sent; events are still stored and their deliveries wait.
         checks["forwardSigning"] = all(t.secrets.loaded for t in forwarder.targets.values())
-    if store_ok and secrets_ok:
-        return json_response({"status": "ok", "checks": checks})
-    # Like every other non-2xx answer: problem+json (its checks as an extension member).
-    failing = ", ".join(name for name in ("database", "secrets") if not checks[name])
-    return _unavailable(f"not ready: {failing}", checks=checks)
+    return checks
+
+
+_DECIDING = ("database", "secrets")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    peers = request.app.get(PEERS)
+    if peers is None:
+        checks = await readiness_checks(request.app)
+        failing = [name for name in _DECIDING if not checks[name]]
+        members: dict[str, Any] = {"checks": checks}
+    else:
+        # A probe reaches one worker, chosen by the kernel, and each worker has its own pool and
+        # secrets: it answers for all of the pod's, so that the pod leaves the endpoints when one
+        # worker cannot store (the kernel would still hand that worker its share of requests).
+        checks, others = await asyncio.gather(readiness_checks(request.app), peers.readiness())
+        workers = {peers.worker.index: checks, **others}
+        failing = []
+        for index, worker_checks in sorted(workers.items()):
+            if worker_checks is None:
+                failing.append(f"worker {index} not answering")
+                continue
+            failing += [
+                f"{name} (worker {index})" for name in _DECIDING if not worker_checks.get(name)
+            ]
+        members = {"checks": checks, "workers": {str(i): c for i, c in sorted(workers.items())}}
+    if not failing:
+        return json_response({"status": "ok", **members})
+    # Like every other non-2xx answer: problem+json (its checks as extension members).
+    return _unavailable(f"not ready: {', '.join(failing)}", **members)
 
 
 def refresh_gauges(app: web.Application) -> None:
@@ -1129,7 +1158,7 @@ def create_app(
     store = app[STORE] = Store(config.database, config.sources, metrics, tracing=tracing)
     if tracing is not None:
         app[TRACING] = tracing
-    access_log = app[ACCESS_LOG] = AccessLog()
+    access_log = app[ACCESS_LOG] = AccessLog(worker=worker.index if worker is not None else None)
     app[ADMISSION] = Admission.build(config.server, largest)
     if any(source.forward is not None for source in config.sources):
         forwarding = config.forwarding
@@ -1167,6 +1196,7 @@ def create_app(
             metrics.registry,
             functools.partial(refresh_gauges, app),
             lambda index: metrics.worker_peer_unanswered.labels(str(index)).inc(),
+            functools.partial(readiness_checks, app),
         )
         app.cleanup_ctx.append(_peers_ctx)
     app.cleanup_ctx.append(_store_ctx)

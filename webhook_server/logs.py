@@ -58,12 +58,15 @@ class AccessLog:
     A line is one ``orjson.dumps`` of a flat dict with a timestamp from a per-second cache (about
     half the cost of ``json.dumps`` and ``datetime.isoformat``; bench/README.md). Lines go to the
     stream ``configure`` chose (stdout by default) through its buffer; a caller flushes
-    periodically and at shutdown (``flush``). Off when the level is above INFO.
+    periodically and at shutdown (``flush``). Off when the level is above INFO. ``worker``: which
+    of the pod's receiver processes writes (webhook_server.workers), on every line when set, as
+    on the structured log's.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, worker: int | None = None) -> None:
         self.enabled = _state["level"] <= logging.INFO
         self.trace_ids: Callable[[], dict[str, str]] | None = _state["trace_ids"]
+        self.worker = worker
 
     def request(
         self,
@@ -90,6 +93,8 @@ class AccessLog:
             "event_id": event_id,
             "latency_ms": latency_ms,
         }
+        if self.worker is not None:
+            record["worker"] = self.worker
         if self.trace_ids is not None:
             record.update(self.trace_ids())
         line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
@@ -100,6 +105,8 @@ class AccessLog:
         if not self.enabled:
             return
         record = {"event": event, "level": "info", "ts": utc_timestamp(), **fields}
+        if self.worker is not None:
+            record["worker"] = self.worker
         if self.trace_ids is not None:
             record.update(self.trace_ids())
         line = orjson.dumps(record, default=str, option=orjson.OPT_APPEND_NEWLINE)

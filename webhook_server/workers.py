@@ -34,7 +34,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -162,14 +162,35 @@ async def _read_all(reader: asyncio.StreamReader) -> bytes:
     return b"".join(chunks)
 
 
-# What one worker asks another, in one byte: its series, or whether its event loop turns.
+# What one worker asks another, in one byte: its series, whether its event loop turns, or its
+# readiness checks.
 _SERIES = b"m"
 _PING = b"p"
 _PONG = b"ok"
+_READY = b"r"
+# A readiness answer is a few named booleans.
+MAX_CHECKS_BYTES = 4096
+
+
+def decode_checks(data: bytes) -> dict[str, bool]:
+    """A worker's readiness checks; ValueError when the answer is not a flat object of named
+    booleans of a sensible size."""
+    if len(data) > MAX_CHECKS_BYTES:
+        raise ValueError("a readiness answer larger than MAX_CHECKS_BYTES")
+    try:
+        checks = json.loads(data)
+    except ValueError:
+        raise ValueError("not a readiness answer") from None
+    if not isinstance(checks, dict) or not all(
+        isinstance(k, str) and isinstance(v, bool) for k, v in checks.items()
+    ):
+        raise ValueError("not a readiness answer")
+    return checks
 
 
 class Peers:
-    """One worker's part in the pod's metrics and liveness: answers the others, asks them."""
+    """One worker's part in the pod's metrics, liveness and readiness: answers the others, asks
+    them."""
 
     def __init__(
         self,
@@ -177,14 +198,17 @@ class Peers:
         registry: CollectorRegistry,
         refresh: Callable[[], None],
         unanswered: Callable[[int], None] = lambda index: None,
+        ready: Callable[[], Awaitable[dict[str, bool]]] | None = None,
     ) -> None:
         """``unanswered(index)`` is called each time worker ``index`` does not answer in time
         (the counter the chart's alert reads: a scrape that reaches the slow worker itself says
-        nothing about it, but every other worker asks it at each liveness check)."""
+        nothing about it, but every other worker asks it at each liveness check). ``ready``:
+        this worker's readiness checks, for a peer answering ``/readyz``."""
         self.worker = worker
         self._registry = registry
         self._refresh = refresh
         self._unanswered = unanswered
+        self._ready = ready
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -207,7 +231,13 @@ class Peers:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             async with asyncio.timeout(PEER_TIMEOUT_SECONDS):
                 request = await reader.readexactly(1)
-            writer.write(_PONG if request == _PING else encode(self._registry, self._refresh))
+            if request == _PING:
+                writer.write(_PONG)
+            elif request == _READY:
+                if self._ready is not None:
+                    writer.write(json.dumps(await self._ready()).encode())
+            else:
+                writer.write(encode(self._registry, self._refresh))
             await writer.drain()
         writer.close()
         with contextlib.suppress(OSError):
@@ -241,6 +271,20 @@ class Peers:
             pass
         self._unanswered(index)
         return False
+
+    async def _checks(self, index: int) -> dict[str, bool] | None:
+        try:
+            return decode_checks(await self._request(index, _READY))
+        except (OSError, TimeoutError, ValueError):
+            self._unanswered(index)
+            return None
+
+    async def readiness(self) -> dict[int, dict[str, bool] | None]:
+        """Every other worker's readiness checks, None for one that did not answer in time.
+        Each worker has its own pool and secrets: the pod is ready when all of them are."""
+        others = self.worker.others()
+        answers = await asyncio.gather(*(self._checks(i) for i in others))
+        return dict(zip(others, answers, strict=True))
 
     async def exposition(self) -> bytes:
         others = self.worker.others()

@@ -17,13 +17,17 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.receivers import ReceiverServer
 from tests.tools import free_port
+from webhook_server.app import STORE, create_app
 from webhook_server.config import (
     DatabaseConfig,
     LimitsConfig,
@@ -34,7 +38,7 @@ from webhook_server.config import (
     VerificationConfig,
 )
 from webhook_server.verify import SIGNERS
-from webhook_server.workers import PEER_TIMEOUT_SECONDS
+from webhook_server.workers import PEER_TIMEOUT_SECONDS, Peers, Worker
 
 SECRET = "workers-test-secret"
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,8 +214,15 @@ async def test_two_workers_share_the_port_store_each_event_once_and_stop_on_sigt
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     assert "worker exited" not in [line["event"] for line in lines]
     assert "workers stopped" in [line["event"] for line in lines]
-    # Each worker's lines say which worker wrote them.
+    # Each worker's lines say which worker wrote them, the access log's included: one line per
+    # request, and the per-worker counts agree with the merged metrics'.
     assert sorted(line.get("worker") for line in lines if line["event"] == "listening") == [0, 1]
+    access = Counter(
+        (str(line["worker"]), line["outcome"])
+        for line in lines
+        if line["event"] == "request" and line.get("source") == source.key
+    )
+    assert access == {key: value for key, value in requests.items() if value}
 
 
 async def test_a_worker_that_dies_stops_the_others_and_exits_non_zero(
@@ -269,29 +280,41 @@ async def test_a_stuck_worker_fails_the_pods_liveness_whichever_worker_answers(
         stuck = children(process.pid)[0]
         os.kill(stuck, signal.SIGSTOP)  # its event loop stops turning; its socket stays open
         try:
-            answers = []
-            for _ in range(6):
-                # A probe the kernel hands to the stopped worker waits in its accept queue: the
-                # kubelet's timeout would fail it, as this one does.
-                timeout = aiohttp.ClientTimeout(total=2 * PEER_TIMEOUT_SECONDS + 2)
-                try:
-                    async with (
-                        aiohttp.ClientSession(
-                            connector=aiohttp.TCPConnector(force_close=True), timeout=timeout
-                        ) as session,
-                        session.get(f"{base}/livez") as response,
-                    ):
-                        answers.append((response.status, await response.json(content_type=None)))
-                except TimeoutError:
-                    answers.append((0, {}))
-            assert 200 not in [status for status, _ in answers]
-            details = {body["detail"] for status, body in answers if status == 503}
+            answers: dict[str, list[tuple[int, dict[str, str]]]] = {"livez": [], "readyz": []}
+            for _ in range(4):
+                for probe, probe_answers in answers.items():
+                    # A probe the kernel hands to the stopped worker waits in its accept queue:
+                    # the kubelet's timeout would fail it, as this one does.
+                    timeout = aiohttp.ClientTimeout(total=2 * PEER_TIMEOUT_SECONDS + 2)
+                    try:
+                        async with (
+                            aiohttp.ClientSession(
+                                connector=aiohttp.TCPConnector(force_close=True), timeout=timeout
+                            ) as session,
+                            session.get(f"{base}/{probe}") as response,
+                        ):
+                            body = await response.json(content_type=None)
+                            probe_answers.append((response.status, body))
+                    except TimeoutError:
+                        probe_answers.append((0, {}))
+            for probe_answers in answers.values():
+                assert 200 not in [status for status, _ in probe_answers], answers
+            details = {body["detail"] for status, body in answers["livez"] if status == 503}
             assert details == {f"workers not answering: {started[stuck]}"}
+            # Readiness too answers for the pod: it leaves the endpoints rather than let the
+            # kernel hand the stopped worker its share of requests.
+            details = {body["detail"] for status, body in answers["readyz"] if status == 503}
+            assert details == {f"not ready: worker {started[stuck]} not answering"}
         finally:
             os.kill(stuck, signal.SIGCONT)
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{base}/livez") as response:
                 assert response.status == 200
+            async with session.get(f"{base}/readyz") as response:
+                assert response.status == 200
+                workers = (await response.json())["workers"]
+                assert sorted(workers) == ["0", "1"]
+                assert all(checks["database"] for checks in workers.values())
             async with session.get(f"{base}/metrics") as response:
                 text = await response.text()
         # The other worker counted each time the stuck one did not answer it: what the chart's
@@ -344,3 +367,44 @@ async def test_workers_drain_when_their_supervisor_is_killed(
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     # Each drained (its SIGTERM), rather than being killed.
     assert sorted(line["worker"] for line in lines if line["event"] == "stopping") == [0, 1]
+
+
+async def test_readiness_fails_when_any_worker_cannot_store(
+    aiohttp_client: Any, database_url: str, source: SourceConfig, tmp_path: Path
+) -> None:
+    # Worker 0 is a whole receiver in this process; worker 1 answers its peers only, with the
+    # checks a worker whose own pool cannot reach the database would give.
+    group = f"dfm-test.{os.getpid()}.{tmp_path.name}"
+    config = ReceiverConfig(sources=[source], database=DatabaseConfig(url=database_url))
+    app = create_app(config, worker=Worker(0, 2, group))
+    client = await aiohttp_client(ReceiverServer(app))
+    assert await app[STORE].wait_ready(60)
+    other_checks = {"database": False, "secrets": True, "auth": True}
+
+    async def other_ready() -> dict[str, bool]:
+        return dict(other_checks)
+
+    other = Peers(Worker(1, 2, group), CollectorRegistry(), lambda: None, ready=other_ready)
+    await other.start()
+    try:
+        response = await client.get("/readyz")
+        assert response.status == 503
+        assert response.content_type == "application/problem+json"
+        body = await response.json(content_type=None)
+        assert body["detail"] == "not ready: database (worker 1)"
+        assert body["checks"]["database"] is True  # the worker asked can store
+        assert body["workers"]["1"] == other_checks
+
+        other_checks["database"] = True
+        response = await client.get("/readyz")
+        assert response.status == 200
+        body = await response.json()
+        assert sorted(body["workers"]) == ["0", "1"]
+    finally:
+        await other.stop()
+    # Without its peer, the worker asked says so rather than answer for it.
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert (await response.json(content_type=None))["detail"] == (
+        "not ready: worker 1 not answering"
+    )

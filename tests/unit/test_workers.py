@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from webhook_server.metrics import LoopCounter, LoopHistogram
-from webhook_server.workers import Peers, Worker, decode, encode, merge
+from webhook_server.workers import Peers, Worker, decode, decode_checks, encode, merge
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -333,3 +333,40 @@ async def test_an_answer_that_is_not_a_workers_series_counts_the_worker_down(
     up = {s[1]["worker"]: s[2] for s in families["dfm_receiver_worker_up"]}
     assert up == {"0": 1.0, "1": 0.0}
     assert {s[1]["worker"] for s in families["dfm_receiver_requests"]} == {"0"}
+
+
+async def test_readiness_gathers_each_other_workers_own_checks(tmp_path: Path) -> None:
+    group = f"dfm-test.{os.getpid()}.{tmp_path.name}"
+
+    async def cannot_store() -> dict[str, bool]:
+        return {"database": False, "secrets": True}
+
+    async def not_checks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.write(b'{"database": "yes"}')  # not a boolean: not a worker of this build
+        writer.close()
+
+    missed: list[int] = []
+    me = Peers(Worker(0, 4, group), CollectorRegistry(), lambda: None, missed.append)
+    broken = Peers(Worker(1, 4, group), CollectorRegistry(), lambda: None, ready=cannot_store)
+    wrong = await asyncio.start_unix_server(not_checks, path=Worker(2, 4, group).address(2))
+    await broken.start()
+    try:
+        # Worker 3 was never started.
+        answers = await me.readiness()
+    finally:
+        await broken.stop()
+        wrong.close()
+    assert answers == {1: {"database": False, "secrets": True}, 2: None, 3: None}
+    # The workers that did not answer are counted, as for a scrape or a liveness check.
+    assert sorted(missed) == [2, 3]
+
+
+def test_a_readiness_answer_must_be_named_booleans_of_a_sensible_size() -> None:
+    assert decode_checks(b'{"database": true, "secrets": false}') == {
+        "database": True,
+        "secrets": False,
+    }
+    for answer in (b"", b"[true]", b'{"database": 1}', b"{" + b" " * 5000 + b"}"):
+        with pytest.raises(ValueError, match="readiness answer"):
+            decode_checks(answer)
