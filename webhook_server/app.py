@@ -164,6 +164,17 @@ OUTCOME = web.RequestKey("outcome", str)
 # Set only when tracing is on.
 TRACING = web.AppKey("tracing", Tracing)
 PEERS = web.AppKey("peers", Peers)
+
+
+@dataclass
+class Lifecycle:
+    """Set by webhook_server.server: ``stopping`` from the stop signal, through the shutdown
+    delay (``shutdownDelaySeconds``), while the receiver still serves and /readyz fails."""
+
+    stopping: bool = False
+
+
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 EVENT_ID = web.RequestKey("event_id", str)
 # Set by a handler that counts and logs its request itself (webhook_server.events_api).
 LOGGED = web.RequestKey("logged", bool)
@@ -774,6 +785,10 @@ _DECIDING = ("database", "secrets")
 
 
 async def readyz(request: web.Request) -> web.Response:
+    if request.app[LIFECYCLE].stopping:
+        # Still serving, so that connections routed here meanwhile are answered, but on the way
+        # out of the endpoints (every worker of the pod had the signal).
+        return _unavailable("stopping")
     peers = request.app.get(PEERS)
     if peers is None:
         checks = await readiness_checks(request.app)
@@ -1155,6 +1170,7 @@ def create_app(
     app[CONFIG] = config
     app[METRICS] = metrics
     app[CLOCK] = clock
+    app[LIFECYCLE] = Lifecycle()
     store = app[STORE] = Store(config.database, config.sources, metrics, tracing=tracing)
     if tracing is not None:
         app[TRACING] = tracing

@@ -539,6 +539,10 @@ class ForwardingConfig(Model):
 
 
 MAX_WORKERS = 16
+MAX_SHUTDOWN_DELAY_SECONDS = 120
+# Beyond a receiver's stop (ReceiverConfig.stop_seconds), before the workers' supervisor kills
+# what still runs; the operator's terminationGracePeriodSeconds allows the same.
+STOP_MARGIN_SECONDS = 5
 
 
 class ReceiverConfig(Model):
@@ -552,10 +556,23 @@ class ReceiverConfig(Model):
     workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = 1
     sources: list[SourceConfig]
     database: DatabaseConfig
+    # After SIGTERM, how long the receiver keeps accepting and serving (its /readyz answering 503)
+    # before it stops accepting: the time Kubernetes takes to take a terminating pod out of the
+    # Service's endpoints, during which new connections still reach it. 0 stops at once.
+    shutdown_delay_seconds: Annotated[float, Field(ge=0, le=MAX_SHUTDOWN_DELAY_SECONDS)] = 0.0
     shutdown_timeout_seconds: Annotated[float, Field(gt=0)] = 20.0
     secret_reload_seconds: Annotated[float, Field(gt=0)] = 5.0
     server: ServerConfig = Field(default_factory=ServerConfig)
     forwarding: ForwardingConfig = Field(default_factory=ForwardingConfig)
+
+    def stop_seconds(self) -> float:
+        """The longest a stop takes when all goes well: the shutdown delay, the drain of the
+        requests in flight, and forwarding's grace for the attempts in flight."""
+        return (
+            self.shutdown_delay_seconds
+            + self.shutdown_timeout_seconds
+            + self.forwarding.shutdown_grace_seconds
+        )
 
     @model_validator(mode="after")
     def _unique_routes(self) -> Self:

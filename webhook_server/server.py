@@ -62,6 +62,7 @@ from webhook_server import wire
 from webhook_server.admission import ByteBudget
 from webhook_server.app import (
     CONFIG,
+    LIFECYCLE,
     METRICS,
     REQUEST_ID_HEADER,
     UNROUTED,
@@ -71,11 +72,11 @@ from webhook_server.app import (
     new_request_id,
     problem_response,
 )
-from webhook_server.config import ReceiverConfig, ServerConfig
+from webhook_server.config import STOP_MARGIN_SECONDS, ReceiverConfig, ServerConfig
 from webhook_server.logs import get_logger
 from webhook_server.metrics import ReceiverMetrics
 from webhook_server.tracing import Tracing
-from webhook_server.workers import STOP_MARGIN_SECONDS, Worker, supervise
+from webhook_server.workers import Worker, supervise
 
 log = get_logger("dfm.server")
 
@@ -908,11 +909,7 @@ def run_workers(
                 worker_tracing.shutdown()
         return 0
 
-    stop_seconds = (
-        config.shutdown_timeout_seconds
-        + config.forwarding.shutdown_grace_seconds
-        + STOP_MARGIN_SECONDS
-    )
+    stop_seconds = config.stop_seconds() + STOP_MARGIN_SECONDS
     log.info("starting workers", workers=config.workers, port=config.port)
     return supervise(config.workers, serve, stop_seconds=stop_seconds)
 
@@ -936,6 +933,21 @@ def check_port_free(host: str, port: int) -> None:
                 raise OSError(
                     exc.errno, f"{host}:{port}: {exc.strerror or 'cannot bind'}"
                 ) from None
+
+
+async def _linger(app: web.Application, stop: asyncio.Event, seconds: float) -> None:
+    """After the stop signal, serve on for ``seconds`` with /readyz failing: Kubernetes takes a
+    moment to take a terminating pod out of the endpoints, and connections it routes here
+    meanwhile would otherwise be refused (a provider that does not retry loses the delivery). A
+    second signal ends the wait."""
+    if seconds <= 0:
+        return
+    app[LIFECYCLE].stopping = True
+    stop.clear()
+    log.info("stop signal: serving on while the pod leaves the endpoints", seconds=seconds)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()
 
 
 async def _serve(
@@ -987,5 +999,6 @@ async def _serve(
             "serving source", source=source.key, provider=source.provider.value, path=source.route
         )
     await stop.wait()
+    await _linger(app, stop, config.shutdown_delay_seconds)
     log.info("stopping")
     await listener.stop()

@@ -48,8 +48,6 @@ log = get_logger("dfm.receiver.workers")
 PEER_TIMEOUT_SECONDS = 2.0
 # A worker's series are a few hundred KiB at most (one source, closed label sets).
 MAX_PEER_BYTES = 64 * 1024 * 1024
-# Beyond the workers' own drain (shutdown timeout and forwarding grace), before they are killed.
-STOP_MARGIN_SECONDS = 5.0
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -398,8 +396,12 @@ def _watch(children: dict[int, int], stop_seconds: float, *, stopping: bool = Fa
     while children:
         wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
         info = signal.sigtimedwait(_SIGNALS, wait)
-        if info is not None and info.si_signo != signal.SIGCHLD and deadline is None:
-            deadline = stop(signal.Signals(info.si_signo).name)
+        if info is not None and info.si_signo != signal.SIGCHLD:
+            if deadline is None:
+                deadline = stop(signal.Signals(info.si_signo).name)
+            else:
+                # A second stop: the workers end their shutdown delay, if they are in it.
+                _signal_all(children, signal.SIGTERM)
         for pid, status in _reaped():
             index = children.pop(pid, None)
             if index is None:

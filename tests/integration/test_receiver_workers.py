@@ -93,16 +93,22 @@ def run_once(config_file: Path) -> subprocess.CompletedProcess[str]:
 
 
 async def start(
-    tmp_path: Path, database_url: str, source: SourceConfig
+    tmp_path: Path,
+    database_url: str,
+    source: SourceConfig,
+    *,
+    workers: int = 2,
+    shutdown_delay_seconds: float = 0.0,
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
     port = free_port()
     config = ReceiverConfig(
         host="127.0.0.1",
         port=port,
-        workers=2,
+        workers=workers,
         sources=[source],
         database=DatabaseConfig(url=database_url),
         shutdown_timeout_seconds=5,
+        shutdown_delay_seconds=shutdown_delay_seconds,
     )
     config_file = tmp_path / "receiver.yaml"
     config_file.write_text(config.dump_yaml())
@@ -120,7 +126,7 @@ async def start(
                     async with session.get(f"{base}/metrics") as response:
                         text = await response.text()
                     up = [value for _, value in samples(text, "dfm_receiver_worker_up")]
-                    if up == [1.0, 1.0]:
+                    if up == ([1.0] * workers if workers > 1 else []):
                         async with session.get(f"{base}/readyz") as ready:
                             if ready.status == 200:
                                 break
@@ -408,3 +414,51 @@ async def test_readiness_fails_when_any_worker_cannot_store(
     assert (await response.json(content_type=None))["detail"] == (
         "not ready: worker 1 not answering"
     )
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_after_sigterm_the_receiver_serves_on_for_its_shutdown_delay(
+    database_url: str, source: SourceConfig, tmp_path: Path, workers: int
+) -> None:
+    # What the operator sets (5 s): a terminating pod stays in the endpoints for a moment, and
+    # a delivery routed to it then must be stored, not refused. With one worker the delay runs
+    # out by itself; with two, a second SIGTERM (to the supervisor) ends it early.
+    delay = 10.0 if workers == 1 else 120.0
+    process, base, log = await start(
+        tmp_path, database_url, source, workers=workers, shutdown_delay_seconds=delay
+    )
+    try:
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        async with aiohttp.ClientSession() as session:
+            while True:
+                async with session.get(f"{base}/readyz") as response:
+                    if response.status == 503:
+                        assert (await response.json(content_type=None))["detail"] == "stopping"
+                        break
+                assert time.monotonic() - signalled < 10, "readyz never said stopping"
+                await asyncio.sleep(0.05)
+        # New connections, after the signal: served and stored.
+        answers = await asyncio.gather(*(post(base, source, f"late-{n}") for n in range(20)))
+        assert answers == [(200, "stored")] * 20
+        assert process.poll() is None
+        if workers > 1:
+            process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=delay + 30)
+    finally:
+        if process.poll() is None:
+            stop(process, signal.SIGKILL)
+    assert code == 0, log.read_text()
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM webhook_events WHERE source = $1 AND event_id LIKE 'late-%'",
+            source.key,
+        )
+    finally:
+        await conn.close()
+    assert stored == 20
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    lingered = [line for line in lines if line["event"].startswith("stop signal: serving on")]
+    assert len(lingered) == workers
+    assert {line["seconds"] for line in lingered} == {delay}
