@@ -34,7 +34,7 @@ from dfm_operator.kube import KINDS
 from dfm_operator.policies import deployment_progress, needs_reapply, receiver_conditions
 from dfm_operator.rbac import required_rules
 from dfm_operator.settings import OperatorSettings
-from webhook_server.config import MAX_WORKERS, ReceiverConfig, SecretSource
+from webhook_server.config import MAX_WORKERS, STOP_MARGIN_SECONDS, ReceiverConfig, SecretSource
 from webhook_server.server import BASE_MEMORY_BYTES, memory_bound
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -289,6 +289,24 @@ def test_the_documented_default_resources_are_the_built_ones() -> None:
             "requests": {"cpu": cpu, "memory": memory},
             "limits": {"memory": limit},
         }
+
+
+def test_a_receiver_serves_on_after_sigterm_and_the_kubelet_waits_for_its_whole_stop() -> None:
+    kinds = by_kind(build_children(source(workers=2), ReceiverInputs(settings=SETTINGS)))
+    config = ReceiverConfig.model_validate(
+        yaml.safe_load(kinds["ConfigMap"]["data"][c.CONFIG_FILE])
+    )
+    # Connections kube-proxy still routes to a terminating pod are served, not refused.
+    assert config.shutdown_delay_seconds == c.RECEIVER_SHUTDOWN_DELAY_SECONDS > 0
+    grace = kinds["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    # The delay, the drain, forwarding's grace, then the supervisor's margin to kill and exit:
+    # the kubelet's SIGKILL comes after all of them.
+    assert grace >= config.stop_seconds() + 2 * STOP_MARGIN_SECONDS
+    assert config.stop_seconds() == (
+        config.shutdown_delay_seconds
+        + config.shutdown_timeout_seconds
+        + config.forwarding.shutdown_grace_seconds
+    )
 
 
 def test_changing_workers_rolls_the_pods() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,13 @@ from dfm_operator.builders.pods import (
 )
 from dfm_operator.builders.receiver_config import build_source_config, ingress_url
 from dfm_operator.settings import OperatorSettings
-from webhook_server.config import DatabaseConfig, ReceiverConfig, SecretSource, queued_bytes_for
+from webhook_server.config import (
+    STOP_MARGIN_SECONDS,
+    DatabaseConfig,
+    ReceiverConfig,
+    SecretSource,
+    queued_bytes_for,
+)
 
 # The receiver container's resources when spec.resources is not set, per receiver process.
 # The memory limit holds what one process's default limits let it hold at worst (234 MiB:
@@ -158,6 +165,7 @@ def build_receiver_config(source: WebhookSource, inputs: ReceiverInputs) -> Rece
         host="0.0.0.0",  # noqa: S104 - in a pod, the Service reaches the container's interface
         port=c.RECEIVER_PORT,
         workers=source.spec.workers,
+        shutdown_delay_seconds=c.RECEIVER_SHUTDOWN_DELAY_SECONDS,
         sources=sources,
         database=DatabaseConfig(
             url_file=f"{c.DATABASE_DIR}/{db.key}", max_queued_bytes=queued_bytes_for(sources)
@@ -241,6 +249,11 @@ def build_deployment(
     if env:
         container["env"] = env
     pod_spec = restricted_pod_spec(container, volumes)
+    # Room for the whole stop (the shutdown delay, the drain, forwarding's grace) and the
+    # margin the workers' supervisor allows beyond it (and as much again to use it), before the
+    # kubelet's SIGKILL.
+    stop_seconds = build_receiver_config(source, inputs).stop_seconds()
+    pod_spec["terminationGracePeriodSeconds"] = math.ceil(stop_seconds) + 2 * STOP_MARGIN_SECONDS
     if source.spec.replicas > 1:
         pod_spec["topologySpreadConstraints"] = [
             {
