@@ -59,6 +59,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -160,6 +161,8 @@ class PodRun:
     ports: dict[int, int]
     log: Path
     termination_log: Path
+    # The pod's terminationGracePeriodSeconds: from SIGTERM to SIGKILL.
+    grace: float = 30.0
     restarts: int = 0
     ready: bool = False
     started_at: str = field(default_factory=_now)
@@ -221,8 +224,7 @@ class KubeletPlayer:
         self._stop.set()
         self._thread.join(30)
         with self._lock:
-            for run in list(self.runs.values()):
-                self._kill(run)
+            self._kill(list(self.runs.values()))
             self.runs.clear()
         for name in list(self.volumes):  # bound ones go once their claim does (pv-protection)
             self.api.delete(f"/api/v1/persistentvolumes/{name}")
@@ -276,16 +278,19 @@ class KubeletPlayer:
     def _sync(self) -> None:
         pods = {p["metadata"]["uid"]: p for p in self._pods()}
         with self._lock:
-            for uid, run in list(self.runs.items()):
-                pod = pods.get(uid)
-                if pod is None or pod["metadata"].get("deletionTimestamp"):
-                    self._kill(run)
-                    del self.runs[uid]
-                    if pod is not None:  # graceful deletion: kubelet confirms once stopped
-                        self.api.delete(
-                            f"/api/v1/namespaces/{self.namespace}/pods/{run.name}",
-                            {"gracePeriodSeconds": 0},
-                        )
+            ending = {
+                uid: run
+                for uid, run in self.runs.items()
+                if uid not in pods or pods[uid]["metadata"].get("deletionTimestamp")
+            }
+            self._kill(list(ending.values()))
+            for uid, run in ending.items():
+                del self.runs[uid]
+                if uid in pods:  # graceful deletion: kubelet confirms once stopped
+                    self.api.delete(
+                        f"/api/v1/namespaces/{self.namespace}/pods/{run.name}",
+                        {"gracePeriodSeconds": 0},
+                    )
         for uid in set(self._reported) - set(pods):
             self._reported.pop(uid, None)
             self._seen.pop(uid, None)
@@ -600,18 +605,24 @@ class KubeletPlayer:
             ports=ports,
             log=log,
             termination_log=termination_log,
+            grace=float(pod["spec"].get("terminationGracePeriodSeconds", 30)),
         )
 
-    def _kill(self, run: PodRun) -> None:
-        if run.sandbox.poll() is None:
-            run.sandbox.terminate()
+    def _kill(self, runs: list[PodRun]) -> None:
+        """As kubelet stops pods: SIGTERM to every one at once, SIGKILL to those still running
+        after their pod's grace period."""
+        for run in runs:
+            if run.sandbox.poll() is None:
+                run.sandbox.terminate()
+        start = time.monotonic()
+        for run in runs:
             try:
-                run.sandbox.wait(25)
+                run.sandbox.wait(max(0.0, start + run.grace - time.monotonic()))
             except subprocess.TimeoutExpired:
                 run.sandbox.kill()
                 run.sandbox.wait(5)
-        if run.sandbox.stdout is not None:
-            run.sandbox.stdout.close()
+            if run.sandbox.stdout is not None:
+                run.sandbox.stdout.close()
 
     def _finish(self, container: JsonDict, run: PodRun) -> None:
         """The command has exited: its exit code (from the sandbox's last line) and its
