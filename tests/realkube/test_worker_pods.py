@@ -137,6 +137,13 @@ def test_a_pod_of_two_workers_stores_every_delivery_and_reports_both(
         ]
         stopped = [line for line in said if line.get("event") == "workers stopped"]
         assert [line["exit_code"] for line in stopped] == [0], said[-5:]
+        # Each worker served on for the operator's shutdown delay before it stopped accepting.
+        lingered = [
+            (line["worker"], line["seconds"])
+            for line in said
+            if str(line.get("event")).startswith("stop signal: serving on")
+        ]
+        assert sorted(lingered) == [(0, 5), (1, 5)], said[-8:]
         assert player.errors == []
     finally:
         player.stop()
