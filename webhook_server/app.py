@@ -51,7 +51,7 @@ from webhook_server.store import (
 )
 from webhook_server.tracing import Tracing
 from webhook_server.verify import PROVIDERS, VERIFIERS, Reason, Rejected, Verified, Verifier
-from webhook_server.workers import Peers, Worker
+from webhook_server.workers import PEER_CHECK_SECONDS, Peers, Worker
 
 log = get_logger("dfm.receiver")
 
@@ -164,17 +164,6 @@ OUTCOME = web.RequestKey("outcome", str)
 # Set only when tracing is on.
 TRACING = web.AppKey("tracing", Tracing)
 PEERS = web.AppKey("peers", Peers)
-
-
-@dataclass
-class Lifecycle:
-    """Set by webhook_server.server: ``stopping`` from the stop signal, through the shutdown
-    delay (``shutdownDelaySeconds``), while the receiver still serves and /readyz fails."""
-
-    stopping: bool = False
-
-
-LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 EVENT_ID = web.RequestKey("event_id", str)
 # Set by a handler that counts and logs its request itself (webhook_server.events_api).
 LOGGED = web.RequestKey("logged", bool)
@@ -763,10 +752,10 @@ async def livez(request: web.Request) -> web.Response:
     return _unavailable(f"workers not answering: {', '.join(map(str, stuck))}")
 
 
-async def readiness_checks(app: web.Application) -> dict[str, bool]:
+async def readiness_checks(app: web.Application, seconds: float = 2.0) -> dict[str, bool]:
     """This process's readiness checks: ``database`` and ``secrets`` decide, ``auth`` and
-    ``forwardSigning`` inform."""
-    store_ok = await app[STORE].check()
+    ``forwardSigning`` inform. ``seconds``: how long the database may take to answer."""
+    store_ok = await app[STORE].check(seconds)
     sources = app[SOURCES].values()
     checks = {
         "database": store_ok,
@@ -785,10 +774,6 @@ _DECIDING = ("database", "secrets")
 
 
 async def readyz(request: web.Request) -> web.Response:
-    if request.app[LIFECYCLE].stopping:
-        # Still serving, so that connections routed here meanwhile are answered, but on the way
-        # out of the endpoints (every worker of the pod had the signal).
-        return _unavailable("stopping")
     peers = request.app.get(PEERS)
     if peers is None:
         checks = await readiness_checks(request.app)
@@ -1170,7 +1155,6 @@ def create_app(
     app[CONFIG] = config
     app[METRICS] = metrics
     app[CLOCK] = clock
-    app[LIFECYCLE] = Lifecycle()
     store = app[STORE] = Store(config.database, config.sources, metrics, tracing=tracing)
     if tracing is not None:
         app[TRACING] = tracing
@@ -1212,7 +1196,9 @@ def create_app(
             metrics.registry,
             functools.partial(refresh_gauges, app),
             lambda index: metrics.worker_peer_unanswered.labels(str(index)).inc(),
-            functools.partial(readiness_checks, app),
+            # Within the asking worker's wait, so that a database that hangs reads as
+            # "database (worker N)", not as a worker that does not answer.
+            functools.partial(readiness_checks, app, PEER_CHECK_SECONDS),
         )
         app.cleanup_ctx.append(_peers_ctx)
     app.cleanup_ctx.append(_store_ctx)

@@ -304,7 +304,7 @@ class ReceiverMetrics:
         self.worker_peer_unanswered = Counter(
             "dfm_receiver_worker_peer_unanswered",
             "Times another worker of the pod (peer: its index) did not answer this one in time, "
-            "for a scrape or a liveness check.",
+            "for a scrape, a liveness or a readiness check.",
             ["peer"],
             registry=r,
         )

@@ -62,7 +62,6 @@ from webhook_server import wire
 from webhook_server.admission import ByteBudget
 from webhook_server.app import (
     CONFIG,
-    LIFECYCLE,
     METRICS,
     REQUEST_ID_HEADER,
     UNROUTED,
@@ -935,19 +934,18 @@ def check_port_free(host: str, port: int) -> None:
                 ) from None
 
 
-async def _linger(app: web.Application, stop: asyncio.Event, seconds: float) -> None:
-    """After the stop signal, serve on for ``seconds`` with /readyz failing: Kubernetes takes a
-    moment to take a terminating pod out of the endpoints, and connections it routes here
-    meanwhile would otherwise be refused (a provider that does not retry loses the delivery). A
-    second signal ends the wait."""
+async def _linger(hurry: asyncio.Event, seconds: float) -> None:
+    """After the stop signal, serve on for ``seconds``: Kubernetes takes a moment to take a
+    terminating pod out of the endpoints, and connections routed here meanwhile would otherwise
+    be refused (a provider that does not retry loses the delivery). /readyz stays truthful: a
+    terminating pod is out of the ready endpoints anyway, and while it can serve, kube-proxy may
+    still use it when no other pod is ready. ``hurry``: set by a second signal, ending the wait."""
     if seconds <= 0:
         return
-    app[LIFECYCLE].stopping = True
-    stop.clear()
     log.info("stop signal: serving on while the pod leaves the endpoints", seconds=seconds)
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
-            await stop.wait()
+            await hurry.wait()
 
 
 async def _serve(
@@ -958,10 +956,16 @@ async def _serve(
     worker: Worker | None,
 ) -> None:
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        # The first signal stops; any later one ends the shutdown delay (two may arrive in the
+        # same turn of the loop, before the delay begins).
+        (hurry if stop.is_set() else stop).set()
+
     # A worker stops on SIGTERM only: its supervisor turns SIGINT into SIGTERM for every worker.
     for signum in (signal.SIGTERM,) if worker else (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     app = create_app(config, tracing=tracing, worker=worker)
     # Everything built so far lives as long as the process: keep it out of the collector's
     # generations, which shortens the full collections that stall the loop under load.
@@ -999,6 +1003,6 @@ async def _serve(
             "serving source", source=source.key, provider=source.provider.value, path=source.route
         )
     await stop.wait()
-    await _linger(app, stop, config.shutdown_delay_seconds)
+    await _linger(hurry, config.shutdown_delay_seconds)
     log.info("stopping")
     await listener.stop()

@@ -46,6 +46,9 @@ log = get_logger("dfm.receiver.workers")
 
 # How long a scrape waits for each other worker's series.
 PEER_TIMEOUT_SECONDS = 2.0
+# How long a worker's own database check may take when another asks for its readiness: within
+# the asker's wait, with room for the question and the answer.
+PEER_CHECK_SECONDS = 1.5
 # A worker's series are a few hundred KiB at most (one source, closed label sets).
 MAX_PEER_BYTES = 64 * 1024 * 1024
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
@@ -147,15 +150,15 @@ def merge(parts: dict[int, list[Metric]], count: int) -> bytes:
     return generate_latest(registry)
 
 
-async def _read_all(reader: asyncio.StreamReader) -> bytes:
-    """Everything up to EOF (``read(n)`` returns what has arrived so far), at most
-    ``MAX_PEER_BYTES``."""
+async def _read_all(reader: asyncio.StreamReader, limit: int = MAX_PEER_BYTES) -> bytes:
+    """Everything up to EOF (``read(n)`` returns what has arrived so far), at most ``limit``
+    bytes."""
     chunks: list[bytes] = []
     size = 0
     while chunk := await reader.read(1024 * 1024):
         size += len(chunk)
-        if size > MAX_PEER_BYTES:
-            raise ValueError("a worker's series are larger than MAX_PEER_BYTES")
+        if size > limit:
+            raise ValueError(f"a worker's answer is larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -241,13 +244,13 @@ class Peers:
         with contextlib.suppress(OSError):
             await writer.wait_closed()
 
-    async def _request(self, index: int, request: bytes) -> bytes:
+    async def _request(self, index: int, request: bytes, limit: int = MAX_PEER_BYTES) -> bytes:
         async with asyncio.timeout(PEER_TIMEOUT_SECONDS):
             reader, writer = await asyncio.open_unix_connection(self.worker.address(index))
             try:
                 writer.write(request)
                 await writer.drain()
-                return await _read_all(reader)
+                return await _read_all(reader, limit)
             finally:
                 writer.close()
 
@@ -272,7 +275,7 @@ class Peers:
 
     async def _checks(self, index: int) -> dict[str, bool] | None:
         try:
-            return decode_checks(await self._request(index, _READY))
+            return decode_checks(await self._request(index, _READY, MAX_CHECKS_BYTES))
         except (OSError, TimeoutError, ValueError):
             self._unanswered(index)
             return None

@@ -21,7 +21,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from webhook_server.metrics import LoopCounter, LoopHistogram
-from webhook_server.workers import Peers, Worker, decode, decode_checks, encode, merge
+from webhook_server.workers import (
+    PEER_CHECK_SECONDS,
+    Peers,
+    Worker,
+    decode,
+    decode_checks,
+    encode,
+    merge,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -370,3 +378,27 @@ def test_a_readiness_answer_must_be_named_booleans_of_a_sensible_size() -> None:
     for answer in (b"", b"[true]", b'{"database": 1}', b"{" + b" " * 5000 + b"}"):
         with pytest.raises(ValueError, match="readiness answer"):
             decode_checks(answer)
+
+
+async def test_a_peer_whose_database_check_takes_its_whole_allowance_still_answers(
+    tmp_path: Path,
+) -> None:
+    # A database that hangs: the peer's own check gives up after PEER_CHECK_SECONDS and answers
+    # "database: false", which must reach the asker as such, not as a worker that did not
+    # answer (that would count it down and point the alert at the wrong cause).
+    group = f"dfm-test.{os.getpid()}.{tmp_path.name}"
+
+    async def hanging_database() -> dict[str, bool]:
+        await asyncio.sleep(PEER_CHECK_SECONDS)
+        return {"database": False, "secrets": True}
+
+    missed: list[int] = []
+    me = Peers(Worker(0, 2, group), CollectorRegistry(), lambda: None, missed.append)
+    slow = Peers(Worker(1, 2, group), CollectorRegistry(), lambda: None, ready=hanging_database)
+    await slow.start()
+    try:
+        answers = await me.readiness()
+    finally:
+        await slow.stop()
+    assert answers == {1: {"database": False, "secrets": True}}
+    assert missed == []
