@@ -34,9 +34,6 @@ FIELD_MANAGER = "df-middleware-operator"
 
 # Paths inside a receiver pod
 RECEIVER_PORT = 8080
-# How long a receiver serves on after SIGTERM while its pod leaves the Service's endpoints
-# (kube-proxy and ingress controllers act on the change within a few seconds).
-RECEIVER_SHUTDOWN_DELAY_SECONDS = 5
 CONFIG_DIR = "/etc/dfm/config"
 CONFIG_FILE = "receiver.yaml"
 SECRETS_DIR = "/etc/dfm/secrets"

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dfm_operator.api.common import SecretKeyRef
+from webhook_server.config import MAX_SHUTDOWN_DELAY_SECONDS
 
 
 class WorkloadTracing(BaseModel):
@@ -44,4 +45,7 @@ class OperatorSettings(BaseSettings):
     # (queued by kopf, holding no children nor requests). Bounds the operator's memory when many
     # sources need work together, e.g. 1,000 found at start-up.
     max_concurrent_reconciles: int = Field(default=32, ge=1)
+    # How long every receiver serves on after SIGTERM while its pod leaves the Service's
+    # endpoints (the chart's receivers.shutdownDelaySeconds): rendered into each ConfigMap.
+    receiver_shutdown_delay_seconds: float = Field(default=5, ge=0, le=MAX_SHUTDOWN_DELAY_SECONDS)
     tracing: WorkloadTracing = Field(default_factory=WorkloadTracing)

@@ -86,6 +86,7 @@ ALL_ON: JsonDict = {
         "priorityClassName": "system-cluster-critical",
     },
     "serviceAccount": {"annotations": {"example.com/role": "dfm"}},
+    "receivers": {"shutdownDelaySeconds": 15},
     "postgresql": {
         "enabled": True,
         "secretNamespaces": ["payments"],
@@ -245,6 +246,9 @@ def test_kubernetes_validate_is_strict(helm: str) -> None:
         (["--set", "tracing.enabled=true"], "/tracing/endpoint"),
         (["--set", "tracing.sampler=sometimes"], "/tracing/sampler"),
         (["--set-string", "tracing.samplerArg=1.5"], "/tracing/samplerArg"),
+        # The receivers' own bound (webhook_server.config.MAX_SHUTDOWN_DELAY_SECONDS).
+        (["--set", "receivers.shutdownDelaySeconds=121"], "/receivers/shutdownDelaySeconds"),
+        (["--set", "receivers.shutdownDelaySeconds=-1"], "/receivers/shutdownDelaySeconds"),
     ],
     ids=lambda v: v if isinstance(v, str) else " ".join(v),
 )
@@ -539,6 +543,7 @@ def test_operator_env_is_read_by_its_settings(helm: str, monkeypatch: pytest.Mon
     assert settings.service_monitor is True
     assert settings.cluster_domain == "cluster.example"
     assert settings.store_status is True
+    assert settings.receiver_shutdown_delay_seconds == 15
     assert (settings.default_database_secret.name, settings.default_database_secret.key) == (
         "dfm-events-db",
         "url",
@@ -559,6 +564,9 @@ def test_defaults_agree_with_the_operator_settings(helm: str) -> None:
     assert env["DFM_SERVICE_MONITOR"] == "false"
     assert env["DFM_DEFAULT_DATABASE_SECRET__NAME"] == defaults.default_database_secret.name
     assert env["DFM_DEFAULT_DATABASE_SECRET__KEY"] == defaults.default_database_secret.key
+    assert float(env["DFM_RECEIVER_SHUTDOWN_DELAY_SECONDS"]) == (
+        defaults.receiver_shutdown_delay_seconds
+    )
 
 
 def test_probes_and_services_point_at_declared_ports(helm: str) -> None:

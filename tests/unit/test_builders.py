@@ -291,22 +291,27 @@ def test_the_documented_default_resources_are_the_built_ones() -> None:
         }
 
 
-def test_a_receiver_serves_on_after_sigterm_and_the_kubelet_waits_for_its_whole_stop() -> None:
-    kinds = by_kind(build_children(source(workers=2), ReceiverInputs(settings=SETTINGS)))
+@pytest.mark.parametrize(("delay", "grace"), [(None, 40), (0, 35), (45, 80)])
+def test_a_receiver_serves_on_after_sigterm_and_the_kubelet_waits_for_its_whole_stop(
+    delay: float | None, grace: int
+) -> None:
+    # The chart's receivers.shutdownDelaySeconds (5 s unless set): connections kube-proxy still
+    # routes to a terminating pod are served, not refused.
+    settings = (
+        SETTINGS
+        if delay is None
+        else SETTINGS.model_copy(update={"receiver_shutdown_delay_seconds": delay})
+    )
+    kinds = by_kind(build_children(source(workers=2), ReceiverInputs(settings=settings)))
     config = ReceiverConfig.model_validate(
         yaml.safe_load(kinds["ConfigMap"]["data"][c.CONFIG_FILE])
     )
-    # Connections kube-proxy still routes to a terminating pod are served, not refused.
-    assert config.shutdown_delay_seconds == c.RECEIVER_SHUTDOWN_DELAY_SECONDS > 0
-    grace = kinds["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    # The delay, the drain, forwarding's grace, then the supervisor's margin to kill and exit:
-    # the kubelet's SIGKILL comes after all of them.
+    assert config.shutdown_delay_seconds == (5 if delay is None else delay)
+    # The delay, the drain (20 s), forwarding's grace (5 s), then the supervisor's margin to
+    # kill and exit: the kubelet's SIGKILL comes after all of them.
+    spec = kinds["Deployment"]["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] == grace
     assert grace >= config.stop_seconds() + 2 * STOP_MARGIN_SECONDS
-    assert config.stop_seconds() == (
-        config.shutdown_delay_seconds
-        + config.shutdown_timeout_seconds
-        + config.forwarding.shutdown_grace_seconds
-    )
 
 
 def test_changing_workers_rolls_the_pods() -> None:

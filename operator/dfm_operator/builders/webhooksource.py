@@ -165,7 +165,7 @@ def build_receiver_config(source: WebhookSource, inputs: ReceiverInputs) -> Rece
         host="0.0.0.0",  # noqa: S104 - in a pod, the Service reaches the container's interface
         port=c.RECEIVER_PORT,
         workers=source.spec.workers,
-        shutdown_delay_seconds=c.RECEIVER_SHUTDOWN_DELAY_SECONDS,
+        shutdown_delay_seconds=inputs.settings.receiver_shutdown_delay_seconds,
         sources=sources,
         database=DatabaseConfig(
             url_file=f"{c.DATABASE_DIR}/{db.key}", max_queued_bytes=queued_bytes_for(sources)
