@@ -89,6 +89,27 @@ def _reachable_by_others(path: Path) -> bool:
     return True
 
 
+def _deletion_grace(pod: JsonDict, default: float) -> float:
+    """The grace period a deletion asked for (``kubectl delete --grace-period``), else the
+    pod's own."""
+    asked = pod["metadata"].get("deletionGracePeriodSeconds")
+    return default if asked is None else float(asked)
+
+
+def _stopped(run: PodRun) -> bool:
+    """Whether a deleted pod's command is over: exited, or killed now that its grace period has
+    passed. Its output is closed then."""
+    assert run.kill_at is not None
+    if run.sandbox.poll() is None:
+        if time.monotonic() < run.kill_at:
+            return False
+        run.sandbox.kill()
+        run.sandbox.wait(5)
+    if run.sandbox.stdout is not None:
+        run.sandbox.stdout.close()
+    return True
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -163,6 +184,8 @@ class PodRun:
     termination_log: Path
     # The pod's terminationGracePeriodSeconds: from SIGTERM to SIGKILL.
     grace: float = 30.0
+    # Once the pod is deleted: when SIGKILL follows the SIGTERM it was sent (time.monotonic()).
+    kill_at: float | None = None
     restarts: int = 0
     ready: bool = False
     started_at: str = field(default_factory=_now)
@@ -278,17 +301,22 @@ class KubeletPlayer:
     def _sync(self) -> None:
         pods = {p["metadata"]["uid"]: p for p in self._pods()}
         with self._lock:
-            ending = {
-                uid: run
-                for uid, run in self.runs.items()
-                if uid not in pods or pods[uid]["metadata"].get("deletionTimestamp")
-            }
-            self._kill(list(ending.values()))
-            for uid, run in ending.items():
-                del self.runs[uid]
+            # A deleted pod's command gets SIGTERM at once and SIGKILL after its grace period;
+            # the loop goes on meanwhile (other pods are started, probed and reported).
+            for uid, current in self.runs.items():
+                pod = pods.get(uid)
+                deleted = pod is None or pod["metadata"].get("deletionTimestamp")
+                if current.kill_at is None and deleted:
+                    grace = current.grace if pod is None else _deletion_grace(pod, current.grace)
+                    current.kill_at = time.monotonic() + grace
+                    if current.sandbox.poll() is None:
+                        current.sandbox.terminate()
+            ended = [u for u, r in self.runs.items() if r.kill_at is not None and _stopped(r)]
+            for uid in ended:
+                gone = self.runs.pop(uid)
                 if uid in pods:  # graceful deletion: kubelet confirms once stopped
                     self.api.delete(
-                        f"/api/v1/namespaces/{self.namespace}/pods/{run.name}",
+                        f"/api/v1/namespaces/{self.namespace}/pods/{gone.name}",
                         {"gracePeriodSeconds": 0},
                     )
         for uid in set(self._reported) - set(pods):
@@ -609,20 +637,18 @@ class KubeletPlayer:
         )
 
     def _kill(self, runs: list[PodRun]) -> None:
-        """As kubelet stops pods: SIGTERM to every one at once, SIGKILL to those still running
-        after their pod's grace period."""
+        """The player's own end: SIGTERM to every pod still running at once, then wait for each
+        until its SIGKILL is due."""
+        now = time.monotonic()
         for run in runs:
-            if run.sandbox.poll() is None:
-                run.sandbox.terminate()
-        start = time.monotonic()
+            if run.kill_at is None:
+                run.kill_at = now + run.grace
+                if run.sandbox.poll() is None:
+                    run.sandbox.terminate()
         for run in runs:
-            try:
-                run.sandbox.wait(max(0.0, start + run.grace - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                run.sandbox.kill()
-                run.sandbox.wait(5)
-            if run.sandbox.stdout is not None:
-                run.sandbox.stdout.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.sandbox.wait(max(0.0, (run.kill_at or now) - time.monotonic()))
+            _stopped(run)
 
     def _finish(self, container: JsonDict, run: PodRun) -> None:
         """The command has exited: its exit code (from the sandbox's last line) and its
