@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from prometheus_client import CollectorRegistry
 
 from dfm.embedded_pg import EmbeddedPostgres
 from webhook_server.app import STORE, create_app
@@ -34,6 +35,7 @@ from webhook_server.config import (
 )
 from webhook_server.server import start
 from webhook_server.verify import SIGNERS
+from webhook_server.workers import Peers, Worker
 
 SECRET = "stall-secret"
 COMMIT_TIMEOUT = 1.0
@@ -224,4 +226,47 @@ async def test_the_queue_counts_stored_headers_and_keeps_no_event_for_its_deadli
             assert await first == "event not committed in time, retry later"
     finally:
         await asyncio.to_thread(_signal_all, own_postgres, signal.SIGCONT)
+        await listener.stop()
+
+
+async def test_with_a_stalled_database_a_worker_still_tells_the_others_it_cannot_store(
+    own_postgres: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    # Worker 1 is a whole receiver; worker 0 only asks it, as a worker answering /readyz does.
+    # A query cut off by a timeout waits for the server to acknowledge its cancel before its
+    # connection is given back: with the database stopped that took up to the statement timeout,
+    # so worker 1 answered after the asker had given up, read as "not answering" and counted
+    # down (the chart's DfmReceiverWorkerDown, pointing at the wrong cause).
+    source = SourceConfig(
+        name="gh",
+        provider=Provider.GITHUB,
+        verification=VerificationConfig(secrets=[SecretSource(value=SECRET)]),
+    )
+    group = f"dfm-test.{os.getpid()}.{tmp_path.name}"
+    config = ReceiverConfig(port=0, sources=[source], database=DatabaseConfig(url=own_postgres.url))
+    app = create_app(config, worker=Worker(1, 2, group))
+    listener = await start(app, "127.0.0.1", 0, shutdown_timeout=2)
+    missed: list[int] = []
+    asker = Peers(Worker(0, 2, group), CollectorRegistry(), lambda: None, missed.append)
+    try:
+        assert await app[STORE].wait_ready(60)
+        answers = await asker.readiness()
+        assert answers[1] is not None
+        assert answers[1]["database"] is True
+
+        await asyncio.to_thread(_signal_all, own_postgres, signal.SIGSTOP)
+        try:
+            for _ in range(3):  # the second and third meet the first one's query still waiting
+                answers = await asker.readiness()
+                assert answers[1] is not None, "worker 1 did not answer in time"
+                assert answers[1]["database"] is False
+        finally:
+            await asyncio.to_thread(_signal_all, own_postgres, signal.SIGCONT)
+        assert missed == []
+        # Once the database answers again, so does the check.
+        deadline = time.monotonic() + 30
+        while not (answers := await asker.readiness())[1] or not answers[1]["database"]:
+            assert time.monotonic() < deadline, answers
+            await asyncio.sleep(0.2)
+    finally:
         await listener.stop()

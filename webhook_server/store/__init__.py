@@ -288,6 +288,8 @@ class Store:
     # _insert_and_release): awaited on close.
     _releases: set[asyncio.Task[None]] = field(default_factory=set)
     _closing: bool = False
+    # The health check's query (check): at most one in flight, outliving a check that gave up.
+    _probe: asyncio.Task[bool] | None = None
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     # The writer waiting beside a commit in flight: set when enough events wait or a commit ends.
     _group_wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -319,9 +321,10 @@ class Store:
                 self.config.commit_timeout_seconds + self.statement_timeout_seconds
             ):
                 await self._queue.join()
-        for task in self._tasks:
+        probes = [self._probe] if self._probe is not None else []
+        for task in [*self._tasks, *probes]:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._releases, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._releases, *probes, return_exceptions=True)
         if self._pool is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.connect_timeout_seconds):
@@ -381,16 +384,29 @@ class Store:
     # -- health --------------------------------------------------------------------------------
 
     async def check(self, seconds: float = 2.0) -> bool:
-        """Is the store ready (migrated, partitions made) and the database reachable right now?"""
-        if self._pool is None or not self._ready.is_set():
+        """Is the store ready (migrated, partitions made) and did the database answer within
+        ``seconds``?
+
+        Bounded by ``seconds`` even when the database hangs: a query cancelled by a timeout
+        would wait for the server to acknowledge the cancel (up to the statement timeout)
+        before its connection goes back to the pool, so the query is left to finish on its own
+        instead, and a later check waits on the same one."""
+        pool = self._pool
+        if pool is None or not self._ready.is_set():
             return False
+        probe = self._probe
+        if probe is None or probe.done():
+            probe = self._probe = asyncio.create_task(self._select_one(pool), name="store-check")
+        done, _ = await asyncio.wait({probe}, timeout=seconds)
+        healthy = bool(done) and probe.result()
+        self.metrics.store_ready.set(1 if healthy else 0)
+        return healthy
+
+    async def _select_one(self, pool: asyncpg.Pool) -> bool:
         try:
-            async with asyncio.timeout(seconds):
-                await self._pool.fetchval("SELECT 1")
+            await pool.fetchval("SELECT 1", timeout=self.statement_timeout_seconds)
         except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
-            self.metrics.store_ready.set(0)
             return False
-        self.metrics.store_ready.set(1)
         return True
 
     @property
