@@ -75,7 +75,7 @@ from webhook_server.config import STOP_MARGIN_SECONDS, ReceiverConfig, ServerCon
 from webhook_server.logs import get_logger
 from webhook_server.metrics import ReceiverMetrics
 from webhook_server.tracing import Tracing
-from webhook_server.workers import Worker, supervise
+from webhook_server.workers import HURRY_SIGNAL, Worker, supervise
 
 log = get_logger("dfm.server")
 
@@ -963,9 +963,16 @@ async def _serve(
         # same turn of the loop, before the delay begins).
         (hurry if stop.is_set() else stop).set()
 
-    # A worker stops on SIGTERM only: its supervisor turns SIGINT into SIGTERM for every worker.
+    def on_hurry() -> None:
+        stop.set()
+        hurry.set()
+
+    # A worker stops on SIGTERM only: its supervisor turns SIGINT into SIGTERM for every worker,
+    # and a second stop into HURRY_SIGNAL.
     for signum in (signal.SIGTERM,) if worker else (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
+    if worker:
+        loop.add_signal_handler(HURRY_SIGNAL, on_hurry)
     app = create_app(config, tracing=tracing, worker=worker)
     # Everything built so far lives as long as the process: keep it out of the collector's
     # generations, which shortens the full collections that stall the loop under load.

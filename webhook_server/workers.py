@@ -52,6 +52,10 @@ PEER_CHECK_SECONDS = 1.5
 # A worker's series are a few hundred KiB at most (one source, closed label sets).
 MAX_PEER_BYTES = 64 * 1024 * 1024
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+# What the supervisor sends its workers on a second stop: end the shutdown delay and stop now. A
+# signal of its own, because a second SIGTERM sent while the first is still pending merges with
+# it, and the delay would then run in full.
+HURRY_SIGNAL = signal.SIGUSR1
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -404,15 +408,15 @@ def _watch(children: dict[int, int], stop_seconds: float, *, stopping: bool = Fa
                 deadline = stop(signal.Signals(info.si_signo).name)
             else:
                 # A second stop: the workers end their shutdown delay, if they are in it.
-                _signal_all(children, signal.SIGTERM)
+                _signal_all(children, HURRY_SIGNAL)
         for pid, status in _reaped():
             index = children.pop(pid, None)
             if index is None:
                 continue
             exit_code = os.waitstatus_to_exitcode(status)
-            # After a stop, SIGTERM's own end is expected too: a worker still starting up has no
-            # handler for it yet, and nothing to drain.
-            if deadline is None or exit_code not in (0, -signal.SIGTERM):
+            # After a stop, SIGTERM's own end is expected too (and HURRY_SIGNAL's): a worker still
+            # starting up has no handler for it yet, and nothing to drain.
+            if deadline is None or exit_code not in (0, -signal.SIGTERM, -HURRY_SIGNAL):
                 log.error(
                     "worker exited",
                     worker=index,
