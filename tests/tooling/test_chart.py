@@ -39,6 +39,7 @@ from dfm_operator.kernel import OperatorMetrics
 from dfm_operator.main import PEERING_NAME
 from dfm_operator.rbac import required_rules
 from dfm_operator.settings import OperatorSettings
+from webhook_server.config import MAX_SHUTDOWN_DELAY_SECONDS
 from webhook_server.metrics import ReceiverMetrics
 from webhook_server.workers import merge
 
@@ -255,6 +256,12 @@ def test_kubernetes_validate_is_strict(helm: str) -> None:
 def test_schema_rejects_bad_values(helm: str, args: list[str], message: str) -> None:
     assert message in rejected(helm, "template", str(CHART), *args)
     assert message in rejected(helm, "lint", "--strict", str(CHART), *args)
+
+
+def test_the_schemas_shutdown_delay_bounds_are_the_receivers() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    delay = schema["properties"]["receivers"]["properties"]["shutdownDelaySeconds"]
+    assert (delay["minimum"], delay["maximum"]) == (0, MAX_SHUTDOWN_DELAY_SECONDS)
 
 
 def test_values_file_matches_its_schema() -> None:
