@@ -89,13 +89,6 @@ def _reachable_by_others(path: Path) -> bool:
     return True
 
 
-def _deletion_grace(pod: JsonDict, default: float) -> float:
-    """The grace period a deletion asked for (``kubectl delete --grace-period``), else the
-    pod's own."""
-    asked = pod["metadata"].get("deletionGracePeriodSeconds")
-    return default if asked is None else float(asked)
-
-
 def _stopped(run: PodRun) -> bool:
     """Whether a deleted pod's command is over: exited, or killed now that its grace period has
     passed. Its output is closed then."""
@@ -261,12 +254,21 @@ class KubeletPlayer:
         raise KeyError(f"the player runs no pod {pod}")
 
     def running(self) -> list[str]:
-        """The pods whose command is running."""
+        """The pods whose command is running and that are not being stopped."""
         with self._lock:
             return sorted(
                 run.name
                 for run in self.runs.values()
-                if not run.exited and run.sandbox.poll() is None
+                if run.kill_at is None and not run.exited and run.sandbox.poll() is None
+            )
+
+    def stopping(self) -> list[str]:
+        """The deleted pods whose command has not ended yet (SIGTERM sent, SIGKILL not yet)."""
+        with self._lock:
+            return sorted(
+                run.name
+                for run in self.runs.values()
+                if run.kill_at is not None and run.sandbox.poll() is None
             )
 
     def log_of(self, pod: str) -> str:
@@ -303,12 +305,14 @@ class KubeletPlayer:
         with self._lock:
             # A deleted pod's command gets SIGTERM at once and SIGKILL after its grace period;
             # the loop goes on meanwhile (other pods are started, probed and reported).
+            # The player binds no pod to a node, so the API server deletes one at once, whatever
+            # the grace period asked: the command gets the pod's own.
+            now = time.monotonic()
             for uid, current in self.runs.items():
                 pod = pods.get(uid)
                 deleted = pod is None or pod["metadata"].get("deletionTimestamp")
                 if current.kill_at is None and deleted:
-                    grace = current.grace if pod is None else _deletion_grace(pod, current.grace)
-                    current.kill_at = time.monotonic() + grace
+                    current.kill_at = now + current.grace
                     if current.sandbox.poll() is None:
                         current.sandbox.terminate()
             ended = [u for u, r in self.runs.items() if r.kill_at is not None and _stopped(r)]

@@ -266,3 +266,57 @@ def test_jobs_run_to_completion_on_a_bound_claim_with_their_termination_message(
         assert player.errors == []
     finally:
         player.stop()
+
+
+# Ignores SIGTERM, as a command that takes its whole grace period to stop would (it sleeps an
+# hour otherwise).
+STUBBORN = textwrap.dedent(
+    """
+    import signal, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("up", flush=True)
+    time.sleep(3600)
+    """
+)
+
+
+def pod(name: str, grace: int) -> JsonDict:
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "terminationGracePeriodSeconds": grace,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "example.invalid/python:3",
+                    "command": [sys.executable, "-c", STUBBORN],
+                }
+            ],
+        },
+    }
+
+
+def test_a_deleted_pod_is_killed_after_its_grace_while_other_pods_go_on(
+    admin: Api, namespace: str, tmp_path: Path
+) -> None:
+    ns = namespace
+    player = KubeletPlayer(admin, ns, tmp_path / "kubelet", services=[]).start()
+    try:
+        admin.create(path_of("pods", ns, group="v1"), pod("first", grace=8))
+        wait_for("the first pod running", lambda: player.running() == ["first"], timeout=60)
+        admin.delete(path_of("pods", ns, "first", group="v1"))
+        # It ignores SIGTERM: the player keeps it until its 8 s are up, and meanwhile starts
+        # the next pod (before, it held its loop until the stopped pod was gone).
+        admin.create(path_of("pods", ns, group="v1"), pod("second", grace=1))
+        wait_for("the second pod running", lambda: player.running() == ["second"], timeout=60)
+        assert player.stopping() == ["first"], "the second started while the first was stopping"
+        wait_for("the first pod killed", lambda: player.stopping() == [], timeout=60)
+        # The second ignores SIGTERM too, and its grace is 1 s: killed then, not an hour later.
+        admin.delete(path_of("pods", ns, "second", group="v1"))
+        wait_for(
+            "the second pod killed after its 1 s",
+            lambda: player.running() == [] and player.stopping() == [],
+            timeout=30,
+        )
+    finally:
+        player.stop()

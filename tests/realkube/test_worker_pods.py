@@ -129,7 +129,11 @@ def test_a_pod_of_two_workers_stores_every_delivery_and_reports_both(
         # and it exits 0; nothing of the pod keeps running.
         uid = admin.get(path_of("pods", ns, pod, group="v1"))["metadata"]["uid"]
         admin.merge_patch(path_of("webhooksources", ns, "github"), {"spec": {"replicas": 0}})
-        wait_for("the pod stopped", lambda: player.running() == [], timeout=120)
+        wait_for(
+            "the pod stopped",
+            lambda: player.running() == [] and player.stopping() == [],
+            timeout=120,
+        )
         said = [
             json.loads(line)
             for line in (tmp_path / "kubelet" / uid / "receiver.log").read_text().splitlines()
