@@ -556,9 +556,9 @@ class ReceiverConfig(Model):
     workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = 1
     sources: list[SourceConfig]
     database: DatabaseConfig
-    # After SIGTERM, how long the receiver keeps accepting and serving (its /readyz answering 503)
-    # before it stops accepting: the time Kubernetes takes to take a terminating pod out of the
-    # Service's endpoints, during which new connections still reach it. 0 stops at once.
+    # After SIGTERM, how long the receiver keeps accepting and serving before it stops accepting
+    # (docs/receiver.md, Stopping): the time Kubernetes takes to take a terminating pod out of
+    # the Service's endpoints, during which new connections still reach it. 0 stops at once.
     shutdown_delay_seconds: Annotated[float, Field(ge=0, le=MAX_SHUTDOWN_DELAY_SECONDS)] = 0.0
     shutdown_timeout_seconds: Annotated[float, Field(gt=0)] = 20.0
     secret_reload_seconds: Annotated[float, Field(gt=0)] = 5.0
