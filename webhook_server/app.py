@@ -164,6 +164,18 @@ OUTCOME = web.RequestKey("outcome", str)
 # Set only when tracing is on.
 TRACING = web.AppKey("tracing", Tracing)
 PEERS = web.AppKey("peers", Peers)
+
+
+@dataclass
+class Draining:
+    """Set by webhook_server.server for the shutdown delay: every answer then closes its
+    connection (``Connection: close``), so that a sender on a keep-alive connection opens a new
+    one, which Kubernetes routes to a pod that is not stopping."""
+
+    active: bool = False
+
+
+DRAINING = web.AppKey("draining", Draining)
 EVENT_ID = web.RequestKey("event_id", str)
 # Set by a handler that counts and logs its request itself (webhook_server.events_api).
 LOGGED = web.RequestKey("logged", bool)
@@ -298,8 +310,9 @@ async def request_context(
         # The type only: an exception's text can quote what it choked on.
         log.error("unhandled error", request_id=request_id, error=type(exc).__name__)
         response = problem_response(500, request_id)
-    if not request.content.is_eof():
-        # Answered before the body was read (refused): close rather than drain it.
+    if not request.content.is_eof() or request.app[DRAINING].active:
+        # Answered before the body was read (refused): close rather than drain it. Stopping:
+        # close, so the sender's next request goes to another pod.
         response.force_close()
     response.headers[REQUEST_ID_HEADER] = request_id
     if request.get(LOGGED):
@@ -861,6 +874,7 @@ class OnePass:
         self.clock = app[CLOCK]
         self.admission = app[ADMISSION]
         self.access_log = app[ACCESS_LOG]
+        self.draining = app[DRAINING]
 
     def route(self, target: str) -> tuple[SourceRuntime, str] | None:
         """The source a request target (``path[?query]``, as sent) is for, and its query."""
@@ -1155,6 +1169,7 @@ def create_app(
     app[CONFIG] = config
     app[METRICS] = metrics
     app[CLOCK] = clock
+    app[DRAINING] = Draining()
     store = app[STORE] = Store(config.database, config.sources, metrics, tracing=tracing)
     if tracing is not None:
         app[TRACING] = tracing

@@ -62,6 +62,7 @@ from webhook_server import wire
 from webhook_server.admission import ByteBudget
 from webhook_server.app import (
     CONFIG,
+    DRAINING,
     METRICS,
     REQUEST_ID_HEADER,
     UNROUTED,
@@ -487,6 +488,8 @@ class ReceiverProtocol(RequestHandler):
             return
         self._in_flight = False
         close = self._close_after or self._close or self._force_close
+        if not close and self._one_pass is not None and self._one_pass.draining.active:
+            close = True  # stopping: the sender's next request goes to another pod
         transport = self.transport
         if transport is not None:
             transport.write(wire.response(status, body, content_type, headers, close=close))
@@ -934,14 +937,17 @@ def check_port_free(host: str, port: int) -> None:
                 ) from None
 
 
-async def _linger(hurry: asyncio.Event, seconds: float) -> None:
+async def _linger(app: web.Application, hurry: asyncio.Event, seconds: float) -> None:
     """After the stop signal, serve on for ``seconds``: Kubernetes takes a moment to take a
     terminating pod out of the endpoints, and connections routed here meanwhile would otherwise
-    be refused (a provider that does not retry loses the delivery). /readyz stays truthful: a
-    terminating pod is out of the ready endpoints anyway, and while it can serve, kube-proxy may
-    still use it when no other pod is ready. ``hurry``: set by a second signal, ending the wait."""
+    be refused (a provider that does not retry loses the delivery). Every answer meanwhile
+    closes its connection, so that senders on keep-alive connections move to another pod.
+    /readyz stays truthful: a terminating pod is out of the ready endpoints anyway, and while it
+    can serve, kube-proxy may still use it when no other pod is ready. ``hurry``: set by a
+    second signal, ending the wait."""
     if seconds <= 0:
         return
+    app[DRAINING].active = True
     log.info("stop signal: serving on while the pod leaves the endpoints", seconds=seconds)
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
@@ -1010,6 +1016,6 @@ async def _serve(
             "serving source", source=source.key, provider=source.provider.value, path=source.route
         )
     await stop.wait()
-    await _linger(hurry, config.shutdown_delay_seconds)
+    await _linger(app, hurry, config.shutdown_delay_seconds)
     log.info("stopping")
     await listener.stop()

@@ -159,6 +159,21 @@ async def post(base: str, source: SourceConfig, delivery: str) -> tuple[int, str
         return response.status, str(answer.get("status"))
 
 
+async def connection_headers(base: str, source: SourceConfig, delivery: str) -> list[str]:
+    """The Connection header of a delivery's answer (the one-pass route) and of /readyz's
+    (aiohttp's path), on a keep-alive connection ("" when absent)."""
+    body = f'{{"delivery": "{delivery}"}}'.encode()
+    headers = SIGNERS[Provider.GITHUB](
+        body, SECRET.encode(), VerificationConfig(), time.time(), delivery
+    )
+    async with aiohttp.ClientSession() as session:
+        async with session.post(base + source.route, data=body, headers=headers) as posted:
+            assert posted.status == 200
+        async with session.get(f"{base}/readyz") as ready:
+            assert ready.status == 200
+        return [r.headers.get("Connection", "").lower() for r in (posted, ready)]
+
+
 def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     return [
         (s.labels, s.value)
@@ -437,6 +452,8 @@ async def test_after_sigterm_the_receiver_serves_on_for_its_shutdown_delay(
         return [line for line in lines if line["event"].startswith("stop signal: serving on")]
 
     try:
+        # Keep-alive connections stay open while the receiver runs...
+        assert "close" not in await connection_headers(base, source, "kept-alive")
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
         while len(lingering()) < workers:
@@ -447,8 +464,10 @@ async def test_after_sigterm_the_receiver_serves_on_for_its_shutdown_delay(
         assert answers == [(200, "stored")] * 20
         # Readiness stays truthful while the receiver can serve: Kubernetes already counts a
         # terminating pod out of the ready endpoints, and may still use it when no other is.
-        async with aiohttp.ClientSession() as session, session.get(f"{base}/readyz") as response:
-            assert response.status == 200
+        # ...and during the delay every answer closes its connection, so a sender holding one
+        # opens a new one, which Kubernetes routes to a pod that is not stopping. /readyz stays
+        # 200 (truthful while the pod can serve).
+        assert await connection_headers(base, source, "moved-on") == ["close", "close"]
         assert process.poll() is None
         if workers > 1:
             process.send_signal(signal.SIGTERM)
