@@ -321,10 +321,13 @@ class Store:
                 self.config.commit_timeout_seconds + self.statement_timeout_seconds
             ):
                 await self._queue.join()
-        probes = [self._probe] if self._probe is not None else []
-        for task in [*self._tasks, *probes]:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._releases, *probes, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._releases, return_exceptions=True)
+        if self._probe is not None and not self._probe.done():
+            # Bounded by itself (check); closing the pool below frees what it still holds.
+            self._probe.cancel()
+            await asyncio.wait({self._probe}, timeout=1.0)
         if self._pool is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.connect_timeout_seconds):
@@ -387,26 +390,43 @@ class Store:
         """Is the store ready (migrated, partitions made) and did the database answer within
         ``seconds``?
 
-        Bounded by ``seconds`` even when the database hangs: a query cancelled by a timeout
-        would wait for the server to acknowledge the cancel (up to the statement timeout)
-        before its connection goes back to the pool, so the query is left to finish on its own
-        instead, and a later check waits on the same one."""
+        Bounded by ``seconds`` even when the database hangs. The query runs as a task of its
+        own (``_select_one``), which a check waits for at most ``seconds``; a later check waits
+        on the same one while it runs, so at most one is in flight."""
         pool = self._pool
-        if pool is None or not self._ready.is_set():
+        if pool is None or not self._ready.is_set() or self._closing:
             return False
         probe = self._probe
         if probe is None or probe.done():
-            probe = self._probe = asyncio.create_task(self._select_one(pool), name="store-check")
+            probe = self._probe = asyncio.create_task(
+                self._select_one(pool, seconds), name="store-check"
+            )
         done, _ = await asyncio.wait({probe}, timeout=seconds)
-        healthy = bool(done) and probe.result()
+        healthy = bool(done) and not probe.cancelled() and probe.result()
         self.metrics.store_ready.set(1 if healthy else 0)
         return healthy
 
-    async def _select_one(self, pool: asyncpg.Pool) -> bool:
+    async def _select_one(self, pool: asyncpg.Pool, seconds: float) -> bool:
+        """``SELECT 1`` on a connection of the pool, within ``seconds`` once it has one (a
+        connection within the connect timeout). A query that times out has its connection
+        terminated: cancelling it would wait for the server to acknowledge the cancel before
+        the connection goes back to the pool, which a hung server never does."""
         try:
-            await pool.fetchval("SELECT 1", timeout=self.statement_timeout_seconds)
+            conn = await pool.acquire(timeout=self.config.connect_timeout_seconds)
         except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
             return False
+        try:
+            await conn.fetchval("SELECT 1", timeout=seconds)
+        except TimeoutError:
+            conn.terminate()
+            return False
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError):
+            return False
+        except Exception as exc:  # whatever else: not ready, said once by its type only
+            log.warning("database check failed", error=type(exc).__name__)
+            return False
+        finally:
+            await pool.release(conn)
         return True
 
     @property
