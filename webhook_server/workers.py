@@ -8,8 +8,9 @@ stored once whichever process receives it, as between replicas: the dedup key is
 The supervisor does nothing else than start, watch and stop them:
 
 - SIGTERM or SIGINT: passed on as SIGTERM to every worker, which drains as a single receiver
-  does; the supervisor exits 0 once all have exited 0. Those still running after the drain's
-  deadline are killed, and the exit is then 1.
+  does (after its shutdown delay); the supervisor exits 0 once all have exited 0. A second one
+  is passed on as HURRY_SIGNAL (SIGUSR1), which ends the workers' shutdown delay. Those still
+  running after the drain's deadline are killed, and the exit is then 1.
 - A worker that exits on its own (a crash, a failed start): the others are stopped the same
   way and the supervisor exits 1, so the container restarts and the pod's restart count shows it.
   Restarting a worker inside the container would hide the failure from Kubernetes.

@@ -442,7 +442,7 @@ async def test_after_sigterm_the_receiver_serves_on_for_its_shutdown_delay(
     # What the operator sets (5 s): a terminating pod stays in the endpoints for a moment, and
     # a delivery routed to it then must be stored, not refused. With one worker the delay runs
     # out by itself; with two, a second SIGTERM (to the supervisor) ends it long before.
-    delay = 10.0 if workers == 1 else 120.0
+    delay = 20.0 if workers == 1 else 120.0
     process, base, log = await start(
         tmp_path, database_url, source, workers=workers, shutdown_delay_seconds=delay
     )
