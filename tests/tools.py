@@ -8,11 +8,14 @@ import contextlib
 import random
 import shutil
 import socket
+import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -92,3 +95,25 @@ def scratch_database(server_url: str) -> Iterator[str]:
     base, _, _ = server_url.rpartition("/")
     yield f"{base}/{name}"
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def wait_ready(
+    session: aiohttp.ClientSession,
+    base: str,
+    process: subprocess.Popen[bytes],
+    said: Callable[[], str] = lambda: "the receiver exited",
+) -> None:
+    """Until the receiver ``process`` serving ``base`` answers /readyz 200 (with several worker
+    processes: every one of them, since each worker answers for the pod). Fails when it exits
+    first (with ``said()``: its log, say) or after 60 s."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, said()
+        try:
+            async with session.get(f"{base}/readyz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("the receiver did not become ready")

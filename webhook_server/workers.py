@@ -37,6 +37,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -176,6 +177,13 @@ _PONG = b"ok"
 _READY = b"r"
 # A readiness answer is a few named booleans.
 MAX_CHECKS_BYTES = 4096
+_Answer = TypeVar("_Answer")
+
+
+def _pong(data: bytes) -> bool:
+    if data != _PONG:
+        raise ValueError("not an answer to a ping")
+    return True
 
 
 def decode_checks(data: bytes) -> dict[str, bool]:
@@ -259,31 +267,32 @@ class Peers:
             finally:
                 writer.close()
 
-    async def _series(self, index: int) -> list[Metric] | None:
+    async def _ask(
+        self,
+        index: int,
+        request: bytes,
+        parse: Callable[[bytes], _Answer],
+        limit: int = MAX_PEER_BYTES,
+        missed: str | None = None,
+    ) -> _Answer | None:
+        """Worker ``index``'s answer to ``request`` as ``parse`` reads it, or None when it did
+        not give one in time (counted; logged as ``missed`` if given)."""
         try:
-            return decode(await self._request(index, _SERIES))
+            return parse(await self._request(index, request, limit))
         except (OSError, TimeoutError, ValueError) as exc:
-            log.warning(
-                "a worker did not answer the scrape", worker=index, error=type(exc).__name__
-            )
+            if missed is not None:
+                log.warning(missed, worker=index, error=type(exc).__name__)
             self._unanswered(index)
             return None
+
+    async def _series(self, index: int) -> list[Metric] | None:
+        return await self._ask(index, _SERIES, decode, missed="a worker did not answer the scrape")
 
     async def _alive(self, index: int) -> bool:
-        try:
-            if await self._request(index, _PING) == _PONG:
-                return True
-        except (OSError, TimeoutError, ValueError):
-            pass
-        self._unanswered(index)
-        return False
+        return await self._ask(index, _PING, _pong) is not None
 
     async def _checks(self, index: int) -> dict[str, bool] | None:
-        try:
-            return decode_checks(await self._request(index, _READY, MAX_CHECKS_BYTES))
-        except (OSError, TimeoutError, ValueError):
-            self._unanswered(index)
-            return None
+        return await self._ask(index, _READY, decode_checks, MAX_CHECKS_BYTES)
 
     async def readiness(self) -> dict[int, dict[str, bool] | None]:
         """Every other worker's readiness checks, None for one that did not answer in time.

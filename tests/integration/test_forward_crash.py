@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from tests.receivers import serving
-from tests.tools import free_port
+from tests.tools import free_port, wait_ready
 from webhook_server.config import (
     BackoffConfig,
     DatabaseConfig,
@@ -74,22 +74,6 @@ def start_receiver(config_file: Path, log: Path) -> subprocess.Popen[bytes]:
         stderr=subprocess.STDOUT,
         env={**os.environ, "DFM_LOG_LEVEL": "WARNING"},
     )
-
-
-async def wait_ready(
-    session: aiohttp.ClientSession, base: str, process: subprocess.Popen[bytes]
-) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the receiver exited"
-        try:
-            async with session.get(f"{base}/readyz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("the receiver did not become ready")
 
 
 async def until(done: Callable[[], bool], seconds: float) -> None:

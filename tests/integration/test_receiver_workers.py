@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.receivers import ReceiverServer
-from tests.tools import free_port
+from tests.tools import free_port, wait_ready
 from webhook_server.app import STORE, create_app
 from webhook_server.config import (
     DatabaseConfig,
@@ -115,24 +115,10 @@ async def start(
     log = tmp_path / "receiver.log"
     process = launch(config_file, log)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
     try:
+        # Ready when every worker is: /readyz asks them all.
         async with aiohttp.ClientSession() as session:
-            # Ready when both workers are: every scrape then shows two workers up.
-            while True:
-                assert process.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "the workers did not become ready"
-                try:
-                    async with session.get(f"{base}/metrics") as response:
-                        text = await response.text()
-                    up = [value for _, value in samples(text, "dfm_receiver_worker_up")]
-                    if up == ([1.0] * workers if workers > 1 else []):
-                        async with session.get(f"{base}/readyz") as ready:
-                            if ready.status == 200:
-                                break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+            await wait_ready(session, base, process, log.read_text)
     except BaseException:
         stop(process)  # its workers get SIGTERM too, and drain
         raise

@@ -173,12 +173,16 @@ def build_receiver_config(source: WebhookSource, inputs: ReceiverInputs) -> Rece
     )
 
 
-def build_config_map(source: WebhookSource, inputs: ReceiverInputs) -> dict[str, Any]:
+def build_config_map(
+    source: WebhookSource, inputs: ReceiverInputs, config: ReceiverConfig | None = None
+) -> dict[str, Any]:
+    """The ConfigMap of ``config`` (by default the source's, built here)."""
+    config = config or build_receiver_config(source, inputs)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(source, config_map_name(source), inputs.settings),
-        "data": {c.CONFIG_FILE: build_receiver_config(source, inputs).dump_yaml()},
+        "data": {c.CONFIG_FILE: config.dump_yaml()},
     }
 
 
@@ -218,7 +222,10 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
 
 
 def build_deployment(
-    source: WebhookSource, inputs: ReceiverInputs, config_map: dict[str, Any]
+    source: WebhookSource,
+    inputs: ReceiverInputs,
+    config: ReceiverConfig,
+    config_map: dict[str, Any],
 ) -> dict[str, Any]:
     settings = inputs.settings
     volumes, mounts = _volumes(source, inputs)
@@ -252,8 +259,9 @@ def build_deployment(
     # Room for the whole stop (the shutdown delay, the drain, forwarding's grace) and the
     # margin the workers' supervisor allows beyond it (and as much again to use it), before the
     # kubelet's SIGKILL.
-    stop_seconds = build_receiver_config(source, inputs).stop_seconds()
-    pod_spec["terminationGracePeriodSeconds"] = math.ceil(stop_seconds) + 2 * STOP_MARGIN_SECONDS
+    pod_spec["terminationGracePeriodSeconds"] = (
+        math.ceil(config.stop_seconds()) + 2 * STOP_MARGIN_SECONDS
+    )
     if source.spec.replicas > 1:
         pod_spec["topologySpreadConstraints"] = [
             {
@@ -384,10 +392,11 @@ def build_service_monitor(source: WebhookSource, inputs: ReceiverInputs) -> dict
 
 def build_children(source: WebhookSource, inputs: ReceiverInputs) -> list[dict[str, Any]]:
     """Every object the source's receiver needs, in apply order (config before its users)."""
-    config_map = build_config_map(source, inputs)
+    config = build_receiver_config(source, inputs)
+    config_map = build_config_map(source, inputs, config)
     children = [
         config_map,
-        build_deployment(source, inputs, config_map),
+        build_deployment(source, inputs, config, config_map),
         build_service(source, inputs),
         build_pdb(source, inputs),
         build_network_policy(source, inputs),
