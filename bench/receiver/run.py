@@ -615,9 +615,10 @@ def gc_summary(path: Path) -> str:
     )
 
 
-async def log_postgres_maintenance(url: str, settings: Sequence[str] = ()) -> None:
+async def log_postgres_maintenance(url: str, settings: Sequence[str] = ()) -> list[str]:
     """Have PostgreSQL log every autovacuum/autoanalyze and checkpoint: latency suspects. Apply
-    ``settings`` (NAME=VALUE, each one a setting a reload applies) as well."""
+    ``settings`` (NAME=VALUE) as well, with ``ALTER SYSTEM`` and a reload; return the names of
+    those a reload cannot apply (see ``apply_postgres_settings``)."""
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("ALTER SYSTEM SET log_autovacuum_min_duration = 0")
@@ -629,13 +630,43 @@ async def log_postgres_maintenance(url: str, settings: Sequence[str] = ()) -> No
             value = value.replace("'", "''")
             await conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
         await conn.execute("SELECT pg_reload_conf()")
+        restart = []
         for setting in settings:
             name = setting.partition("=")[0]
             context = await conn.fetchval("SELECT context FROM pg_settings WHERE name = $1", name)
             if context == "postmaster":
-                raise SystemExit(f"--postgres-setting: {name} needs a restart, not a reload")
+                restart.append(name)
+        return restart
     finally:
         await conn.close()
+
+
+def apply_postgres_settings(postgres: EmbeddedPostgres, settings: Sequence[str] = ()) -> None:
+    """``log_postgres_maintenance``, then a restart when a setting needs one. A setting that
+    ``dfm.embedded_pg`` passes on the server's command line (``shared_buffers``, ...) overrides
+    ``ALTER SYSTEM``, so it is refused rather than silently not applied."""
+    restart = asyncio.run(log_postgres_maintenance(postgres.url, settings))
+    if not restart:
+        return
+    postgres.stop()
+    postgres.start()
+
+    async def sources() -> dict[str, str]:
+        conn = await asyncpg.connect(postgres.url)
+        try:
+            rows = await conn.fetch(
+                "SELECT name, source FROM pg_settings WHERE name = any($1::text[])", restart
+            )
+            return {row["name"]: row["source"] for row in rows}
+        finally:
+            await conn.close()
+
+    for name, source in asyncio.run(sources()).items():
+        if source == "command line":
+            raise SystemExit(
+                f"--postgres-setting: {name} is set on the embedded server's command line "
+                "(dfm.embedded_pg), which overrides it"
+            )
 
 
 async def warm_wal(url: str, mib: int) -> str:
@@ -693,6 +724,49 @@ async def wal_records(url: str, settle: float = 3.0) -> tuple[int, int]:
             await asyncio.sleep(0.3)
     finally:
         await conn.close()
+
+
+async def io_counts(url: str, settle: float = 3.0) -> dict[tuple[str, str], tuple[int, int]]:
+    """PostgreSQL's cumulative bytes written and extended (``pg_stat_io``, 18+) by backend type
+    and object, once they stop changing for a moment, as ``wal_records``."""
+    conn = await asyncpg.connect(url)
+    try:
+        query = (
+            "SELECT backend_type, object, sum(coalesce(write_bytes, 0))::bigint AS written,"
+            " sum(coalesce(extend_bytes, 0))::bigint AS extended"
+            " FROM pg_stat_io GROUP BY 1, 2"
+        )
+        last = None
+        deadline = time.monotonic() + settle
+        while True:
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            counts = {
+                (row["backend_type"], row["object"]): (int(row["written"]), int(row["extended"]))
+                for row in await conn.fetch(query)
+            }
+            if counts == last or time.monotonic() > deadline:
+                return counts
+            last = counts
+            await asyncio.sleep(0.3)
+    finally:
+        await conn.close()
+
+
+def io_line(
+    before: dict[tuple[str, str], tuple[int, int]], after: dict[tuple[str, str], tuple[int, int]]
+) -> str:
+    """Who in PostgreSQL wrote how much between two ``io_counts``: ``client backend relation
+    written 3 MiB, extended 180 MiB; ...``, largest first, those under 1 MiB left out."""
+    moved = []
+    for key, (written, extended) in after.items():
+        was_written, was_extended = before.get(key, (0, 0))
+        moved.append((key, written - was_written, extended - was_extended))
+    moved.sort(key=lambda item: -(item[1] + item[2]))
+    return "; ".join(
+        f"{backend} {what} written {written / 2**20:,.0f} MiB, extended {extended / 2**20:,.0f} MiB"
+        for (backend, what), written, extended in moved
+        if written + extended >= 2**20
+    )
 
 
 _PG_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) UTC \[\d+\] LOG:\s+(.*)$")
@@ -759,8 +833,8 @@ def run(opts: Options) -> int:
     try:
         say(f"bench: work dir {workdir}; starting PostgreSQL")
         postgres.start()
+        apply_postgres_settings(postgres, opts.postgres_settings)
         postgres_pid = postmaster_pid(postgres)
-        asyncio.run(log_postgres_maintenance(postgres.url, opts.postgres_settings))
         if opts.warm_wal_mib:
             say(f"bench: warming PostgreSQL's WAL ({opts.warm_wal_mib:,} MiB)")
         wal = asyncio.run(warm_wal(postgres.url, opts.warm_wal_mib))
@@ -1250,8 +1324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="experiment: a PostgreSQL setting applied by ALTER SYSTEM and a reload before the "
-        "load, e.g. max_wal_size=16GB (repeatable; default: PostgreSQL's own settings)",
+        help="experiment: a PostgreSQL setting applied by ALTER SYSTEM and a reload (a restart "
+        "when it needs one) before the load, e.g. max_wal_size=16GB (repeatable; default: "
+        "PostgreSQL's own settings)",
     )
     parser.add_argument(
         "--postgres-dir",

@@ -13,8 +13,10 @@ small file on the database's disk every 5 ms: commits that stall when it stalls 
 the disk. It also shows when the kernel wrote dirty page cache back in bursts.
 
 PostgreSQL's WAL is warmed first, as ``python -m bench.receiver`` does (``--cold-wal`` skips it),
-and the WAL written during the load is reported. ``--pin`` runs the receiver alone on one CPU and
-everything else on the others; ``--postgres-setting`` applies a PostgreSQL setting first.
+and the WAL written during the load is reported, with what PostgreSQL wrote and extended by
+backend type (``pg_stat_io``): what it put in the kernel's page cache. ``--pin`` runs the
+receiver alone on one CPU and everything else on the others; ``--postgres-setting`` applies a
+PostgreSQL setting first (restarting it when the setting needs that).
 
 The probes cost a little CPU (the lag monitor wakes 1,000 times a second): use it to explain a
 tail, and the socket bench (``python -m bench.receiver``) for the figures.
@@ -53,6 +55,8 @@ async def _run(
     postgres_log: Path,
 ) -> None:
     from bench.receiver.run import (
+        io_counts,
+        io_line,
         pin,
         postgres_events,
         signed_request,
@@ -118,6 +122,7 @@ async def _run(
     if opts.prefill:
         await _prefill(database_url, source.key, opts.prefill)
     records_before = await wal_records(database_url, settle=0.0)
+    io_before = await io_counts(database_url, settle=0.0)
     wal_before = await wal_position(database_url)
     watcher = asyncio.create_task(monitor())
     (work / "body").write_bytes(body)
@@ -156,12 +161,17 @@ async def _run(
     records, fpi = (
         a - b for a, b in zip(await wal_records(database_url), records_before, strict=True)
     )
+    io_after = await io_counts(database_url)
     result = json.loads((work / "result.json").read_text())
     _report(opts, result, start, lags, commits, pauses)
     print(
         f"WAL written by the whole cluster during the load: {wal_size / 2**20:,.0f} MiB, "
         f"{wal_size / max(result['ok'], 1) / 1024:.1f} KiB per event; {records:,} records, "
         f"{fpi:,} of them full-page images (autovacuum's included)"
+    )
+    print(
+        "PostgreSQL's writes during the load (pg_stat_io: into the page cache, unless direct "
+        f"I/O): {io_line(io_before, io_after) or 'none over 1 MiB'}"
     )
     maintenance = postgres_events(postgres_log, load_start, load_end)
     print(f"PostgreSQL during the load: {'; '.join(maintenance) or 'no autovacuum or checkpoint'}")
@@ -308,8 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     from bench.receiver.run import (
         WARM_WAL_MIB,
+        apply_postgres_settings,
         cpus_line,
-        log_postgres_maintenance,
         split_cpus,
         warm_wal,
     )
@@ -329,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         postgres = EmbeddedPostgres(work / "pg" / "data")
         postgres.start()
         try:
-            asyncio.run(log_postgres_maintenance(postgres.url, opts.postgres_setting))
+            apply_postgres_settings(postgres, opts.postgres_setting)
             wal = asyncio.run(warm_wal(postgres.url, 0 if opts.cold_wal else WARM_WAL_MIB))
             settings = f"; set: {', '.join(opts.postgres_setting)}" if opts.postgres_setting else ""
             print(f"PostgreSQL: {wal}{settings}")
