@@ -41,7 +41,9 @@ def run(
 ) -> None:
     """Run the controller; ``tracing`` (webhook_server.tracing.from_env) traces reconciles."""
     import dfm_operator.handlers  # noqa: F401 - registers the handlers
+    from dfm_operator import kube
 
+    kube.shed_generated_modules()  # everything is imported by now
     configure_logging(log_format=log_format, verbose=verbose)
     memo = kopf.Memo(metrics_port=metrics_port, tracing=tracing)
     try:

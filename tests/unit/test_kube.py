@@ -72,3 +72,86 @@ async def test_ready_is_announced_once_even_when_handed_a_stale_body() -> None:
     newer = {"metadata": {**stale["metadata"], "generation": 2}}
     await write_status(ctx, "WebhookSource", newer, ready, WebhookSourceStatus(), emit)
     assert len(events) == 2
+
+
+_SHED = r"""
+import asyncio, json, sys
+
+import dfm_operator.main  # kopf, the handlers' imports: what `dfm operator` has loaded
+import dfm_operator.handlers
+from aiohttp import web
+from kubernetes_asyncio import client
+
+from dfm_operator import kube
+
+GENERATED = ("kubernetes_asyncio.client.models", "kubernetes_asyncio.client.api.")
+loaded = sum(1 for name in sys.modules if name.startswith(GENERATED))
+dropped = kube.shed_generated_modules()
+left = [name for name in sys.modules if name.startswith(GENERATED)]
+
+
+async def calls():
+    seen = []
+
+    async def get(request):
+        if request.match_info["name"] == "gone":
+            return web.json_response({"kind": "Status", "message": "not found"}, status=404)
+        return web.json_response({"kind": "Secret", "data": {"k": "v"}})
+
+    async def apply(request):
+        seen.append((request.content_type, json.loads(await request.text())))
+        return web.json_response({"kind": "Secret", "metadata": {"resourceVersion": "7"}})
+
+    app = web.Application()
+    path = "/api/v1/namespaces/{ns}/secrets/{name}"
+    app.router.add_get(path, get)
+    app.router.add_patch(path, apply)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    api = client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{port}"))
+    try:
+        got = await kube.Kube(api).get("v1", "Secret", "ns", "x")
+        gone = await kube.Kube(api).get("v1", "Secret", "ns", "gone")
+        meta = {"name": "x", "namespace": "ns"}
+        body = {"apiVersion": "v1", "kind": "Secret", "metadata": meta}
+        applied = await kube.Kube(api).apply(body)
+    finally:
+        await api.close()
+        await runner.cleanup()
+    return got, gone, applied, seen
+
+
+got, gone, applied, seen = asyncio.run(calls())
+print(json.dumps({"loaded": loaded, "dropped": dropped, "left": left, "got": got, "gone": gone,
+                  "applied": applied, "seen": seen}))
+"""
+
+
+def test_the_client_libraries_generated_modules_go_and_the_operators_calls_still_work() -> None:
+    """`dfm operator` drops kubernetes_asyncio's generated models and APIs once it has imported
+    everything (their memory then serves a big start-up); its own calls, plain dicts in and
+    out, go on working: a GET, a 404 as NotFound, a server-side apply. In a process of its own,
+    as the dropping changes the interpreter's imports."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _SHED], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["loaded"] > 500  # what the import brings: a module per model and API group
+    assert result["dropped"] >= result["loaded"]
+    assert result["left"] == []
+    assert result["got"] == {"kind": "Secret", "data": {"k": "v"}}
+    assert result["gone"] is None
+    assert result["applied"] == {"kind": "Secret", "metadata": {"resourceVersion": "7"}}
+    assert result["seen"] == [
+        [
+            "application/apply-patch+yaml",
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x", "namespace": "ns"}},
+        ]
+    ]
