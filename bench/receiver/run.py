@@ -643,24 +643,26 @@ async def log_postgres_maintenance(url: str, settings: Sequence[str] = ()) -> li
 
 def apply_postgres_settings(postgres: EmbeddedPostgres, settings: Sequence[str] = ()) -> None:
     """``log_postgres_maintenance``, then a restart when a setting needs one. A setting that
-    ``dfm.embedded_pg`` passes on the server's command line (``shared_buffers``, ...) overrides
-    ``ALTER SYSTEM``, so it is refused rather than silently not applied."""
+    ``dfm.embedded_pg`` passes on the server's command line (``fsync``, ``shared_buffers``,
+    ...) overrides ``ALTER SYSTEM``, so it is refused rather than silently not applied."""
     restart = asyncio.run(log_postgres_maintenance(postgres.url, settings))
-    if not restart:
-        return
-    postgres.stop()
-    postgres.start()
+    if restart:
+        postgres.stop()
+        postgres.start()
+    names = [setting.partition("=")[0] for setting in settings]
 
     async def sources() -> dict[str, str]:
         conn = await asyncpg.connect(postgres.url)
         try:
             rows = await conn.fetch(
-                "SELECT name, source FROM pg_settings WHERE name = any($1::text[])", restart
+                "SELECT name, source FROM pg_settings WHERE name = any($1::text[])", names
             )
             return {row["name"]: row["source"] for row in rows}
         finally:
             await conn.close()
 
+    if not names:
+        return
     for name, source in asyncio.run(sources()).items():
         if source == "command line":
             raise SystemExit(
@@ -727,10 +729,13 @@ async def wal_records(url: str, settle: float = 3.0) -> tuple[int, int]:
 
 
 async def io_counts(url: str, settle: float = 3.0) -> dict[tuple[str, str], tuple[int, int]]:
-    """PostgreSQL's cumulative bytes written and extended (``pg_stat_io``, 18+) by backend type
-    and object, once they stop changing for a moment, as ``wal_records``."""
+    """PostgreSQL's cumulative bytes written and extended (``pg_stat_io``) by backend type and
+    object, once they stop changing for a moment, as ``wal_records``; none before PostgreSQL 18,
+    whose ``pg_stat_io`` has no byte counts."""
     conn = await asyncpg.connect(url)
     try:
+        if int(await conn.fetchval("SHOW server_version_num")) < 180000:
+            return {}
         query = (
             "SELECT backend_type, object, sum(coalesce(write_bytes, 0))::bigint AS written,"
             " sum(coalesce(extend_bytes, 0))::bigint AS extended"

@@ -171,7 +171,7 @@ async def _run(
     )
     print(
         "PostgreSQL's writes during the load (pg_stat_io: into the page cache, unless direct "
-        f"I/O): {io_line(io_before, io_after) or 'none over 1 MiB'}"
+        f"I/O): {io_line(io_before, io_after) or ('none over 1 MiB' if io_after else 'needs 18')}"
     )
     maintenance = postgres_events(postgres_log, load_start, load_end)
     print(f"PostgreSQL during the load: {'; '.join(maintenance) or 'no autovacuum or checkpoint'}")
