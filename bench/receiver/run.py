@@ -17,11 +17,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 
@@ -38,6 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 RATIO_TARGET = 0.5
 TRACED_SOURCE_NAME = "bench-traced"
 P99_TARGET_MS = 25.0
+T = TypeVar("T")
 PACED_FRACTION = 0.8  # the fraction of the max rate the p99 target is set at
 # With 64, a latency above 64 / rate (17 ms at 3,800/s) left every connection busy and made the
 # next requests wait in the generator: its own queue, not the receiver, then set the p99.
@@ -707,52 +709,53 @@ async def wal_position(url: str) -> int:
         await conn.close()
 
 
+async def _settled(conn: asyncpg.Connection, read: Callable[[], Awaitable[T]], settle: float) -> T:
+    """``read()`` of cumulative statistics, repeated until it stops changing for a moment (a
+    backend sends its counts at most once a second, and at exit) or ``settle`` seconds pass."""
+    last = None
+    deadline = time.monotonic() + settle
+    while True:
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        counts = await read()
+        if counts == last or time.monotonic() > deadline:
+            return counts
+        last = counts
+        await asyncio.sleep(0.3)
+
+
 async def wal_records(url: str, settle: float = 3.0) -> tuple[int, int]:
-    """The cluster's cumulative WAL records and full-page images (``pg_stat_wal``), once they
-    stop changing for a moment: a backend sends its counts at most once a second, and at exit.
-    """
+    """The cluster's cumulative WAL records and full-page images (``pg_stat_wal``), settled."""
     conn = await asyncpg.connect(url)
+
+    async def read() -> tuple[int, int]:
+        row = await conn.fetchrow("SELECT wal_records, wal_fpi FROM pg_stat_wal")
+        return (int(row["wal_records"]), int(row["wal_fpi"]))
+
     try:
-        query = "SELECT wal_records, wal_fpi FROM pg_stat_wal"
-        last = None
-        deadline = time.monotonic() + settle
-        while True:
-            await conn.execute("SELECT pg_stat_clear_snapshot()")
-            row = await conn.fetchrow(query)
-            counts = (int(row["wal_records"]), int(row["wal_fpi"]))
-            if counts == last or time.monotonic() > deadline:
-                return counts
-            last = counts
-            await asyncio.sleep(0.3)
+        return await _settled(conn, read, settle)
     finally:
         await conn.close()
 
 
 async def io_counts(url: str, settle: float = 3.0) -> dict[tuple[str, str], tuple[int, int]]:
     """PostgreSQL's cumulative bytes written and extended (``pg_stat_io``) by backend type and
-    object, once they stop changing for a moment, as ``wal_records``; none before PostgreSQL 18,
-    whose ``pg_stat_io`` has no byte counts."""
+    object, settled; none before PostgreSQL 18, whose ``pg_stat_io`` has no byte counts."""
     conn = await asyncpg.connect(url)
-    try:
-        if int(await conn.fetchval("SHOW server_version_num")) < 180000:
-            return {}
-        query = (
+
+    async def read() -> dict[tuple[str, str], tuple[int, int]]:
+        rows = await conn.fetch(
             "SELECT backend_type, object, sum(coalesce(write_bytes, 0))::bigint AS written,"
             " sum(coalesce(extend_bytes, 0))::bigint AS extended"
             " FROM pg_stat_io GROUP BY 1, 2"
         )
-        last = None
-        deadline = time.monotonic() + settle
-        while True:
-            await conn.execute("SELECT pg_stat_clear_snapshot()")
-            counts = {
-                (row["backend_type"], row["object"]): (int(row["written"]), int(row["extended"]))
-                for row in await conn.fetch(query)
-            }
-            if counts == last or time.monotonic() > deadline:
-                return counts
-            last = counts
-            await asyncio.sleep(0.3)
+        return {
+            (r["backend_type"], r["object"]): (int(r["written"]), int(r["extended"])) for r in rows
+        }
+
+    try:
+        if int(await conn.fetchval("SHOW server_version_num")) < 180000:
+            return {}
+        return await _settled(conn, read, settle)
     finally:
         await conn.close()
 
