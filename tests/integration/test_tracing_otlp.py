@@ -33,7 +33,7 @@ from standardwebhooks.webhooks import Webhook
 
 from tests.integration.test_cli import DFM, ROOT
 from tests.receivers import serving
-from tests.tools import free_port
+from tests.tools import free_port, wait_ready
 
 PROVIDER_SECRET = "whsec_f0WfAjd7HSFo6j89zIgxkTgyCdu/WPbF"
 FORWARD_SECRET = "whsec_vUHpHz5TFBOu+0P6NoXJBDoBQp/2umHp"
@@ -156,21 +156,6 @@ async def _until(check: Any, what: str, seconds: float = 60) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _ready(base: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, "dfm local exited early"
-            try:
-                async with session.get(base + "/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError("dfm local did not become ready")
-
-
 async def test_dfm_local_exports_one_trace_from_provider_to_consumer(
     tmp_path: Path,
     database_url: str,
@@ -201,7 +186,8 @@ async def test_dfm_local_exports_one_trace_from_provider_to_consumer(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        await _ready(base, proc)
+        async with aiohttp.ClientSession() as session:
+            await wait_ready(session, base, proc, lambda: "dfm local exited early")
         body = '{"type":"order.paid","id":"o-1"}'
         now = datetime.now(UTC)
         headers = {
